@@ -1,0 +1,47 @@
+# The two set-up commands of the README: `make run` and `make test`. Everything they need is installed here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: run test test-python test-worker test-browser deps deps-dev deps-system deps-node bench demo chaos clean
+
+$(VENV)/.stamp-runtime: requirements.txt
+	@./scripts/install-system-deps.sh --venv-only
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+$(VENV)/.stamp-dev: $(VENV)/.stamp-runtime requirements-dev.txt
+	$(PIP) install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+deps: $(VENV)/.stamp-runtime
+deps-dev: $(VENV)/.stamp-dev
+
+deps-system:
+	@./scripts/install-system-deps.sh
+
+deps-node:
+	@if [ -f worker/package.json ]; then cd worker && { [ -f package-lock.json ] && npm ci --no-audit --no-fund --silent || npm install --no-audit --no-fund --silent; }; fi
+
+## The service on loopback with embedded defaults (no Redis: file lock, SQLite state under ./var).
+run: deps
+	$(VENV)/bin/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:$(PORT) app:app
+
+## Everything the tests need, then the whole suite (Worker tests on Miniflare, then pytest).
+test: deps-system deps-dev deps-node
+	@if [ -f worker/package.json ]; then $(MAKE) --no-print-directory test-worker; fi
+	$(MAKE) --no-print-directory test-python
+
+test-python:
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-worker:
+	cd worker && npm test
+
+clean:
+	rm -rf $(VENV) var .pytest_cache worker/node_modules

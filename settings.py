@@ -1,0 +1,392 @@
+"""Typed, frozen settings for render-signal, read once from an explicit environ mapping.
+
+Every environment variable the service reads is declared once in ``SPECS`` (name, type, default, meaning,
+secret or not). ``Settings.from_env(environ)`` parses and validates all of them and raises ``ConfigError``
+naming the first bad variable; the README's configuration table is checked against ``SPECS`` by a test.
+No credential, URL or address has a default here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+# Shutdown budgets, outermost first (see README "Shutdown budgets"). Render sends SIGTERM and waits
+# `maxShutdownDelaySeconds` (render.yaml sets 60: Render's default of 30 s cannot hold a 30 s webhook attempt);
+# Gunicorn waits GRACEFUL_TIMEOUT for its workers; a worker joins its background threads for at most
+# BACKGROUND_JOIN_TIMEOUT; a single webhook attempt must fit inside that (WEBHOOK_TIMEOUT_SECONDS is validated
+# against it).
+RENDER_SHUTDOWN_GRACE_SECONDS = 60
+GUNICORN_GRACEFUL_TIMEOUT_SECONDS = 50
+BACKGROUND_JOIN_TIMEOUT_SECONDS = 45
+MAX_WEBHOOK_TIMEOUT_SECONDS = 40
+
+TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+
+
+class ConfigError(Exception):
+    """A setting is malformed or missing; ``str()`` is the operator line ``CONFIG: <VAR>: <reason>``."""
+
+    def __init__(self, variable: str, reason: str) -> None:
+        super().__init__(f"CONFIG: {variable}: {reason}")
+        self.variable = variable
+        self.reason = reason
+
+
+# --- value parsers: str -> value, raising ValueError with a reason that never echoes a secret ---------------
+
+def parse_bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError("expected one of true/false/1/0/yes/no/on/off")
+
+
+def _number(kind: Callable[[str], Any], minimum: float | None, maximum: float | None) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}") from None
+        if value != value:  # NaN
+            raise ValueError("expected a number")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be <= {maximum}")
+        return value
+    return parse
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
+    return _number(int, minimum, maximum)
+
+
+def number(minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
+    return _number(float, minimum, maximum)
+
+
+def text(raw: str) -> str:
+    return raw.strip()
+
+
+def secret_text(raw: str) -> str:
+    # Secrets are kept verbatim (a password may start or end with a space).
+    return raw
+
+
+def http_url(raw: str) -> str:
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
+def redis_url(raw: str) -> str:
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def address_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip().lower() for item in raw.split(",") if item.strip())
+
+
+def seconds_schedule(raw: str) -> tuple[float, ...]:
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    if not items:
+        raise ValueError("expected comma-separated seconds")
+    try:
+        values = tuple(float(item) for item in items)
+    except ValueError:
+        raise ValueError("expected comma-separated seconds") from None
+    if any(value <= 0 or value != value for value in values):
+        raise ValueError("every delay must be > 0")
+    return values
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {'/'.join(allowed)}")
+        return value
+    return parse
+
+
+# --- the declaration of every variable ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spec:
+    env: str
+    attr: str
+    parse: Callable[[str], Any]
+    default: Any
+    doc: str
+    secret: bool = False
+    # Shown in the README's default column when the default is computed, e.g. "TTL/3, max 30".
+    default_doc: str | None = None
+
+
+SPECS: tuple[Spec, ...] = (
+    # Mailbox
+    Spec("IMAP_SERVER", "imap_server", text, None, "IMAP host name. With EMAIL_ADDRESS and EMAIL_PASSWORD it enables the poller."),
+    Spec("IMAP_PORT", "imap_port", integer(1, 65535), 993, "IMAP port."),
+    Spec("IMAP_USE_SSL", "imap_use_ssl", parse_bool, True, "Implicit TLS (IMAPS) with certificate and host name verification."),
+    Spec("IMAP_STARTTLS", "imap_starttls", parse_bool, False, "Upgrade a plain connection with STARTTLS (with IMAP_USE_SSL=false)."),
+    Spec("IMAP_CA_FILE", "imap_ca_file", text, None, "PEM bundle of CAs to trust for IMAP TLS instead of the system store."),
+    Spec("EMAIL_ADDRESS", "email_address", text, None, "Mailbox login (the service's own address)."),
+    Spec("EMAIL_PASSWORD", "email_password", secret_text, None, "Mailbox password.", secret=True),
+    Spec("IMAP_MAILBOX", "imap_mailbox", text, "INBOX", "Folder to watch."),
+    Spec("IMAP_TIMEOUT_SECONDS", "imap_timeout_seconds", number(0.1, 600), 30.0, "Bound on every IMAP network operation (connect, TLS, login, select, search, fetch, store, idle, noop)."),
+    Spec("IMAP_USE_IDLE", "imap_use_idle", parse_bool, True, "Use IMAP IDLE when the server offers it (push); polling runs anyway."),
+    Spec("IMAP_RECONNECT_MAX_SECONDS", "imap_reconnect_max_seconds", number(0.1, 3600), 60.0, "Cap of the exponential reconnect backoff."),
+    Spec("EMAIL_POLLING_INTERVAL_SECONDS", "email_polling_interval_seconds", number(0.1, 86400), 30.0, "Reconciliation search interval (also while idling)."),
+    Spec("SENDER_OF_INTEREST_FOR_POLLING", "sender_allowlist", address_list, (), "Comma-separated sender addresses (or @domain entries) to act on; empty = everyone.", default_doc="(empty)"),
+    Spec("FIRST_START_MAX_AGE_HOURS", "first_start_max_age_hours", number(0, 100000), 72.0, "On first start, unseen emails older than this are passed over (counted and logged)."),
+    Spec("MARK_AS_READ", "mark_as_read", parse_bool, True, "Set \\Seen on done emails (the $RenderSignalDone keyword is set regardless)."),
+    Spec("ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS", "allow_webhook_without_links", parse_bool, False, "Send a webhook for emails without any delivery link."),
+    # Background machinery and lease
+    Spec("ENABLE_BACKGROUND_TASKS", "enable_background_tasks", parse_bool, True, "false = web side only; /health says the poller is disabled."),
+    Spec("REDIS_URL", "redis_url", redis_url, None, "Redis for the lease and the shared state. Unset = file lock + SQLite (single container).", secret=True),
+    Spec("REDIS_LOCK_TTL_SECONDS", "redis_lock_ttl_seconds", number(1, 86400), 300.0, "Lease TTL; the holder renews it every TTL/3."),
+    Spec("LEASE_RETRY_SECONDS", "lease_retry_seconds", number(0.05, 3600), None, "How often standby processes try to take the lease.", default_doc="TTL/3, at most 30"),
+    Spec("REDIS_TIMEOUT_SECONDS", "redis_timeout_seconds", number(0.05, 60), 3.0, "Connect and read timeout of every Redis call (no hidden retries)."),
+    Spec("BG_POLLER_LOCK_FILE", "bg_poller_lock_file", text, None, "Lock file of the file lease (without REDIS_URL).", default_doc="$STATE_DIR/poller.lock"),
+    Spec("STATE_DIR", "state_dir", text, "./var", "Directory of the SQLite state and the lock file (without REDIS_URL)."),
+    Spec("STATE_RETENTION_DAYS", "state_retention_days", number(0.001, 3650), 30.0, "How long delivered-email records, dead letters and history are kept."),
+    Spec("HEARTBEAT_INTERVAL_SECONDS", "heartbeat_interval_seconds", number(0.1, 86400), 300.0, "Interval of the lease holder's `BG_POLLER: heartbeat` log line."),
+    # Webhook
+    Spec("WEBHOOK_URL", "webhook_url", http_url, None, "Receiver of the webhooks (a bearer capability: never logged in full).", secret=True),
+    Spec("WEBHOOK_SECRET", "webhook_secret", secret_text, None, "Standard Webhooks secret (`whsec_<base64>`); signs each webhook when set.", secret=True),
+    Spec("WEBHOOK_ALLOW_INSECURE", "webhook_allow_insecure", parse_bool, False, "Allow an http:// WEBHOOK_URL (local receivers only)."),
+    Spec("WEBHOOK_TIMEOUT_SECONDS", "webhook_timeout_seconds", number(0.1, MAX_WEBHOOK_TIMEOUT_SECONDS), 30.0, f"Timeout of one webhook attempt (at most {MAX_WEBHOOK_TIMEOUT_SECONDS}, to fit the shutdown budget)."),
+    Spec("WEBHOOK_RETRY_HOURS", "webhook_retry_hours", number(0.0001, 24 * 30), 24.0, "How long a failing webhook is retried before it becomes a dead letter."),
+    Spec("WEBHOOK_RETRY_SCHEDULE", "webhook_retry_schedule", seconds_schedule, (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0), "Comma-separated retry delays in seconds; the last repeats.", default_doc="5,30,120,600,1800,3600"),
+    # R2 offload
+    Spec("R2_FETCH_ENABLED", "r2_fetch_enabled", parse_bool, False, "Copy Dropbox files to R2 through the Worker before the webhook."),
+    Spec("R2_FETCH_ENDPOINT", "r2_fetch_endpoint", http_url, None, "URL of the Worker (required when R2_FETCH_ENABLED=true)."),
+    Spec("R2_FETCH_TOKEN", "r2_fetch_token", secret_text, None, "Shared token sent as X-R2-FETCH-TOKEN (required when R2_FETCH_ENABLED=true).", secret=True),
+    Spec("R2_BUCKET_NAME", "r2_bucket_name", text, None, "Bucket name sent to the Worker (and used for presigning)."),
+    Spec("R2_FETCH_TIMEOUT_SECONDS", "r2_fetch_timeout_seconds", number(0.1, 3600), 15.0, "Worker call timeout for a file link."),
+    Spec("R2_FETCH_TIMEOUT_FOLDER_SECONDS", "r2_fetch_timeout_folder_seconds", number(0.1, 3600), 120.0, "Worker call timeout for a Dropbox folder link (zipped by Dropbox)."),
+    Spec("R2_CIRCUIT_FAILURES", "r2_circuit_failures", integer(1, 1000), 5, "Consecutive Worker failures that open the circuit."),
+    Spec("R2_CIRCUIT_COOLDOWN_SECONDS", "r2_circuit_cooldown_seconds", number(0.1, 86400), 60.0, "How long an open circuit skips R2 before one trial call."),
+    Spec("R2_RETENTION_HOURS", "r2_retention_hours", number(0.01, 100000), 24.0, "How long an R2 copy is reused (match the Worker's R2_RETENTION_HOURS)."),
+    Spec("R2_PUBLIC_BASE_URL", "r2_public_base_url", http_url, None, "Public base URL of the bucket; when unset and S3 credentials are given, r2_url is presigned."),
+    Spec("R2_ACCOUNT_ID", "r2_account_id", text, None, "Cloudflare account id (for presigning)."),
+    Spec("R2_ACCESS_KEY_ID", "r2_access_key_id", text, None, "R2 S3 access key id (for presigning)."),
+    Spec("R2_SECRET_ACCESS_KEY", "r2_secret_access_key", secret_text, None, "R2 S3 secret key (for presigning).", secret=True),
+    Spec("R2_PRESIGN_TTL_SECONDS", "r2_presign_ttl_seconds", integer(1, 7 * 24 * 3600), 86400, "Validity of presigned r2_url links."),
+    Spec("R2_S3_ENDPOINT_URL", "r2_s3_endpoint_url", http_url, None, "S3 endpoint for presigning.", default_doc="https://<R2_ACCOUNT_ID>.r2.cloudflarestorage.com"),
+    # Operator surface
+    Spec("STATUS_API_TOKEN", "status_api_token", secret_text, None, "Token for /api/status, /metrics and the / page; unset = /api/status is 404.", secret=True),
+    Spec("LOG_FORMAT", "log_format", choice("text", "json"), "text", "`json` = one JSON object per line."),
+    Spec("LOG_LEVEL", "log_level", choice("debug", "info", "warning", "error"), "info", "Minimum log level."),
+    Spec("RENDER_GIT_COMMIT", "render_git_commit", text, None, "Set by Render; reported as `version`."),
+    # Gunicorn (read by gunicorn.conf.py; validated here too)
+    Spec("PORT", "port", integer(1, 65535), 8000, "HTTP port (Gunicorn binds 0.0.0.0:$PORT; `make run` binds 127.0.0.1)."),
+    Spec("WEB_CONCURRENCY", "web_concurrency", integer(1, 64), 2, "Gunicorn worker processes."),
+    Spec("GUNICORN_THREADS", "gunicorn_threads", integer(1, 256), 4, "Threads per Gunicorn worker."),
+)
+
+SPEC_BY_ENV = {spec.env: spec for spec in SPECS}
+SECRET_ENVS = tuple(spec.env for spec in SPECS if spec.secret)
+
+
+def _settings_field(spec: Spec) -> Any:
+    return field(default=spec.default, repr=not spec.secret)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration, validated. Build with ``Settings.from_env(environ)``; tests pass a dict."""
+
+    imap_server: str | None = None
+    imap_port: int = 993
+    imap_use_ssl: bool = True
+    imap_starttls: bool = False
+    imap_ca_file: str | None = None
+    email_address: str | None = None
+    email_password: str | None = field(default=None, repr=False)
+    imap_mailbox: str = "INBOX"
+    imap_timeout_seconds: float = 30.0
+    imap_use_idle: bool = True
+    imap_reconnect_max_seconds: float = 60.0
+    email_polling_interval_seconds: float = 30.0
+    sender_allowlist: tuple[str, ...] = ()
+    first_start_max_age_hours: float = 72.0
+    mark_as_read: bool = True
+    allow_webhook_without_links: bool = False
+    enable_background_tasks: bool = True
+    redis_url: str | None = field(default=None, repr=False)
+    redis_lock_ttl_seconds: float = 300.0
+    lease_retry_seconds: float | None = None
+    redis_timeout_seconds: float = 3.0
+    bg_poller_lock_file: str | None = None
+    state_dir: str = "./var"
+    state_retention_days: float = 30.0
+    heartbeat_interval_seconds: float = 300.0
+    webhook_url: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_allow_insecure: bool = False
+    webhook_timeout_seconds: float = 30.0
+    webhook_retry_hours: float = 24.0
+    webhook_retry_schedule: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
+    r2_fetch_enabled: bool = False
+    r2_fetch_endpoint: str | None = None
+    r2_fetch_token: str | None = field(default=None, repr=False)
+    r2_bucket_name: str | None = None
+    r2_fetch_timeout_seconds: float = 15.0
+    r2_fetch_timeout_folder_seconds: float = 120.0
+    r2_circuit_failures: int = 5
+    r2_circuit_cooldown_seconds: float = 60.0
+    r2_retention_hours: float = 24.0
+    r2_public_base_url: str | None = None
+    r2_account_id: str | None = None
+    r2_access_key_id: str | None = None
+    r2_secret_access_key: str | None = field(default=None, repr=False)
+    r2_presign_ttl_seconds: int = 86400
+    r2_s3_endpoint_url: str | None = None
+    status_api_token: str | None = field(default=None, repr=False)
+    log_format: str = "text"
+    log_level: str = "info"
+    render_git_commit: str | None = None
+    port: int = 8000
+    web_concurrency: int = 2
+    gunicorn_threads: int = 4
+
+    # --- construction -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Parse and validate every variable of ``SPECS`` from ``environ`` (``os.environ`` when None)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in SPECS:
+            raw = env.get(spec.env)
+            if raw is None or raw.strip() == "":
+                # An empty variable counts as unset (Render dashboards leave empty values around).
+                continue
+            try:
+                values[spec.attr] = spec.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(spec.env, str(exc)) from None
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> "Settings":
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Cross-field rules: a feature that is on has what it needs."""
+        mailbox = {"IMAP_SERVER": self.imap_server, "EMAIL_ADDRESS": self.email_address,
+                   "EMAIL_PASSWORD": self.email_password}
+        missing = [name for name, value in mailbox.items() if not value]
+        if 0 < len(missing) < len(mailbox):
+            raise ConfigError(missing[0], "required when any of IMAP_SERVER, EMAIL_ADDRESS, EMAIL_PASSWORD is set")
+        if self.imap_use_ssl and self.imap_starttls:
+            raise ConfigError("IMAP_STARTTLS", "cannot be combined with IMAP_USE_SSL=true (implicit TLS)")
+        if self.imap_ca_file and not os.path.isfile(self.imap_ca_file):
+            raise ConfigError("IMAP_CA_FILE", "file not found")
+        if self.webhook_url and not self.webhook_allow_insecure and not self.webhook_url.startswith("https://"):
+            raise ConfigError("WEBHOOK_URL", "must be https:// (set WEBHOOK_ALLOW_INSECURE=true for a local receiver)")
+        if self.mailbox_configured and self.enable_background_tasks and not self.webhook_url:
+            raise ConfigError("WEBHOOK_URL", "required when the mailbox is configured")
+        if self.webhook_secret is not None:
+            _validate_webhook_secret(self.webhook_secret)
+        if self.r2_fetch_enabled:
+            if not self.r2_fetch_endpoint:
+                raise ConfigError("R2_FETCH_ENDPOINT", "required when R2_FETCH_ENABLED=true")
+            if not self.r2_fetch_token:
+                raise ConfigError("R2_FETCH_TOKEN", "required when R2_FETCH_ENABLED=true")
+        presign = {"R2_ACCOUNT_ID": self.r2_account_id, "R2_ACCESS_KEY_ID": self.r2_access_key_id,
+                   "R2_SECRET_ACCESS_KEY": self.r2_secret_access_key}
+        given = [name for name, value in presign.items() if value]
+        if given and len(given) < len(presign):
+            missing_name = next(name for name, value in presign.items() if not value)
+            if not (missing_name == "R2_ACCOUNT_ID" and self.r2_s3_endpoint_url):
+                raise ConfigError(missing_name, "required with the other R2 S3 credentials")
+
+    # --- derived values ---------------------------------------------------------------------------------------
+
+    @property
+    def mailbox_configured(self) -> bool:
+        return bool(self.imap_server and self.email_address and self.email_password)
+
+    @property
+    def lease_retry_interval(self) -> float:
+        if self.lease_retry_seconds is not None:
+            return self.lease_retry_seconds
+        return min(self.redis_lock_ttl_seconds / 3.0, 30.0)
+
+    @property
+    def lock_file_path(self) -> str:
+        return self.bg_poller_lock_file or os.path.join(self.state_dir, "poller.lock")
+
+    @property
+    def presign_enabled(self) -> bool:
+        return (not self.r2_public_base_url and bool(self.r2_access_key_id and self.r2_secret_access_key)
+                and bool(self.r2_account_id or self.r2_s3_endpoint_url))
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        if self.r2_s3_endpoint_url:
+            return self.r2_s3_endpoint_url
+        if self.r2_account_id:
+            return f"https://{self.r2_account_id}.r2.cloudflarestorage.com"
+        return None
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret value currently set (for log redaction), including the Redis password and webhook path."""
+        values: list[str] = []
+        for spec in SPECS:
+            value = getattr(self, spec.attr)
+            if spec.secret and isinstance(value, str) and value:
+                values.append(value)
+        if self.redis_url:
+            password = urlsplit(self.redis_url).password
+            if password:
+                values.append(password)
+        if self.webhook_url:
+            path = urlsplit(self.webhook_url).path
+            if len(path) > 1:
+                values.append(path)
+        return tuple(sorted(set(values), key=len, reverse=True))
+
+
+def _validate_webhook_secret(secret: str) -> None:
+    import base64
+    import binascii
+
+    if not secret.startswith("whsec_"):
+        raise ConfigError("WEBHOOK_SECRET", "must start with whsec_")
+    try:
+        decoded = base64.b64decode(secret[len("whsec_"):], validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError("WEBHOOK_SECRET", "must be whsec_ followed by base64") from None
+    if len(decoded) < 16:
+        raise ConfigError("WEBHOOK_SECRET", "must decode to at least 16 bytes")
+
+
+def load_settings_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings; on a bad value print the one ``CONFIG:`` line and exit with code 3."""
+    import sys
+
+    try:
+        return Settings.from_env(environ)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
