@@ -1,0 +1,36 @@
+"""render-signal's one wiring point: ``create_app(settings=None)`` builds the Flask app and its runtime.
+
+``app = create_app()`` at module level is what Gunicorn serves (``app:app``). Importing this module opens no
+socket and starts no thread: the runtime opens the state store lazily, and Gunicorn's ``post_worker_init``
+hook starts the background machinery (see gunicorn.conf.py).
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from background.runner import ServiceRuntime
+from log_setup import configure_logging
+from settings import Settings, load_settings_or_exit
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    if settings is None:
+        settings = load_settings_or_exit()
+    configure_logging(settings)
+
+    flask_app = Flask(__name__)
+    # Error pages never show tracebacks or config (secrets); Flask's debug mode is never switched on here.
+    flask_app.config.update(PROPAGATE_EXCEPTIONS=False, JSON_SORT_KEYS=False)
+    runtime = ServiceRuntime(settings)
+    flask_app.extensions["render_signal"] = runtime
+
+    from routes import register_routes
+    from cli import register_cli
+
+    register_routes(flask_app, runtime)
+    register_cli(flask_app)
+    return flask_app
+
+
+app = create_app()

@@ -1,0 +1,220 @@
+"""The per-worker runtime: lazily built adapters, the background threads, and the views the routes read.
+
+``ServiceRuntime`` is created by ``create_app`` (no I/O, no thread). Gunicorn's ``post_worker_init`` calls
+``start_background()``: every worker then runs a lease keeper (standby or holder), and the poller and delivery
+threads, which act only while this worker holds the lease, plus an observer that publishes the holder's status
+to the shared store and caches the cluster view for ``/health`` (which must do no network I/O of its own).
+``stop_background(timeout)`` (``worker_exit``) stops everything and joins with a timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_VERSION = "1.0.0"
+
+
+def iso_utc(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class PollerStatus:
+    """What the poller thread knows about itself; written by that thread, read by the routes (no lock needed
+    for single attribute reads in CPython; the dict snapshot copies under a lock)."""
+
+    state: str = "standby"           # standby | polling | backoff | redis_unavailable
+    imap: str = "n/a"                # ok | unreachable | auth_failed | n/a
+    mailbox: str | None = None
+    uidvalidity: int | None = None
+    last_uid: int | None = None
+    idle: bool = False
+    last_cycle_at: float | None = None
+    last_success_at: float | None = None
+    last_error_at: float | None = None
+    last_error: str | None = None
+    consecutive_errors: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def update(self, **changes: Any) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self, key, value)
+
+    def error(self, message: str, imap_state: str | None = None) -> None:
+        with self._lock:
+            self.last_error_at = time.time()
+            self.last_error = message
+            self.consecutive_errors += 1
+            self.state = "backoff"
+            if imap_state:
+                self.imap = imap_state
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "state": self.state,
+                "imap": self.imap,
+                "mailbox": self.mailbox,
+                "uidvalidity": self.uidvalidity,
+                "last_uid": self.last_uid,
+                "idle": self.idle,
+                "last_cycle_at": iso_utc(self.last_cycle_at),
+                "last_success_at": iso_utc(self.last_success_at),
+                "last_success_epoch": self.last_success_at,
+                "last_error": ({"at": iso_utc(self.last_error_at), "message": self.last_error}
+                               if self.last_error else None),
+                "consecutive_errors": self.consecutive_errors,
+            }
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    host: str
+    pid: int
+    started_at: float
+    version: str
+    worker: int | None = None
+
+    def as_dict(self) -> dict:
+        return {"host": self.host, "pid": self.pid, "worker": self.worker,
+                "uptime_s": round(time.time() - self.started_at, 1), "version": self.version}
+
+
+class ServiceRuntime:
+    """Everything one worker process owns. Adapters are built on first use, never at import."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.version = settings.render_git_commit or PACKAGE_VERSION
+        self.instance = InstanceInfo(socket.gethostname(), os.getpid(), time.time(), self.version)
+        self.poller_status = PollerStatus(mailbox=settings.imap_mailbox)
+        self._lock = threading.RLock()
+        self._store = None
+        self._redis = None
+        self._offloader = None
+        self._sender = None
+        self.background = None  # BackgroundServices once started
+        self.background_failed = False
+
+    # --- lazily built adapters ----------------------------------------------------------------------------
+
+    @property
+    def redis_client(self):
+        if not self.settings.redis_url:
+            return None
+        with self._lock:
+            if self._redis is None:
+                from services.redis_client import make_redis_client
+
+                self._redis = make_redis_client(self.settings)
+            return self._redis
+
+    @property
+    def store(self):
+        with self._lock:
+            if self._store is None:
+                from services.state_store import open_state_store
+
+                self._store = open_state_store(self.settings, redis_client=self.redis_client)
+            return self._store
+
+    @property
+    def offloader(self):
+        with self._lock:
+            if self._offloader is None:
+                from services.r2_offload import build_offloader
+
+                self._offloader = build_offloader(self.settings, self.store, metrics=self.store)
+            return self._offloader
+
+    @property
+    def sender(self):
+        with self._lock:
+            if self._sender is None:
+                from services.webhook import WebhookSender
+
+                self._sender = WebhookSender(self.settings, version=self.version)
+            return self._sender
+
+    # --- background lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def background_mode(self) -> str:
+        """not_configured | disabled | enabled."""
+        if not self.settings.enable_background_tasks:
+            return "disabled"
+        if not self.settings.mailbox_configured:
+            return "not_configured"
+        return "enabled"
+
+    def start_background(self, worker_id: int | None = None) -> None:
+        if worker_id is not None:
+            self.instance = InstanceInfo(self.instance.host, os.getpid(), self.instance.started_at,
+                                         self.version, worker_id)
+        else:
+            self.instance = InstanceInfo(self.instance.host, os.getpid(), self.instance.started_at,
+                                         self.version, self.instance.worker)
+        mode = self.background_mode
+        if mode == "disabled":
+            logger.info("BG_POLLER: background tasks disabled (ENABLE_BACKGROUND_TASKS=false)")
+            return
+        if mode == "not_configured":
+            logger.info("BG_POLLER: mailbox not configured (IMAP_SERVER, EMAIL_ADDRESS, EMAIL_PASSWORD); web only")
+            return
+        with self._lock:
+            if self.background is not None:
+                return
+            from background.services import BackgroundServices
+
+            self.background = BackgroundServices(self)
+            self.background.start()
+
+    def stop_background(self, timeout: float) -> None:
+        with self._lock:
+            background, self.background = self.background, None
+        if background is not None:
+            background.stop(timeout)
+        for closer in (self._sender, self._offloader, self._store):
+            close = getattr(closer, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # shutting down: nothing more useful to do than log
+                    logger.warning("BG_POLLER: error while closing %s", type(closer).__name__, exc_info=True)
+
+    # --- views for the routes -----------------------------------------------------------------------------
+
+    def lease_snapshot(self) -> dict | None:
+        background = self.background
+        return background.lease_snapshot() if background is not None else None
+
+    def cluster_view(self) -> dict | None:
+        background = self.background
+        return background.cluster_view() if background is not None else None
+
+    def threads_dead(self) -> bool:
+        background = self.background
+        return self.background_failed or (background is not None and background.dead())
+
+    def deliver_one(self, result) -> dict:
+        """Run the delivery of one processed email now (the ``process-email`` command without --dry-run)."""
+        from background.delivery import deliver_single
+
+        return deliver_single(self, result)
+
+
+Callback = Callable[[], None]

@@ -1,0 +1,274 @@
+"""File-delivery links: the provider registry and ``extract_delivery_links``.
+
+A provider is one ``Provider`` entry in ``PROVIDERS``: its name, the host domains it owns (a host matches a domain
+exactly or as a subdomain, never by substring) with the URL paths that are deliveries on them, and optionally a
+direct-download rewrite and an exclusion rule. Candidate URLs come from the HTML anchors first (document order) and
+then from the text; each is HTML-unescaped, stripped of trailing punctuation, unwrapped from Outlook SafeLinks and
+Google redirects, checked against the registry and reported once, in order of first appearance.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import parse_qsl, urlsplit
+
+MAX_URL_LENGTH = 8192  # longer candidates are not links a person shares; bounds the work per match
+_MAX_UNWRAP_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class DeliveryLink:
+    provider: str
+    raw_url: str
+    direct_url: str
+
+
+@dataclass(frozen=True)
+class HostRule:
+    """URLs on ``domain`` (or a subdomain) whose path matches ``path`` are deliveries."""
+
+    domain: str
+    path: re.Pattern[str]
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    rules: tuple[HostRule, ...]
+    # direct-download form for the offload; None = the raw URL itself
+    direct: Callable[[str], str] | None = None
+    # True for URLs on the provider's domain that look like deliveries but are not (logos, delete links)
+    excluded: Callable[[str], bool] | None = field(default=None)
+
+
+# --- Dropbox ---------------------------------------------------------------------------------------------------
+
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".ico", ".bmp")
+# Canonical order of the Dropbox parameters we keep; unknown ones follow, sorted; ``dl`` is always last.
+_DROPBOX_PARAM_ORDER = ("rlkey", "st", "e")
+
+
+def _query_pairs(query: str) -> list[tuple[str, str]]:
+    """Raw ``key=value`` pieces of a query string, without percent-decoding (so rebuilding is lossless)."""
+    pairs = []
+    for piece in query.split("&"):
+        if not piece:
+            continue
+        key, _, value = piece.partition("=")
+        pairs.append((key, value))
+    return pairs
+
+
+def dropbox_direct_url(url: str) -> str:
+    """Dropbox direct-download form: https://www.dropbox.com, path kept, ``rlkey``/``st`` kept, ``dl=1`` last."""
+    parts = urlsplit(url)
+    if parts.path.startswith("/request/"):
+        return url  # a file request is an upload page: there is nothing to download
+    pairs = [(k, v) for k, v in _query_pairs(parts.query) if k not in ("dl", "raw")]
+    rank = {name: index for index, name in enumerate(_DROPBOX_PARAM_ORDER)}
+    pairs.sort(key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+    query = "&".join(f"{k}={v}" for k, v in pairs + [("dl", "1")])
+    return f"https://www.dropbox.com{parts.path}?{query}"
+
+
+def _is_dropbox_image_asset(url: str) -> bool:
+    """Logos and avatars in Dropbox mails are images served inline (``raw=1``), not shared files."""
+    parts = urlsplit(url)
+    if not parts.path.lower().endswith(_IMAGE_EXTENSIONS):
+        return False
+    return any(k == "raw" and v == "1" for k, v in _query_pairs(parts.query))
+
+
+def is_dropbox_folder(url: str) -> bool:
+    """True for Dropbox folder links (``/scl/fo/``, legacy ``/sh/``), which the Worker zips (long timeout)."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").rstrip(".")
+    except ValueError:
+        return False
+    return host_matches(host, "dropbox.com") and parts.path.startswith(("/scl/fo/", "/sh/"))
+
+
+# --- FromSmash -------------------------------------------------------------------------------------------------
+
+# Custom slugs make any single path segment a possible transfer; these are the site's own pages.
+_FROMSMASH_SITE_PATHS = frozenset({
+    "about", "api", "app", "blog", "business", "contact", "cookies", "developers", "download", "downloads",
+    "enterprise", "faq", "features", "help", "home", "legal", "login", "logout", "plans", "pricing", "privacy",
+    "pro", "register", "security", "signin", "signup", "support", "team", "teams", "terms", "upload",
+})
+
+
+def _is_fromsmash_non_transfer(url: str) -> bool:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".").lower()
+    if host_matches(host, "api.fromsmash.com") or host.endswith(".api.fromsmash.com"):
+        return True
+    return parts.path.strip("/").lower() in _FROMSMASH_SITE_PATHS
+
+
+def _is_swisstransfer_delete_link(url: str) -> bool:
+    return any(k == "delete" for k, _ in _query_pairs(urlsplit(url).query))
+
+
+def _path(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+PROVIDERS: tuple[Provider, ...] = (
+    Provider(
+        "dropbox",
+        (HostRule("dropbox.com", _path(r"^/(?:s|scl/fi|scl/fo|sh|request)/[^/]+")),),
+        direct=dropbox_direct_url,
+        excluded=_is_dropbox_image_asset,
+    ),
+    Provider(
+        "fromsmash",
+        (HostRule("fromsmash.com", _path(r"^/[A-Za-z0-9][A-Za-z0-9_-]*/?$")),),
+        excluded=_is_fromsmash_non_transfer,
+    ),
+    Provider(
+        "swisstransfer",
+        (
+            HostRule("swisstransfer.com", _path(r"^/(?:d|dl)/[^/]+|^/api/download/[^/]+")),
+            HostRule("swisstransfer.infomaniak.com", _path(r"^/(?:d|dl)/[^/]+")),
+        ),
+        excluded=_is_swisstransfer_delete_link,
+    ),
+    Provider(
+        "wetransfer",
+        (
+            HostRule("wetransfer.com", _path(r"^/downloads/[^/]+/[^/]+")),
+            HostRule("we.tl", _path(r"^/[A-Za-z0-9][A-Za-z0-9_-]*/?$")),
+        ),
+    ),
+)
+
+PROVIDER_DOMAINS: tuple[str, ...] = tuple(rule.domain for provider in PROVIDERS for rule in provider.rules)
+
+
+# --- host and provider checks ----------------------------------------------------------------------------------
+
+def host_matches(host: str, domain: str) -> bool:
+    """True when ``host`` is ``domain`` or one of its subdomains (case-insensitive, trailing dot ignored)."""
+    host = host.lower().rstrip(".")
+    domain = domain.lower().rstrip(".")
+    return host == domain or host.endswith("." + domain)
+
+
+def is_allowed_provider_url(url: str) -> str | None:
+    """The provider name when ``url`` is an https/http delivery link of a registered provider, else None."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return None
+    for provider in PROVIDERS:
+        for rule in provider.rules:
+            if host_matches(host, rule.domain) and rule.path.search(parts.path):
+                if provider.excluded is not None and provider.excluded(url):
+                    return None
+                return provider.name
+    return None
+
+
+# --- candidates ------------------------------------------------------------------------------------------------
+
+# A URL in running text stops at whitespace, quotes, angle brackets and characters never left bare in a URL.
+_TEXT_URL = re.compile(r"""https?://[^\s<>"'`{}|\\^\[\]]+""", re.IGNORECASE)
+_TRAILING = ".,;:!?'\"*>}»…“”‘’"
+_CLOSERS = {")": "(", "]": "["}
+
+
+def _strip_trailing(url: str) -> str:
+    while url:
+        last = url[-1]
+        if last in _TRAILING:
+            url = url[:-1]
+        elif last in _CLOSERS and url.count(_CLOSERS[last]) < url.count(last):
+            url = url[:-1]  # "(https://…/file.zip)": the paren belongs to the sentence, not the URL
+        else:
+            break
+    return url
+
+
+def _unwrap_redirector(url: str) -> str | None:
+    """The target of an Outlook SafeLinks or Google redirect URL, else None."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return None
+    if host_matches(host, "safelinks.protection.outlook.com"):
+        names = ("url",)
+    elif host_matches(host, "google.com") and parts.path == "/url":
+        names = ("q", "url")
+    else:
+        return None
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    for name in names:
+        target = params.get(name)
+        if target and target.lower().startswith(("http://", "https://")):
+            return target
+    return None
+
+
+def _normalise_candidate(url: str) -> str:
+    url = url.strip()
+    if "&" in url:
+        url = html.unescape(url)
+    url = _strip_trailing(url)
+    for _ in range(_MAX_UNWRAP_DEPTH):
+        target = _unwrap_redirector(url)
+        if target is None:
+            break
+        url = _strip_trailing(target.strip())
+    return url
+
+
+def _dedup_key(link: DeliveryLink) -> str:
+    """Two spellings of one link (host case, tracking parameters, a trailing slash) are the same link."""
+    parts = urlsplit(link.direct_url)
+    pairs = [(k, v) for k, v in _query_pairs(parts.query) if not k.lower().startswith("utm_")]
+    query = "&".join(f"{k}={v}" for k, v in pairs)
+    return f"{(parts.hostname or '').lower()}{parts.path.rstrip('/')}?{query}"
+
+
+def _to_link(candidate: str) -> DeliveryLink | None:
+    if len(candidate) > MAX_URL_LENGTH:
+        return None
+    url = _normalise_candidate(candidate)
+    provider_name = is_allowed_provider_url(url)
+    if provider_name is None:
+        return None
+    provider = next(p for p in PROVIDERS if p.name == provider_name)
+    direct = provider.direct(url) if provider.direct is not None else url
+    return DeliveryLink(provider=provider_name, raw_url=url, direct_url=direct)
+
+
+def extract_delivery_links(text: str, hrefs: list[str]) -> list[DeliveryLink]:
+    """Delivery links in ``hrefs`` (document order) then in ``text``, each once, in order of first appearance."""
+    links: list[DeliveryLink] = []
+    seen: set[str] = set()
+
+    def consider(candidate: str) -> None:
+        link = _to_link(candidate)
+        if link is None:
+            return
+        key = _dedup_key(link)
+        if key not in seen:
+            seen.add(key)
+            links.append(link)
+
+    for href in hrefs:
+        if href and href[:4].lower() == "http":
+            consider(href)
+    if text:
+        for match in _TEXT_URL.finditer(text):
+            consider(match.group(0))
+    return links

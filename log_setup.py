@@ -1,0 +1,130 @@
+"""One log format for the whole service (the app's and Gunicorn's), with secrets redacted and correspondents masked.
+
+Text lines look like ``2026-11-28T18:30:00Z INFO [1234] background.poller: BG_POLLER: ...``; ``LOG_FORMAT=json``
+emits one JSON object per line with ``ts``, ``level``, ``logger``, ``message`` (plus ``exc`` for tracebacks).
+The formatter is the last line of defence: every formatted line (message and traceback) has the configured secret
+values replaced by ``***`` and every e-mail address other than the service's own ``EMAIL_ADDRESS`` masked as
+``j***@example.com``. Call sites still mask what they log (``mask_address``); this catches what slips through.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from typing import Iterable
+
+REDACTED = "***"
+_EMAIL_RE = re.compile(r"(?<![\w.+-])([A-Za-z0-9._%+-]{1,64})@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
+
+_lock = threading.Lock()
+_secrets: tuple[str, ...] = ()
+_own_addresses: frozenset[str] = frozenset()
+
+
+def register_secrets(values: Iterable[str], own_addresses: Iterable[str] = ()) -> None:
+    """Declare values that must never be printed, and addresses that may be (the service's own)."""
+    global _secrets, _own_addresses
+    with _lock:
+        merged = set(_secrets) | {value for value in values if value and len(value) >= 3}
+        _secrets = tuple(sorted(merged, key=len, reverse=True))
+        _own_addresses = _own_addresses | {address.lower() for address in own_addresses if address}
+
+
+def mask_address(address: str | None) -> str:
+    """``john@example.com`` → ``j***@example.com``; anything without an ``@`` → ``***``."""
+    if not address:
+        return ""
+    local, at, domain = address.strip().rpartition("@")
+    if not at or not local:
+        return REDACTED
+    return f"{local[0]}***@{domain.lower()}"
+
+
+def scrub(text: str) -> str:
+    """Redact secrets and mask foreign addresses in an arbitrary string (logs, error pages)."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    own = _own_addresses
+
+    def _mask(match: re.Match[str]) -> str:
+        full = match.group(0)
+        if full.lower() in own:
+            return full
+        return mask_address(full)
+
+    return _EMAIL_RE.sub(_mask, text)
+
+
+class ServiceFormatter(logging.Formatter):
+    """Text or JSON formatter that scrubs every line it emits."""
+
+    def __init__(self, fmt_kind: str = "text") -> None:
+        super().__init__()
+        self.kind = fmt_kind
+
+    @staticmethod
+    def _timestamp(record: logging.LogRecord) -> str:
+        base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{base}.{int(record.msecs):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad %-format at a call site must not kill the logging thread
+            message = f"{record.msg!r} (bad log arguments)"
+        exc_text = self.formatException(record.exc_info) if record.exc_info else None
+        if self.kind == "json":
+            doc = {"ts": self._timestamp(record), "level": record.levelname, "logger": record.name,
+                   "message": scrub(message), "pid": record.process}
+            if exc_text:
+                doc["exc"] = scrub(exc_text)
+            return json.dumps(doc, ensure_ascii=False)
+        line = f"{self._timestamp(record)} {record.levelname} [{record.process}] {record.name}: {message}"
+        if exc_text:
+            line = f"{line}\n{exc_text}"
+        return scrub(line)
+
+
+def logging_config_dict(fmt_kind: str, level: str) -> dict:
+    """A dictConfig for the app and Gunicorn's loggers (used by gunicorn.conf.py's ``logconfig_dict``)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"service": {"()": "log_setup.ServiceFormatter", "fmt_kind": fmt_kind}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "service", "stream": "ext://sys.stderr"}},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": {"level": level.upper(), "handlers": ["stderr"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+            # urllib3 and botocore would log request URLs (the webhook URL is a capability) at DEBUG.
+            "urllib3": {"level": "WARNING"},
+            "botocore": {"level": "WARNING"},
+            "boto3": {"level": "WARNING"},
+        },
+    }
+
+
+def configure_logging(settings) -> None:
+    """Install the service formatter on the root logger once per process (idempotent)."""
+    register_secrets(settings.secret_values(), own_addresses=[settings.email_address or ""])
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler.formatter, ServiceFormatter):
+            handler.formatter.kind = settings.log_format
+            root.setLevel(settings.log_level.upper())
+            return
+    if any(type(handler).__name__ == "LogCaptureHandler" for handler in root.handlers):
+        # Under pytest's log capture: keep its handlers, only make sure our level applies.
+        root.setLevel(min(root.level or logging.WARNING, logging.getLevelName(settings.log_level.upper())))
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ServiceFormatter(settings.log_format))
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    for noisy in ("urllib3", "botocore", "boto3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

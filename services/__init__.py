@@ -1,0 +1,1 @@
+"""Adapters to external systems: state store, Redis client, IMAP, webhook, R2."""

@@ -1,0 +1,628 @@
+"""R2 offload: asks the Cloudflare Worker to copy each Dropbox delivery link into R2, with a guaranteed fallback.
+
+This module owns the Worker client (one ``requests`` session, adaptive timeouts), the allow-list of hosts that may
+ever be sent to the Worker, the circuit breaker that skips a failing Worker, the reuse of copies recorded in the
+state store, and the presigner (boto3, imported only when presigning is on). R2 is an optimisation, never a
+dependency: ``offload_links`` never raises and returns one ``OffloadedLink`` per input link, in order, with
+``r2_url=None`` and the source URLs kept whenever anything goes wrong. ``R2OffloadError`` is the module's own
+failure type and never leaves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import requests
+
+logger = logging.getLogger(__name__)
+
+# Providers whose direct-download URL answers with the file itself (after redirects the Worker re-checks), and the
+# domains (and their subdomains) such URLs may point at. Nothing else is ever sent to the Worker.
+OFFLOADED_PROVIDERS: dict[str, tuple[str, ...]] = {
+    "dropbox": ("dropbox.com", "dropboxusercontent.com"),
+}
+MAX_PARALLEL_LINKS = 4
+# Added to the longest per-link timeout of an email to bound the R2 time the email may spend in total.
+EMAIL_BUDGET_GRACE_SECONDS = 5.0
+# The Worker answers a small JSON document; anything longer is not that.
+MAX_RESPONSE_BYTES = 64 * 1024
+MAX_FILE_NAME_CHARS = 120
+DEFAULT_FILE_NAME = "file"
+
+# Reasons (snake_case, logged and used as metric labels) that mean the Worker itself is unhealthy or misconfigured
+# and so count towards opening the circuit. A well-formed refusal about one source (HTTP 200 ``success: false``, or a
+# 4xx about the request such as 400/422) means the Worker is up: it resets the count instead.
+_WORKER_HEALTHY_HTTP_CODES = frozenset({400, 409, 410, 413, 415, 422})
+
+
+class R2OffloadError(Exception):
+    """One Worker call (or presign) did not produce a usable R2 URL; ``reason`` is the snake_case log reason."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason if not detail else f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class LinkLike(Protocol):
+    """Structural view of ``email_processing.links.DeliveryLink``."""
+
+    provider: str
+    raw_url: str
+    direct_url: str
+
+
+class R2CopyStore(Protocol):
+    """The part of the state store that remembers copies already made (see ARCHITECTURE.md)."""
+
+    def get_r2_copy(self, source_url: str) -> dict | None: ...
+
+    def put_r2_copy(self, source_url: str, record: dict, ttl_seconds: float) -> None: ...
+
+
+class Metrics(Protocol):
+    def incr(self, name: str, amount: int = 1, label: str | None = None) -> None: ...
+
+
+# --- pure helpers: URL normalisation, allow-list, object keys -------------------------------------------------
+
+def normalise_source_url(url: str) -> str:
+    """Canonical form sent to the Worker and used as the reuse key: lower-case scheme and host, no default port,
+    no fragment. Path and query are kept verbatim (Dropbox's ``rlkey``/``st`` grant access)."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    netloc = host
+    if parts.port is not None and not ((scheme == "https" and parts.port == 443) or (scheme == "http" and parts.port == 80)):
+        netloc = f"{host}:{parts.port}"
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+def host_within(host: str, domain: str) -> bool:
+    """True when ``host`` is ``domain`` or one of its subdomains (label-wise, never by substring)."""
+    host = host.lower().rstrip(".")
+    domain = domain.lower().rstrip(".")
+    return host == domain or host.endswith("." + domain)
+
+
+def is_allow_listed(provider: str, url: str) -> bool:
+    """An https URL without credentials whose host lies within one of the provider's allow-listed domains."""
+    domains = OFFLOADED_PROVIDERS.get(provider.lower())
+    if not domains:
+        return False
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return False
+    if parts.scheme.lower() != "https" or not host or parts.username is not None or parts.password is not None:
+        return False
+    return any(host_within(host, domain) for domain in domains)
+
+
+def is_folder_link(url: str) -> bool:
+    """A Dropbox folder link, which Dropbox zips on the fly (hence the longer timeout)."""
+    try:
+        from email_processing.links import is_dropbox_folder  # the owner of the concept, when present
+    except ImportError:  # pragma: no cover - only while email_processing/links.py does not exist yet
+        path = urlsplit(url).path
+        return path.startswith("/scl/fo/") or path.startswith("/sh/")
+    return bool(is_dropbox_folder(url))
+
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,10}$")
+
+
+def file_name_for(url: str) -> str:
+    """The URL's last path segment, sanitised, when it has an extension; ``file`` otherwise."""
+    segment = posixpath.basename(urlsplit(url).path.rstrip("/"))
+    name = unquote(segment)
+    name = _UNSAFE_NAME_CHARS.sub("_", name).strip("._-")
+    if not name or not _EXTENSION.search(name) or name.startswith("."):
+        return DEFAULT_FILE_NAME
+    stem, dot, ext = name.rpartition(".")
+    if not stem.strip("._-"):
+        return DEFAULT_FILE_NAME
+    if len(name) > MAX_FILE_NAME_CHARS:
+        name = stem[: MAX_FILE_NAME_CHARS - len(ext) - 1] + dot + ext
+    return name
+
+
+def object_key_for(provider: str, source_url: str) -> str:
+    """``<provider>/<8 hex>/<8 hex>/<file name>`` from the SHA-256 of the normalised URL: the same link always
+    lands on the same object."""
+    digest = hashlib.sha256(source_url.encode("utf-8")).hexdigest()
+    return f"{provider.lower()}/{digest[:8]}/{digest[8:16]}/{file_name_for(source_url)}"
+
+
+def endpoint_origin(url: str | None) -> str:
+    """``scheme://host[:port]`` of the Worker URL: what may be logged (its path or query may be a capability)."""
+    if not url:
+        return "-"
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], "", "", ""))
+
+
+# --- circuit breaker -------------------------------------------------------------------------------------------
+
+class CircuitBreaker:
+    """Consecutive Worker failures open the circuit for a cool-down; then one trial call decides. Thread-safe."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+    def __init__(self, failure_threshold: int, cooldown_seconds: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.failure_threshold = max(1, int(failure_threshold))
+        self.cooldown_seconds = float(cooldown_seconds)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = self.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial_in_flight = False
+        self.openings = 0
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            return self._state
+
+    def allow(self) -> bool:
+        """May a Worker call be made now? In half-open state only one caller gets the trial."""
+        with self._lock:
+            if self._state == self.CLOSED:
+                return True
+            if self._state == self.OPEN and self._clock() - self._opened_at >= self.cooldown_seconds:
+                self._state = self.HALF_OPEN
+                self._trial_in_flight = False
+            if self._state == self.HALF_OPEN and not self._trial_in_flight:
+                self._trial_in_flight = True
+                logger.info("R2_TRANSFER: circuit half-open, trying one Worker call")
+                return True
+            return False
+
+    def record_success(self) -> None:
+        with self._lock:
+            was = self._state
+            self._state = self.CLOSED
+            self._failures = 0
+            self._trial_in_flight = False
+        if was != self.CLOSED:
+            logger.info("R2_TRANSFER: circuit closed, the Worker answered again")
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._state == self.HALF_OPEN:
+                opening = True
+            elif self._state == self.CLOSED and self._failures >= self.failure_threshold:
+                opening = True
+            else:
+                opening = False
+            if opening:
+                self._state = self.OPEN
+                self._opened_at = self._clock()
+                self._trial_in_flight = False
+                self.openings += 1
+            failures = self._failures
+        if opening:
+            logger.warning("R2_TRANSFER: circuit open after %d consecutive Worker failures; links keep their source "
+                           "URLs for %.0f s, then one trial call", failures, self.cooldown_seconds)
+
+
+# --- presigning ---------------------------------------------------------------------------------------------------
+
+class NullPresigner:
+    """Public bucket (or no S3 credentials): the Worker's ``r2_url`` is used as it is."""
+
+    enabled = False
+
+    def presign(self, object_key: str, r2_url: str) -> str:
+        return r2_url
+
+
+class S3Presigner:
+    """Presigned GET URLs for objects of a private bucket, via boto3 against R2's S3 endpoint (created lazily)."""
+
+    enabled = True
+
+    def __init__(self, *, endpoint_url: str, access_key_id: str, secret_access_key: str, bucket: str | None,
+                 ttl_seconds: int) -> None:
+        self._endpoint_url = endpoint_url
+        self._access_key_id = access_key_id
+        self._secret_access_key = secret_access_key
+        self.bucket = bucket
+        self.ttl_seconds = int(ttl_seconds)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "S3Presigner":
+        return cls(endpoint_url=settings.s3_endpoint, access_key_id=settings.r2_access_key_id,
+                   secret_access_key=settings.r2_secret_access_key, bucket=settings.r2_bucket_name,
+                   ttl_seconds=settings.r2_presign_ttl_seconds)
+
+    def _s3(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                # Imported here, not at module level: boto3 costs tens of MB and only private buckets need it.
+                import boto3
+                from botocore.config import Config
+
+                self._client = boto3.client(
+                    "s3", endpoint_url=self._endpoint_url, region_name="auto",
+                    aws_access_key_id=self._access_key_id, aws_secret_access_key=self._secret_access_key,
+                    config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+            return self._client
+
+    def presign(self, object_key: str, r2_url: str) -> str:
+        if not self.bucket:
+            raise R2OffloadError("presign_failed", "R2_BUCKET_NAME is not set")
+        try:
+            url = self._s3().generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": object_key}, ExpiresIn=self.ttl_seconds)
+        except Exception as exc:  # boto3/botocore errors are translated at this boundary
+            raise R2OffloadError("presign_failed", type(exc).__name__) from None
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise R2OffloadError("presign_failed", "no URL")
+        return url
+
+
+def build_presigner(settings: Any) -> NullPresigner | S3Presigner:
+    return S3Presigner.from_settings(settings) if settings.presign_enabled else NullPresigner()
+
+
+# --- the offloaders ---------------------------------------------------------------------------------------------
+
+def _default_link_type() -> Callable[..., Any]:
+    # Imported late: the orchestrator imports this module (NullOffloader), so a top-level import would be a cycle.
+    from email_processing.orchestrator import OffloadedLink
+
+    return OffloadedLink
+
+
+def _source_link(link_type: Callable[..., Any], link: LinkLike) -> Any:
+    return link_type(provider=link.provider, raw_url=link.raw_url, direct_url=link.direct_url, r2_url=None,
+                     original_filename=None)
+
+
+class NullOffloader:
+    """R2 off: every link keeps its source URLs."""
+
+    def __init__(self, *, link_type: Callable[..., Any] | None = None) -> None:
+        self._link_type = link_type
+
+    def offload_links(self, email_id: str, links: Sequence[LinkLike]) -> list[Any]:
+        link_type = self._link_type or _default_link_type()
+        return [_source_link(link_type, link) for link in links]
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one link's attempt produced; logged and counted by the caller's thread."""
+
+    r2_url: str | None = None
+    object_key: str | None = None
+    original_filename: str | None = None
+    reason: str | None = None        # set when falling back
+    detail: str | None = None
+    reused: bool = False
+
+
+class R2Offloader:
+    """Copies Dropbox links to R2 through the Worker; see the module docstring for the guarantees."""
+
+    def __init__(self, settings: Any, copy_store: R2CopyStore | None, metrics: Metrics | None = None, *,
+                 session: requests.Session | None = None, presigner: Any = None,
+                 clock: Callable[[], float] = time.monotonic, link_type: Callable[..., Any] | None = None,
+                 max_parallel: int = MAX_PARALLEL_LINKS) -> None:
+        self._endpoint = settings.r2_fetch_endpoint
+        self._token = settings.r2_fetch_token
+        self._bucket = settings.r2_bucket_name
+        self._timeout = float(settings.r2_fetch_timeout_seconds)
+        self._folder_timeout = float(settings.r2_fetch_timeout_folder_seconds)
+        self._retention_seconds = float(settings.r2_retention_hours) * 3600.0
+        self._copy_store = copy_store
+        self._metrics = metrics
+        self._presigner = presigner if presigner is not None else build_presigner(settings)
+        self._link_type = link_type
+        self._max_parallel = max(1, int(max_parallel))
+        self.breaker = CircuitBreaker(settings.r2_circuit_failures, settings.r2_circuit_cooldown_seconds, clock)
+        self._session = session if session is not None else self._new_session()
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=self._max_parallel * 2, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- public verb
+
+    def offload_links(self, email_id: str, links: Sequence[LinkLike]) -> list[Any]:
+        """One ``OffloadedLink`` per link, in input order; never raises. The links run concurrently (at most
+        ``MAX_PARALLEL_LINKS`` at a time) and the whole call is bounded by the longest link timeout plus
+        ``EMAIL_BUDGET_GRACE_SECONDS``; links not finished by then keep their source URLs (reason=timeout)."""
+        link_type = self._link_type or _default_link_type()
+        links = list(links)
+        if not links:
+            return []
+        try:
+            outcomes = self._run_bounded(email_id, links)
+        except Exception:  # a defect here must still not cost the email its webhook
+            logger.warning("R2_TRANSFER: unexpected error while offloading; all links keep their source URLs "
+                           "email_id=%s", email_id, exc_info=True)
+            outcomes = [_Outcome(reason="unexpected_error") for _ in links]
+        results = []
+        for link, outcome in zip(links, outcomes):
+            results.append(self._report(email_id, link, outcome, link_type))
+        return results
+
+    # -- concurrency
+
+    def _budget_for(self, links: Sequence[LinkLike]) -> float:
+        longest = max(self._timeout_for(link.direct_url) for link in links)
+        return longest + EMAIL_BUDGET_GRACE_SECONDS
+
+    def _timeout_for(self, url: str) -> float:
+        try:
+            return self._folder_timeout if is_folder_link(url) else self._timeout
+        except Exception:
+            return self._timeout
+
+    def _run_bounded(self, email_id: str, links: list[LinkLike]) -> list[_Outcome]:
+        # Daemon threads rather than a ThreadPoolExecutor: a Worker call still hanging when the budget runs out
+        # must not hold up the interpreter's exit (the shutdown budget is shorter than the folder timeout).
+        deadline = time.monotonic() + self._budget_for(links)
+        results: list[_Outcome | None] = [None] * len(links)
+        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(len(links)):
+            todo.put(index)
+        finished = threading.Condition()
+        done = [0]
+
+        def work() -> None:
+            while True:
+                try:
+                    index = todo.get_nowait()
+                except queue.Empty:
+                    return
+                if time.monotonic() < deadline:
+                    outcome = self._attempt_safely(email_id, links[index])
+                else:
+                    outcome = _Outcome(reason="timeout", detail="email budget spent")
+                with finished:
+                    results[index] = outcome
+                    done[0] += 1
+                    finished.notify_all()
+
+        for number in range(min(self._max_parallel, len(links))):
+            threading.Thread(target=work, name=f"r2-offload-{number}", daemon=True).start()
+        with finished:
+            finished.wait_for(lambda: done[0] == len(links), timeout=max(0.0, deadline - time.monotonic()))
+            snapshot = list(results)
+        return [outcome if outcome is not None else _Outcome(reason="timeout", detail="email budget spent")
+                for outcome in snapshot]
+
+    # -- one link
+
+    def _attempt_safely(self, email_id: str, link: LinkLike) -> _Outcome:
+        try:
+            return self._attempt(email_id, link)
+        except R2OffloadError as exc:
+            return _Outcome(reason=exc.reason, detail=exc.detail)
+        except Exception as exc:
+            logger.debug("R2_TRANSFER: unexpected error email_id=%s", email_id, exc_info=True)
+            return _Outcome(reason="unexpected_error", detail=type(exc).__name__)
+
+    def _attempt(self, email_id: str, link: LinkLike) -> _Outcome:
+        provider = (link.provider or "").lower()
+        if provider not in OFFLOADED_PROVIDERS:
+            return _Outcome(reason="unsupported_provider")
+        source_url = normalise_source_url(link.direct_url)
+        if not is_allow_listed(provider, source_url):
+            logger.warning("SECURITY: refused to send a URL outside the %s allow-list to the R2 Worker host=%s "
+                           "email_id=%s", provider, _safe_host(source_url), email_id)
+            return _Outcome(reason="not_allow_listed")
+        object_key = object_key_for(provider, source_url)
+
+        record = self._reusable_copy(source_url)
+        if record is not None:
+            return self._presigned(_Outcome(r2_url=record["r2_url"], object_key=record.get("object_key") or object_key,
+                                            original_filename=record.get("original_filename"), reused=True))
+
+        if not self.breaker.allow():
+            return _Outcome(reason="circuit_open")
+        try:
+            answer = self._call_worker(email_id, provider, source_url, object_key, self._timeout_for(source_url))
+        except R2OffloadError as exc:
+            if _counts_against_worker(exc.reason):
+                self.breaker.record_failure()
+            else:
+                self.breaker.record_success()
+            raise
+        except BaseException:
+            self.breaker.record_failure()
+            raise
+        self.breaker.record_success()
+        self._remember_copy(source_url, answer)
+        return self._presigned(answer)
+
+    def _call_worker(self, email_id: str, provider: str, source_url: str, object_key: str,
+                     timeout: float) -> _Outcome:
+        body = {"source_url": source_url, "object_key": object_key, "bucket": self._bucket,
+                "provider": provider, "email_id": email_id}
+        headers = {"X-R2-FETCH-TOKEN": self._token or "", "Content-Type": "application/json",
+                   "Accept": "application/json"}
+        try:
+            response = self._session.post(self._endpoint, data=json.dumps(body), headers=headers, timeout=timeout,
+                                          allow_redirects=False, verify=True, stream=True)
+        except requests.Timeout:
+            raise R2OffloadError("timeout") from None
+        except requests.ConnectionError as exc:
+            # str(exc) names the Worker URL (path and query included): only the type is kept.
+            raise R2OffloadError("connection_error", type(exc).__name__) from None
+        except requests.RequestException as exc:
+            raise R2OffloadError("unexpected_error", type(exc).__name__) from None
+        try:
+            if response.status_code != 200:
+                raise R2OffloadError(f"http_{response.status_code}")
+            raw = _read_capped(response, MAX_RESPONSE_BYTES)
+        except requests.Timeout:
+            raise R2OffloadError("timeout") from None
+        except requests.RequestException as exc:
+            raise R2OffloadError("connection_error", type(exc).__name__) from None
+        finally:
+            response.close()
+        try:
+            document = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise R2OffloadError("invalid_json") from None
+        if not isinstance(document, dict):
+            raise R2OffloadError("invalid_json")
+        if document.get("success") is not True:
+            raise R2OffloadError("worker_refused", _short_detail(document.get("error")))
+        r2_url = document.get("r2_url")
+        if not isinstance(r2_url, str) or not r2_url.startswith(("https://", "http://")):
+            raise R2OffloadError("missing_r2_url")
+        answered_key = document.get("object_key")
+        name = document.get("original_filename")
+        return _Outcome(r2_url=r2_url,
+                        object_key=answered_key if isinstance(answered_key, str) and answered_key else object_key,
+                        original_filename=name if isinstance(name, str) and name else None)
+
+    def _presigned(self, outcome: _Outcome) -> _Outcome:
+        if not getattr(self._presigner, "enabled", False):
+            return outcome
+        url = self._presigner.presign(outcome.object_key, outcome.r2_url)  # R2OffloadError("presign_failed")
+        return _Outcome(r2_url=url, object_key=outcome.object_key, original_filename=outcome.original_filename,
+                        reused=outcome.reused)
+
+    # -- reuse records (a broken store costs reuse, never the link)
+
+    def _reusable_copy(self, source_url: str) -> dict | None:
+        if self._copy_store is None:
+            return None
+        try:
+            record = self._copy_store.get_r2_copy(source_url)
+        except Exception as exc:
+            logger.warning("R2_TRANSFER: copy record lookup failed (%s); calling the Worker", type(exc).__name__)
+            return None
+        if isinstance(record, dict) and isinstance(record.get("r2_url"), str) and record["r2_url"]:
+            return record
+        return None
+
+    def _remember_copy(self, source_url: str, outcome: _Outcome) -> None:
+        if self._copy_store is None:
+            return
+        record = {"r2_url": outcome.r2_url, "object_key": outcome.object_key,
+                  "original_filename": outcome.original_filename}
+        try:
+            self._copy_store.put_r2_copy(source_url, record, self._retention_seconds)
+        except Exception as exc:
+            logger.warning("R2_TRANSFER: could not record the copy for reuse (%s)", type(exc).__name__)
+
+    # -- reporting (caller's thread)
+
+    def _report(self, email_id: str, link: LinkLike, outcome: _Outcome, link_type: Callable[..., Any]) -> Any:
+        if outcome.reason is None and outcome.r2_url:
+            logger.info("R2_TRANSFER: success provider=%s email_id=%s object_key=%s reused=%s", link.provider,
+                        email_id, outcome.object_key, outcome.reused)
+            self._count("r2_success")
+            return link_type(provider=link.provider, raw_url=link.raw_url, direct_url=link.direct_url,
+                             r2_url=outcome.r2_url, original_filename=outcome.original_filename)
+        reason = outcome.reason or "unexpected_error"
+        if outcome.detail:
+            logger.warning("R2_TRANSFER: fallback to source URL provider=%s reason=%s email_id=%s detail=%s",
+                           link.provider, reason, email_id, outcome.detail)
+        else:
+            logger.warning("R2_TRANSFER: fallback to source URL provider=%s reason=%s email_id=%s", link.provider,
+                           reason, email_id)
+        self._count("r2_fallback", label=reason)
+        return _source_link(link_type, link)
+
+    def _count(self, name: str, label: str | None = None) -> None:
+        if self._metrics is None:
+            return
+        try:
+            self._metrics.incr(name, 1, label=label)
+        except Exception:
+            logger.debug("R2_TRANSFER: metrics hook failed", exc_info=True)
+
+
+def _counts_against_worker(reason: str) -> bool:
+    if reason == "worker_refused":
+        return False
+    if reason.startswith("http_"):
+        try:
+            return int(reason[5:]) not in _WORKER_HEALTHY_HTTP_CODES
+        except ValueError:
+            return True
+    return True
+
+
+def _read_capped(response: requests.Response, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=8192):
+        size += len(chunk)
+        if size > limit:
+            raise R2OffloadError("invalid_json", "answer too long")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_DETAIL = re.compile(r"^[A-Za-z0-9 _.:()/-]{1,80}$")
+
+
+def _short_detail(value: Any) -> str | None:
+    """The Worker's error text when it is a short plain phrase (it could otherwise echo the source URL)."""
+    if isinstance(value, str) and _DETAIL.match(value) and "://" not in value:
+        return value
+    return None
+
+
+def _safe_host(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or "-"
+    except ValueError:
+        return "-"
+
+
+def build_offloader(settings: Any, copy_store: R2CopyStore | None, metrics: Metrics | None = None, *,
+                    link_type: Callable[..., Any] | None = None) -> NullOffloader | R2Offloader:
+    """The offloader the settings ask for: ``NullOffloader`` unless R2_FETCH_ENABLED=true."""
+    if not settings.r2_fetch_enabled:
+        if settings.r2_fetch_endpoint:
+            logger.info("R2_TRANSFER: R2 offload is off (R2_FETCH_ENDPOINT is set but R2_FETCH_ENABLED is not true); "
+                        "webhooks carry the source URLs")
+        return NullOffloader(link_type=link_type)
+    offloader = R2Offloader(settings, copy_store, metrics, link_type=link_type)
+    presign = settings.presign_enabled
+    logger.info("R2_TRANSFER: R2 offload on worker=%s timeout=%.0fs folder_timeout=%.0fs presign=%s",
+                endpoint_origin(settings.r2_fetch_endpoint), settings.r2_fetch_timeout_seconds,
+                settings.r2_fetch_timeout_folder_seconds, presign)
+    if presign and not settings.r2_bucket_name:
+        logger.warning("R2_TRANSFER: presigning needs R2_BUCKET_NAME; until it is set, offloaded links keep their "
+                       "source URLs (reason=presign_failed)")
+    return offloader

@@ -1,0 +1,130 @@
+// Rig for running the Worker locally (node tests and scripts/serve.mjs): the Worker on Miniflare with a local R2
+// bucket, its outbound requests routed to a loopback server playing Dropbox (the Worker's allow-list is untouched:
+// it still sees and checks the https Dropbox URLs), and a node:http source server for the tests.
+// Kept outside test/ because `node --test test/` runs every module in that folder as a test file.
+import http from "node:http";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { Miniflare } from "miniflare";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const WORKER_DIR = path.resolve(here, "..");
+export const SCRIPT_PATH = path.join(WORKER_DIR, "src", "index.js");
+export const COMPATIBILITY_DATE = "2025-09-01";
+export const TOKEN = "test-token-7f3a";
+export const PUBLIC_BASE = "https://files.example.test/r2";
+
+/**
+ * A node:http server on 127.0.0.1 answering from `routes`: path → handler(req, res). Every request it gets is
+ * recorded (with the host the Worker asked for) in `requests`.
+ */
+export async function startSourceServer(routes) {
+  const requests = [];
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, "http://127.0.0.1");
+    requests.push({ host: req.headers["x-original-host"], path: url.pathname, method: req.method });
+    const handler = routes[url.pathname];
+    if (!handler) {
+      res.writeHead(404, { "Content-Type": "text/plain" });
+      res.end("no such file");
+      return;
+    }
+    handler(req, res);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  return {
+    origin,
+    requests,
+    close: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections();
+        server.close(resolve);
+      }),
+  };
+}
+
+/**
+ * Miniflare's outbound service: every fetch the Worker makes is answered by `origin` instead of the internet, with
+ * the requested host in X-Original-Host. Redirects are passed back as they are, for the Worker to judge.
+ */
+export function routeOutboundTo(origin, seen = []) {
+  return async (request) => {
+    const target = new URL(request.url);
+    seen.push(target.href);
+    const headers = new Headers(request.headers);
+    headers.set("X-Original-Host", target.host);
+    return fetch(`${origin}${target.pathname}${target.search}`, {
+      method: request.method,
+      headers,
+      redirect: "manual",
+    });
+  };
+}
+
+/** The Worker on Miniflare (not yet ready: await `mf.ready`), outbound requests answered by `origin`. */
+export function startWorker({ origin, bindings = {}, seen, port = 0 } = {}) {
+  const mf = new Miniflare({
+    modules: true,
+    scriptPath: SCRIPT_PATH,
+    modulesRoot: WORKER_DIR,
+    // As in wrangler: the Worker's .js files are ES modules (Miniflare would otherwise read them as CommonJS).
+    modulesRules: [{ type: "ESModule", include: ["**/*.js"] }],
+    compatibilityDate: COMPATIBILITY_DATE,
+    host: "127.0.0.1",
+    port,
+    cf: false,
+    r2Buckets: ["R2_BUCKET"],
+    r2Persist: false,
+    // A binding set to undefined is left out, as an unset variable or secret would be.
+    bindings: Object.fromEntries(
+      Object.entries({ R2_FETCH_TOKEN: TOKEN, R2_PUBLIC_BASE_URL: PUBLIC_BASE, R2_RETENTION_HOURS: "24", ...bindings })
+        .filter(([, value]) => value !== undefined),
+    ),
+    outboundService: routeOutboundTo(origin ?? "http://127.0.0.1:9", seen),
+  });
+  return mf;
+}
+
+/** POST a job to the Worker; returns { status, body } with the JSON body parsed. */
+export async function postJob(mf, job, { token = TOKEN, headers = {} } = {}) {
+  const requestHeaders = { "Content-Type": "application/json", ...headers };
+  if (token !== null) requestHeaders["X-R2-FETCH-TOKEN"] = token;
+  const response = await mf.dispatchFetch("http://worker.local/", {
+    method: "POST",
+    headers: requestHeaders,
+    body: typeof job === "string" ? job : JSON.stringify(job),
+  });
+  const text = await response.text();
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = text;
+  }
+  return { status: response.status, body };
+}
+
+export function job(overrides = {}) {
+  return {
+    source_url: "https://www.dropbox.com/scl/fi/abc123/report.pdf?rlkey=k&dl=1",
+    object_key: "dropbox/0a1b2c3d/4e5f6a7b/report.pdf",
+    bucket: "render-signal",
+    provider: "dropbox",
+    email_id: "email-123",
+    ...overrides,
+  };
+}
+
+/** Deterministic pseudo-random bytes, so a stored copy can be compared byte for byte. */
+export function makeBytes(size, seed = 1) {
+  const bytes = Buffer.alloc(size);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < size; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    bytes[i] = x & 0xff;
+  }
+  return bytes;
+}
