@@ -1,0 +1,607 @@
+"""The poller lease: at most one process of the whole deployment touches the mailbox at any moment.
+
+With ``REDIS_URL`` the lease is the Redis key ``render_signal:poller_lock`` (set-if-absent with a TTL, renewed by
+a token-checked extend, released by a token-checked delete); without it, an ``fcntl.flock`` on a file under the state
+directory (safe only inside one container). ``LeaseKeeper`` is the thread body that acquires, renews and notices
+loss; the poller and delivery threads check ``holds_locally()`` (a monotonic deadline, no I/O) before every IMAP
+command and ``verify()`` (one GET) before each batch, flag STORE and webhook attempt. Every failure is reported as
+``LeaseLost`` (``LeaseStoreUnreachable`` when Redis cannot be reached); no redis-py exception leaves this module.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
+
+LEASE_KEY = "render_signal:poller_lock"
+FILE_LOCK_WARNING = "Using file-based lock (unsafe for multi-container deployments)"
+
+_file_warning_lock = threading.Lock()
+_file_warning_logged = False
+
+
+class LeaseLost(Exception):
+    """This process does not (or can no longer prove that it does) hold the poller lease."""
+
+
+class LeaseStoreUnreachable(LeaseLost):
+    """Redis could not be reached (timeout, refused, error reply): ownership is unproven, not known lost."""
+
+
+def make_token() -> str:
+    """``pid=<pid> host=<hostname> nonce=<16 hex>``: readable with redis-cli, unique across containers."""
+    return f"pid={os.getpid()} host={socket.gethostname()} nonce={secrets.token_hex(8)}"
+
+
+def _iso_utc(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+class RedisLease:
+    """The lease as a Redis key with a TTL, via redis-py's ``Lock`` (its Lua scripts compare the token atomically).
+
+    ``redis_client`` must fail fast (connect/read timeouts of a few seconds and ``retry=Retry(NoBackoff(), 0)``):
+    a call that hangs here delays noticing loss. Thread-safe: the keeper thread acquires and renews while the
+    poller and delivery threads call ``holds_locally()`` and ``verify()``.
+    """
+
+    backend = "redis"
+
+    def __init__(self, redis_client: Any, ttl_seconds: float, *, key: str = LEASE_KEY,
+                 safety_margin_s: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        from redis.lock import Lock
+
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be > 0")
+        self.redis = redis_client
+        self.key = key
+        self.ttl_seconds = float(ttl_seconds)
+        # The margin absorbs clock-rate differences and the time between a check and the action it guards. It must
+        # stay below TTL - TTL/3 (the renewal period) or a healthy holder would stop acting between renewals.
+        self.safety_margin_s = self.ttl_seconds / 5.0 if safety_margin_s is None else float(safety_margin_s)
+        if not 0 <= self.safety_margin_s < self.ttl_seconds * 2 / 3:
+            raise ValueError("safety_margin_s must be >= 0 and below two thirds of the TTL")
+        self._clock = clock
+        self._wall = wall_clock
+        self._mutex = threading.Lock()
+        # thread_local=False: the keeper thread acquires, any thread may release on shutdown.
+        self._lock = Lock(redis_client, key, timeout=self.ttl_seconds, thread_local=False)
+        self._pid = os.getpid()
+        self._token = make_token()
+        self._held = False
+        self._deadline = float("-inf")       # monotonic: last confirmed renewal (send time) + TTL - margin
+        self._confirmed_at = float("-inf")   # monotonic send time of the last confirmed set/extend
+        self._acquired_at: float | None = None
+        self._holder: str | None = None
+        self._renewals = 0
+        self._losses = 0
+        self._unreachable = False
+        self.last_loss_reason: str | None = None
+        self.last_error: str | None = None
+
+    # --- identity ---------------------------------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        # A lease object created before a fork must not hand the parent's token to the child.
+        if os.getpid() != self._pid:
+            with self._mutex:
+                if os.getpid() != self._pid:
+                    self._pid = os.getpid()
+                    self._token = make_token()
+                    self._held = False
+                    self._deadline = float("-inf")
+        return self._token
+
+    # --- the verbs --------------------------------------------------------------------------------------------
+
+    def try_acquire(self) -> bool:
+        """Take the lease if nobody holds it (SET NX PX); True if this process holds it afterwards.
+
+        Raises ``LeaseStoreUnreachable`` when Redis does not answer.
+        """
+        if self.is_held:
+            return self.renew()
+        token = self.token
+        sent_at = self._clock()
+        try:
+            acquired = bool(self._lock.acquire(blocking=False, token=token))
+            if not acquired:
+                current = _as_text(self.redis.get(self.key))
+                if current == token:
+                    # Our own earlier SET NX executed although its reply was lost (e.g. it sat in a paused
+                    # server's socket buffer). Re-prove it with a compare-and-extend, which also gives a fresh
+                    # confirmed deadline.
+                    sent_at = self._clock()
+                    acquired = self._extend_or_false()
+                else:
+                    self._set_reachable(holder=current)
+                    return False
+        except Exception as exc:  # redis.RedisError and socket errors: translated at the boundary
+            self._set_unreachable(exc)
+            raise LeaseStoreUnreachable(f"redis unreachable during acquire: {self.last_error}") from None
+        if not acquired:
+            self._set_reachable(holder=None)
+            return False
+        with self._mutex:
+            self._held = True
+            self._confirmed_at = sent_at
+            self._deadline = sent_at + self.ttl_seconds - self.safety_margin_s
+            self._acquired_at = self._wall()
+            self._holder = token
+            self._unreachable = False
+        return True
+
+    def renew(self) -> bool:
+        """Compare-and-extend the TTL; False when the key no longer holds our token (the lease is lost).
+
+        Raises ``LeaseStoreUnreachable`` when Redis does not answer: ownership is then unproven, and
+        ``holds_locally()`` turns false at the local deadline.
+        """
+        if not self.is_held:
+            return False
+        sent_at = self._clock()
+        try:
+            extended = self._extend_or_false()
+            current = None if extended else _as_text(self.redis.get(self.key))
+        except Exception as exc:
+            self._set_unreachable(exc)
+            raise LeaseStoreUnreachable(f"redis unreachable during renewal: {self.last_error}") from None
+        with self._mutex:
+            self._unreachable = False
+            if extended:
+                self._renewals += 1
+                self._confirmed_at = sent_at
+                self._deadline = sent_at + self.ttl_seconds - self.safety_margin_s
+                self._holder = self._token
+                return True
+            self._mark_lost_locked(
+                f"renewal found another holder: {current}" if current
+                else "renewal found the key gone (expired or deleted)", holder=current)
+            return False
+
+    def release(self) -> None:
+        """Compare-and-delete: removes the key only if it still holds our token. Never raises."""
+        with self._mutex:
+            was_held = self._held
+            # Stop local belief before the key goes, so no thread acts in between.
+            self._held = False
+            self._deadline = float("-inf")
+        if not was_held:
+            return
+        try:
+            self._bind_token()
+            self._lock.release()
+        except Exception as exc:
+            from redis.exceptions import LockNotOwnedError
+
+            if isinstance(exc, LockNotOwnedError):
+                logger.warning("BG_POLLER: lease was no longer ours at release")
+            else:
+                logger.warning("BG_POLLER: lease release failed (%s); it expires within %.0fs",
+                               _describe(exc), self.ttl_seconds)
+        with self._mutex:
+            if self._holder == self._token:
+                self._holder = None
+
+    def holds_locally(self) -> bool:
+        """No I/O: held, and the monotonic clock is before the last confirmed renewal + TTL - safety margin."""
+        return self._held and self._clock() < self._deadline
+
+    def verify(self) -> None:
+        """Raise ``LeaseLost`` unless ``holds_locally()`` and the key still holds our token (one GET)."""
+        if not self.holds_locally():
+            raise LeaseLost("lease not held locally (not acquired, lost, or local deadline passed)")
+        try:
+            current = _as_text(self.redis.get(self.key))
+        except Exception as exc:
+            self._set_unreachable(exc)
+            raise LeaseStoreUnreachable(f"redis unreachable during verify: {self.last_error}") from None
+        if current != self._token:
+            with self._mutex:
+                # Authoritative evidence: stop every thread now; the keeper's next renewal records the loss.
+                self._deadline = float("-inf")
+                self._holder = current
+            raise LeaseLost(f"the lease key holds {current!r}" if current else "the lease key is gone")
+        if not self.holds_locally():  # the GET itself may have outlasted the deadline
+            raise LeaseLost("local deadline passed during verify")
+
+    def snapshot(self) -> dict:
+        """The lease state for the status routes (no I/O)."""
+        with self._mutex:
+            now = self._clock()
+            expires = self._confirmed_at + self.ttl_seconds - now if self._held else None
+            if self._unreachable:
+                state = "redis_unreachable"
+            elif self._held and now < self._deadline:
+                state = "held"
+            else:
+                state = "standby"
+            return {
+                "backend": self.backend,
+                "holder": self._holder,
+                "acquired_at": _iso_utc(self._acquired_at) if self._held else None,
+                "expires_in_s": round(max(expires, 0.0), 3) if expires is not None else None,
+                "renewals": self._renewals,
+                "losses": self._losses,
+                "state": state,
+            }
+
+    # --- helpers for the keeper -------------------------------------------------------------------------------
+
+    @property
+    def is_held(self) -> bool:
+        """Whether this process believes it acquired the lease and has not been told otherwise (may be stale)."""
+        return self._held
+
+    @property
+    def unreachable(self) -> bool:
+        return self._unreachable
+
+    @property
+    def losses(self) -> int:
+        return self._losses
+
+    def _bind_token(self) -> None:
+        # Lock keeps the token it compares in `local.token` (set by acquire, cleared by release). Binding ours
+        # explicitly lets extend/release work after a failed or lost acquire too (e.g. adopting our own key).
+        self._lock.local.token = self._lock.redis.get_encoder().encode(self._token)
+
+    def _extend_or_false(self) -> bool:
+        from redis.exceptions import LockNotOwnedError
+
+        self._bind_token()
+        try:
+            # replace_ttl=True: the TTL becomes a full TTL from now, it is not added to what is left.
+            return bool(self._lock.extend(self.ttl_seconds, replace_ttl=True))
+        except LockNotOwnedError:
+            return False
+
+    def _mark_lost_locked(self, reason: str, holder: str | None) -> None:
+        self._held = False
+        self._deadline = float("-inf")
+        self._losses += 1
+        self._holder = holder
+        self.last_loss_reason = reason
+
+    def _set_unreachable(self, exc: BaseException) -> None:
+        with self._mutex:
+            self._unreachable = True
+            self.last_error = _describe(exc)
+
+    def _set_reachable(self, holder: str | None) -> None:
+        with self._mutex:
+            self._unreachable = False
+            self._holder = holder
+
+
+class FileLease:
+    """``fcntl.flock`` on a lock file: held as long as the open descriptor is; one container only.
+
+    ``flock`` (not ``lockf``) because its lock belongs to the open file description, so two lease objects in one
+    process exclude each other too, and the kernel drops it when the process dies, however it dies.
+    """
+
+    backend = "file"
+
+    def __init__(self, path: str, *, renew_period_s: float = 10.0, wall_clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        # No TTL: the keeper only checks periodically that the lock file was not replaced under us.
+        self.ttl_seconds = 3.0 * renew_period_s
+        self._wall = wall_clock
+        self._mutex = threading.Lock()
+        self._fd: int | None = None
+        self._pid = os.getpid()
+        self._token = make_token()
+        self._acquired_at: float | None = None
+        self._holder: str | None = None
+        self._renewals = 0
+        self._losses = 0
+        self.last_loss_reason: str | None = None
+
+    @property
+    def token(self) -> str:
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self._token = make_token()
+        return self._token
+
+    def try_acquire(self) -> bool:
+        if self._fd is not None:
+            return self.renew()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or None
+            except OSError:
+                holder = None
+            os.close(fd)
+            with self._mutex:
+                self._holder = holder
+            return False
+        token = self.token
+        # The token in the file is for operators (`cat poller.lock`); the lock itself is the flock.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (token + "\n").encode(), 0)
+        with self._mutex:
+            self._fd = fd
+            self._acquired_at = self._wall()
+            self._holder = token
+        return True
+
+    def renew(self) -> bool:
+        """False if the lock file was deleted or replaced (another process could then lock the new file)."""
+        fd = self._fd
+        if fd is None:
+            return False
+        try:
+            same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except OSError:
+            same = False
+        if same:
+            with self._mutex:
+                self._renewals += 1
+            return True
+        with self._mutex:
+            self._losses += 1
+            self.last_loss_reason = "the lock file was deleted or replaced"
+            self._holder = None
+        self._close()
+        return False
+
+    def release(self) -> None:
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        self._close()
+        with self._mutex:
+            self._holder = None
+
+    def holds_locally(self) -> bool:
+        # A flock cannot expire while the process lives, even when it is stopped: no deadline needed.
+        return self._fd is not None
+
+    def verify(self) -> None:
+        if not self.holds_locally():
+            raise LeaseLost("file lock not held")
+
+    def snapshot(self) -> dict:
+        with self._mutex:
+            held = self._fd is not None
+            return {
+                "backend": self.backend,
+                "holder": self._holder,
+                "acquired_at": _iso_utc(self._acquired_at) if held else None,
+                "expires_in_s": None,
+                "renewals": self._renewals,
+                "losses": self._losses,
+                "state": "held" if held else "standby",
+            }
+
+    @property
+    def is_held(self) -> bool:
+        return self._fd is not None
+
+    @property
+    def unreachable(self) -> bool:
+        return False
+
+    @property
+    def losses(self) -> int:
+        return self._losses
+
+    def _close(self) -> None:
+        with self._mutex:
+            fd, self._fd = self._fd, None
+            self._acquired_at = None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor drops the flock
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _fail_fast_client(settings: Any) -> Any:
+    """A client like services/redis_client.make_redis_client builds; for callers that do not inject one."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_seconds,
+                                socket_connect_timeout=settings.redis_timeout_seconds,
+                                retry=Retry(NoBackoff(), 0))
+
+
+def make_lease(settings: Any, redis_client: Any = None) -> RedisLease | FileLease:
+    """RedisLease when ``settings.redis_url`` is set (never the file lock then, reachable or not), else FileLease."""
+    global _file_warning_logged
+    if settings.redis_url:
+        client = redis_client if redis_client is not None else _fail_fast_client(settings)
+        return RedisLease(client, settings.redis_lock_ttl_seconds)
+    path = settings.lock_file_path
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with _file_warning_lock:
+        if not _file_warning_logged:
+            _file_warning_logged = True
+            logger.warning(FILE_LOCK_WARNING)
+    return FileLease(path, renew_period_s=min(settings.redis_lock_ttl_seconds / 3.0, 10.0))
+
+
+class OwnershipGuard:
+    """What the poller and delivery threads call around mailbox and webhook actions.
+
+    ``check_local()`` before every IMAP command (no I/O), ``check_remote()`` before each batch, flag STORE and webhook
+    attempt (one GET); both raise ``LeaseLost``. ``record_action()`` is called as a side effect starts and counts it
+    in ``actions_without_ownership`` when the local deadline had already passed: a path that skipped the checks
+    (or was frozen between check and action) shows up there, and tests assert it stays 0.
+    """
+
+    def __init__(self, lease: RedisLease | FileLease) -> None:
+        self.lease = lease
+        self._mutex = threading.Lock()
+        self.actions = 0
+        self.actions_without_ownership = 0
+        self.refusals = 0
+
+    def check_local(self) -> None:
+        if not self.lease.holds_locally():
+            self._refused()
+            raise LeaseLost("lease not held locally")
+
+    def check_remote(self) -> None:
+        try:
+            self.lease.verify()
+        except LeaseLost:
+            self._refused()
+            raise
+
+    def record_action(self) -> None:
+        owned = self.lease.holds_locally()
+        with self._mutex:
+            self.actions += 1
+            if not owned:
+                self.actions_without_ownership += 1
+
+    def _refused(self) -> None:
+        with self._mutex:
+            self.refusals += 1
+
+
+class LeaseKeeper:
+    """The lease thread's body: standby → acquire → renew every TTL/3 → (lost → standby); releases on stop.
+
+    ``held_event`` is set while this process may act (held and within the local deadline, as far as the keeper
+    has seen); ``on_change(snapshot)`` is called on every transition. Installs no signal handler.
+    """
+
+    def __init__(self, lease: RedisLease | FileLease, settings: Any = None, *, retry_interval: float | None = None,
+                 renew_interval: float | None = None,
+                 on_change: Callable[[dict], None] | None = None) -> None:
+        self.lease = lease
+        if retry_interval is None:
+            retry_interval = settings.lease_retry_interval if settings is not None else lease.ttl_seconds / 3.0
+        self.retry_interval = float(retry_interval)
+        self.renew_interval = float(renew_interval) if renew_interval is not None else lease.ttl_seconds / 3.0
+        self.on_change = on_change
+        self.held_event = threading.Event()
+        self._outage_started: float | None = None
+        self._file_error_logged = False
+
+    def run(self, stop_event: threading.Event) -> None:
+        try:
+            while not stop_event.is_set():
+                delay = self.step()
+                stop_event.wait(delay)
+        finally:
+            self.stop_holding()
+
+    def step(self) -> float:
+        """One acquisition or renewal attempt; returns how long to wait before the next one."""
+        if not self.lease.is_held:
+            return self._standby_step()
+        return self._holder_step()
+
+    def stop_holding(self) -> None:
+        """Release the lease if held (compare-and-delete). Called from ``run``'s teardown."""
+        if self.lease.is_held:
+            self.held_event.clear()
+            self.lease.release()
+            logger.info("BG_POLLER: lease released pid=%s", os.getpid())
+            self._notify()
+
+    # --- states -----------------------------------------------------------------------------------------------
+
+    def _standby_step(self) -> float:
+        try:
+            acquired = self.lease.try_acquire()
+        except LeaseStoreUnreachable:
+            self._note_unreachable()
+            return self.retry_interval
+        except OSError as exc:  # file lease: the lock file cannot be opened
+            if not self._file_error_logged:
+                self._file_error_logged = True
+                logger.error("BG_POLLER: cannot open the lock file (%s)", _describe(exc))
+            return self.retry_interval
+        self._file_error_logged = False
+        self._note_reachable()
+        if not acquired:
+            return self.retry_interval
+        logger.info("BG_POLLER: Singleton lock acquired (%s) pid=%s",
+                    "Redis" if self.lease.backend == "redis" else "file", os.getpid())
+        self.held_event.set()
+        self._notify()
+        return self.renew_interval
+
+    def _holder_step(self) -> float:
+        try:
+            renewed = self.lease.renew()
+        except LeaseStoreUnreachable:
+            self._note_unreachable()
+            if not self.lease.holds_locally() and self.held_event.is_set():
+                # Ownership can no longer be proven: the other threads stop at their next check anyway
+                # (monotonic deadline); this tells whoever waits on the event.
+                self.held_event.clear()
+                self._notify()
+            return min(self.renew_interval, self.retry_interval)
+        self._note_reachable()
+        if renewed:
+            if not self.held_event.is_set():
+                logger.info("BG_POLLER: lease re-confirmed pid=%s", os.getpid())
+                self.held_event.set()
+                self._notify()
+            return self.renew_interval
+        logger.error("BG_POLLER: lease lost (%s)", self.lease.last_loss_reason)
+        self.held_event.clear()
+        self._notify()
+        return self.retry_interval
+
+    def _note_unreachable(self) -> None:
+        if self._outage_started is None:
+            self._outage_started = time.monotonic()
+            logger.error("BG_POLLER: Redis unreachable (%s); polling nothing until it answers again",
+                         getattr(self.lease, "last_error", None))
+            self._notify()
+
+    def _note_reachable(self) -> None:
+        if self._outage_started is not None:
+            lasted = time.monotonic() - self._outage_started
+            self._outage_started = None
+            logger.info("BG_POLLER: Redis reachable again after %.1fs", lasted)
+            self._notify()
+
+    def _notify(self) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(self.lease.snapshot())
+        except Exception:
+            logger.warning("BG_POLLER: lease on_change callback failed", exc_info=True)
