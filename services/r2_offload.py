@@ -23,6 +23,7 @@ from typing import Any, Callable, Protocol, Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def normalise_source_url(url: str) -> str:
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").rstrip(".")
     netloc = host
-    if parts.port is not None and not ((scheme == "https" and parts.port == 443) or (scheme == "http" and parts.port == 80)):
+    default_port = {"https": 443, "http": 80}.get(scheme)
+    if parts.port is not None and parts.port != default_port:
         netloc = f"{host}:{parts.port}"
     return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
@@ -332,7 +334,8 @@ class R2Offloader:
     def __init__(self, settings: Any, copy_store: R2CopyStore | None, metrics: Metrics | None = None, *,
                  session: requests.Session | None = None, presigner: Any = None,
                  clock: Callable[[], float] = time.monotonic, link_type: Callable[..., Any] | None = None,
-                 max_parallel: int = MAX_PARALLEL_LINKS) -> None:
+                 max_parallel: int = MAX_PARALLEL_LINKS,
+                 budget_grace_seconds: float = EMAIL_BUDGET_GRACE_SECONDS) -> None:
         self._endpoint = settings.r2_fetch_endpoint
         self._token = settings.r2_fetch_token
         self._bucket = settings.r2_bucket_name
@@ -344,12 +347,13 @@ class R2Offloader:
         self._presigner = presigner if presigner is not None else build_presigner(settings)
         self._link_type = link_type
         self._max_parallel = max(1, int(max_parallel))
+        self._budget_grace = float(budget_grace_seconds)
         self.breaker = CircuitBreaker(settings.r2_circuit_failures, settings.r2_circuit_cooldown_seconds, clock)
         self._session = session if session is not None else self._new_session()
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_maxsize=self._max_parallel * 2, max_retries=0)
+        adapter = HTTPAdapter(pool_maxsize=self._max_parallel * 2, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         return session
@@ -381,10 +385,11 @@ class R2Offloader:
     # -- concurrency
 
     def _budget_for(self, links: Sequence[LinkLike]) -> float:
-        longest = max(self._timeout_for(link.direct_url) for link in links)
-        return longest + EMAIL_BUDGET_GRACE_SECONDS
+        longest = max(self.timeout_for(link.direct_url) for link in links)
+        return longest + self._budget_grace
 
-    def _timeout_for(self, url: str) -> float:
+    def timeout_for(self, url: str) -> float:
+        """The Worker call timeout for this URL: longer for Dropbox folders, which Dropbox zips on the fly."""
         try:
             return self._folder_timeout if is_folder_link(url) else self._timeout
         except Exception:
@@ -454,7 +459,7 @@ class R2Offloader:
         if not self.breaker.allow():
             return _Outcome(reason="circuit_open")
         try:
-            answer = self._call_worker(email_id, provider, source_url, object_key, self._timeout_for(source_url))
+            answer = self._call_worker(email_id, provider, source_url, object_key, self.timeout_for(source_url))
         except R2OffloadError as exc:
             if _counts_against_worker(exc.reason):
                 self.breaker.record_failure()
