@@ -162,6 +162,7 @@ class WebhookSender:
             # No proxy variables, .netrc credentials or CA bundle from the environment: the webhook goes straight
             # to the configured host, verified against the bundled CA store, with no credential we did not choose.
             session.trust_env = False
+            session.verify = True  # explicit: certificate and host name checked (a caller's session may pin a CA)
             # No hidden retries: a retry is the delivery loop's decision (and a silent one could deliver twice).
             adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=4)
             session.mount("https://", adapter)
@@ -204,7 +205,7 @@ class WebhookSender:
         started = time.monotonic()
         try:
             response = self._session.post(self._url, data=body, headers=headers, timeout=self._timeout,
-                                          allow_redirects=False, verify=True, stream=True)
+                                          allow_redirects=False, stream=True)
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                 requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader) as exc:
             raise WebhookError(f"cannot send to {redact_url(self._url)}: {type(exc).__name__}") from None

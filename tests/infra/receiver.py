@@ -9,7 +9,9 @@ In the test process (pytest plugin, listed in tests/conftest.py):
 - By default every request is answered like Make: ``200``, ``text/plain``, body ``Accepted``.
 - ``.events`` is a snapshot list of received requests, each a dict: ``headers`` (lower-case names), ``body``
   (bytes), ``json`` (parsed or None), ``received_at`` (time.time() when the request was read), ``answered_at``,
-  ``status_answered`` (None when the connection was dropped), ``method``, ``path``. An event is recorded after its
+  ``status_answered`` (None when the connection was dropped or closed by ``go_down``/``stop`` before the answer),
+  ``answer_error``, ``method``, ``path``. A sender that timed out while the receiver was slow usually still counts
+  as answered (the kernel accepts the late write), as it would at a real receiver that acted on the request. An event is recorded after its
   answer was written, so when ``wait_for`` returns, the sender has (or could have) read the answer.
 - ``wait_for(count, timeout)`` blocks until ``count`` requests were answered 2xx and returns all such events;
   ``delivered_ids()`` lists their ``webhook-id`` headers in order, duplicates kept.
@@ -18,6 +20,7 @@ In the test process (pytest plugin, listed in tests/conftest.py):
   a ``(status, body[, headers])`` tuple or an ``Answer``, which can also ``delay`` or ``drop`` the connection);
   ``set_delay(seconds)`` delays every answer (a slow receiver); ``go_down()`` closes the listening socket and every
   open connection (new connections are refused) and ``come_up()`` listens again on the same port; ``reset()``.
+- ``WebhookReceiver(tls=server_ssl_context)`` serves https (e.g. with a ``trustme`` certificate for 127.0.0.1).
 
 As a separate process, for the demo and the chaos runs::
 
@@ -39,8 +42,11 @@ import argparse
 import errno
 import json
 import secrets
+import os
 import signal
 import socket
+import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -90,6 +96,11 @@ class _Server(HTTPServer):
         self.owner = owner
         super().__init__(address, _Handler)
 
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind() resolves the host name (getfqdn), which can stall without DNS; not needed here.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
     def process_request(self, request: socket.socket, client_address: Any) -> None:
         thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
                                   name="webhook-receiver-conn", daemon=True)
@@ -98,6 +109,11 @@ class _Server(HTTPServer):
 
     def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
         try:
+            if self.owner.tls is not None:
+                # Handshake in the connection's thread, so a client that never completes it stalls nobody else.
+                request.settimeout(_Handler.timeout)
+                request = self.owner.tls.wrap_socket(request, server_side=True)
+                self.owner._track(threading.current_thread(), request)
             self.finish_request(request, client_address)
         except OSError:
             pass  # the client went away or go_down() closed the connection: both are expected here
@@ -135,8 +151,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         path = self.path.split("?", 1)[0]
         if owner.control and path.startswith("/_control/"):
-            owner._control(path[len("/_control/"):], body)
+            after_answer = owner._control(path[len("/_control/"):], body)
             self._write(Answer(204, b""))
+            if after_answer is not None:
+                after_answer()
             return
         if self.command != "POST":
             answer = Answer(405, b"method not allowed", {"Allow": "POST"})
@@ -148,6 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
         if delay > 0:
             owner._stopping.wait(delay)
         status: int | None = None
+        answer_error: str | None = None
         if answer.drop:
             self.close_connection = True
             try:
@@ -158,12 +177,15 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 self._write(answer)
                 status = answer.status
-            except OSError:
-                status = answer.status  # the answer was decided; the client may already have given up
+            except OSError as exc:
+                # go_down()/stop() closed the connection. A client that merely gave up (timed out) is usually
+                # NOT noticed here: the kernel accepts the write, so that request counts as answered, just as a
+                # real receiver would have acted on it.
+                answer_error = type(exc).__name__
         headers = {name.lower(): value for name, value in self.headers.items()}
         owner._record({"method": self.command, "path": path, "headers": headers, "body": body,
                        "json": _parse_json(body), "received_at": received_at, "answered_at": time.time(),
-                       "status_answered": status})
+                       "status_answered": status, "answer_error": answer_error})
 
     def _write(self, answer: Answer) -> None:
         self.send_response(answer.status)
@@ -190,8 +212,9 @@ class WebhookReceiver:
     """A real HTTP receiver in a background thread of this process; see the module docstring."""
 
     def __init__(self, port: int = 0, path: str | None = None, log_path: str | None = None,
-                 control: bool = False, host: str = "127.0.0.1") -> None:
+                 control: bool = False, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.host = host
+        self.tls = tls
         self.port = port
         self.path = path or f"/hook/{secrets.token_urlsafe(16)}"
         self.control = control
@@ -215,7 +238,8 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}{self.path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}{self.path}"
 
     @property
     def is_up(self) -> bool:
@@ -228,7 +252,7 @@ class WebhookReceiver:
     def come_up(self, bind_timeout: float = 5.0) -> None:
         """Listen (again) on the same port; retried briefly if the port is still held."""
         with self._updown_lock:
-            if self._server is not None:
+            if self._server is not None or self._stopping.is_set():
                 return
             deadline = time.monotonic() + bind_timeout
             while True:
@@ -396,7 +420,8 @@ class WebhookReceiver:
             with self._log_lock, open(self._log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(line, sort_keys=True) + "\n")
 
-    def _control(self, action: str, body: bytes) -> None:
+    def _control(self, action: str, body: bytes) -> Callable[[], None] | None:
+        """Apply a control request; return what must run after it was answered (an outage), if anything."""
         args = _parse_json(body) or {}
         if action == "respond_with":
             self.respond_with(int(args.get("status", 200)), args.get("body", "Accepted"), args.get("headers"))
@@ -409,10 +434,11 @@ class WebhookReceiver:
                                         dict(item.get("headers") or {}), item.get("delay"), bool(item.get("drop")))
                                  for item in args.get("answers", []))
         elif action == "outage":
-            # From a handler thread: go down in another thread, after this control request was answered.
-            threading.Thread(target=self.outage, args=(float(args.get("seconds", 5)),), daemon=True).start()
+            seconds = float(args.get("seconds", 5))
+            return lambda: self.outage(seconds)
         elif action == "reset":
             self.reset()
+        return None
 
 
 def _is_2xx(event: Mapping[str, Any]) -> bool:
@@ -472,7 +498,7 @@ def receiver_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     receiver.start()
-    print(json.dumps({"url": receiver.url, "port": receiver.port, "pid": _pid()}), flush=True)
+    print(json.dumps({"url": receiver.url, "port": receiver.port, "pid": os.getpid()}), flush=True)
     try:
         while not stop.wait(0.5):
             pass
@@ -482,12 +508,6 @@ def receiver_main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             print(str(exc), file=sys.stderr, flush=True)
     return 0
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 if __name__ == "__main__":
