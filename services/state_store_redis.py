@@ -1,0 +1,501 @@
+"""Redis backend of the state store: shared by every worker of every container.
+
+Key layout (``P`` = ``render_signal:v1:``; the lease key ``render_signal:poller_lock`` belongs to the lease module;
+a future incompatible layout gets a new prefix and can live beside this one during a zero-downtime deploy):
+
+==================================  =========  ==================================================  =================
+key                                 type       content                                             expiry
+==================================  =========  ==================================================  =================
+P checkpoint:<mailbox>              hash       uidvalidity -> last UID handled                     never
+P done:<email_id>                   string     "enqueued" | "delivered" | "skipped:<r>" | "dead:<r>"  retention
+P item:<event_id>                   hash       one outbox item (fields of ``OutboxItem``;          pending: never;
+                                               ``payload`` is JSON; ``pending_since``)             delivered/dead:
+                                                                                                   retention
+P outbox:pending                    zset       pending event ids, score = when claimable next      members removed
+                                               (next_attempt_at, or claimed_until while claimed)   on delivery/dead
+P outbox:pending_since              zset       pending event ids, score = enqueued/replayed at     (same)
+P outbox:delivered                  zset       delivered event ids, score = delivered_at           trimmed to
+P outbox:dead                       zset       dead event ids, score = dead_at                     retention by score
+P flags:<mailbox>                   zset       "<uidvalidity>:<uid>:<message_id>", score = queued  key: retention
+P r2:<sha256 of source URL>         string     JSON reuse record                                   its own TTL
+P counters                          hash       "<name>" or "<name>:<label>" -> integer             never (bounded)
+P status                            string     JSON status document with ``published_at``          its own TTL
+P recent                            list       JSON entries, newest first, at most 100             retention
+==================================  =========  ==================================================  =================
+
+Every change that touches more than one key runs in one Lua script (registered with ``register_script``, run with
+EVALSHA) or a MULTI/EXEC pipeline, so a crash or a dropped connection never leaves half a transition. The scripts
+build item keys from the prefix, so this layout is for a single Redis (Render Key Value), not Redis Cluster.
+Claiming moves an item's score in ``outbox:pending`` to its claim expiry: an item is claimable exactly when its
+score is <= now, whether it waits for its next attempt or for a dead claim to lapse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import redis
+
+from services.state_store import (
+    DEAD_RECENT_COUNT,
+    RECENT_KEEP,
+    FlagRequest,
+    OutboxItem,
+    bounded,
+    check_counter_name,
+    check_status,
+    dumps,
+    fold_counters,
+    now_or_clock,
+    translating,
+)
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "render_signal:v1:"
+_errors = translating(redis.RedisError, OSError)
+
+_INT_FIELDS = ("uidvalidity", "uid", "attempts", "last_status")
+_FLOAT_FIELDS = ("next_attempt_at", "created_at", "first_attempt_at", "delivered_at", "dead_at", "claimed_until")
+_STR_FIELDS = ("event_id", "email_id", "mailbox", "message_id", "status", "last_error", "dead_reason",
+               "response_excerpt", "claim_owner")
+
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('SET', KEYS[4], 'enqueued', 'PX', ARGV[4])
+return 1
+"""
+
+# KEYS: pending, pending_since, counters.  ARGV: now, limit, claimed_until, owner, item key prefix
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+local dups = 0
+for _, id in ipairs(ids) do
+  local key = ARGV[5] .. id
+  if redis.call('HGET', key, 'status') ~= 'pending' then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+  else
+    if redis.call('HGET', key, 'in_flight') == '1' then dups = dups + 1 end
+    redis.call('HINCRBY', key, 'attempts', 1)
+    redis.call('HSETNX', key, 'first_attempt_at', ARGV[1])
+    redis.call('HSET', key, 'in_flight', '1', 'claimed_until', ARGV[3], 'claim_owner', ARGV[4])
+    redis.call('ZADD', KEYS[1], ARGV[3], id)
+    out[#out + 1] = redis.call('HGETALL', key)
+  end
+end
+if dups > 0 then redis.call('HINCRBY', KEYS[3], 'possible_duplicates', dups) end
+return out
+"""
+
+# KEYS: item, pending, pending_since, delivered, counters
+# ARGV: event_id, now, http status, retention ms, delivered cutoff, prefix
+_MARK_DELIVERED = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
+local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id')
+redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', ARGV[2], 'last_status', ARGV[3], 'in_flight', '0')
+redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[5])
+redis.call('SET', ARGV[6] .. 'done:' .. f[1], 'delivered', 'PX', ARGV[4])
+local flags = ARGV[6] .. 'flags:' .. f[2]
+redis.call('ZADD', flags, 'NX', ARGV[2], f[3] .. ':' .. f[4] .. ':' .. (f[5] or ''))
+redis.call('PEXPIRE', flags, ARGV[4])
+redis.call('HINCRBY', KEYS[5], 'webhooks_delivered', 1)
+return 1
+"""
+
+# KEYS: item, pending, counters.  ARGV: event_id, next_attempt_at, error, http status or ''
+_RESCHEDULE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
+redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[2], 'last_error', ARGV[3], 'in_flight', '0')
+if ARGV[4] == '' then redis.call('HDEL', KEYS[1], 'last_status')
+else redis.call('HSET', KEYS[1], 'last_status', ARGV[4]) end
+redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'webhook_retries', 1)
+return 1
+"""
+
+# KEYS: item, pending, pending_since, dead, counters
+# ARGV: event_id, now, reason, http status or '', excerpt, has excerpt '1'/'0', retention ms, dead cutoff, prefix
+_DEAD_LETTER = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
+local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id')
+redis.call('HSET', KEYS[1], 'status', 'dead', 'dead_reason', ARGV[3], 'dead_at', ARGV[2], 'in_flight', '0')
+if ARGV[4] == '' then redis.call('HDEL', KEYS[1], 'last_status')
+else redis.call('HSET', KEYS[1], 'last_status', ARGV[4]) end
+if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'response_excerpt', ARGV[5])
+else redis.call('HDEL', KEYS[1], 'response_excerpt') end
+redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[8])
+redis.call('SET', ARGV[9] .. 'done:' .. f[1], 'dead:' .. ARGV[3], 'PX', ARGV[7])
+local flags = ARGV[9] .. 'flags:' .. f[2]
+redis.call('ZADD', flags, 'NX', ARGV[2], f[3] .. ':' .. f[4] .. ':' .. (f[5] or ''))
+redis.call('PEXPIRE', flags, ARGV[7])
+redis.call('HINCRBY', KEYS[5], 'dead_letters', 1)
+return 1
+"""
+
+# KEYS: dead, pending, pending_since.  ARGV: now, prefix, retention ms, event id ('' = every dead letter)
+_REPLAY = """
+local ids
+if ARGV[4] == '' then ids = redis.call('ZRANGE', KEYS[1], 0, -1) else ids = {ARGV[4]} end
+local n = 0
+for _, id in ipairs(ids) do
+  local key = ARGV[2] .. 'item:' .. id
+  local st = redis.call('HGET', key, 'status')
+  if st == 'dead' then
+    redis.call('HSET', key, 'status', 'pending', 'attempts', '0', 'next_attempt_at', ARGV[1], 'in_flight', '0')
+    redis.call('HDEL', key, 'dead_reason', 'dead_at', 'first_attempt_at', 'claimed_until', 'claim_owner')
+    redis.call('PERSIST', key)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZADD', KEYS[2], ARGV[1], id)
+    redis.call('ZADD', KEYS[3], ARGV[1], id)
+    redis.call('SET', ARGV[2] .. 'done:' .. redis.call('HGET', key, 'email_id'), 'enqueued', 'PX', ARGV[3])
+    n = n + 1
+  elseif not st then
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return n
+"""
+
+# KEYS: checkpoint hash.  ARGV: uidvalidity, uid
+_SET_CHECKPOINT = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and tonumber(cur) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: pending, pending_since, dead.  ARGV: dead cutoff, how many recent, prefix
+_OUTBOX_STATS = """
+local pending = redis.call('ZCARD', KEYS[1])
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local dead = redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[1], '+inf')
+local ids = redis.call('ZREVRANGEBYSCORE', KEYS[3], '+inf', '(' .. ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local recent = {}
+for i = 1, #ids, 2 do
+  local h = redis.call('HMGET', ARGV[3] .. 'item:' .. ids[i], 'dead_reason', 'last_status')
+  if h[1] then recent[#recent + 1] = {ids[i], h[1], h[2] or '', ids[i + 1]} end
+end
+return {pending, oldest[2] or '', dead, recent}
+"""
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+def item_to_fields(item: OutboxItem) -> dict[str, str]:
+    fields: dict[str, str] = {"payload": dumps(item.payload), "in_flight": "1" if item.in_flight else "0"}
+    for name in _INT_FIELDS:
+        value = getattr(item, name)
+        if value is not None:
+            fields[name] = str(int(value))
+    for name in _FLOAT_FIELDS:
+        value = getattr(item, name)
+        if value is not None:
+            fields[name] = _num(value)
+    for name in _STR_FIELDS:
+        value = getattr(item, name)
+        if value is not None:
+            fields[name] = str(value)
+    return fields
+
+
+def item_from_fields(fields: dict[str, str]) -> OutboxItem:
+    values: dict[str, Any] = {
+        "payload": json.loads(fields.get("payload") or "{}"),
+        "in_flight": fields.get("in_flight") == "1",
+    }
+    for name in _INT_FIELDS:
+        if name in fields:
+            values[name] = int(fields[name])
+    for name in _FLOAT_FIELDS:
+        if name in fields:
+            values[name] = float(fields[name])
+    for name in _STR_FIELDS:
+        if name in fields:
+            values[name] = fields[name]
+    values.setdefault("message_id", None)
+    return OutboxItem(**values)
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[0::2], flat[1::2]))
+
+
+def _flag_member(uidvalidity: int, uid: int, message_id: str | None) -> str:
+    return f"{int(uidvalidity)}:{int(uid)}:{message_id or ''}"
+
+
+class RedisStateStore:
+    """State in one Redis database under ``render_signal:v1:`` (see the module docstring for the layout)."""
+
+    backend = "redis"
+
+    def __init__(self, client: redis.Redis, *, retention_seconds: float, owns_client: bool = False,
+                 prefix: str = PREFIX) -> None:
+        # Replies must be str: a client built by make_redis_client has decode_responses=True.
+        self._client = client
+        self._owns_client = owns_client
+        self._p = prefix
+        self._retention = float(retention_seconds)
+        self._retention_ms = str(max(1, int(self._retention * 1000)))
+        self._pending = prefix + "outbox:pending"
+        self._pending_since = prefix + "outbox:pending_since"
+        self._delivered = prefix + "outbox:delivered"
+        self._dead = prefix + "outbox:dead"
+        self._counters = prefix + "counters"
+        self._status = prefix + "status"
+        self._recent = prefix + "recent"
+        self._enqueue = client.register_script(_ENQUEUE)
+        self._claim = client.register_script(_CLAIM)
+        self._mark_delivered = client.register_script(_MARK_DELIVERED)
+        self._reschedule = client.register_script(_RESCHEDULE)
+        self._dead_letter = client.register_script(_DEAD_LETTER)
+        self._replay = client.register_script(_REPLAY)
+        self._set_checkpoint = client.register_script(_SET_CHECKPOINT)
+        self._outbox_stats = client.register_script(_OUTBOX_STATS)
+
+    def _item_key(self, event_id: str) -> str:
+        return f"{self._p}item:{event_id}"
+
+    def _cutoff(self, now: float) -> str:
+        return _num(now - self._retention)
+
+    @_errors
+    def ping(self) -> None:
+        self._client.ping()
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+
+    @_errors
+    def get_checkpoint(self, mailbox: str, uidvalidity: int) -> int | None:
+        value = self._client.hget(f"{self._p}checkpoint:{mailbox}", str(int(uidvalidity)))
+        return None if value is None else int(value)
+
+    @_errors
+    def set_checkpoint(self, mailbox: str, uidvalidity: int, last_uid: int) -> None:
+        self._set_checkpoint(keys=[f"{self._p}checkpoint:{mailbox}"], args=[int(uidvalidity), int(last_uid)])
+
+    @_errors
+    def has_any_checkpoint(self, mailbox: str) -> bool:
+        return bool(self._client.hlen(f"{self._p}checkpoint:{mailbox}"))
+
+    # --- done records ------------------------------------------------------------------------------------------
+
+    @_errors
+    def get_done(self, email_id: str) -> str | None:
+        return self._client.get(f"{self._p}done:{email_id}")
+
+    @_errors
+    def mark_done(self, email_id: str, outcome: str) -> None:
+        self._client.set(f"{self._p}done:{email_id}", outcome, px=int(self._retention_ms))
+
+    # --- outbox ------------------------------------------------------------------------------------------------
+
+    @_errors
+    def enqueue(self, item: OutboxItem) -> bool:
+        now = now_or_clock(None)
+        stored = OutboxItem(**{**item.__dict__, "status": "pending", "in_flight": False,
+                               "created_at": item.created_at or now, "claimed_until": None, "claim_owner": None})
+        fields = item_to_fields(stored)
+        fields["pending_since"] = _num(now)
+        flat: list[str] = []
+        for name, value in fields.items():
+            flat += [name, value]
+        created = self._enqueue(
+            keys=[self._item_key(item.event_id), self._pending, self._pending_since, f"{self._p}done:{item.email_id}"],
+            args=[item.event_id, _num(stored.next_attempt_at), _num(now), self._retention_ms, *flat])
+        return bool(created)
+
+    @_errors
+    def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float) -> list[OutboxItem]:
+        if limit <= 0:
+            return []
+        rows = self._claim(keys=[self._pending, self._pending_since, self._counters],
+                           args=[_num(now), int(limit), _num(now + claim_seconds), owner, f"{self._p}item:"])
+        return [item_from_fields(_pairs(row)) for row in rows]
+
+    @_errors
+    def mark_delivered(self, event_id: str, status: int, now: float) -> bool:
+        done = self._mark_delivered(
+            keys=[self._item_key(event_id), self._pending, self._pending_since, self._delivered, self._counters],
+            args=[event_id, _num(now), int(status), self._retention_ms, self._cutoff(now), self._p])
+        return bool(done)
+
+    @_errors
+    def reschedule(self, event_id: str, next_attempt_at: float, error: str, status: int | None) -> bool:
+        done = self._reschedule(
+            keys=[self._item_key(event_id), self._pending, self._counters],
+            args=[event_id, _num(next_attempt_at), bounded(error) or "", "" if status is None else int(status)])
+        return bool(done)
+
+    @_errors
+    def dead_letter(self, event_id: str, reason: str, status: int | None, excerpt: str | None,
+                    now: float | None = None) -> bool:
+        at = now_or_clock(now)
+        done = self._dead_letter(
+            keys=[self._item_key(event_id), self._pending, self._pending_since, self._dead, self._counters],
+            args=[event_id, _num(at), reason, "" if status is None else int(status), bounded(excerpt) or "",
+                  "0" if excerpt is None else "1", self._retention_ms, self._cutoff(at), self._p])
+        return bool(done)
+
+    @_errors
+    def get_item(self, event_id: str) -> OutboxItem | None:
+        fields = self._client.hgetall(self._item_key(event_id))
+        return item_from_fields(fields) if fields else None
+
+    @_errors
+    def list_items(self, status: str, limit: int = 100) -> list[OutboxItem]:
+        """Pending: oldest first. Delivered and dead: newest first."""
+        check_status(status)
+        if limit <= 0:
+            return []
+        if status == "pending":
+            ids = self._client.zrange(self._pending_since, 0, limit - 1)
+        else:
+            ids = self._client.zrevrange(self._delivered if status == "delivered" else self._dead, 0, limit - 1)
+        if not ids:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for event_id in ids:
+            pipe.hgetall(self._item_key(event_id))
+        items = [item_from_fields(fields) for fields in pipe.execute() if fields]
+        return [item for item in items if item.status == status]
+
+    @_errors
+    def replay(self, event_id: str | None = None, now: float | None = None) -> int:
+        return int(self._replay(keys=[self._dead, self._pending, self._pending_since],
+                                args=[_num(now_or_clock(now)), self._p, self._retention_ms, event_id or ""]))
+
+    @_errors
+    def outbox_stats(self, now: float) -> dict:
+        pending, oldest, dead, recent = self._outbox_stats(
+            keys=[self._pending, self._pending_since, self._dead],
+            args=[self._cutoff(now), DEAD_RECENT_COUNT, self._p])
+        return {
+            "pending": int(pending),
+            "oldest_pending_age_s": max(0.0, now - float(oldest)) if oldest else None,
+            "dead": int(dead),
+            "dead_recent": [{"event_id": event_id, "reason": reason, "status": int(code) if code else None,
+                             "at": float(at)} for event_id, reason, code, at in recent],
+        }
+
+    # --- IMAP flag requests ------------------------------------------------------------------------------------
+
+    @_errors
+    def queue_flag(self, mailbox: str, uidvalidity: int, uid: int, message_id: str | None) -> None:
+        key = f"{self._p}flags:{mailbox}"
+        pipe = self._client.pipeline(transaction=True)
+        pipe.zadd(key, {_flag_member(uidvalidity, uid, message_id): now_or_clock(None)}, nx=True)
+        pipe.pexpire(key, int(self._retention_ms))
+        pipe.execute()
+
+    @_errors
+    def pending_flags(self, mailbox: str, limit: int) -> list[FlagRequest]:
+        if limit <= 0:
+            return []
+        rows = self._client.zrange(f"{self._p}flags:{mailbox}", 0, limit - 1, withscores=True)
+        requests = []
+        for member, score in rows:
+            uidvalidity, uid, message_id = member.split(":", 2)
+            requests.append(FlagRequest(mailbox, int(uidvalidity), int(uid), message_id or None, float(score)))
+        return requests
+
+    @_errors
+    def clear_flag(self, request: FlagRequest) -> None:
+        self._client.zrem(f"{self._p}flags:{request.mailbox}",
+                          _flag_member(request.uidvalidity, request.uid, request.message_id))
+
+    # --- R2 reuse ----------------------------------------------------------------------------------------------
+
+    def _r2_key(self, source_url: str) -> str:
+        return f"{self._p}r2:{hashlib.sha256(source_url.encode('utf-8')).hexdigest()}"
+
+    @_errors
+    def get_r2_copy(self, source_url: str) -> dict | None:
+        raw = self._client.get(self._r2_key(source_url))
+        return None if raw is None else json.loads(raw)
+
+    @_errors
+    def put_r2_copy(self, source_url: str, record: dict, ttl_seconds: float) -> None:
+        self._client.set(self._r2_key(source_url), dumps(record), px=max(1, int(ttl_seconds * 1000)))
+
+    # --- counters ----------------------------------------------------------------------------------------------
+
+    @_errors
+    def incr(self, name: str, amount: int = 1, label: str | None = None) -> None:
+        check_counter_name(name)
+        self._client.hincrby(self._counters, name if label is None else f"{name}:{label}", int(amount))
+
+    @_errors
+    def counters(self) -> dict[str, int | dict[str, int]]:
+        rows: list[tuple[str, str | None, int]] = []
+        for field_name, value in self._client.hgetall(self._counters).items():
+            name, separator, label = field_name.partition(":")
+            rows.append((name, label if separator else None, int(value)))
+        return fold_counters(rows)
+
+    # --- status and recent history -----------------------------------------------------------------------------
+
+    @_errors
+    def publish_status(self, doc: dict, ttl_seconds: float) -> None:
+        stored = {**doc, "published_at": now_or_clock(None)}
+        self._client.set(self._status, dumps(stored), px=max(1, int(ttl_seconds * 1000)))
+
+    @_errors
+    def read_status(self) -> dict | None:
+        raw = self._client.get(self._status)
+        return None if raw is None else json.loads(raw)
+
+    @_errors
+    def record_recent(self, entry: dict) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.lpush(self._recent, dumps(entry))
+        pipe.ltrim(self._recent, 0, RECENT_KEEP - 1)
+        pipe.pexpire(self._recent, int(self._retention_ms))
+        pipe.execute()
+
+    @_errors
+    def recent(self, limit: int = 20) -> list[dict]:
+        if limit <= 0:
+            return []
+        return [json.loads(raw) for raw in self._client.lrange(self._recent, 0, min(limit, RECENT_KEEP) - 1)]
+
+    # --- retention ---------------------------------------------------------------------------------------------
+
+    @_errors
+    def trim(self, now: float) -> None:
+        """Drop index entries older than the retention (the keys themselves expire by their TTL)."""
+        cutoff = "(" + self._cutoff(now)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zremrangebyscore(self._delivered, "-inf", cutoff)
+        pipe.zremrangebyscore(self._dead, "-inf", cutoff)
+        pipe.execute()
+        for key in self._client.scan_iter(match=f"{self._p}flags:*", count=100):
+            self._client.zremrangebyscore(key, "-inf", cutoff)
+
+    def close(self) -> None:
+        if self._owns_client:
+            try:
+                self._client.close()
+            except (redis.RedisError, OSError):  # closing must not fail a shutdown
+                logger.debug("redis close failed", exc_info=True)

@@ -1,0 +1,483 @@
+"""SQLite backend of the state store: one file ``$STATE_DIR/state.sqlite3`` shared by the workers of one container.
+
+WAL mode lets readers run beside the one writer; every change is one ``BEGIN IMMEDIATE`` transaction, so two
+workers (processes) or two threads never interleave half-transitions, and a writer waits up to the busy timeout for
+another instead of failing at once. Each thread of each process has its own connection (a connection inherited over
+``fork`` is abandoned, never used). ``synchronous=NORMAL``: in WAL mode a commit survives a crash of the process
+(kill -9); only a power loss or kernel crash may lose the last commits, and Render's disk does not outlive those.
+Expired rows are hidden from reads and deleted by ``trim(now)``, which ``claim_due`` also runs every
+``AUTO_TRIM_INTERVAL_SECONDS``. The file is lost with the container on Render: see README "State and retention".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from services.state_store import (
+    AUTO_TRIM_INTERVAL_SECONDS,
+    DEAD_RECENT_COUNT,
+    RECENT_KEEP,
+    FlagRequest,
+    OutboxItem,
+    StateStoreError,
+    bounded,
+    check_counter_name,
+    check_status,
+    dumps,
+    fold_counters,
+    now_or_clock,
+    translating,
+)
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DB_FILE_NAME = "state.sqlite3"
+DEFAULT_BUSY_TIMEOUT_SECONDS = 10.0
+SCHEMA_VERSION = "1"
+_errors = translating(sqlite3.Error, OSError)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    mailbox TEXT NOT NULL, uidvalidity INTEGER NOT NULL, last_uid INTEGER NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (mailbox, uidvalidity));
+CREATE TABLE IF NOT EXISTS done (email_id TEXT PRIMARY KEY, outcome TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS done_expiry ON done (expires_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    event_id TEXT PRIMARY KEY, email_id TEXT NOT NULL, payload TEXT NOT NULL, mailbox TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL, uid INTEGER NOT NULL, message_id TEXT, status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, created_at REAL NOT NULL,
+    first_attempt_at REAL, last_error TEXT, last_status INTEGER, dead_reason TEXT, response_excerpt TEXT,
+    delivered_at REAL, dead_at REAL, in_flight INTEGER NOT NULL DEFAULT 0, claimed_until REAL, claim_owner TEXT,
+    -- due_at: when the item is claimable next (next_attempt_at, or claimed_until while claimed)
+    due_at REAL NOT NULL, pending_since REAL, expires_at REAL);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (due_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_pending_since ON outbox (pending_since) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_delivered ON outbox (delivered_at) WHERE status = 'delivered';
+CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (dead_at) WHERE status = 'dead';
+CREATE INDEX IF NOT EXISTS outbox_expiry ON outbox (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS flags (
+    mailbox TEXT NOT NULL, uidvalidity INTEGER NOT NULL, uid INTEGER NOT NULL, message_id TEXT,
+    requested_at REAL NOT NULL, PRIMARY KEY (mailbox, uidvalidity, uid));
+CREATE INDEX IF NOT EXISTS flags_order ON flags (mailbox, requested_at);
+CREATE TABLE IF NOT EXISTS r2_copies (url_hash TEXT PRIMARY KEY, record TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS r2_expiry ON r2_copies (expires_at);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT NOT NULL, labelled INTEGER NOT NULL, label TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (name, labelled, label));
+CREATE TABLE IF NOT EXISTS status (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS recent (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, entry TEXT NOT NULL);
+"""
+
+_ITEM_COLUMNS = ("event_id", "email_id", "payload", "mailbox", "uidvalidity", "uid", "message_id", "status",
+                 "attempts", "next_attempt_at", "created_at", "first_attempt_at", "last_error", "last_status",
+                 "dead_reason", "response_excerpt", "delivered_at", "dead_at", "in_flight", "claimed_until",
+                 "claim_owner")
+_SELECT_ITEM = f"SELECT {', '.join(_ITEM_COLUMNS)} FROM outbox"
+_COUNTER_UPSERT = ("INSERT INTO counters (name, labelled, label, value) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT (name, labelled, label) DO UPDATE SET value = value + excluded.value")
+_DONE_UPSERT = ("INSERT INTO done (email_id, outcome, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (email_id) DO UPDATE SET outcome = excluded.outcome, expires_at = excluded.expires_at")
+_FLAG_INSERT = ("INSERT INTO flags (mailbox, uidvalidity, uid, message_id, requested_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (mailbox, uidvalidity, uid) DO NOTHING")
+
+
+def state_db_path(settings: Settings) -> str:
+    return os.path.join(settings.state_dir, DB_FILE_NAME)
+
+
+def _row_to_item(row: sqlite3.Row | tuple) -> OutboxItem:
+    values = dict(zip(_ITEM_COLUMNS, row))
+    values["payload"] = json.loads(values["payload"])
+    values["in_flight"] = bool(values["in_flight"])
+    return OutboxItem(**values)
+
+
+class SqliteStateStore:
+    """State in one SQLite file (see the module docstring). Safe for threads and processes of one host."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str, *, retention_seconds: float,
+                 busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
+                 auto_trim_interval_seconds: float = AUTO_TRIM_INTERVAL_SECONDS) -> None:
+        self.path = path
+        self._retention = float(retention_seconds)
+        self._busy_timeout = float(busy_timeout_seconds)
+        self._auto_trim_interval = float(auto_trim_interval_seconds)
+        self._last_auto_trim = float("-inf")
+        self._local = threading.local()
+        self._all_lock = threading.Lock()
+        self._all: list[tuple[int, sqlite3.Connection]] = []
+        self._closed = False
+        self._initialise()
+
+    # --- connections and transactions --------------------------------------------------------------------------
+
+    @_errors
+    def _initialise(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        conn = self._conn()
+        # Switching to WAL takes a lock that the busy handler does not always wait for; several workers starting
+        # at once may collide here, so retry for the busy timeout.
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        if str(mode).lower() != "wal":
+            raise StateStoreError(f"sqlite: cannot switch {self.path} to WAL mode (got {mode})")
+        with self._write() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise StateStoreError(f"sqlite: {self.path} has schema version {version}, expected {SCHEMA_VERSION}")
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StateStoreError("sqlite: the state store is closed")
+        pid = os.getpid()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == pid:
+            return conn
+        # isolation_level=None: no implicit transactions; every write opens BEGIN IMMEDIATE itself.
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self._local.conn = conn
+        self._local.pid = pid
+        with self._all_lock:
+            self._all.append((pid, conn))
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for reads of several statements."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def _expires(self, now: float) -> float:
+        return now + self._retention
+
+    @_errors
+    def ping(self) -> None:
+        self._conn().execute("SELECT 1 FROM meta LIMIT 1").fetchall()
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+
+    @_errors
+    def get_checkpoint(self, mailbox: str, uidvalidity: int) -> int | None:
+        row = self._conn().execute("SELECT last_uid FROM checkpoints WHERE mailbox = ? AND uidvalidity = ?",
+                                   (mailbox, int(uidvalidity))).fetchone()
+        return None if row is None else int(row[0])
+
+    @_errors
+    def set_checkpoint(self, mailbox: str, uidvalidity: int, last_uid: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO checkpoints (mailbox, uidvalidity, last_uid, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (mailbox, uidvalidity) DO UPDATE SET last_uid = excluded.last_uid, "
+                "updated_at = excluded.updated_at WHERE excluded.last_uid > checkpoints.last_uid",
+                (mailbox, int(uidvalidity), int(last_uid), time.time()))
+
+    @_errors
+    def has_any_checkpoint(self, mailbox: str) -> bool:
+        return self._conn().execute("SELECT 1 FROM checkpoints WHERE mailbox = ? LIMIT 1",
+                                    (mailbox,)).fetchone() is not None
+
+    # --- done records ------------------------------------------------------------------------------------------
+
+    @_errors
+    def get_done(self, email_id: str) -> str | None:
+        row = self._conn().execute("SELECT outcome FROM done WHERE email_id = ? AND expires_at > ?",
+                                   (email_id, time.time())).fetchone()
+        return None if row is None else row[0]
+
+    @_errors
+    def mark_done(self, email_id: str, outcome: str) -> None:
+        with self._write() as conn:
+            conn.execute(_DONE_UPSERT, (email_id, outcome, self._expires(time.time())))
+
+    # --- outbox ------------------------------------------------------------------------------------------------
+
+    @_errors
+    def enqueue(self, item: OutboxItem) -> bool:
+        now = time.time()
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO outbox (event_id, email_id, payload, mailbox, uidvalidity, uid, message_id, status, "
+                "attempts, next_attempt_at, created_at, first_attempt_at, last_error, last_status, in_flight, "
+                "due_at, pending_since) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, 0, ?, ?) "
+                "ON CONFLICT (event_id) DO NOTHING",
+                (item.event_id, item.email_id, dumps(item.payload), item.mailbox, int(item.uidvalidity),
+                 int(item.uid), item.message_id, int(item.attempts), float(item.next_attempt_at),
+                 float(item.created_at or now), item.first_attempt_at, item.last_error, item.last_status,
+                 float(item.next_attempt_at), now))
+            if cursor.rowcount == 0:
+                return False
+            conn.execute(_DONE_UPSERT, (item.email_id, "enqueued", self._expires(now)))
+            return True
+
+    @_errors
+    def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float) -> list[OutboxItem]:
+        if now - self._last_auto_trim >= self._auto_trim_interval:
+            self._last_auto_trim = now
+            self.trim(now)
+        if limit <= 0:
+            return []
+        claimed_until = now + claim_seconds
+        with self._write() as conn:
+            rows = conn.execute(f"{_SELECT_ITEM} WHERE status = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?",
+                                (now, int(limit))).fetchall()
+            if not rows:
+                return []
+            items = [_row_to_item(row) for row in rows]
+            conn.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, ?), "
+                "in_flight = 1, claimed_until = ?, claim_owner = ?, due_at = ? WHERE event_id = ?",
+                [(now, claimed_until, owner, claimed_until, item.event_id) for item in items])
+            duplicates = sum(1 for item in items if item.in_flight)
+            if duplicates:
+                conn.execute(_COUNTER_UPSERT, ("possible_duplicates", 0, "", duplicates))
+        for item in items:
+            item.attempts += 1
+            item.first_attempt_at = item.first_attempt_at if item.first_attempt_at is not None else now
+            item.in_flight = True
+            item.claimed_until = claimed_until
+            item.claim_owner = owner
+        return items
+
+    def _finish(self, conn: sqlite3.Connection, event_id: str, assignments: str, values: tuple,
+                outcome: str, counter: str, at: float) -> bool:
+        row = conn.execute("SELECT email_id, mailbox, uidvalidity, uid, message_id FROM outbox "
+                           "WHERE event_id = ? AND status = 'pending'", (event_id,)).fetchone()
+        if row is None:
+            return False
+        email_id, mailbox, uidvalidity, uid, message_id = row
+        conn.execute(f"UPDATE outbox SET {assignments}, in_flight = 0, claimed_until = NULL, claim_owner = NULL, "
+                     "pending_since = NULL, expires_at = ? WHERE event_id = ?",
+                     (*values, self._expires(at), event_id))
+        conn.execute(_DONE_UPSERT, (email_id, outcome, self._expires(at)))
+        conn.execute(_FLAG_INSERT, (mailbox, uidvalidity, uid, message_id, at))
+        conn.execute(_COUNTER_UPSERT, (counter, 0, "", 1))
+        return True
+
+    @_errors
+    def mark_delivered(self, event_id: str, status: int, now: float) -> bool:
+        with self._write() as conn:
+            return self._finish(conn, event_id, "status = 'delivered', delivered_at = ?, last_status = ?",
+                                (now, int(status)), "delivered", "webhooks_delivered", now)
+
+    @_errors
+    def reschedule(self, event_id: str, next_attempt_at: float, error: str, status: int | None) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE outbox SET next_attempt_at = ?, due_at = ?, last_error = ?, last_status = ?, in_flight = 0, "
+                "claimed_until = NULL, claim_owner = NULL WHERE event_id = ? AND status = 'pending'",
+                (next_attempt_at, next_attempt_at, bounded(error), status, event_id))
+            if cursor.rowcount == 0:
+                return False
+            conn.execute(_COUNTER_UPSERT, ("webhook_retries", 0, "", 1))
+            return True
+
+    @_errors
+    def dead_letter(self, event_id: str, reason: str, status: int | None, excerpt: str | None,
+                    now: float | None = None) -> bool:
+        at = now_or_clock(now)
+        with self._write() as conn:
+            return self._finish(conn, event_id,
+                                "status = 'dead', dead_reason = ?, dead_at = ?, last_status = ?, response_excerpt = ?",
+                                (reason, at, status, bounded(excerpt)), f"dead:{reason}", "dead_letters", at)
+
+    @_errors
+    def get_item(self, event_id: str) -> OutboxItem | None:
+        row = self._conn().execute(f"{_SELECT_ITEM} WHERE event_id = ? AND (expires_at IS NULL OR expires_at > ?)",
+                                   (event_id, time.time())).fetchone()
+        return None if row is None else _row_to_item(row)
+
+    @_errors
+    def list_items(self, status: str, limit: int = 100) -> list[OutboxItem]:
+        """Pending: oldest first. Delivered and dead: newest first."""
+        check_status(status)
+        order = {"pending": "pending_since ASC", "delivered": "delivered_at DESC", "dead": "dead_at DESC"}[status]
+        rows = self._conn().execute(
+            f"{_SELECT_ITEM} WHERE status = '{status}' AND (expires_at IS NULL OR expires_at > ?) "
+            f"ORDER BY {order} LIMIT ?", (time.time(), max(0, int(limit)))).fetchall()
+        return [_row_to_item(row) for row in rows]
+
+    @_errors
+    def replay(self, event_id: str | None = None, now: float | None = None) -> int:
+        at = now_or_clock(now)
+        with self._write() as conn:
+            query = "SELECT event_id, email_id FROM outbox WHERE status = 'dead' AND expires_at > ?"
+            params: tuple = (time.time(),)
+            if event_id is not None:
+                query += " AND event_id = ?"
+                params += (event_id,)
+            rows = conn.execute(query, params).fetchall()
+            conn.executemany(
+                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?, due_at = ?, in_flight = 0, "
+                "pending_since = ?, dead_reason = NULL, dead_at = NULL, first_attempt_at = NULL, "
+                "claimed_until = NULL, claim_owner = NULL, expires_at = NULL WHERE event_id = ?",
+                [(at, at, at, row[0]) for row in rows])
+            conn.executemany(_DONE_UPSERT, [(row[1], "enqueued", self._expires(at)) for row in rows])
+            return len(rows)
+
+    @_errors
+    def outbox_stats(self, now: float) -> dict:
+        cutoff = now - self._retention
+        with self._read() as conn:
+            pending, oldest = conn.execute(
+                "SELECT count(*), min(pending_since) FROM outbox WHERE status = 'pending'").fetchone()
+            dead = conn.execute("SELECT count(*) FROM outbox WHERE status = 'dead' AND dead_at > ?",
+                                (cutoff,)).fetchone()[0]
+            recent = conn.execute(
+                "SELECT event_id, dead_reason, last_status, dead_at FROM outbox WHERE status = 'dead' AND dead_at > ? "
+                "ORDER BY dead_at DESC LIMIT ?", (cutoff, DEAD_RECENT_COUNT)).fetchall()
+        return {
+            "pending": int(pending),
+            "oldest_pending_age_s": None if oldest is None else max(0.0, now - float(oldest)),
+            "dead": int(dead),
+            "dead_recent": [{"event_id": event_id, "reason": reason, "status": code, "at": at}
+                            for event_id, reason, code, at in recent],
+        }
+
+    # --- IMAP flag requests ------------------------------------------------------------------------------------
+
+    @_errors
+    def queue_flag(self, mailbox: str, uidvalidity: int, uid: int, message_id: str | None) -> None:
+        with self._write() as conn:
+            conn.execute(_FLAG_INSERT, (mailbox, int(uidvalidity), int(uid), message_id, time.time()))
+
+    @_errors
+    def pending_flags(self, mailbox: str, limit: int) -> list[FlagRequest]:
+        rows = self._conn().execute(
+            "SELECT uidvalidity, uid, message_id, requested_at FROM flags WHERE mailbox = ? "
+            "ORDER BY requested_at LIMIT ?", (mailbox, max(0, int(limit)))).fetchall()
+        return [FlagRequest(mailbox, int(v), int(u), m, float(at)) for v, u, m, at in rows]
+
+    @_errors
+    def clear_flag(self, request: FlagRequest) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM flags WHERE mailbox = ? AND uidvalidity = ? AND uid = ?",
+                         (request.mailbox, int(request.uidvalidity), int(request.uid)))
+
+    # --- R2 reuse ----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _r2_key(source_url: str) -> str:
+        return hashlib.sha256(source_url.encode("utf-8")).hexdigest()
+
+    @_errors
+    def get_r2_copy(self, source_url: str) -> dict | None:
+        row = self._conn().execute("SELECT record FROM r2_copies WHERE url_hash = ? AND expires_at > ?",
+                                   (self._r2_key(source_url), time.time())).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    @_errors
+    def put_r2_copy(self, source_url: str, record: dict, ttl_seconds: float) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO r2_copies (url_hash, record, expires_at) VALUES (?, ?, ?)",
+                         (self._r2_key(source_url), dumps(record), time.time() + ttl_seconds))
+
+    # --- counters ----------------------------------------------------------------------------------------------
+
+    @_errors
+    def incr(self, name: str, amount: int = 1, label: str | None = None) -> None:
+        check_counter_name(name)
+        with self._write() as conn:
+            conn.execute(_COUNTER_UPSERT, (name, 0 if label is None else 1, label or "", int(amount)))
+
+    @_errors
+    def counters(self) -> dict[str, int | dict[str, int]]:
+        rows = self._conn().execute("SELECT name, labelled, label, value FROM counters").fetchall()
+        return fold_counters([(name, label if labelled else None, value) for name, labelled, label, value in rows])
+
+    # --- status and recent history -----------------------------------------------------------------------------
+
+    @_errors
+    def publish_status(self, doc: dict, ttl_seconds: float) -> None:
+        now = time.time()
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO status (id, doc, expires_at) VALUES (1, ?, ?)",
+                         (dumps({**doc, "published_at": now}), now + ttl_seconds))
+
+    @_errors
+    def read_status(self) -> dict | None:
+        row = self._conn().execute("SELECT doc FROM status WHERE id = 1 AND expires_at > ?",
+                                   (time.time(),)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    @_errors
+    def record_recent(self, entry: dict) -> None:
+        with self._write() as conn:
+            cursor = conn.execute("INSERT INTO recent (at, entry) VALUES (?, ?)", (time.time(), dumps(entry)))
+            conn.execute("DELETE FROM recent WHERE id <= ?", (cursor.lastrowid - RECENT_KEEP,))
+
+    @_errors
+    def recent(self, limit: int = 20) -> list[dict]:
+        rows = self._conn().execute("SELECT entry FROM recent WHERE at > ? ORDER BY id DESC LIMIT ?",
+                                    (time.time() - self._retention, max(0, min(int(limit), RECENT_KEEP)))).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    # --- retention ---------------------------------------------------------------------------------------------
+
+    @_errors
+    def trim(self, now: float) -> None:
+        """Delete what expired: finished items, done-records, flag requests, R2 records, status, history."""
+        cutoff = now - self._retention
+        with self._write() as conn:
+            conn.execute("DELETE FROM outbox WHERE expires_at IS NOT NULL AND expires_at <= ? AND status != 'pending'",
+                         (now,))
+            conn.execute("DELETE FROM done WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM flags WHERE requested_at <= ?", (cutoff,))
+            conn.execute("DELETE FROM r2_copies WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM status WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM recent WHERE at <= ?", (cutoff,))
+
+    def close(self) -> None:
+        """Close every connection this process opened (from any thread); the store is unusable afterwards."""
+        self._closed = True
+        pid = os.getpid()
+        with self._all_lock:
+            connections, self._all = self._all, []
+        for owner_pid, conn in connections:
+            if owner_pid == pid:
+                try:
+                    conn.close()
+                except sqlite3.Error:  # closing must not fail a shutdown
+                    logger.debug("sqlite close failed", exc_info=True)
