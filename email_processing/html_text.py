@@ -42,19 +42,27 @@ _MANY_NEWLINES = re.compile(r"\n{3,}")
 _URL_WHITESPACE = re.compile(r"[\t\r\n]")
 
 
-def truncate_html(html: str) -> tuple[str, bool]:
-    """Cut ``html`` to at most HTML_CAP_BYTES of UTF-8 at a character boundary; True when it was cut."""
-    if len(html) * 4 <= HTML_CAP_BYTES:  # cannot exceed the cap: skip the encode
+def truncate_html(html: str, limit: int = HTML_CAP_BYTES) -> tuple[str, bool]:
+    """Cut ``html`` to at most ``limit`` bytes of UTF-8 at a character boundary; True (and the WARNING) when cut.
+
+    ``limit`` is smaller than the cap only for a second HTML part of one email, which gets what the first left.
+    """
+    if len(html) * 4 <= limit:  # cannot exceed the limit: skip the encode
         return html, False
     # surrogatepass: a lone surrogate must not make the cap itself fail.
     encoded = html.encode("utf-8", "surrogatepass")
-    if len(encoded) <= HTML_CAP_BYTES:
+    if len(encoded) <= limit:
         return html, False
     # An incremental decoder with final=False drops an incomplete trailing sequence: the cut lands on a boundary.
     decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
-    cut = decoder.decode(encoded[:HTML_CAP_BYTES], final=False)
-    logger.warning(HTML_TRUNCATED_WARNING)
+    cut = decoder.decode(encoded[: max(limit, 0)], final=False)
+    warn_html_truncated()
     return cut, True
+
+
+def warn_html_truncated() -> None:
+    """The operator WARNING for a cut HTML body (also used when the cut happened before charset decoding)."""
+    logger.warning(HTML_TRUNCATED_WARNING)
 
 
 def html_to_text_and_hrefs(html: str) -> tuple[str, list[str]]:

@@ -1,0 +1,121 @@
+"""``flask --app app process-email PATH.eml [--dry-run]``: run one saved email through the pipeline.
+
+Dry run: parse, decide and print the webhook payload as JSON on stdout (always, skipped emails too) and the decision
+on stderr (``decision: send`` / ``decision: skip reason=<reason>``); no R2, no webhook, no mailbox. Exit 0. Exit 2
+with one line on stderr only when the file cannot be read or is larger than ``MAX_EML_BYTES`` (64 MiB). Without
+``--dry-run`` the wired service (``current_app.extensions["render_signal"]``: ``settings``, ``offloader``,
+``deliver_one(result) -> dict``) offloads the links and delivers the webhook; its outcome is printed on stderr.
+A saved file has no IMAP INTERNALDATE, so ``received_at`` comes from its Date header (now, when that is invalid).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from email_processing.orchestrator import NullOffloader, ProcessResult, process_email
+from email_processing.parsing import parse_message
+from email_processing.payload import received_at_from_date_header
+
+MAX_EML_BYTES = 64 * 1024 * 1024
+EXTENSION_KEY = "render_signal"
+EXIT_UNREADABLE = 2
+EXIT_CONFIG = 3
+EXIT_DELIVERY_FAILED = 1
+
+
+def _fail(code: int, message: str) -> None:
+    # One line, always: messages may carry an OS error text with a newline in odd cases.
+    click.echo(" ".join(message.split()), err=True)
+    raise SystemExit(code)
+
+
+def _read_eml(path: str) -> bytes:
+    try:
+        size = os.stat(path).st_size
+        if size > MAX_EML_BYTES:
+            _fail(EXIT_UNREADABLE, f"process-email: {path}: file too large ({size} bytes > {MAX_EML_BYTES})")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_EML_BYTES + 1)
+    except OSError as exc:
+        _fail(EXIT_UNREADABLE, f"process-email: {path}: cannot read file ({exc.strerror or type(exc).__name__})")
+    if len(raw) > MAX_EML_BYTES:  # grew between stat and read
+        _fail(EXIT_UNREADABLE, f"process-email: {path}: file too large (> {MAX_EML_BYTES} bytes)")
+    return raw
+
+
+def _service() -> Any | None:
+    """The wired service from the Flask app, or None outside an app context (tests, plain click)."""
+    try:
+        from flask import current_app, has_app_context
+    except ImportError:  # pragma: no cover - Flask is a runtime dependency
+        return None
+    if not has_app_context():
+        return None
+    return current_app.extensions.get(EXTENSION_KEY)
+
+
+def _settings(service: Any | None) -> Any:
+    if service is not None:
+        return service.settings
+    from settings import ConfigError, Settings
+
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        _fail(EXIT_CONFIG, str(exc))
+
+
+def _print_payload(result: ProcessResult) -> None:
+    text = json.dumps(result.payload, ensure_ascii=False, indent=2)
+    # Bytes, so a non-UTF-8 terminal locale cannot turn a subject into an encoding error.
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        click.echo(text)
+        return
+    sys.stdout.flush()
+    buffer.write(text.encode("utf-8", "surrogatepass") + b"\n")
+    buffer.flush()
+
+
+def _decision_line(result: ProcessResult) -> str:
+    return "decision: send" if result.decision == "send" else f"decision: skip reason={result.reason}"
+
+
+@click.command("process-email")
+@click.argument("path")
+@click.option("--dry-run", is_flag=True, help="Print the payload and the decision; no R2, no webhook.")
+def process_email_command(path: str, dry_run: bool) -> None:
+    """Parse a saved email (.eml) and run it through the pipeline (or only print the payload with --dry-run)."""
+    raw = _read_eml(path)
+    service = _service()
+    if not dry_run and service is None:
+        _fail(EXIT_DELIVERY_FAILED, "process-email: the service is not wired here; run it as "
+                                    "`flask --app app process-email PATH` or use --dry-run")
+    settings = _settings(service)
+    parsed = parse_message(raw)
+    received_at = received_at_from_date_header(parsed.date_header)
+    offloader = NullOffloader() if dry_run else service.offloader
+    result = process_email(parsed, received_at=received_at, sender_allowlist=settings.sender_allowlist,
+                           allow_without_links=settings.allow_webhook_without_links, offloader=offloader)
+    _print_payload(result)
+    click.echo(_decision_line(result), err=True)
+    if dry_run or result.decision != "send":
+        return
+    try:
+        outcome = service.deliver_one(result)
+    except Exception as exc:
+        _fail(EXIT_DELIVERY_FAILED, f"process-email: delivery failed ({type(exc).__name__})")
+    click.echo("delivery: " + json.dumps(outcome, default=str, sort_keys=True), err=True)
+
+
+def main() -> None:  # pragma: no cover - convenience: python -m email_processing.cli PATH --dry-run
+    process_email_command.main(args=sys.argv[1:], prog_name="process-email")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,122 @@
+"""The webhook body and the email's identity.
+
+Field names are an interface: Make scenarios and a PHP receiver read them (issue 6 §9), so ``build_payload`` keeps
+the historic names (``microsoft_graph_email_id``, ``receivedDateTime``, ``bodyPreview`` ...) and only adds fields.
+``email_content`` is the text/plain text followed by the text derived from the HTML, capped at
+``CONTENT_CAP_BYTES`` of UTF-8; ``email_content_truncated`` is true when anything of the body was cut (here, or by
+the parser's HTML/text caps).
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, Iterable, Protocol
+
+from email_processing.parsing import ParsedEmail
+
+CONTENT_CAP_BYTES = 1_048_576
+PREVIEW_CHARS = 200
+
+
+class LinkLike(Protocol):
+    provider: str
+    raw_url: str
+    direct_url: str
+
+
+def email_id_for(parsed: ParsedEmail) -> str:
+    """First 32 hex chars of SHA-256 of the lower-cased Message-ID, else of Date, From, Subject and body head."""
+    if parsed.message_id:
+        material = parsed.message_id.strip().strip("<>").lower().encode("utf-8", "surrogatepass")
+    else:
+        header_part = "\n".join((parsed.date_header or "", parsed.from_header, parsed.subject))
+        material = header_part.encode("utf-8", "surrogatepass") + b"\n" + parsed.body_head[:1024]
+    return hashlib.sha256(material).hexdigest()[:32]
+
+
+def event_id_for(email_id: str) -> str:
+    return "msg_" + email_id
+
+
+def format_received_at(moment: datetime) -> str:
+    """``YYYY-MM-DDTHH:MM:SSZ`` in UTC (a naive datetime is taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def received_at_from_date_header(date_header: str | None, *, now: datetime | None = None) -> str:
+    """received_at for a saved email (dry run): its Date header, or ``now`` when the header is missing or invalid."""
+    if date_header:
+        try:
+            moment = parsedate_to_datetime(date_header)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            moment = None
+        if moment is not None:
+            try:
+                return format_received_at(moment)
+            except (ValueError, OverflowError):
+                pass
+    return format_received_at(now or datetime.now(timezone.utc))
+
+
+def email_content_for(parsed: ParsedEmail, html_text: str) -> tuple[str, bool]:
+    """(email_content, truncated): text/plain, then the HTML's text, capped at CONTENT_CAP_BYTES of UTF-8."""
+    pieces = [piece for piece in (parsed.text_plain.strip(), html_text.strip()) if piece]
+    content = "\n\n".join(pieces)
+    truncated = parsed.text_truncated or parsed.html_truncated
+    if len(content) * 4 > CONTENT_CAP_BYTES:
+        encoded = content.encode("utf-8", "surrogatepass")
+        if len(encoded) > CONTENT_CAP_BYTES:
+            decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+            content = decoder.decode(encoded[:CONTENT_CAP_BYTES], final=False)
+            truncated = True
+    return content, truncated
+
+
+def body_preview(content: str) -> str:
+    """The first PREVIEW_CHARS characters of ``content`` with whitespace runs collapsed to one space."""
+    window = PREVIEW_CHARS * 4
+    while True:
+        preview = " ".join(content[:window].split())
+        if len(preview) >= PREVIEW_CHARS or window >= len(content):
+            return preview[:PREVIEW_CHARS]
+        window *= 4
+
+
+def _link_entry(link: Any) -> dict[str, Any]:
+    return {
+        "provider": link.provider,
+        "raw_url": link.raw_url,
+        "direct_url": link.direct_url,
+        "r2_url": getattr(link, "r2_url", None),
+        "original_filename": getattr(link, "original_filename", None),
+    }
+
+
+def build_payload(parsed: ParsedEmail, links: Iterable[LinkLike], received_at: str, *,
+                  html_text: str | None = None) -> dict[str, Any]:
+    """The webhook body. ``html_text``: the HTML's text when the caller already has it (else derived here)."""
+    if html_text is None:
+        from email_processing.html_text import html_to_text_and_hrefs
+
+        html_text = html_to_text_and_hrefs(parsed.html)[0] if parsed.html else ""
+    content, truncated = email_content_for(parsed, html_text)
+    email_id = email_id_for(parsed)
+    return {
+        "microsoft_graph_email_id": email_id,
+        "subject": parsed.subject,
+        "receivedDateTime": parsed.date_header,
+        "sender_address": parsed.from_header,
+        "sender_email": parsed.sender_email,
+        "bodyPreview": body_preview(content),
+        "email_content": content,
+        "email_content_truncated": truncated,
+        "delivery_links": [_link_entry(link) for link in links],
+        "message_id": parsed.message_id,
+        "received_at": received_at,
+        "event_id": event_id_for(email_id),
+    }
