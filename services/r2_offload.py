@@ -25,6 +25,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from email_processing.links import host_matches, is_dropbox_folder
+
 logger = logging.getLogger(__name__)
 
 # Providers whose direct-download URL answers with the file itself (after redirects the Worker re-checks), and the
@@ -90,13 +92,6 @@ def normalise_source_url(url: str) -> str:
     return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
 
-def host_within(host: str, domain: str) -> bool:
-    """True when ``host`` is ``domain`` or one of its subdomains (label-wise, never by substring)."""
-    host = host.lower().rstrip(".")
-    domain = domain.lower().rstrip(".")
-    return host == domain or host.endswith("." + domain)
-
-
 def is_allow_listed(provider: str, url: str) -> bool:
     """An https URL without credentials whose host lies within one of the provider's allow-listed domains."""
     domains = OFFLOADED_PROVIDERS.get(provider.lower())
@@ -110,17 +105,7 @@ def is_allow_listed(provider: str, url: str) -> bool:
         return False
     if parts.scheme.lower() != "https" or not host or parts.username is not None or parts.password is not None:
         return False
-    return any(host_within(host, domain) for domain in domains)
-
-
-def is_folder_link(url: str) -> bool:
-    """A Dropbox folder link, which Dropbox zips on the fly (hence the longer timeout)."""
-    try:
-        from email_processing.links import is_dropbox_folder  # the owner of the concept, when present
-    except ImportError:  # pragma: no cover - only while email_processing/links.py does not exist yet
-        path = urlsplit(url).path
-        return path.startswith("/scl/fo/") or path.startswith("/sh/")
-    return bool(is_dropbox_folder(url))
+    return any(host_matches(host, domain) for domain in domains)
 
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -391,7 +376,7 @@ class R2Offloader:
     def timeout_for(self, url: str) -> float:
         """The Worker call timeout for this URL: longer for Dropbox folders, which Dropbox zips on the fly."""
         try:
-            return self._folder_timeout if is_folder_link(url) else self._timeout
+            return self._folder_timeout if is_dropbox_folder(url) else self._timeout
         except Exception:
             return self._timeout
 

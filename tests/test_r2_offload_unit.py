@@ -26,7 +26,6 @@ from services.r2_offload import (
     endpoint_origin,
     file_name_for,
     is_allow_listed,
-    is_folder_link,
     normalise_source_url,
     object_key_for,
 )
@@ -34,14 +33,7 @@ from settings import Settings
 
 pytestmark = pytest.mark.unit
 
-try:
-    from email_processing.links import DeliveryLink
-except ImportError:  # stand-in while email_processing/links.py is being written
-    @dataclass(frozen=True)
-    class DeliveryLink:  # type: ignore[no-redef]
-        provider: str
-        raw_url: str
-        direct_url: str
+from email_processing.links import DeliveryLink
 
 try:
     from email_processing.orchestrator import OffloadedLink
@@ -203,12 +195,6 @@ def test_only_providers_that_serve_files_have_an_allow_list():
     assert not is_allow_listed("wetransfer", "https://wetransfer.com/downloads/abc")
 
 
-def test_folder_links_are_recognised():
-    assert is_folder_link("https://www.dropbox.com/scl/fo/x/AAA?rlkey=k&dl=1")
-    assert not is_folder_link("https://www.dropbox.com/scl/fi/x/a.zip?rlkey=k&dl=1")
-    assert not is_folder_link("https://www.dropbox.com/s/x/a.zip?dl=1")
-
-
 def test_endpoint_origin_drops_path_query_and_credentials():
     assert endpoint_origin("https://u:p@worker.example:8443/secret/path?token=1") == "https://worker.example:8443"
 
@@ -222,6 +208,8 @@ def test_production_default_timeouts_are_15_s_for_files_and_120_s_for_folders():
                                              r2_fetch_token=TOKEN), None, session=FakeSession(),
                             link_type=OffloadedLink)
     assert offloader.timeout_for("https://www.dropbox.com/scl/fo/x/AAA?rlkey=k&dl=1") == 120.0
+    assert offloader.timeout_for("https://www.dropbox.com/sh/x/AAA?dl=1") == 120.0
+    assert offloader.timeout_for("https://www.dropbox.com/scl/fi/x/a.zip?rlkey=k&dl=1") == 15.0
     assert offloader.timeout_for("https://www.dropbox.com/s/x/a.pdf?dl=1") == 15.0
 
 
