@@ -1,0 +1,157 @@
+"""The outbox delivery loop: claims due webhooks from the state store and makes one attempt each.
+
+Separate from mailbox reading: a slow or dead receiver never stops new emails from being read and queued. It acts
+only while this worker holds the lease and re-checks the token in the store before every attempt. Outcomes: 2xx →
+delivered (the email is then flagged done by the poller); connection errors, timeouts, 408, 429, 5xx → retried on
+the schedule until ``WEBHOOK_RETRY_HOURS`` have passed since the first attempt; other 4xx/3xx → dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from typing import Any, Callable
+
+from background.lease import LeaseLost
+from services.state_store import OutboxItem, StateStoreError
+from services.webhook import next_delay, retry_deadline
+
+logger = logging.getLogger(__name__)
+
+CLAIM_BATCH = 1            # one item per claim: a lost lease never leaves claimed-but-unattempted items behind
+CLAIM_MARGIN_SECONDS = 15  # a claim outlives one attempt's timeout by this much
+IDLE_WAIT_SECONDS = 1.0
+
+
+def payload_bytes(payload: dict) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class DeliveryWorker:
+    def __init__(self, settings, store, lease, guard, sender_factory: Callable[[], Any], *,
+                 wakeup: threading.Event, flag_wakeup: threading.Event, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.lease = lease
+        self.guard = guard
+        self.sender_factory = sender_factory
+        self.wakeup = wakeup
+        self.flag_wakeup = flag_wakeup
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self._store_failing = False
+
+    def run(self, stop_event: threading.Event, held_event: threading.Event) -> None:
+        while not stop_event.is_set():
+            if not self.lease.holds_locally():
+                held_event.wait(IDLE_WAIT_SECONDS)
+                if not held_event.is_set():
+                    stop_event.wait(0.2)
+                continue
+            try:
+                found = self.run_once(stop_event)
+                if self._store_failing:
+                    self._store_failing = False
+                    logger.info("WEBHOOK: state store reachable again; delivering")
+            except LeaseLost as exc:
+                logger.warning("WEBHOOK: stopped delivering (%s)", exc)
+                continue
+            except StateStoreError as exc:
+                if not self._store_failing:
+                    self._store_failing = True
+                    logger.error("WEBHOOK: state store error, delivery paused (%s)", exc)
+                stop_event.wait(2.0)
+                continue
+            except Exception:  # a bug must not kill the thread
+                logger.error("WEBHOOK: unexpected error in the delivery loop", exc_info=True)
+                stop_event.wait(2.0)
+                continue
+            if not found:
+                self.wakeup.wait(IDLE_WAIT_SECONDS)
+                self.wakeup.clear()
+
+    def run_once(self, stop_event: threading.Event | None = None) -> bool:
+        """Claim and attempt due items until none is due; returns whether any was attempted."""
+        attempted = False
+        while stop_event is None or not stop_event.is_set():
+            self.guard.check_local()
+            items = self.store.claim_due(self.lease.token, self.clock(), CLAIM_BATCH,
+                                         self.settings.webhook_timeout_seconds + CLAIM_MARGIN_SECONDS)
+            if not items:
+                return attempted
+            for item in items:
+                self.deliver(item)
+                attempted = True
+        return attempted
+
+    def deliver(self, item: OutboxItem) -> str:
+        """One attempt for a claimed item; records the outcome. Returns delivered | retry | dead."""
+        self.guard.check_remote()  # the token is re-checked in the store before every attempt
+        self.guard.record_action()
+        outcome = self.sender_factory().attempt(item.event_id, payload_bytes(item.payload))
+        return record_outcome(self.settings, self.store, item, outcome, self.clock(), self.rng, self.flag_wakeup)
+
+
+def record_outcome(settings, store, item: OutboxItem, outcome, now: float, rng: random.Random,
+                   flag_wakeup: threading.Event | None = None) -> str:
+    attempt = max(item.attempts, 1)
+    if outcome.kind == "delivered":
+        store.mark_delivered(item.event_id, outcome.status, now)
+        logger.info("WEBHOOK: delivered %s status=%s attempt=%d in %dms", item.event_id, outcome.status, attempt,
+                    outcome.elapsed_ms)
+        _record_recent(store, item, "delivered")
+        if flag_wakeup is not None:
+            flag_wakeup.set()
+        return "delivered"
+    if outcome.kind == "retry":
+        first = item.first_attempt_at or now
+        delay = next_delay(attempt, settings.webhook_retry_schedule, outcome.retry_after, rng)
+        if now + delay <= retry_deadline(first, settings):
+            store.reschedule(item.event_id, now + delay, outcome.error or "retry", outcome.status)
+            logger.warning("WEBHOOK: retry %s attempt=%d error=%s status=%s next in %.1fs", item.event_id, attempt,
+                           outcome.error, outcome.status, delay)
+            return "retry"
+        reason = "retries_exhausted"
+    else:
+        reason = outcome.error or f"http_{outcome.status}"
+    store.dead_letter(item.event_id, reason, outcome.status, outcome.excerpt, now=now)
+    logger.error("WEBHOOK: dead letter %s reason=%s status=%s attempts=%d", item.event_id, reason, outcome.status,
+                 attempt)
+    _record_recent(store, item, f"dead letter: {reason}")
+    if flag_wakeup is not None:
+        flag_wakeup.set()
+    return "dead"
+
+
+def _record_recent(store, item: OutboxItem, outcome: str) -> None:
+    from background.poller import recent_entry
+
+    try:
+        store.record_recent(recent_entry(item.payload, outcome))
+    except StateStoreError:
+        logger.warning("WEBHOOK: could not record %s in the recent history", item.event_id)
+
+
+def deliver_single(runtime, result) -> dict:
+    """``process-email`` without --dry-run: queue the email durably, then make the first attempt now.
+
+    The item is queued with its first due time an hour away, so a running delivery loop cannot claim it while
+    this command attempts it; a failed attempt is rescheduled on the normal schedule and the service's delivery
+    loop takes it from there (same ``webhook-id``).
+    """
+    store = runtime.store
+    now = time.time()
+    item = OutboxItem(event_id=result.event_id, email_id=result.email_id, payload=result.payload, mailbox="(cli)",
+                      uidvalidity=0, uid=0, message_id=result.payload.get("message_id"), created_at=now,
+                      next_attempt_at=now + 3600, attempts=1, first_attempt_at=now)
+    if not store.enqueue(item):
+        existing = store.get_item(result.event_id)
+        return {"event_id": result.event_id, "outcome": "already_known",
+                "status": existing.status if existing else None}
+    outcome = runtime.sender.attempt(result.event_id, payload_bytes(result.payload))
+    recorded = record_outcome(runtime.settings, store, item, outcome, time.time(), random.Random())
+    return {"event_id": result.event_id, "outcome": recorded, "status": outcome.status}

@@ -1,0 +1,208 @@
+"""The background threads of one worker: lease keeper, poller, delivery loop and status observer.
+
+Every worker runs all four; the poller and the delivery loop act only while the lease is held here. The observer
+publishes the holder's status document to the shared store (so any worker of any container answers the same) and
+caches the cluster view that ``/health`` reads without network I/O. Threads are daemons with names, started after
+Gunicorn initialised the worker, stopped through events and joined with a timeout; none installs a signal handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+from background.delivery import DeliveryWorker
+from background.lease import LeaseKeeper, OwnershipGuard, make_lease
+from background.poller import MailboxPoller
+from services.state_store import StateStoreError
+
+logger = logging.getLogger(__name__)
+
+OBSERVE_INTERVAL_SECONDS = 1.0
+OUTBOX_BACKLOG_ITEMS = 100          # more pending than this is a backlog …
+OUTBOX_BACKLOG_AGE_SECONDS = 900    # … and so is a pending item older than this
+TRIM_INTERVAL_SECONDS = 3600
+
+
+class BackgroundServices:
+    def __init__(self, runtime) -> None:
+        self.runtime = runtime
+        settings = runtime.settings
+        self.settings = settings
+        self.store = runtime.store
+        self.lease = make_lease(settings, runtime.redis_client)
+        self.guard = OwnershipGuard(self.lease)
+        self.keeper = LeaseKeeper(self.lease, settings)
+        self.delivery_wakeup = threading.Event()
+        self.flag_wakeup = threading.Event()
+        self.poller = MailboxPoller(settings, self.store, self.lease, self.guard, runtime.poller_status,
+                                    offloader_factory=lambda: runtime.offloader,
+                                    delivery_wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup)
+        self.delivery = DeliveryWorker(settings, self.store, self.lease, self.guard, lambda: runtime.sender,
+                                       wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup)
+        self.observer = StatusObserver(self)
+        self._stop_workers = threading.Event()
+        self._stop_keeper = threading.Event()
+        self._stopping = False
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        held = self.keeper.held_event
+        specs = [
+            ("lease-keeper", self.keeper.run, (self._stop_keeper,)),
+            ("poller", self.poller.run, (self._stop_workers, held)),
+            ("delivery", self.delivery.run, (self._stop_workers, held)),
+            ("status-observer", self.observer.run, (self._stop_workers,)),
+        ]
+        for name, target, args in specs:
+            thread = threading.Thread(target=target, args=args, name=f"render-signal-{name}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        logger.info("BG_POLLER: background threads started (lease backend %s)", self.lease.backend)
+
+    def stop(self, timeout: float) -> None:
+        """Stop the workers first (no new IMAP command, no new attempt), then release the lease."""
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        self._stop_workers.set()
+        self.delivery_wakeup.set()
+        self.flag_wakeup.set()
+        for thread in self.threads[1:]:
+            thread.join(max(0.0, deadline - time.monotonic() - 1.0))
+        self._stop_keeper.set()
+        self.threads[0].join(max(0.1, deadline - time.monotonic()))
+        alive = [thread.name for thread in self.threads if thread.is_alive()]
+        if alive:
+            logger.warning("BG_POLLER: threads still running at shutdown: %s", ", ".join(alive))
+        else:
+            logger.info("BG_POLLER: background threads stopped")
+
+    def dead(self) -> bool:
+        """True when a thread died while not stopping (it will not come back: restart the instance)."""
+        return not self._stopping and any(not thread.is_alive() for thread in self.threads)
+
+    def lease_snapshot(self) -> dict:
+        return self.lease.snapshot()
+
+    def cluster_view(self) -> dict:
+        return self.observer.view
+
+
+class StatusObserver:
+    """Publishes the holder's status and keeps the cluster view fresh for /health (read without I/O)."""
+
+    def __init__(self, services: BackgroundServices) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.store = services.store
+        self.started = time.time()
+        self.last_read_ok = time.time()
+        self.view: dict[str, Any] = {"poller": "standby", "lease": "standby", "imap": "n/a", "outbox": "n/a",
+                                     "cluster": "ok", "published": None, "outbox_stats": None, "stale": False}
+        self._last_heartbeat = time.monotonic()
+        self._last_counters: dict | None = None
+        self._last_trim = 0.0
+        self._rng = random.Random()
+
+    def run(self, stop_event: threading.Event) -> None:
+        while not stop_event.is_set():
+            try:
+                self.observe_once()
+            except Exception:  # the observer must never die: health depends on it
+                logger.warning("BG_POLLER: status observer error", exc_info=True)
+            stop_event.wait(OBSERVE_INTERVAL_SECONDS)
+
+    def status_document(self) -> dict:
+        runtime = self.services.runtime
+        return {"lease": self.services.lease.snapshot(), "poller": runtime.poller_status.snapshot(),
+                "instance": runtime.instance.as_dict()}
+
+    def observe_once(self) -> None:
+        lease = self.services.lease
+        snapshot = lease.snapshot()
+        held = snapshot.get("state") == "held" and lease.holds_locally()
+        ttl = self.settings.redis_lock_ttl_seconds + self.settings.lease_retry_interval
+        published = None
+        stats = None
+        read_ok = True
+        try:
+            if held:
+                self.store.publish_status(self.status_document(), ttl_seconds=ttl)
+                self._maintain()
+            published = self.store.read_status()
+            stats = self.store.outbox_stats(time.time())
+            self.last_read_ok = time.time()
+        except StateStoreError as exc:
+            read_ok = False
+            logger.debug("BG_POLLER: status store unreadable: %s", exc)
+        self.view = self._compute_view(snapshot, held, published, stats, read_ok, ttl)
+
+    def _compute_view(self, snapshot: dict, held: bool, published: dict | None, stats: dict | None,
+                      read_ok: bool, ttl: float) -> dict:
+        runtime = self.services.runtime
+        now = time.time()
+        own = runtime.poller_status.snapshot()
+        lease_state = snapshot.get("state") or "standby"
+        if read_ok:
+            cached_published, cached_stats = published, stats
+        else:
+            cached_published, cached_stats = self.view.get("published"), self.view.get("outbox_stats")
+        if held:
+            poller_state, imap_state = own["state"], own["imap"]
+        else:
+            poller_state = "standby"
+            imap_state = ((cached_published or {}).get("poller") or {}).get("imap", "n/a")
+        outbox_state = "n/a"
+        if cached_stats is not None:
+            backlog = (cached_stats.get("pending", 0) > OUTBOX_BACKLOG_ITEMS
+                       or (cached_stats.get("oldest_pending_age_s") or 0) > OUTBOX_BACKLOG_AGE_SECONDS)
+            outbox_state = "backlog" if backlog else "ok"
+        stale_after = max(3 * OBSERVE_INTERVAL_SECONDS, 3 * self.settings.redis_timeout_seconds)
+        if not read_ok and now - self.last_read_ok > stale_after:
+            cluster = "stale"
+        else:
+            cluster = self._cluster_state(cached_published, now, ttl)
+        return {"poller": poller_state, "lease": lease_state, "imap": imap_state, "outbox": outbox_state,
+                "cluster": cluster, "published": cached_published, "outbox_stats": cached_stats,
+                "stale": not read_ok}
+
+    def _cluster_state(self, published: dict | None, now: float, ttl: float) -> str:
+        """no_poller when nobody has published a holder's status for TTL + retry, or the holder's last successful
+        cycle is older than a few polling intervals; the same answer from every instance (it reads the store)."""
+        if published is None:
+            return "no_poller" if now - self.started > ttl else "ok"
+        poller = published.get("poller") or {}
+        lease = published.get("lease") or {}
+        grace = 3 * self.settings.email_polling_interval_seconds + 2 * self.settings.imap_timeout_seconds
+        last_success = poller.get("last_success_epoch")
+        reference = last_success or _epoch_of(lease.get("acquired_at")) or published.get("published_at") or now
+        return "no_poller" if now - reference > grace else "ok"
+
+    def _maintain(self) -> None:
+        """Holder-only chores: heartbeat log line, retention trimming."""
+        now = time.monotonic()
+        if now - self._last_heartbeat >= self.settings.heartbeat_interval_seconds:
+            self._last_heartbeat = now
+            counters = self.store.counters()
+            changed = {name: value for name, value in counters.items()
+                       if self._last_counters is None or self._last_counters.get(name) != value}
+            self._last_counters = counters
+            changes = " ".join(f"{name}={value}" for name, value in sorted(changed.items())) or "no changes"
+            logger.info("BG_POLLER: heartbeat pid=%s %s", self.services.runtime.instance.pid, changes)
+        if time.time() - self._last_trim >= TRIM_INTERVAL_SECONDS:
+            self._last_trim = time.time()
+            self.store.trim(time.time())
+
+
+def _epoch_of(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
