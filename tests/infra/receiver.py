@@ -11,8 +11,9 @@ In the test process (pytest plugin, listed in tests/conftest.py):
   (bytes), ``json`` (parsed or None), ``received_at`` (time.time() when the request was read), ``answered_at``,
   ``status_answered`` (None when the connection was dropped or closed by ``go_down``/``stop`` before the answer),
   ``answer_error``, ``method``, ``path``. A sender that timed out while the receiver was slow usually still counts
-  as answered (the kernel accepts the late write), as it would at a real receiver that acted on the request. An event is recorded after its
-  answer was written, so when ``wait_for`` returns, the sender has (or could have) read the answer.
+  as answered (the kernel accepts the late write), as it would at a real receiver that acted on the request.
+  An event is recorded just before its answer is written, so once a client has read an answer, its event is in
+  ``.events``; but ``wait_for`` may return a moment before the client has read its answer.
 - ``wait_for(count, timeout)`` blocks until ``count`` requests were answered 2xx and returns all such events;
   ``delivered_ids()`` lists their ``webhook-id`` headers in order, duplicates kept.
 - Behaviour: ``respond_with(status, body, headers)`` changes the default answer; ``fail_next(n, status=503,
@@ -29,7 +30,7 @@ As a separate process, for the demo and the chaos runs::
 
 prints one JSON line ``{"url": ..., "port": ..., "pid": ...}`` on stdout once it listens, then appends one JSON
 line per received request to the log file (``received_at``, ``answered_at``, ``method``, ``path``, ``webhook_id``,
-``status``, ``headers``, ``body`` as text, ``json``). It stops on SIGTERM/SIGINT. Its behaviour can be changed
+``status``, ``headers``, ``body`` as text, ``json``), after the answer was written. It stops on SIGTERM/SIGINT. Its behaviour can be changed
 while it runs with ``POST /_control/<action>`` and a JSON object of arguments: ``respond_with {status, body,
 headers}``, ``fail_next {n, status, headers}``, ``set_delay {seconds}``, ``answer_sequence {answers: [{status,
 body, headers, delay, drop}]}``, ``outage {seconds}`` (down, then up again on the same port), ``reset {}``.
@@ -165,8 +166,12 @@ class _Handler(BaseHTTPRequestHandler):
         delay = answer.delay if answer.delay is not None else owner.delay
         if delay > 0:
             owner._stopping.wait(delay)
-        status: int | None = None
-        answer_error: str | None = None
+        # Recorded just before the answer is written: a client that has seen its answer always finds the event.
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        event = {"method": self.command, "path": path, "headers": headers, "body": body, "json": _parse_json(body),
+                 "received_at": received_at, "answered_at": time.time(),
+                 "status_answered": None if answer.drop else answer.status, "answer_error": None}
+        owner._record(event)
         if answer.drop:
             self.close_connection = True
             try:
@@ -176,16 +181,12 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             try:
                 self._write(answer)
-                status = answer.status
             except OSError as exc:
                 # go_down()/stop() closed the connection. A client that merely gave up (timed out) is usually
                 # NOT noticed here: the kernel accepts the write, so that request counts as answered, just as a
                 # real receiver would have acted on it.
-                answer_error = type(exc).__name__
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        owner._record({"method": self.command, "path": path, "headers": headers, "body": body,
-                       "json": _parse_json(body), "received_at": received_at, "answered_at": time.time(),
-                       "status_answered": status, "answer_error": answer_error})
+                owner._unanswered(event, type(exc).__name__)
+        owner._log(event)
 
     def _write(self, answer: Answer) -> None:
         self.send_response(answer.status)
@@ -411,6 +412,13 @@ class WebhookReceiver:
         with self._cond:
             self._events.append(event)
             self._cond.notify_all()
+
+    def _unanswered(self, event: dict[str, Any], error: str) -> None:
+        with self._cond:
+            event["status_answered"] = None
+            event["answer_error"] = error
+
+    def _log(self, event: dict[str, Any]) -> None:
         if self._log_path:
             line = {"received_at": event["received_at"], "answered_at": event["answered_at"],
                     "method": event["method"], "path": event["path"],
