@@ -25,7 +25,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from email_processing import orchestrator
 from email_processing.links import host_matches, is_dropbox_folder
+from email_processing.orchestrator import OffloadedLink
 
 logger = logging.getLogger(__name__)
 
@@ -275,27 +277,13 @@ def build_presigner(settings: Any) -> NullPresigner | S3Presigner:
 
 # --- the offloaders ---------------------------------------------------------------------------------------------
 
-def _default_link_type() -> Callable[..., Any]:
-    # Imported late: the orchestrator imports this module (NullOffloader), so a top-level import would be a cycle.
-    from email_processing.orchestrator import OffloadedLink
-
-    return OffloadedLink
+def _source_link(link: LinkLike) -> OffloadedLink:
+    return OffloadedLink(provider=link.provider, raw_url=link.raw_url, direct_url=link.direct_url, r2_url=None,
+                         original_filename=None)
 
 
-def _source_link(link_type: Callable[..., Any], link: LinkLike) -> Any:
-    return link_type(provider=link.provider, raw_url=link.raw_url, direct_url=link.direct_url, r2_url=None,
-                     original_filename=None)
-
-
-class NullOffloader:
-    """R2 off: every link keeps its source URLs."""
-
-    def __init__(self, *, link_type: Callable[..., Any] | None = None) -> None:
-        self._link_type = link_type
-
-    def offload_links(self, email_id: str, links: Sequence[LinkLike]) -> list[Any]:
-        link_type = self._link_type or _default_link_type()
-        return [_source_link(link_type, link) for link in links]
+class NullOffloader(orchestrator.NullOffloader):
+    """R2 off: every link keeps its source URLs (the orchestrator's null adapter, plus ``close()``)."""
 
     def close(self) -> None:
         pass
@@ -318,8 +306,7 @@ class R2Offloader:
 
     def __init__(self, settings: Any, copy_store: R2CopyStore | None, metrics: Metrics | None = None, *,
                  session: requests.Session | None = None, presigner: Any = None,
-                 clock: Callable[[], float] = time.monotonic, link_type: Callable[..., Any] | None = None,
-                 max_parallel: int = MAX_PARALLEL_LINKS,
+                 clock: Callable[[], float] = time.monotonic, max_parallel: int = MAX_PARALLEL_LINKS,
                  budget_grace_seconds: float = EMAIL_BUDGET_GRACE_SECONDS) -> None:
         self._endpoint = settings.r2_fetch_endpoint
         self._token = settings.r2_fetch_token
@@ -330,7 +317,6 @@ class R2Offloader:
         self._copy_store = copy_store
         self._metrics = metrics
         self._presigner = presigner if presigner is not None else build_presigner(settings)
-        self._link_type = link_type
         self._max_parallel = max(1, int(max_parallel))
         self._budget_grace = float(budget_grace_seconds)
         self.breaker = CircuitBreaker(settings.r2_circuit_failures, settings.r2_circuit_cooldown_seconds, clock)
@@ -348,11 +334,10 @@ class R2Offloader:
 
     # -- public verb
 
-    def offload_links(self, email_id: str, links: Sequence[LinkLike]) -> list[Any]:
+    def offload_links(self, email_id: str, links: Sequence[LinkLike]) -> list[OffloadedLink]:
         """One ``OffloadedLink`` per link, in input order; never raises. The links run concurrently (at most
         ``MAX_PARALLEL_LINKS`` at a time) and the whole call is bounded by the longest link timeout plus
         ``EMAIL_BUDGET_GRACE_SECONDS``; links not finished by then keep their source URLs (reason=timeout)."""
-        link_type = self._link_type or _default_link_type()
         links = list(links)
         if not links:
             return []
@@ -364,7 +349,7 @@ class R2Offloader:
             outcomes = [_Outcome(reason="unexpected_error") for _ in links]
         results = []
         for link, outcome in zip(links, outcomes):
-            results.append(self._report(email_id, link, outcome, link_type))
+            results.append(self._report(email_id, link, outcome))
         return results
 
     # -- concurrency
@@ -534,13 +519,13 @@ class R2Offloader:
 
     # -- reporting (caller's thread)
 
-    def _report(self, email_id: str, link: LinkLike, outcome: _Outcome, link_type: Callable[..., Any]) -> Any:
+    def _report(self, email_id: str, link: LinkLike, outcome: _Outcome) -> OffloadedLink:
         if outcome.reason is None and outcome.r2_url:
             logger.info("R2_TRANSFER: success provider=%s email_id=%s object_key=%s reused=%s", link.provider,
                         email_id, outcome.object_key, outcome.reused)
             self._count("r2_success")
-            return link_type(provider=link.provider, raw_url=link.raw_url, direct_url=link.direct_url,
-                             r2_url=outcome.r2_url, original_filename=outcome.original_filename)
+            return OffloadedLink(provider=link.provider, raw_url=link.raw_url, direct_url=link.direct_url,
+                                 r2_url=outcome.r2_url, original_filename=outcome.original_filename)
         reason = outcome.reason or "unexpected_error"
         if outcome.detail:
             logger.warning("R2_TRANSFER: fallback to source URL provider=%s reason=%s email_id=%s detail=%s",
@@ -549,7 +534,7 @@ class R2Offloader:
             logger.warning("R2_TRANSFER: fallback to source URL provider=%s reason=%s email_id=%s", link.provider,
                            reason, email_id)
         self._count("r2_fallback", label=reason)
-        return _source_link(link_type, link)
+        return _source_link(link)
 
     def _count(self, name: str, label: str | None = None) -> None:
         if self._metrics is None:
@@ -599,15 +584,15 @@ def _safe_host(url: str) -> str:
         return "-"
 
 
-def build_offloader(settings: Any, copy_store: R2CopyStore | None, metrics: Metrics | None = None, *,
-                    link_type: Callable[..., Any] | None = None) -> NullOffloader | R2Offloader:
+def build_offloader(settings: Any, copy_store: R2CopyStore | None,
+                    metrics: Metrics | None = None) -> NullOffloader | R2Offloader:
     """The offloader the settings ask for: ``NullOffloader`` unless R2_FETCH_ENABLED=true."""
     if not settings.r2_fetch_enabled:
         if settings.r2_fetch_endpoint:
             logger.info("R2_TRANSFER: R2 offload is off (R2_FETCH_ENDPOINT is set but R2_FETCH_ENABLED is not true); "
                         "webhooks carry the source URLs")
-        return NullOffloader(link_type=link_type)
-    offloader = R2Offloader(settings, copy_store, metrics, link_type=link_type)
+        return NullOffloader()
+    offloader = R2Offloader(settings, copy_store, metrics)
     presign = settings.presign_enabled
     logger.info("R2_TRANSFER: R2 offload on worker=%s timeout=%.0fs folder_timeout=%.0fs presign=%s",
                 endpoint_origin(settings.r2_fetch_endpoint), settings.r2_fetch_timeout_seconds,

@@ -10,12 +10,14 @@ import logging
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 
+from email_processing.links import DeliveryLink
+from email_processing import orchestrator
+from email_processing.orchestrator import OffloadedLink
 from services import r2_offload
 from services.r2_offload import (
     CircuitBreaker,
@@ -32,19 +34,6 @@ from services.r2_offload import (
 from settings import Settings
 
 pytestmark = pytest.mark.unit
-
-from email_processing.links import DeliveryLink
-
-try:
-    from email_processing.orchestrator import OffloadedLink
-except ImportError:  # stand-in while email_processing/orchestrator.py is being written
-    @dataclass(frozen=True)
-    class OffloadedLink:  # type: ignore[no-redef]
-        provider: str
-        raw_url: str
-        direct_url: str
-        r2_url: str | None
-        original_filename: str | None
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "unit-token-7f3a9c2e5b1d"
@@ -120,7 +109,7 @@ def success_body(key: str = "dropbox/00000000/11111111/Project_Files.zip") -> by
 
 def make_offloader(session: FakeSession, store=None, metrics=None, **env: str) -> R2Offloader:
     return R2Offloader(r2_settings(**env), store if store is not None else MemoryCopyStore(), metrics,
-                       session=session, link_type=OffloadedLink)
+                       session=session)
 
 
 def fallback_records(caplog) -> list[logging.LogRecord]:
@@ -205,8 +194,7 @@ def test_production_default_timeouts_are_15_s_for_files_and_120_s_for_folders():
     settings = Settings.from_env({})
     assert (settings.r2_fetch_timeout_seconds, settings.r2_fetch_timeout_folder_seconds) == (15.0, 120.0)
     offloader = R2Offloader(settings.replace(r2_fetch_enabled=True, r2_fetch_endpoint="https://w.example/",
-                                             r2_fetch_token=TOKEN), None, session=FakeSession(),
-                            link_type=OffloadedLink)
+                                             r2_fetch_token=TOKEN), None, session=FakeSession())
     assert offloader.timeout_for("https://www.dropbox.com/scl/fo/x/AAA?rlkey=k&dl=1") == 120.0
     assert offloader.timeout_for("https://www.dropbox.com/sh/x/AAA?dl=1") == 120.0
     assert offloader.timeout_for("https://www.dropbox.com/scl/fi/x/a.zip?rlkey=k&dl=1") == 15.0
@@ -295,20 +283,20 @@ def test_a_success_resets_the_consecutive_failure_count():
 def test_r2_is_off_without_the_flag_and_an_endpoint_alone_is_reported_once_at_info(caplog):
     caplog.set_level(logging.INFO, logger="services.r2_offload")
     offloader = build_offloader(Settings.from_env({"R2_FETCH_ENDPOINT": "https://worker.example/secret"}), None,
-                                link_type=OffloadedLink)
-    assert isinstance(offloader, NullOffloader)
+                                )
+    assert isinstance(offloader, NullOffloader) and isinstance(offloader, orchestrator.NullOffloader)
     off = [r for r in caplog.records if "R2 offload is off" in r.getMessage()]
     assert len(off) == 1 and off[0].levelno == logging.INFO
     assert "secret" not in off[0].getMessage()
     caplog.clear()
-    assert isinstance(build_offloader(Settings.from_env({}), None, link_type=OffloadedLink), NullOffloader)
+    assert isinstance(build_offloader(Settings.from_env({}), None), NullOffloader)
     assert not caplog.records
 
 
 def test_null_offloader_keeps_every_source_url_without_logging(caplog):
     caplog.set_level(logging.DEBUG, logger="services.r2_offload")
     links = [FILE_LINK, DeliveryLink("wetransfer", "https://we.tl/t-x", "https://we.tl/t-x")]
-    result = NullOffloader(link_type=OffloadedLink).offload_links("e1", links)
+    result = NullOffloader().offload_links("e1", links)
     assert result == [OffloadedLink(l.provider, l.raw_url, l.direct_url, None, None) for l in links]
     assert not caplog.records
 
@@ -316,7 +304,7 @@ def test_null_offloader_keeps_every_source_url_without_logging(caplog):
 def test_enabled_r2_builds_the_worker_client_with_a_null_presigner_for_public_buckets(caplog):
     caplog.set_level(logging.INFO, logger="services.r2_offload")
     offloader = build_offloader(r2_settings(R2_PUBLIC_BASE_URL="https://files.example"), MemoryCopyStore(),
-                                link_type=OffloadedLink)
+                                )
     try:
         assert isinstance(offloader, R2Offloader)
         assert isinstance(offloader._presigner, NullPresigner)
@@ -333,10 +321,10 @@ def test_boto3_is_not_imported_unless_presigning_is_on():
         "from settings import Settings\n"
         "from services.r2_offload import build_offloader\n"
         "env = {'R2_FETCH_ENABLED': 'true', 'R2_FETCH_ENDPOINT': 'https://w.example/', 'R2_FETCH_TOKEN': 't'}\n"
-        "build_offloader(Settings.from_env(env), None, link_type=object).close()\n"
+        "build_offloader(Settings.from_env(env), None).close()\n"
         "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules, 'boto3 imported'\n"
         "env.update({'R2_ACCESS_KEY_ID': 'a', 'R2_SECRET_ACCESS_KEY': 's', 'R2_ACCOUNT_ID': 'acc'})\n"
-        "build_offloader(Settings.from_env(env), None, link_type=object).close()\n"
+        "build_offloader(Settings.from_env(env), None).close()\n"
         "assert 'boto3' not in sys.modules, 'boto3 imported before the first presign'\n"
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30)

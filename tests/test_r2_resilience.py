@@ -21,21 +21,11 @@ from typing import Callable
 import pytest
 
 from email_processing.links import DeliveryLink
+from email_processing.orchestrator import OffloadedLink
 from services.r2_offload import R2Offloader, build_offloader
 from settings import Settings
 
 pytestmark = pytest.mark.integration
-
-try:
-    from email_processing.orchestrator import OffloadedLink
-except ImportError:  # stand-in while email_processing/orchestrator.py is being written
-    @dataclass(frozen=True)
-    class OffloadedLink:  # type: ignore[no-redef]
-        provider: str
-        raw_url: str
-        direct_url: str
-        r2_url: str | None
-        original_filename: str | None
 
 TOKEN = "r2-token-Zq81-never-logged"
 # The Worker URL's path and query may be a capability too: they must not reach the logs either.
@@ -188,7 +178,7 @@ def r2_settings(endpoint: str, **env: str) -> Settings:
 def offloader_for(endpoint: str, store: MemoryCopyStore | None = None, **kwargs) -> R2Offloader:
     env = kwargs.pop("env", {})
     return R2Offloader(r2_settings(endpoint, **env), store if store is not None else MemoryCopyStore(),
-                       link_type=OffloadedLink, **kwargs)
+                       **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -442,6 +432,8 @@ def test_a_successful_trial_closes_the_circuit(fake_worker):
     offloader = offloader_for(worker.url, clock=clock)
     for number in range(5):
         offloader.offload_links(f"email-{number}", [dropbox_file()])
+    assert offloader.offload_links("email-open", [dropbox_file()])[0].r2_url is None
+    assert worker.request_count == 5
     # When the Worker recovers and the cool-down passes
     healthy.set()
     clock.now += 61
@@ -505,7 +497,7 @@ def test_the_total_r2_time_of_an_email_is_bounded_however_many_links_it_has(fake
 def test_build_offloader_wires_a_working_client_from_settings(fake_worker):
     # Given settings with R2 on
     worker = fake_worker(worker_success)
-    offloader = build_offloader(r2_settings(worker.url), MemoryCopyStore(), link_type=OffloadedLink)
+    offloader = build_offloader(r2_settings(worker.url), MemoryCopyStore())
     try:
         # When / Then the built offloader copies links through the Worker
         [link] = offloader.offload_links("email-built", [dropbox_file()])
