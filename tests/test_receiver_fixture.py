@@ -186,7 +186,6 @@ def _post_ignoring_errors(url: str) -> None:
         pass
 
 
-@pytest.mark.slow
 def test_it_runs_as_a_separate_process_with_a_json_log_and_control_requests(tmp_path):
     log = tmp_path / "receiver.jsonl"
     port = free_port()

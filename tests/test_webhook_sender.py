@@ -172,7 +172,6 @@ def test_a_connection_dropped_mid_request_means_retry(webhook_receiver, make_sen
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 def test_a_slow_receiver_times_out_within_the_configured_timeout(webhook_receiver, make_sender):
     webhook_receiver.set_delay(5)
     sender = make_sender(webhook_receiver.url, WEBHOOK_TIMEOUT_SECONDS="1")
