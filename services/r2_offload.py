@@ -19,7 +19,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
@@ -28,6 +28,9 @@ from requests.adapters import HTTPAdapter
 from email_processing import orchestrator
 from email_processing.links import host_matches, is_dropbox_folder
 from email_processing.orchestrator import OffloadedLink
+
+if TYPE_CHECKING:
+    from settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +47,9 @@ MAX_RESPONSE_BYTES = 64 * 1024
 MAX_FILE_NAME_CHARS = 120
 DEFAULT_FILE_NAME = "file"
 
-# Reasons (snake_case, logged and used as metric labels) that mean the Worker itself is unhealthy or misconfigured
-# and so count towards opening the circuit. A well-formed refusal about one source (HTTP 200 ``success: false``, or a
-# 4xx about the request such as 400/422) means the Worker is up: it resets the count instead.
+# The circuit counts failures of the Worker itself (no connection, timeout, 5xx, 401/403/404/429, unreadable answer).
+# A well-formed refusal about one source (HTTP 200 ``success: false``, or one of these 4xx about the request) shows
+# the Worker is up and resets the count: a sender's dead links must not switch R2 off for everyone.
 _WORKER_HEALTHY_HTTP_CODES = frozenset({400, 409, 410, 413, 415, 422})
 
 
@@ -240,7 +243,7 @@ class S3Presigner:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "S3Presigner":
+    def from_settings(cls, settings: Settings) -> "S3Presigner":
         return cls(endpoint_url=settings.s3_endpoint, access_key_id=settings.r2_access_key_id,
                    secret_access_key=settings.r2_secret_access_key, bucket=settings.r2_bucket_name,
                    ttl_seconds=settings.r2_presign_ttl_seconds)
@@ -271,7 +274,8 @@ class S3Presigner:
         return url
 
 
-def build_presigner(settings: Any) -> NullPresigner | S3Presigner:
+def build_presigner(settings: Settings) -> NullPresigner | S3Presigner:
+    """``S3Presigner`` when ``settings.presign_enabled`` (private bucket with S3 credentials), else the null one."""
     return S3Presigner.from_settings(settings) if settings.presign_enabled else NullPresigner()
 
 
@@ -304,7 +308,7 @@ class _Outcome:
 class R2Offloader:
     """Copies Dropbox links to R2 through the Worker; see the module docstring for the guarantees."""
 
-    def __init__(self, settings: Any, copy_store: R2CopyStore | None, metrics: Metrics | None = None, *,
+    def __init__(self, settings: Settings, copy_store: R2CopyStore | None, metrics: Metrics | None = None, *,
                  session: requests.Session | None = None, presigner: Any = None,
                  clock: Callable[[], float] = time.monotonic, max_parallel: int = MAX_PARALLEL_LINKS,
                  budget_grace_seconds: float = EMAIL_BUDGET_GRACE_SECONDS) -> None:
@@ -414,11 +418,12 @@ class R2Offloader:
         provider = (link.provider or "").lower()
         if provider not in OFFLOADED_PROVIDERS:
             return _Outcome(reason="unsupported_provider")
-        source_url = normalise_source_url(link.direct_url)
-        if not is_allow_listed(provider, source_url):
+        # Checked on the URL as extracted, before normalisation could drop anything (credentials, a bad port).
+        if not is_allow_listed(provider, link.direct_url):
             logger.warning("SECURITY: refused to send a URL outside the %s allow-list to the R2 Worker host=%s "
-                           "email_id=%s", provider, _safe_host(source_url), email_id)
+                           "email_id=%s", provider, _safe_host(link.direct_url), email_id)
             return _Outcome(reason="not_allow_listed")
+        source_url = normalise_source_url(link.direct_url)
         object_key = object_key_for(provider, source_url)
 
         record = self._reusable_copy(source_url)
@@ -584,7 +589,7 @@ def _safe_host(url: str) -> str:
         return "-"
 
 
-def build_offloader(settings: Any, copy_store: R2CopyStore | None,
+def build_offloader(settings: Settings, copy_store: R2CopyStore | None,
                     metrics: Metrics | None = None) -> NullOffloader | R2Offloader:
     """The offloader the settings ask for: ``NullOffloader`` unless R2_FETCH_ENABLED=true."""
     if not settings.r2_fetch_enabled:

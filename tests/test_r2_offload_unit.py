@@ -416,6 +416,20 @@ def test_a_failing_metrics_hook_changes_nothing():
     assert result[0].r2_url is not None
 
 
+@pytest.mark.parametrize("url", [
+    "https://user:pw@www.dropbox.com/s/x/a.pdf?dl=1",
+    "https://www.dropbox.com:99999/s/x/a.pdf?dl=1",
+    "http://www.dropbox.com/s/x/a.pdf?dl=1",
+    "https://dropbox.com.evil.example/s/x/a.pdf?dl=1",
+])
+def test_a_dropbox_link_outside_the_allow_list_is_refused_with_a_security_warning(caplog, url):
+    session = FakeSession(body=success_body())
+    result = make_offloader(session).offload_links("e1", [DeliveryLink("dropbox", url, url)])
+    assert session.calls == [] and result[0].r2_url is None and result[0].direct_url == url
+    assert [r.levelno for r in caplog.records if r.getMessage().startswith("SECURITY:")] == [logging.WARNING]
+    assert "reason=not_allow_listed" in fallback_records(caplog)[0].getMessage()
+
+
 def test_an_email_without_links_costs_nothing():
     session = FakeSession()
     assert make_offloader(session).offload_links("e1", []) == []
