@@ -105,6 +105,7 @@ def logging_config_dict(fmt_kind: str, level: str) -> dict:
             "urllib3": {"level": "WARNING"},
             "botocore": {"level": "WARNING"},
             "boto3": {"level": "WARNING"},
+            "imapclient": {"level": "WARNING"},
         },
     }
 
@@ -126,5 +127,5 @@ def configure_logging(settings) -> None:
     handler.setFormatter(ServiceFormatter(settings.log_format))
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
-    for noisy in ("urllib3", "botocore", "boto3"):
+    for noisy in ("urllib3", "botocore", "boto3", "imapclient"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

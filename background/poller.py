@@ -34,16 +34,6 @@ IDLE_WAIT_SLICE_SECONDS = 1.0       # how often an idling poller looks at its st
 FLAG_BATCH = 100
 
 
-def encoded_fetch_limit(cap_bytes: int, transfer_encoding: str | None) -> int:
-    """How many encoded bytes to fetch to obtain ``cap_bytes`` of decoded content (whatever the encoding)."""
-    encoding = (transfer_encoding or "").lower()
-    if encoding == "base64":
-        return cap_bytes * 4 // 3 + 4096
-    if encoding == "quoted-printable":
-        return cap_bytes * 3 + 4096
-    return cap_bytes + 4096
-
-
 def backoff_delay(attempt: int, cap: float, rng: random.Random, base: float = 1.0) -> float:
     """Exponential backoff with ±25 % jitter: 1, 2, 4, 8 … s, capped."""
     delay = min(cap, base * (2 ** max(0, attempt - 1)))
@@ -105,12 +95,15 @@ class MailboxPoller:
             self._failures += 1
             if not self._auth_streak:
                 self._auth_streak = True
-                logger.error("IMAP: %s", exc)
+                logger.error("%s", exc)
             self.status.error(str(exc), imap_state="auth_failed")
             return self._backoff()
         except ImapError as exc:
             self._failures += 1
-            self.status.error(str(exc), imap_state="unreachable")
+            # Dovecot (like most servers) slows down logins after failures: a login timeout inside a failure
+            # streak is still the credentials' fault.
+            login_stall = self._auth_streak and getattr(exc, "op", None) == "login"
+            self.status.error(str(exc), imap_state="auth_failed" if login_stall else "unreachable")
             return self._backoff()
         except StateStoreError as exc:
             self._failures += 1
@@ -258,7 +251,8 @@ class MailboxPoller:
     def _process_message(self, client: MailboxClient, state, meta) -> None:
         from email_processing.orchestrator import process_email
         from email_processing.parsing import parse_message
-        from email_processing.payload import email_id_for, event_id_for, format_received_at
+        from email_processing.payload import (email_id_for, event_id_for, format_received_at,
+                                              received_at_from_date_header)
 
         header_view = parse_message(meta.header_bytes)
         if header_view.message_id:
@@ -276,7 +270,8 @@ class MailboxPoller:
         email_id = email_id_for(parsed)
         if not header_view.message_id and self._already_done(email_id, state, meta, None):
             return
-        received_at = format_received_at(meta.internaldate) if meta.internaldate else None
+        received_at = (format_received_at(meta.internaldate) if meta.internaldate
+                       else received_at_from_date_header(parsed.date_header))
         try:
             result = process_email(parsed, received_at=received_at,
                                    sender_allowlist=self.settings.sender_allowlist,
@@ -331,7 +326,9 @@ class MailboxPoller:
         logger.error("BG_POLLER: parked uid %s as a dead letter (%s)", meta.uid, reason)
 
     def _fetch_and_parse(self, client: MailboxClient, meta):
-        from email_processing.parsing import HTML_CAP_BYTES, TEXT_CAP_BYTES, TextPart, parse_message, parse_parts
+        from email_processing.html_text import HTML_CAP_BYTES
+        from email_processing.parsing import (TEXT_CAP_BYTES, TextPart, encoded_fetch_limit, parse_message,
+                                              parse_parts)
 
         if meta.size is None or meta.size <= FULL_FETCH_MAX_BYTES:
             return parse_message(client.fetch_full(meta.uid))
@@ -343,7 +340,8 @@ class MailboxPoller:
             body = client.fetch_partial(meta.uid, info.part, limit)
             truncated = info.size is not None and info.size > len(body)
             parts.append(TextPart(info.content_type, info.charset, info.transfer_encoding, body, truncated))
-        return parse_parts(meta.header_bytes, parts)
+        body_head = client.fetch_partial(meta.uid, "TEXT", 1024)  # for the email id of a message without Message-ID
+        return parse_parts(meta.header_bytes, parts, body_head=body_head)
 
     # --- flags ----------------------------------------------------------------------------------------------
 

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.infra.receiver",
     "tests.infra.service",
     "tests.infra.miniflare",
+    "tests.support.pipeline",
 ]
