@@ -1,0 +1,237 @@
+"""The status document behind ``/api/status``, ``/metrics`` and the ``/`` page: one builder, so they always agree.
+
+``read_cluster_state(runtime, now)`` does the store reads (the lease holder's published document, the cluster-wide
+counters, the outbox figures and, for the page, the recent history) and turns any ``StateStoreError`` into
+``stale``. ``build_status_document(...)`` is a pure function of those reads and this instance's own view. The
+lease and poller sections come from the document the lease holder publishes, never from the worker that happens to
+answer, and counters/outbox come from the shared store, so every worker of every container gives the same answer.
+When the store cannot be read the document is this instance's own view with ``"stale": true``. Every string is
+passed through ``log_setup.scrub`` before it leaves: no secret and no unmasked correspondent address in an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from log_setup import scrub
+
+logger = logging.getLogger(__name__)
+
+# Counters every store is expected to carry (the metric names without prefix/suffix); reported as 0 until they
+# first move, so dashboards and alerts see the series from the start. "by reason" counters carry a label.
+KNOWN_COUNTERS: tuple[str, ...] = (
+    "emails_seen", "emails_processed", "emails_skipped", "webhooks_delivered", "webhook_retries", "dead_letters",
+    "possible_duplicates", "r2_success", "r2_fallback", "html_truncations", "parse_failures",
+)
+LABELLED_COUNTERS = frozenset({"emails_skipped", "r2_fallback"})
+RECENT_LIMIT = 20
+DEAD_LETTERS_SHOWN = 5
+
+LEASE_FIELDS = ("backend", "holder", "acquired_at", "expires_in_s", "renewals", "losses")
+POLLER_FIELDS = ("state", "imap", "mailbox", "uidvalidity", "last_uid", "idle", "last_cycle_at", "last_success_at",
+                 "last_error", "consecutive_errors")
+
+
+@dataclass
+class ClusterReads:
+    """What one request read from the shared store (``stale`` when it could not be read)."""
+
+    stale: bool = False
+    store_backend: str | None = None
+    published: dict | None = None
+    counters: dict | None = None
+    outbox_stats: dict | None = None
+    recent: list[dict] = field(default_factory=list)
+    read: bool = False   # False when the store was deliberately not consulted (nothing shared to read)
+
+
+def iso_utc(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    try:
+        return datetime.fromtimestamp(float(epoch), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def epoch_of(iso: Any) -> float | None:
+    if not isinstance(iso, str) or not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _store_is_shared(runtime) -> bool:
+    """The store holds cluster state worth reading: the background runs here, or a shared Redis is configured
+    (a web-only container still shows what the holder elsewhere published). Without either, a GET must not create
+    a SQLite file."""
+    return runtime.background_mode == "enabled" or bool(runtime.settings.redis_url)
+
+
+def read_cluster_state(runtime, now: float, *, recent_limit: int = 0) -> ClusterReads:
+    """Read the shared state for one answer; never raises for a store failure (that is ``stale``)."""
+    from services.state_store import StateStoreError
+
+    if not _store_is_shared(runtime):
+        return ClusterReads()
+    view = runtime.cluster_view() or {}
+    if view.get("stale"):
+        # The observer's last read failed moments ago: answer at once from this instance's view instead of holding
+        # a request thread for a full store timeout per call.
+        return ClusterReads(stale=True, outbox_stats=view.get("outbox_stats"), read=True)
+    try:
+        store = runtime.store
+        reads = ClusterReads(store_backend=getattr(store, "backend", None), read=True)
+        reads.published = store.read_status()
+        reads.counters = store.counters()
+        reads.outbox_stats = store.outbox_stats(now)
+        if recent_limit > 0:
+            reads.recent = list(store.recent(recent_limit))
+        return reads
+    except StateStoreError as exc:
+        logger.info("STATUS: state store unreadable, answering with this instance's view: %s", exc)
+        return ClusterReads(stale=True, outbox_stats=view.get("outbox_stats"), read=True)
+
+
+def build_status_document(*, mode: str, settings, version: str, instance: dict, local_lease: dict | None,
+                          local_poller: dict, health: dict | None, reads: ClusterReads, now: float) -> dict:
+    """The status document (pure): see the module docstring and the README's "Operations" section."""
+    lease_backend = "redis" if settings.redis_url else "file"
+    published = reads.published if not reads.stale else None
+    if mode != "enabled":
+        lease = _lease_section(None, lease_backend)
+        poller = _poller_section({"state": mode, "mailbox": settings.imap_mailbox if mode == "disabled" else None})
+        source = {"kind": mode, "published_at": None, "published_by": None}
+    elif reads.stale:
+        lease = _lease_section(local_lease, lease_backend)
+        poller = _poller_section(local_poller)
+        source = {"kind": "local", "published_at": None, "published_by": None}
+    elif published:
+        lease = _lease_section(published.get("lease"), lease_backend)
+        poller = _poller_section(published.get("poller") or {})
+        holder_instance = published.get("instance") or {}
+        source = {"kind": "published", "published_at": iso_utc(published.get("published_at")),
+                  "published_by": {key: holder_instance.get(key) for key in ("host", "pid", "worker")}}
+    else:
+        # Nobody published a holder's status within TTL + retry: the same answer from every instance.
+        lease = _lease_section(None, lease_backend)
+        poller = _poller_section({"state": "standby", "mailbox": settings.imap_mailbox})
+        source = {"kind": "no_holder", "published_at": None, "published_by": None}
+
+    last_success = None
+    if published:
+        published_poller = published.get("poller") or {}
+        last_success = published_poller.get("last_success_epoch") or epoch_of(published_poller.get("last_success_at"))
+    elif reads.stale:
+        last_success = local_poller.get("last_success_epoch") or epoch_of(local_poller.get("last_success_at"))
+
+    document = {
+        "generated_at": iso_utc(now),
+        "stale": bool(reads.stale),
+        "background": mode,
+        "lease": lease,
+        "lease_held": bool(published and (published.get("lease") or {}).get("state") == "held"),
+        "poller": poller,
+        "last_success_age_s": round(max(0.0, now - float(last_success)), 1) if last_success else None,
+        "counters": _counters_section(reads.counters) if reads.counters is not None else None,
+        "outbox": _outbox_section(reads.outbox_stats),
+        "instance": _instance_section(instance, version),
+        "source": source,
+        "health": health,
+    }
+    return scrub_document(document)
+
+
+def build_status(runtime, *, now: float | None = None, recent_limit: int = 0) -> tuple[dict, list[dict]]:
+    """Read and build in one go: ``(status document, recent history entries)`` (entries scrubbed too)."""
+    from routes.health import health_document
+
+    now = time.time() if now is None else now
+    reads = read_cluster_state(runtime, now, recent_limit=recent_limit)
+    health, _ = health_document(runtime)
+    document = build_status_document(
+        mode=runtime.background_mode, settings=runtime.settings, version=runtime.version,
+        instance=runtime.instance.as_dict(), local_lease=runtime.lease_snapshot(),
+        local_poller=runtime.poller_status.snapshot(), health={"status": health["status"], "checks": health["checks"]},
+        reads=reads, now=now)
+    recent = [_recent_entry(entry) for entry in reads.recent[:recent_limit]] if not reads.stale else []
+    return document, scrub_document(recent)
+
+
+# --- sections -----------------------------------------------------------------------------------------------------
+
+def _lease_section(snapshot: dict | None, backend: str) -> dict:
+    snapshot = snapshot or {}
+    section = {name: snapshot.get(name) for name in LEASE_FIELDS}
+    section["backend"] = section["backend"] or backend
+    section["state"] = snapshot.get("state") or ("standby" if snapshot else None)
+    return section
+
+
+def _poller_section(snapshot: dict) -> dict:
+    section = {name: snapshot.get(name) for name in POLLER_FIELDS}
+    section["idle"] = bool(section["idle"])
+    section["consecutive_errors"] = int(section["consecutive_errors"] or 0)
+    error = section["last_error"]
+    if isinstance(error, dict):
+        section["last_error"] = {"at": error.get("at"), "message": error.get("message")}
+    elif error:
+        section["last_error"] = {"at": None, "message": str(error)}
+    else:
+        section["last_error"] = None
+    return section
+
+
+def _counters_section(raw: dict) -> dict:
+    counters: dict[str, Any] = {}
+    for name in KNOWN_COUNTERS:
+        counters[name] = {} if name in LABELLED_COUNTERS else 0
+    for name, value in sorted(raw.items()):
+        if isinstance(value, dict):
+            counters[name] = {str(label): int(count) for label, count in sorted(value.items())}
+        elif name in LABELLED_COUNTERS:
+            # Only ever counted without a label: keep the number under an empty reason rather than lose it.
+            counters[name] = {"": int(value)}
+        else:
+            counters[name] = int(value)
+    return counters
+
+
+def _outbox_section(stats: dict | None) -> dict | None:
+    if stats is None:
+        return None
+    oldest = stats.get("oldest_pending_age_s")
+    recent = [{"event_id": item.get("event_id"), "reason": item.get("reason"), "status": item.get("status"),
+               "at": iso_utc(item.get("at"))} for item in (stats.get("dead_recent") or [])[:DEAD_LETTERS_SHOWN]]
+    return {"pending": int(stats.get("pending") or 0),
+            "oldest_pending_age_s": round(float(oldest), 1) if oldest is not None else None,
+            "dead_letters": {"count": int(stats.get("dead") or 0), "recent": recent}}
+
+
+def _instance_section(instance: dict, version: str) -> dict:
+    return {"host": instance.get("host"), "pid": instance.get("pid"), "worker": instance.get("worker"),
+            "uptime_s": instance.get("uptime_s"), "version": instance.get("version") or version}
+
+
+def _recent_entry(entry: dict) -> dict:
+    links = entry.get("links") or []
+    return {"at": entry.get("at"), "sender": entry.get("sender") or "", "subject": (entry.get("subject") or "")[:80],
+            "links": [str(link) for link in links if link], "outcome": entry.get("outcome") or "",
+            "event_id": entry.get("event_id")}
+
+
+def scrub_document(value: Any) -> Any:
+    """Every string of a JSON-like value through ``log_setup.scrub`` (secrets out, correspondents masked)."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {key: scrub_document(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_document(item) for item in value]
+    return value
