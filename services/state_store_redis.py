@@ -252,7 +252,9 @@ class RedisStateStore:
 
     def __init__(self, client: redis.Redis, *, retention_seconds: float, owns_client: bool = False,
                  prefix: str = PREFIX) -> None:
-        # Replies must be str: a client built by make_redis_client has decode_responses=True.
+        if not client.get_connection_kwargs().get("decode_responses"):
+            # Replies are parsed as str; build the client with services.redis_client.make_redis_client.
+            raise ValueError("RedisStateStore needs a client with decode_responses=True")
         self._client = client
         self._owns_client = owns_client
         self._p = prefix

@@ -254,9 +254,11 @@ class SqliteStateStore:
 
     @_errors
     def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float) -> list[OutboxItem]:
-        if now - self._last_auto_trim >= self._auto_trim_interval:
-            self._last_auto_trim = now
-            self.trim(now)
+        # Housekeeping rides on the delivery loop, by the wall clock (``now`` may be a caller's notion of time).
+        wall = time.time()
+        if wall - self._last_auto_trim >= self._auto_trim_interval:
+            self._last_auto_trim = wall
+            self.trim(wall)
         if limit <= 0:
             return []
         claimed_until = now + claim_seconds
