@@ -192,3 +192,17 @@ def test_the_sqlite_store_is_usable_after_fork(tmp_path) -> None:
         assert store.get_item("msg_f2") is not None
     finally:
         store.close()
+
+
+@pytest.mark.unit
+def test_a_redis_client_returning_bytes_is_refused_at_construction() -> None:
+    import redis
+
+    from services.state_store_redis import RedisStateStore
+
+    client = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # no I/O happens
+    try:
+        with pytest.raises(ValueError):
+            RedisStateStore(client, retention_seconds=60)
+    finally:
+        client.close()
