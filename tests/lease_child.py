@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -154,7 +154,6 @@ class Contender:
     events_path: str
     log_path: str
     killed: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def pid(self) -> int:

@@ -23,8 +23,6 @@ TIMEOUT = 0.25              # REDIS_TIMEOUT_SECONDS in the children
 SCHEDULING_SLACK = 0.5      # process start-up jitter and a loaded 2-core CI machine
 TOKEN_RE = re.compile(r"^pid=(\d+) host=(\S+) nonce=([0-9a-f]{16})$")
 
-integration = [pytest.mark.integration, pytest.mark.redis]
-
 
 @pytest.fixture
 def contenders(tmp_path):
