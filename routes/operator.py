@@ -190,24 +190,26 @@ def _valid_metric_part(name: str) -> bool:
     return bool(name) and all(ch.isalnum() and ch.isascii() or ch == "_" for ch in name) and not name[0].isdigit()
 
 
-def render_metrics(document: dict) -> bytes:
-    from prometheus_client import CollectorRegistry, generate_latest
+def render_metrics(document: dict, accept: str | None = None) -> tuple[bytes, str]:
+    """``(body, content type)``: the classic text format, or OpenMetrics when the scraper asks for it."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import choose_encoder
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(document))  # type: ignore[arg-type]
-    return generate_latest(registry)
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
 
 
 @_guarded
 def metrics() -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST
-
     runtime = _runtime()
     token = runtime.settings.status_api_token
     if token and not _api_credentials_ok(token):
         return _unauthorized_api()
     document, _ = build_status(runtime)
-    response = Response(render_metrics(document), mimetype=None, content_type=CONTENT_TYPE_LATEST)
+    body, content_type = render_metrics(document, request.headers.get("Accept"))
+    response = Response(body, content_type=content_type)
     response.headers.update(COMMON_HEADERS)
     return response
 
