@@ -318,6 +318,8 @@ def _add_text(collector: _Collector, content_type: str, charset: str | None, cte
         collector.defect(defect)
     if "\x00" in text:
         text = text.replace("\x00", "")
+    if not is_html:
+        text = text.replace("\r\n", "\n").rstrip()
     if is_html:
         text, cut = truncate_html(text, remaining)
     else:
@@ -480,4 +482,5 @@ def _build(msg: Message, collector: _Collector, body_head: bytes) -> ParsedEmail
 def _empty_email(raw: bytes, defect: str) -> ParsedEmail:
     return ParsedEmail(message_id=None, subject="", date_header=None, from_header="", sender_email="",
                        text_plain="", html="", html_truncated=False, text_truncated=False,
-                       defects=(defect,), body_head=bytes(raw[:BODY_HEAD_BYTES]) if raw else b"")
+                       defects=(defect,),
+                       body_head=bytes(raw[:BODY_HEAD_BYTES]) if isinstance(raw, (bytes, bytearray)) else b"")
