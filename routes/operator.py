@@ -322,7 +322,10 @@ def dashboard() -> Response:
         health_doc, _ = health_document(runtime)
         health = {"status": health_doc["status"], "checks": health_doc["checks"]}
         document, recent, generated_at = None, [], iso_utc(time.time())
-    body = _page_template().render(style=_STYLE, doc=document, recent=recent, health=health,
+    from markupsafe import Markup
+
+    # The style is our constant: unescaped, or its quotes would become entities (broken CSS, wrong CSP hash).
+    body = _page_template().render(style=Markup(_STYLE), doc=document, recent=recent, health=health,
                                    version=runtime.version, generated_at=generated_at, recent_limit=RECENT_LIMIT)
     return _html(body)
 
