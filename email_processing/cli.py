@@ -48,15 +48,23 @@ def _read_eml(path: str) -> bytes:
     return raw
 
 
-def _service() -> Any | None:
-    """The wired service from the Flask app, or None outside an app context (tests, plain click)."""
+def _flask_app() -> Any | None:
+    """The Flask app this command runs under, or None (plain click, tests without an app)."""
     try:
         from flask import current_app, has_app_context
+        from flask.cli import ScriptInfo
     except ImportError:  # pragma: no cover - Flask is a runtime dependency
         return None
-    if not has_app_context():
+    if has_app_context():
+        return current_app._get_current_object()
+    # Registered with app.cli.add_command and invoked through AppGroup: no context pushed yet; load the app.
+    info = click.get_current_context().find_object(ScriptInfo)
+    if info is None:
         return None
-    return current_app.extensions.get(EXTENSION_KEY)
+    try:
+        return info.load_app()
+    except Exception:
+        return None
 
 
 def _settings(service: Any | None) -> Any:
@@ -92,7 +100,15 @@ def _decision_line(result: ProcessResult) -> str:
 def process_email_command(path: str, dry_run: bool) -> None:
     """Parse a saved email (.eml) and run it through the pipeline (or only print the payload with --dry-run)."""
     raw = _read_eml(path)
-    service = _service()
+    app = _flask_app()
+    if app is None:
+        _run(raw, dry_run, None)
+        return
+    with app.app_context():
+        _run(raw, dry_run, app.extensions.get(EXTENSION_KEY))
+
+
+def _run(raw: bytes, dry_run: bool, service: Any | None) -> None:
     if not dry_run and service is None:
         _fail(EXIT_DELIVERY_FAILED, "process-email: the service is not wired here; run it as "
                                     "`flask --app app process-email PATH` or use --dry-run")
