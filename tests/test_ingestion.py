@@ -143,3 +143,117 @@ def test_a_uidvalidity_change_does_not_send_delivered_mail_again(imap_account, w
     time.sleep(1.5)
     ids = webhook_receiver.delivered_ids()
     assert sorted(ids) == sorted([event_id_of(r) for r in raws] + [event_id_of(after)])
+
+
+def _live_threads() -> int:
+    """Threads of the service (the receiver's per-connection threads live in this process too: not counted)."""
+    return sum(1 for thread in threading.enumerate() if not thread.name.startswith("webhook-receiver"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_server_paused_mid_idle_times_out_reconnects_and_leaves_no_thread_behind(private_dovecot, webhook_receiver,
+                                                                                      pipeline_factory, caplog):
+    caplog.set_level(logging.INFO)
+    account = private_dovecot.new_account()
+    pipeline = pipeline_factory(service_env(account, webhook_receiver, IMAP_TIMEOUT_SECONDS="1",
+                                            EMAIL_POLLING_INTERVAL_SECONDS="2"))
+    pipeline.wait_until(lambda: pipeline.runtime.poller_status.idle, what="idling")
+    baseline = _live_threads()
+    for round_ in range(3):
+        # Given an idling poller / When the server freezes
+        pipeline.wait_until(lambda: pipeline.runtime.poller_status.idle, what="idling")
+        timeouts = caplog.text.count("IMAP: timeout after 1s during")
+        private_dovecot.pause()
+        try:
+            # Then within interval + timeout the poller notices, logs it and schedules a reconnect
+            pipeline.wait_until(lambda: caplog.text.count("IMAP: timeout after 1s during") > timeouts, timeout=10,
+                                what="timeout logged")
+        finally:
+            private_dovecot.resume()
+        assert "IMAP: reconnect attempt" in caplog.text
+        # And after SIGCONT new mail is processed
+        private_dovecot.append(account.user, make_email(subject=f"after idle pause {round_}"))
+        webhook_receiver.wait_for(round_ + 1, timeout=15)
+        assert _live_threads() == baseline
+    assert "during idle" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_server_paused_mid_fetch_times_out_and_the_email_is_still_delivered_once(
+        private_dovecot, webhook_receiver, pipeline_factory, caplog, monkeypatch):
+    from services import imap_mailbox
+
+    caplog.set_level(logging.INFO)
+    account = private_dovecot.new_account()
+    original = imap_mailbox.MailboxClient.fetch_full
+    pause_next = threading.Event()
+
+    def fetch_full_with_a_frozen_server(self, uid):
+        if pause_next.is_set():
+            pause_next.clear()
+            private_dovecot.pause()  # the server freezes just as the poller sends FETCH
+        return original(self, uid)
+
+    monkeypatch.setattr(imap_mailbox.MailboxClient, "fetch_full", fetch_full_with_a_frozen_server)
+    pipeline = pipeline_factory(service_env(account, webhook_receiver, IMAP_TIMEOUT_SECONDS="1",
+                                            EMAIL_POLLING_INTERVAL_SECONDS="2"))
+    pipeline.wait_until(lambda: pipeline.runtime.poller_status.idle, what="idling")
+    baseline = _live_threads()
+    raws = []
+    for round_ in range(3):
+        count = caplog.text.count("IMAP: timeout after 1s during fetch")
+        pause_next.set()
+        raws.append(make_email(subject=f"fetched while frozen {round_}"))
+        private_dovecot.append(account.user, raws[-1])
+        try:
+            pipeline.wait_until(lambda: caplog.text.count("IMAP: timeout after 1s during fetch") > count, timeout=10,
+                                what="fetch timeout")
+        finally:
+            private_dovecot.resume()
+        webhook_receiver.wait_for(round_ + 1, timeout=15)
+        assert _live_threads() == baseline
+    time.sleep(1.0)
+    assert sorted(webhook_receiver.delivered_ids()) == sorted(event_id_of(raw) for raw in raws)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_cycle_over_ten_thousand_done_messages_stays_fast(imap_account, webhook_receiver, pipeline_factory):
+    from background.poller import MailboxPoller
+    from services.imap_mailbox import MailboxClient
+
+    server, user = imap_account.server, imap_account.user
+    # Given 10,000 messages already done (written as Maildir files, not APPENDed)
+    started = time.monotonic()
+    template = ("From: client@example.com\r\nTo: bot@example.com\r\nSubject: old {i}\r\n"
+                "Message-ID: <old-{i}@test.example>\r\nDate: Mon, 2 Nov 2026 10:00:00 +0000\r\n\r\n"
+                "https://www.dropbox.com/s/old{i}/file.zip\r\n")
+    server.build_maildir(user, (template.format(i=i).encode() for i in range(10_000)))
+    build_s = time.monotonic() - started
+    pipeline = pipeline_factory(service_env(imap_account, webhook_receiver))
+    pipeline.wait_until(lambda: pipeline.runtime.poller_status.last_success_at is not None, timeout=60,
+                        what="first pass")
+    assert webhook_receiver.delivered_ids() == []
+    # When a new email arrives, it is found without scanning the mailbox
+    raw = make_email(subject="new among 10k")
+    t0 = time.monotonic()
+    server.append(user, raw)
+    webhook_receiver.wait_for(1, timeout=15)
+    latency = time.monotonic() - t0
+    # And one reconciliation cycle (checkpoint search) on the 10,000-message mailbox is quick
+    background = pipeline.background
+    client = MailboxClient(pipeline.settings, guard=background.guard)
+    client.connect()
+    try:
+        state = client.select("INBOX")
+        poller: MailboxPoller = background.poller
+        t1 = time.monotonic()
+        handled = poller.run_cycle(client, state)
+        cycle_s = time.monotonic() - t1
+    finally:
+        client.close()
+    assert handled == 0
+    print(f"10k maildir built in {build_s:.2f}s; new-mail latency {latency:.2f}s; idle cycle {cycle_s * 1000:.1f}ms")
+    assert cycle_s < 5, "a cycle on a large, fully processed mailbox must not scan it"
