@@ -58,6 +58,17 @@ def iso_utc(epoch: float | None) -> str | None:
         return None
 
 
+def iso_utc_ms(epoch: float | None) -> str | None:
+    """Millisecond precision, for values that tell successive publications apart."""
+    if epoch is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(float(epoch), tz=timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def epoch_of(iso: Any) -> float | None:
     if not isinstance(iso, str) or not iso:
         return None
@@ -116,7 +127,7 @@ def build_status_document(*, mode: str, settings, version: str, instance: dict, 
         lease = _lease_section(published.get("lease"), lease_backend)
         poller = _poller_section(published.get("poller") or {})
         holder_instance = published.get("instance") or {}
-        source = {"kind": "published", "published_at": iso_utc(published.get("published_at")),
+        source = {"kind": "published", "published_at": iso_utc_ms(published.get("published_at")),
                   "published_by": {key: holder_instance.get(key) for key in ("host", "pid", "worker")}}
     else:
         # Nobody published a holder's status within TTL + retry: the same answer from every instance.
@@ -132,7 +143,7 @@ def build_status_document(*, mode: str, settings, version: str, instance: dict, 
         last_success = local_poller.get("last_success_epoch") or epoch_of(local_poller.get("last_success_at"))
 
     document = {
-        "generated_at": iso_utc(now),
+        "generated_at": iso_utc_ms(now),
         "stale": bool(reads.stale),
         "background": mode,
         "lease": lease,
