@@ -15,6 +15,8 @@ Fixtures:
 - ``dovecot_server`` (session): one shared server; tests take a fresh user each through ``imap_account``.
 - ``imap_account`` (function): a new user on the shared server (``ImapAccount``).
 - ``private_dovecot`` (function): a server of the test's own, safe to pause or stop.
+- ``done_mailbox_10k`` (session): a user of the shared server whose INBOX holds 10,000 messages, all ``\\Seen``
+  and ``$RenderSignalDone``, built on disk once per run (``BuiltMailbox``). Read-only: do not add to it.
 """
 
 from __future__ import annotations
@@ -104,7 +106,15 @@ service imap-login {{
   }}
 {login_chroot}}}
 service anvil {{
-{anvil_chroot}}}
+{anvil_chroot}{anvil_penalty}}}
+"""
+
+
+# Dovecot's documented switch for its per-IP auth penalty: the auth process cannot open the anvil socket.
+_NO_AUTH_PENALTY = """\
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
 """
 
 
@@ -139,7 +149,10 @@ class ImapAccount:
 class DovecotServer:
     _user_counter = itertools.count(1)
 
-    def __init__(self, binary: str, auth_failure_delay: str = "0") -> None:
+    def __init__(self, binary: str, auth_failure_delay: str = "0", auth_penalty: bool = False) -> None:
+        """``auth_failure_delay`` and ``auth_penalty`` are off by default: Dovecot delays a failed login by 2 s
+        and, with its per-IP penalty, every later login from 127.0.0.1 by up to 15 s, which would turn one
+        wrong-password test into timeouts in the tests after it."""
         import trustme
 
         self.binary = binary
@@ -156,6 +169,7 @@ class DovecotServer:
         self.users_dir = os.path.join(self.dir, "users")
         self.mail_root = os.path.join(self.dir, "mail")
         self.auth_failure_delay = auth_failure_delay
+        self.auth_penalty = auth_penalty
         self.proc: subprocess.Popen | None = None
         self._guardian: subprocess.Popen | None = None
         self._users: dict[str, str] = {}
@@ -219,7 +233,8 @@ class DovecotServer:
                                         internal_user=self.internal_user, login_user=self.login_user,
                                         mail_uid=self.mail_uid, mail_gid=self.mail_gid,
                                         auth_failure_delay=self.auth_failure_delay,
-                                        login_chroot=chroot, anvil_chroot=chroot))
+                                        login_chroot=chroot, anvil_chroot=chroot,
+                                        anvil_penalty="" if self.auth_penalty else _NO_AUTH_PENALTY))
 
     def _greets(self) -> bool:
         with socket.create_connection((self.host, self.port), timeout=1) as sock:
@@ -501,6 +516,20 @@ class DovecotServer:
             return ""
 
 
+@dataclass(frozen=True)
+class BuiltMailbox:
+    account: ImapAccount
+    count: int
+    build_seconds: float
+
+
+def sample_message(n: int) -> bytes:
+    """A small plain-text email numbered ``n`` (Message-ID ``<m<n>@example.com>``)."""
+    return (f"From: sender@example.com\r\nTo: inbox@example.com\r\nSubject: message {n}\r\n"
+            f"Message-ID: <m{n}@example.com>\r\nDate: Mon, 02 Jan 2023 10:00:00 +0000\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nbody {n}\r\n").encode()
+
+
 @pytest.fixture(scope="session")
 def dovecot_binary() -> str:
     return require_binary("dovecot", "dovecot-imapd")
@@ -529,3 +558,11 @@ def private_dovecot(dovecot_binary: str) -> Iterator[DovecotServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def done_mailbox_10k(dovecot_server: DovecotServer) -> BuiltMailbox:
+    account = dovecot_server.new_account("big")
+    started = time.monotonic()
+    count = dovecot_server.build_maildir(account.user, (sample_message(n) for n in range(10_000)))
+    return BuiltMailbox(account=account, count=count, build_seconds=time.monotonic() - started)
