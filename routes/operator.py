@@ -226,7 +226,7 @@ table{border-collapse:collapse;width:100%;background:#fff;box-shadow:0 1px 2px #
 th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #e6e8eb;vertical-align:top}
 th{background:#eef0f3;font-weight:600}dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;margin:0}
 dt{color:#556}dd{margin:0;font-family:ui-monospace,monospace;word-break:break-all}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(18rem,1fr));gap:1rem}
+.cards{margin-top:1rem;display:grid;grid-template-columns:repeat(auto-fit,minmax(18rem,1fr));gap:1rem}
 .card{background:#fff;padding:.8rem 1rem;box-shadow:0 1px 2px #0001}
 """.strip()
 _STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode("utf-8")).digest()).decode("ascii")
@@ -242,7 +242,7 @@ _PAGE = """<!doctype html>
 <h1>render-signal <span class="badge {{ health.status }}">{{ health.status }}</span>
 {% if doc and doc.stale %}<span class="badge stale">stale: shared store unreadable</span>{% endif %}</h1>
 <p class="muted">version {{ version }} · generated {{ generated_at }}</p>
-<h2>Health</h2>
+<h2>Health <span class="muted">(as /health answers from this instance)</span></h2>
 <table><tr>{% for name in health.checks %}<th>{{ name }}</th>{% endfor %}</tr>
 <tr>{% for name, value in health.checks.items() %}<td>{{ value }}</td>{% endfor %}</tr></table>
 {% if doc %}
