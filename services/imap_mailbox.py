@@ -208,13 +208,21 @@ class MailboxClient:
     """One IMAP connection for the poller. Not thread-safe; use it from one thread.
 
     ``guard`` (optional) is an object with ``check_local()``; it is called before every IMAP command and
-    whatever it raises (the lease's ``LeaseLost``) propagates unchanged.
+    whatever it raises (the lease's ``LeaseLost``) propagates unchanged. ``idle_alive_after`` is how long the
+    server may stay silent during IDLE before ``idle_wait`` checks it is alive (default
+    ``EMAIL_POLLING_INTERVAL_SECONDS``).
     """
 
-    def __init__(self, settings: Any, guard: LocalGuard | None = None) -> None:
+    def __init__(self, settings: Any, guard: LocalGuard | None = None, *,
+                 idle_alive_after: float | None = None) -> None:
         self._settings = settings
         self._guard = guard
         self._timeout = float(settings.imap_timeout_seconds)
+        if idle_alive_after is None:
+            idle_alive_after = getattr(settings, "email_polling_interval_seconds", 30.0)
+        self._idle_alive_after = float(idle_alive_after)
+        self._idle_heard_at = 0.0
+        self._offers_idle: bool | None = None
         self._client: _PhasedIMAPClient | None = None
         self._state: MailboxState | None = None
         self._idling = False
@@ -281,7 +289,7 @@ class MailboxClient:
     def close(self) -> None:
         """Log out with a short timeout, then close the socket. Never raises."""
         client, idling = self._client, self._idling
-        self._client, self._state, self._idling = None, None, False
+        self._client, self._state, self._idling, self._offers_idle = None, None, False, None
         if client is None:
             return
         try:
@@ -427,18 +435,22 @@ class MailboxClient:
         client = self._require_selected("idle")
         if self._idling:
             return
-        if b"IDLE" not in self._call("idle", client.capabilities):
+        if self._offers_idle is None:  # asked once per connection: re-entering IDLE sends only IDLE
+            self._offers_idle = b"IDLE" in self._call("idle", client.capabilities)
+        if not self._offers_idle:
             raise ImapError("IMAP: the server does not offer IDLE", "idle")
         self._call("idle", client.idle)
         self._idling = True
+        self._idle_heard_at = time.monotonic()
 
     def idle_wait(self, timeout: float, check_alive: bool = True) -> list:
         """Untagged responses (e.g. ``(3, b"EXISTS")``) that arrive within ``timeout`` seconds during IDLE.
 
-        Returns as soon as something arrived. If the server said nothing for ``timeout`` seconds and
-        ``check_alive`` is true, IDLE is ended and re-entered (DONE → OK → IDLE → +), which a stalled server
-        cannot answer: ``ImapTimeout("idle")`` after at most ``timeout`` + 2 × ``IMAP_TIMEOUT_SECONDS``. Call
-        with ``check_alive=False`` to wait in short slices and prove liveness yourself (``idle_done()``).
+        Returns as soon as something arrived, else ``[]`` after ``timeout``. When the server has then been
+        silent for ``idle_alive_after`` seconds (default EMAIL_POLLING_INTERVAL_SECONDS) and ``check_alive`` is
+        true, IDLE is ended and re-entered (DONE → OK → IDLE → +), which a stalled server cannot answer:
+        ``ImapTimeout("idle")``, at most 2 × IMAP_TIMEOUT_SECONDS after this call's wait. So waiting in short
+        slices costs no extra round trips, and a stall is noticed within the interval + the timeout.
         """
         client = self._require("idle")
         if not self._idling:
@@ -450,7 +462,7 @@ class MailboxClient:
             raise ImapConnectionError(f"IMAP: the server ended the connection during IDLE: {bye}", "idle") from None
         except Exception as exc:
             raise self._translate("idle", exc) from exc
-        if responses or not check_alive:
+        if responses or not check_alive or time.monotonic() - self._idle_heard_at < self._idle_alive_after:
             return responses
         responses = self.idle_done()
         self.idle_start()
@@ -480,6 +492,7 @@ class MailboxClient:
                 pass  # TLS record not complete yet: wait for more bytes
             elif buffered:
                 line = imap._get_line()
+                self._idle_heard_at = time.monotonic()
                 responses.append(_parse_idle_line(line))
                 just_readable = False
                 continue
@@ -566,7 +579,7 @@ class MailboxClient:
     def _abandon(self) -> None:
         """Drop the connection without a goodbye (after a timeout or a broken connection)."""
         client = self._client
-        self._client, self._state, self._idling = None, None, False
+        self._client, self._state, self._idling, self._offers_idle = None, None, False, None
         if client is not None:
             self._shutdown(client)
 

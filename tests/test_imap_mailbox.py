@@ -139,7 +139,7 @@ def test_imaps_without_the_ca_file_fails_certificate_verification(imap_account):
     client = MailboxClient(make_settings(imap_account, "ssl", imap_ca_file=None))
     with pytest.raises(ImapConnectionError, match="not trusted") as caught:
         client.connect()
-    assert caught.value.op == "tls" or caught.value.op == "connect"
+    assert caught.value.op == "tls"
     assert not client.connected
 
 
@@ -336,22 +336,33 @@ def test_idle_wait_returns_exists_soon_after_an_append_from_another_connection(m
     assert mailbox.uids_after(0, 10) == [uid]
 
 
-def test_a_quiet_idle_wait_proves_the_server_alive_and_stays_in_idle(mailbox, imap_account, dovecot_server):
-    mailbox.select("INBOX")
-    mailbox.idle_start()
-    started = time.monotonic()
-    assert mailbox.idle_wait(0.3) == []
-    assert mailbox.idle_wait(0.2, check_alive=False) == []
-    assert time.monotonic() - started < 3
-    assert mailbox.idling
-    dovecot_server.append(imap_account.user, sample_message(1))
-    assert (1, b"EXISTS") in mailbox.idle_wait(10)
-    with pytest.raises(ImapError):
-        mailbox.search_uids(["ALL"])  # no command while idling
-    mailbox.idle_done()
-    assert not mailbox.idling
-    assert isinstance(mailbox.noop(), list)
-    assert mailbox.uids_after(0, 10) == [1]
+def test_short_quiet_idle_waits_cost_no_round_trip_until_the_alive_check_is_due(imap_account, dovecot_server):
+    # The guard is consulted before every command sent, so it counts DONE/IDLE round trips.
+    guard = CountingGuard()
+    client = MailboxClient(make_settings(imap_account), guard=guard, idle_alive_after=0.6)
+    client.connect()
+    try:
+        client.select("INBOX")
+        client.idle_start()
+        sent = guard.calls
+        started = time.monotonic()
+        assert client.idle_wait(0.2) == []
+        assert client.idle_wait(0.2, check_alive=False) == []
+        assert guard.calls == sent  # silent for less than idle_alive_after: nothing sent
+        time.sleep(0.3)
+        assert client.idle_wait(0.1) == []  # silent for 0.6 s now: DONE → OK → IDLE proves it alive
+        assert guard.calls == sent + 2 and client.idling
+        assert time.monotonic() - started < 3
+        dovecot_server.append(imap_account.user, sample_message(1))
+        assert (1, b"EXISTS") in client.idle_wait(10)
+        with pytest.raises(ImapError):
+            client.search_uids(["ALL"])  # no command while idling
+        client.idle_done()
+        assert not client.idling
+        assert isinstance(client.noop(), list)
+        assert client.uids_after(0, 10) == [1]
+    finally:
+        client.close()
 
 
 # --- timeouts (private server, paused) ------------------------------------------------------------------------
@@ -395,7 +406,8 @@ def test_a_server_paused_during_fetch_times_out_with_the_exact_log_line(stalled,
 def test_a_server_paused_during_idle_wait_times_out_in_idle(stalled, caplog):
     server, account = stalled
     caplog.set_level(logging.WARNING, logger="services.imap_mailbox")
-    client = MailboxClient(make_settings(account, timeout=1))
+    # a reconciliation interval of 1 s: idle_wait checks liveness after 1 s of silence
+    client = MailboxClient(make_settings(account, timeout=1, email_polling_interval_seconds=1.0))
     client.connect()
     client.select("INBOX")
     client.idle_start()
@@ -462,7 +474,7 @@ def test_thread_count_is_unchanged_over_three_pause_resume_rounds_of_fetch_and_i
     server, account = stalled
     uid = server.append(account.user, sample_message(1))
     settings = make_settings(account, timeout=1)
-    client = MailboxClient(settings)
+    client = MailboxClient(settings, idle_alive_after=0.5)
     threads_before = threading.active_count()
     for _ in range(3):
         client.connect()
