@@ -20,7 +20,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Iterable, NoReturn, Protocol, Sequence
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient import exceptions as imapclient_errors
@@ -270,18 +270,17 @@ class MailboxClient:
                                        timeout=SocketTimeout(connect=self._timeout, read=self._timeout),
                                        on_phase=self._set_phase)
         except Exception as exc:
-            raise self._translate(self._phase, exc) from exc
+            self._raise_translated(self._phase, exc)
         client.normalise_times = False  # keep INTERNALDATE's zone; we convert to UTC ourselves
         self._client = client
-        if starttls:
-            if b"STARTTLS" not in self._call("tls", client.capabilities):
-                self._abandon()
-                raise ImapConnectionError(f"IMAP: {host}:{port} does not offer STARTTLS", "tls")
-            self._call("tls", client.starttls, context)
         try:
+            if starttls:
+                if b"STARTTLS" not in self._call("tls", client.capabilities):
+                    raise ImapConnectionError(f"IMAP: {host}:{port} does not offer STARTTLS", "tls")
+                self._call("tls", client.starttls, context)
             self._call("login", client.login, settings.email_address, settings.email_password)
-        except ImapAuthError:
-            self.close()
+        except BaseException:
+            self.close()  # a half-open session (no TLS yet, or not logged in) is never left behind
             raise
         logger.info("IMAP: connected to %s:%s (%s)", host, port,
                     "TLS" if use_ssl else "STARTTLS" if starttls else "plain text")
@@ -461,7 +460,7 @@ class MailboxClient:
             self._abandon()
             raise ImapConnectionError(f"IMAP: the server ended the connection during IDLE: {bye}", "idle") from None
         except Exception as exc:
-            raise self._translate("idle", exc) from exc
+            self._raise_translated("idle", exc)
         if responses or not check_alive or time.monotonic() - self._idle_heard_at < self._idle_alive_after:
             return responses
         responses = self.idle_done()
@@ -546,7 +545,13 @@ class MailboxClient:
         try:
             return method(*args, **kwargs)
         except Exception as exc:
-            raise self._translate(op, exc) from exc
+            self._raise_translated(op, exc)
+
+    def _raise_translated(self, op: str, exc: Exception) -> NoReturn:
+        translated = self._translate(op, exc)
+        if translated is exc:
+            raise exc
+        raise translated from exc
 
     def _translate(self, op: str, exc: BaseException) -> BaseException:
         """Library/socket/TLS error → this module's error; the connection is closed unless still usable."""

@@ -72,6 +72,11 @@ Content-Type: text/html; charset=iso-8859-1\r
 Content-Disposition: inline\r
 \r
 <p>second inline html</p>\r
+--outer\r
+Content-Type: text/plain; charset=utf-8\r
+Content-Disposition: inline; filename="readme.txt"\r
+\r
+an inline file is still a file\r
 --outer--\r
 """
 
@@ -277,7 +282,7 @@ def test_text_parts_of_a_nested_multipart_skip_attachments_and_forwarded_message
     leaves = [(p.part, p.content_type, p.is_attachment) for p in walk_parts(structure)]
     assert leaves == [("1.1", "text/plain", False), ("1.2", "text/html", False),
                       ("2", "application/pdf", True), ("3", "text/plain", True),
-                      ("4", "message/rfc822", False), ("5", "text/html", False)]
+                      ("4", "message/rfc822", False), ("5", "text/html", False), ("6", "text/plain", True)]
     parts = text_parts(structure)
     assert [p.part for p in parts] == ["1.1", "1.2", "5"]
     plain, html, second = parts
@@ -363,6 +368,37 @@ def test_short_quiet_idle_waits_cost_no_round_trip_until_the_alive_check_is_due(
         assert client.uids_after(0, 10) == [1]
     finally:
         client.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_connection_lost_during_idle_raises_connection_error_promptly(private_dovecot):
+    import psutil
+
+    account = private_dovecot.new_account()
+    client = MailboxClient(make_settings(account, "plain"))
+    # Given an idling session whose server process dies (EOF without a word)
+    client.connect()
+    client.select("INBOX")
+    client.idle_start()
+    killed = 0
+    for child in psutil.Process(private_dovecot.proc.pid).children(recursive=True):
+        if child.name().split("/")[-1] == "imap":
+            child.kill()
+            killed += 1
+    assert killed == 1
+    started = time.monotonic()
+    with pytest.raises(ImapConnectionError) as caught:
+        client.idle_wait(5)
+    assert caught.value.op == "idle" and time.monotonic() - started < 2 and not client.connected
+    # Given an idling session the server ends with BYE
+    client.connect()
+    client.select("INBOX")
+    client.idle_start()
+    private_dovecot.kick(account.user)
+    with pytest.raises(ImapConnectionError, match="BYE") as caught:
+        client.idle_wait(5)
+    assert caught.value.op == "idle" and not client.connected
+    client.close()
 
 
 # --- timeouts (private server, paused) ------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from typing import Iterable, Iterator
 
 import pytest
 
-from tests.infra.binaries import require_binary
+from tests.infra.binaries import SEARCH_PATH, require_binary
 from tests.infra.ports import free_port, wait_until
 
 HOST = "127.0.0.1"
@@ -507,6 +507,13 @@ class DovecotServer:
                 if name.startswith(("dovecot.index", "dovecot.list.index")):
                     os.unlink(os.path.join(directory, name))
         return new_validity
+
+    def kick(self, user: str) -> None:
+        """Disconnect every session of ``user`` (``doveadm kick``): the server says BYE, then closes."""
+        doveadm = shutil.which("doveadm", path=SEARCH_PATH)
+        if doveadm is None:
+            raise RuntimeError("doveadm not found (Debian package dovecot-core)")
+        subprocess.run([doveadm, "-c", self.conf_path, "kick", user], check=True, capture_output=True, timeout=10)
 
     def log_text(self) -> str:
         try:
