@@ -85,7 +85,7 @@ class MailboxState:
 class MessageMeta:
     uid: int
     size: int
-    internaldate: dt.datetime  # aware, UTC
+    internaldate: dt.datetime | None  # aware, UTC (None only if a server left it out of the FETCH response)
     flags: tuple[str, ...]
     bodystructure: Any  # IMAPClient's BodyData, as the server sent it; see text_parts()
     header_bytes: bytes
@@ -365,7 +365,7 @@ class MailboxClient:
                     internaldate = internaldate.replace(tzinfo=dt.timezone.utc)
                 internaldate = internaldate.astimezone(dt.timezone.utc)
             else:
-                internaldate = dt.datetime.fromtimestamp(0, dt.timezone.utc)
+                internaldate = None
             out[uid] = MessageMeta(uid=uid, size=int(item.get(b"RFC822.SIZE") or 0), internaldate=internaldate,
                                    flags=tuple(_text(flag) for flag in item.get(b"FLAGS", ())),
                                    bodystructure=item[b"BODYSTRUCTURE"],
@@ -401,14 +401,17 @@ class MailboxClient:
     def add_flags(self, uids: Iterable[int], flags: Iterable[str | bytes]) -> tuple[bytes, ...]:
         """UID STORE +FLAGS.SILENT. Keywords are sent only where PERMANENTFLAGS allows them (``\\*`` or listed);
         returns the flags actually sent."""
+        client = self._require_selected("store")
         state = self._require_selected_state("store")
-        client = self._require("store")
         targets = sorted({int(uid) for uid in uids})
         allowed: list[bytes] = []
         refused: list[str] = []
         for flag in flags:
-            raw = flag if isinstance(flag, bytes) else flag.encode("ascii")
-            name = raw.decode("ascii")
+            try:
+                raw = flag if isinstance(flag, bytes) else flag.encode("ascii")
+                name = raw.decode("ascii")
+            except UnicodeError:
+                raise ImapError(f"IMAP: flags are ASCII atoms, not {flag!r}", "store") from None
             if raw.startswith(b"\\") or state.keywords_allowed or name in state.permanent_flags:
                 allowed.append(raw)
             else:
