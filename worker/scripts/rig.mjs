@@ -46,19 +46,29 @@ export async function startSourceServer(routes) {
 
 /**
  * Miniflare's outbound service: every fetch the Worker makes is answered by `origin` instead of the internet, with
- * the requested host in X-Original-Host. Redirects are passed back as they are, for the Worker to judge.
+ * the requested host in X-Original-Host. A plain HTTP proxy (node:http): redirects pass back as they are for the
+ * Worker to judge, bodies stream through unchanged (with or without Content-Length), and a source connection that
+ * breaks breaks the Worker's too.
  */
 export function routeOutboundTo(origin, seen = []) {
-  return async (request) => {
-    const target = new URL(request.url);
-    seen.push(target.href);
-    const headers = new Headers(request.headers);
-    headers.set("X-Original-Host", target.host);
-    return fetch(`${origin}${target.pathname}${target.search}`, {
-      method: request.method,
-      headers,
-      redirect: "manual",
-    });
+  const upstream = new URL(origin);
+  return {
+    node: (req, res) => {
+      const target = new URL(req.url, `https://${req.headers.host}`);
+      seen.push(target.href);
+      const headers = { ...req.headers, host: upstream.host, "x-original-host": target.host };
+      const proxied = http.request(
+        { host: upstream.hostname, port: upstream.port, method: req.method, path: `${target.pathname}${target.search}`, headers },
+        (answer) => {
+          res.writeHead(answer.statusCode, answer.rawHeaders);
+          answer.pipe(res);
+          answer.on("aborted", () => res.destroy());
+          answer.on("error", () => res.destroy());
+        },
+      );
+      proxied.on("error", () => res.destroy());
+      req.pipe(proxied);
+    },
   };
 }
 
