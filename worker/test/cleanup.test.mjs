@@ -37,7 +37,7 @@ async function runCron() {
   return worker.scheduled({ cron: "17 * * * *", scheduledTime: new Date() });
 }
 
-test("the cron deletes only the objects whose expiresAt has passed, across list pages", async () => {
+test("the cron deletes only the objects whose expiresAt has passed, across list pages", { timeout: 30_000 }, async () => {
   // Given more objects than one list page (1000): expired ones, live ones, and objects without our metadata.
   const hourAgo = new Date(Date.now() - 3600 * 1000).toISOString();
   const inAnHour = new Date(Date.now() + 3600 * 1000).toISOString();
@@ -65,7 +65,7 @@ test("the cron deletes only the objects whose expiresAt has passed, across list 
   assert.equal(remaining.length, 507);
 });
 
-test("a second cron run with nothing expired deletes nothing", async () => {
+test("a second cron run with nothing expired deletes nothing", { timeout: 30_000 }, async () => {
   const before = await allKeys();
 
   const result = await runCron();

@@ -6,6 +6,8 @@ import { job, makeBytes, postJob, PUBLIC_BASE, startSourceServer, startWorker } 
 const PDF = makeBytes(300_000, 7);
 const STREAMED = makeBytes(1_234_567, 11);
 const LARGE_STREAMED = makeBytes(11 * 1024 * 1024 + 12_345, 13); // three multipart parts: 5 MiB, 5 MiB, rest
+// A watchdog per suite: a Worker waiting on a stalled stream must fail the run, not hang it.
+const TEST_TIMEOUT_MS = 30_000;
 const HTML = Buffer.from("<!doctype html><html><body>Download your files</body></html>");
 
 function sendFile(bytes, headers = {}) {
@@ -89,7 +91,7 @@ async function storedBytes(key) {
   return { object, bytes: Buffer.from(await object.arrayBuffer()) };
 }
 
-describe("copying a Dropbox file into R2", () => {
+describe("copying a Dropbox file into R2", { timeout: TEST_TIMEOUT_MS }, () => {
   test("it stores the source bytes with metadata and answers the public r2_url", async () => {
     const key = "dropbox/0a1b2c3d/4e5f6a7b/report.pdf";
     const before = Date.now();
@@ -181,7 +183,7 @@ describe("copying a Dropbox file into R2", () => {
   });
 });
 
-describe("refusals", () => {
+describe("refusals", { timeout: TEST_TIMEOUT_MS }, () => {
   test("a missing token is answered 401 and nothing is fetched", async () => {
     const before = seen.length;
 
@@ -332,7 +334,7 @@ describe("refusals", () => {
   });
 });
 
-describe("configuration", () => {
+describe("configuration", { timeout: TEST_TIMEOUT_MS }, () => {
   test("a Worker without R2_FETCH_TOKEN answers 500 whatever token is sent", async () => {
     const bare = startWorker({ origin: source.origin, bindings: { R2_FETCH_TOKEN: undefined } });
     try {
