@@ -102,8 +102,9 @@ async function handleRequest(request, env) {
     size = await storeBody(env.R2_BUCKET, job.objectKey, source, options);
   } catch (err) {
     if (err instanceof FetchError) throw err;
-    console.error(`R2_FETCH: storing ${job.objectKey} failed: ${describeError(err)}`);
-    throw new FetchError(502, `storing into R2 failed: ${describeError(err)}`);
+    // Either side can break mid-stream: the source connection or the R2 write. R2 keeps no partial object.
+    console.error(`R2_FETCH: copying into ${job.objectKey} failed: ${describeError(err)}`);
+    throw new FetchError(502, `copy into R2 failed: ${describeError(err)}`);
   }
   console.log(
     `R2_FETCH: stored key=${job.objectKey} provider=${job.provider} email_id=${job.emailId} ` +
@@ -139,6 +140,10 @@ async function readJob(request) {
   const contentType = (request.headers.get("Content-Type") || "").toLowerCase();
   if (!contentType.startsWith("application/json")) {
     throw new FetchError(415, "unsupported content type: send application/json");
+  }
+  const declared = Number(request.headers.get("Content-Length") || "0");
+  if (declared > MAX_REQUEST_BODY_BYTES) {
+    throw new FetchError(413, "request body too large");
   }
   const text = await request.text();
   if (text.length > MAX_REQUEST_BODY_BYTES) {

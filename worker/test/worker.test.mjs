@@ -321,12 +321,14 @@ describe("refusals", { timeout: TEST_TIMEOUT_MS }, () => {
     }
   });
 
-  test("a non-JSON content type is answered 415 and other methods 405", async () => {
+  test("a non-JSON content type is answered 415, a body over 16 KiB 413, other methods 405", async () => {
     const { status } = await postJob(mf, job(), { headers: { "Content-Type": "text/plain" } });
+    const huge = await postJob(mf, JSON.stringify(job({ email_id: "x".repeat(20_000) })));
     const get = await mf.dispatchFetch("http://worker.local/");
     const other = await mf.dispatchFetch("http://worker.local/other", { method: "POST" });
 
     assert.equal(status, 415);
+    assert.equal(huge.status, 413);
     assert.equal(get.status, 405);
     assert.equal(other.status, 404);
     await get.arrayBuffer();
