@@ -8,6 +8,9 @@ const STREAMED = makeBytes(1_234_567, 11);
 const LARGE_STREAMED = makeBytes(11 * 1024 * 1024 + 12_345, 13); // three multipart parts: 5 MiB, 5 MiB, rest
 // A watchdog per suite: a Worker waiting on a stalled stream must fail the run, not hang it.
 const TEST_TIMEOUT_MS = 30_000;
+const MiB = 1024 * 1024;
+const EDGE_SIZES = [5 * MiB - 1, 5 * MiB, 5 * MiB + 1, 10 * MiB]; // around the 5 MiB part size
+const EDGE_BODIES = new Map(EDGE_SIZES.map((size) => [size, makeBytes(size, size % 251)]));
 const HTML = Buffer.from("<!doctype html><html><body>Download your files</body></html>");
 
 function sendFile(bytes, headers = {}) {
@@ -55,6 +58,7 @@ const routes = {
   },
   "/scl/fo/folder/streamed": streamFile(STREAMED),
   "/scl/fo/folder/large": streamFile(LARGE_STREAMED),
+  ...Object.fromEntries(EDGE_SIZES.map((size) => [`/scl/fo/edge/${size}`, streamFile(EDGE_BODIES.get(size))])),
   "/s/short/body": (req, res) => {
     // Announces more bytes than it sends, then closes: the copy must fail, not store a truncated file.
     res.writeHead(200, { "Content-Type": "application/pdf", "Content-Length": 1000 });
@@ -180,6 +184,18 @@ describe("copying a Dropbox file into R2", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.ok(bytes.equals(LARGE_STREAMED), "stored bytes equal the streamed source");
     assert.equal(object.customMetadata.provider, "dropbox");
     assert.match(object.httpMetadata.contentDisposition, /filename="large.zip"/);
+  });
+
+  test("it stores unknown-length bodies of exactly one or two parts, and one byte either side", async () => {
+    for (const size of EDGE_SIZES) {
+      const key = `dropbox/edge/${size}/edge.zip`;
+
+      const { status, body } = await postJob(mf, job({ source_url: `https://www.dropbox.com/scl/fo/edge/${size}`, object_key: key }));
+
+      assert.equal(status, 200, `${size}: ${JSON.stringify(body)}`);
+      assert.equal(body.size, size);
+      assert.ok((await storedBytes(key)).bytes.equals(EDGE_BODIES.get(size)), `${size} bytes stored exactly`);
+    }
   });
 });
 
