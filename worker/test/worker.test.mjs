@@ -27,12 +27,15 @@ function redirectTo(location, status = 302) {
   };
 }
 
-/** Writes the body in chunks without Content-Length (chunked transfer encoding). */
-function streamFile(bytes, contentType = "application/zip") {
+/**
+ * Writes the body without Content-Length (chunked transfer encoding), in chunks of an odd size so that chunks
+ * straddle the Worker's 5 MiB part boundaries.
+ */
+function streamFile(bytes, contentType = "application/zip", chunkSize = 100_003) {
   return async (req, res) => {
     res.writeHead(200, { "Content-Type": contentType });
-    for (let offset = 0; offset < bytes.length; offset += 256 * 1024) {
-      if (!res.write(bytes.subarray(offset, offset + 256 * 1024))) {
+    for (let offset = 0; offset < bytes.length; offset += chunkSize) {
+      if (!res.write(bytes.subarray(offset, offset + chunkSize))) {
         await new Promise((resolve) => res.once("drain", resolve));
       }
     }
