@@ -43,5 +43,21 @@ test-python:
 test-worker:
 	cd worker && npm test
 
+## Renders the status page in headless Chromium (Debian `chromium`) and saves docs/dashboard.png. Not in CI.
+test-browser: deps-dev
+	$(PY) scripts/browser_screenshot.py
+
+## Benchmarks (bench/RESULTS.md). Starts its own servers on loopback.
+bench: deps-system deps-dev deps-node
+	$(PY) bench/run_all.py
+
+## A one-command demo of the whole system on loopback; Ctrl-C stops everything.
+demo: deps-system deps-dev deps-node
+	$(PY) scripts/demo.py
+
+## The full-length chaos run (300 emails, production-like timeouts); writes bench/CHAOS.md. Not in CI.
+chaos: deps-system deps-dev deps-node
+	$(PY) scripts/chaos.py
+
 clean:
 	rm -rf $(VENV) var .pytest_cache worker/node_modules
