@@ -83,7 +83,9 @@ def folder_zip(path: str) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in ("cut_v3.mov", "stills/frame_001.png", "README.txt"):
-            archive.writestr(name, source_bytes(path + "/" + name, 16 * 1024))
+            # A fixed timestamp: the same folder always zips to the same bytes (so a copy can be compared).
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)),
+                             source_bytes(path + "/" + name, 16 * 1024))
     return buffer.getvalue()
 
 
@@ -169,6 +171,18 @@ class SourceServer:
 
 
 # --- emails ----------------------------------------------------------------------------------------------------------
+
+def expected_bytes(direct_url: str) -> bytes | None:
+    """What the file server serves for a Dropbox link (by its share path), to compare an R2 copy with."""
+    from urllib.parse import urlsplit
+
+    path = urlsplit(direct_url).path
+    if path.startswith("/scl/fo/"):
+        return folder_zip(path)
+    if path.startswith("/scl/fi/"):
+        return source_bytes(path)
+    return None
+
 
 def dropbox_file_link(tag: str) -> str:
     return f"https://www.dropbox.com/scl/fi/{tag}/render_{tag}.mov?rlkey=k{tag}&dl=0"
