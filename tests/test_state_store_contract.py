@@ -540,7 +540,7 @@ def _claim_in_process(environ: dict[str, str], owner: str, start, out_path: str)
     """Child process: claim in a loop until the outbox is empty, delivering each item; write what it claimed."""
     store = open_state_store(Settings.from_env(environ))
     claims: list[list] = []
-    start.wait(20)
+    start.wait(20)  # a barrier: every process has opened its store before any claims
     deadline = time.monotonic() + 40
     try:
         while time.monotonic() < deadline:
@@ -550,6 +550,7 @@ def _claim_in_process(environ: dict[str, str], owner: str, start, out_path: str)
                 claims.append([item.event_id, now, item.claimed_until])
             for item in items:
                 store.mark_delivered(item.event_id, 200, time.time())
+            time.sleep(0.002)  # roughly a webhook's worth of work, so the processes interleave
             if not items and store.outbox_stats(time.time())["pending"] == 0:
                 break
     finally:
@@ -565,14 +566,14 @@ def test_processes_claiming_concurrently_never_claim_an_item_twice(store: StateS
         store.enqueue(an_item(n))
     # When 4 OS processes claim (and deliver) in a loop at the same time
     ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
+    start = ctx.Barrier(5)
     outputs = [str(tmp_path / f"claims-{i}.json") for i in range(4)]
     procs = [ctx.Process(target=_claim_in_process, args=(environ, f"proc-{i}", start, outputs[i]))
              for i in range(4)]
     for proc in procs:
         proc.start()
     try:
-        start.set()
+        start.wait(30)
         for proc in procs:
             proc.join(60)
         assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
