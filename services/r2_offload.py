@@ -223,7 +223,7 @@ class NullPresigner:
 
     enabled = False
 
-    def presign(self, object_key: str, r2_url: str) -> str:
+    def presign(self, object_key: str, r2_url: str | None) -> str | None:
         return r2_url
 
 
@@ -261,7 +261,7 @@ class S3Presigner:
                     config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
             return self._client
 
-    def presign(self, object_key: str, r2_url: str) -> str:
+    def presign(self, object_key: str, r2_url: str | None) -> str:
         if not self.bucket:
             raise R2OffloadError("presign_failed", "R2_BUCKET_NAME is not set")
         try:
@@ -428,7 +428,7 @@ class R2Offloader:
 
         record = self._reusable_copy(source_url)
         if record is not None:
-            return self._presigned(_Outcome(r2_url=record["r2_url"], object_key=record.get("object_key") or object_key,
+            return self._presigned(_Outcome(r2_url=record.get("r2_url"), object_key=record.get("object_key") or object_key,
                                             original_filename=record.get("original_filename"), reused=True))
 
         if not self.breaker.allow():
@@ -484,7 +484,10 @@ class R2Offloader:
             raise R2OffloadError("worker_refused", _short_detail(document.get("error")))
         r2_url = document.get("r2_url")
         if not isinstance(r2_url, str) or not r2_url.startswith(("https://", "http://")):
-            raise R2OffloadError("missing_r2_url")
+            # A private bucket has no public URL: the Worker answers r2_url null and we presign the object key.
+            if not getattr(self._presigner, "enabled", False):
+                raise R2OffloadError("missing_r2_url")
+            r2_url = None
         answered_key = document.get("object_key")
         name = document.get("original_filename")
         return _Outcome(r2_url=r2_url,
@@ -510,6 +513,9 @@ class R2Offloader:
             return None
         if isinstance(record, dict) and isinstance(record.get("r2_url"), str) and record["r2_url"]:
             return record
+        if (isinstance(record, dict) and getattr(self._presigner, "enabled", False)
+                and isinstance(record.get("object_key"), str) and record["object_key"]):
+            return record  # a private-bucket copy: presigned afresh each time
         return None
 
     def _remember_copy(self, source_url: str, outcome: _Outcome) -> None:

@@ -138,3 +138,39 @@ def test_a_public_bucket_keeps_the_workers_url(s3_endpoint):
     presigner = build_presigner(settings)
     assert not isinstance(presigner, S3Presigner)
     assert presigner.presign("k", "https://files.example/k") == "https://files.example/k"
+
+
+def test_a_private_bucket_worker_answering_a_null_r2_url_gets_a_presigned_url(s3, s3_endpoint):
+    # Given the real Worker's answer for a private bucket (no R2_PUBLIC_BASE_URL): success, r2_url null, object_key
+    def store_and_answer_null(request: dict) -> Answer:
+        key = request["body"]["object_key"]
+        s3.put_object(Bucket=BUCKET, Key=key, Body=CONTENT)
+        return Answer(body=(b'{"success": true, "r2_url": null, "object_key": "' + key.encode() +
+                            b'", "original_filename": "cut.mov"}'))
+
+    worker = FakeWorker(store_and_answer_null)
+    store = MemoryCopyStore()
+    try:
+        offloader = build_offloader(private_bucket_settings(s3_endpoint, worker.url), store)
+        link = dropbox_file()
+        [first] = offloader.offload_links("email-null-1", [link])
+        [second] = offloader.offload_links("email-null-2", [link])
+    finally:
+        worker.stop()
+    # Then the link carries a presigned URL serving the bytes, also when reused, and the Worker was called once
+    for result in (first, second):
+        assert result.r2_url.startswith(s3_endpoint) and "X-Amz-Signature=" in result.r2_url
+        assert requests.get(result.r2_url, timeout=10).content == CONTENT
+    assert worker.request_count == 1
+
+
+def test_a_null_r2_url_without_presigning_falls_back_to_the_source(caplog):
+    worker = FakeWorker(lambda request: Answer(body=b'{"success": true, "r2_url": null, "object_key": "k/x"}'))
+    try:
+        settings = Settings.from_env({"R2_FETCH_ENABLED": "true", "R2_FETCH_ENDPOINT": worker.url,
+                                      "R2_FETCH_TOKEN": TOKEN, "R2_FETCH_TIMEOUT_SECONDS": "2"})
+        [result] = build_offloader(settings, MemoryCopyStore()).offload_links("email-null-3", [dropbox_file()])
+    finally:
+        worker.stop()
+    assert result.r2_url is None
+    assert any("reason=missing_r2_url" in message for message in fallback_messages(caplog))
