@@ -10,189 +10,22 @@ is no dead letter, every email is flagged $RenderSignalDone, and after teardown 
 
 from __future__ import annotations
 
-import collections
 import time
 from typing import Iterator
 
 import pytest
-import requests
 
 from tests.infra.binaries import require_binary
 from tests.infra.miniflare import require_worker_runtime
-from tests.support.cluster import (Cluster, Sent, dropbox_file_link, leftover_processes, source_bytes)
-from tests.support.mail import event_id_of, make_email
+from tests.support.cluster import Cluster, Mail, check_run, delivered_events, leftover_processes, wait_settled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.imap]
 
 FAULT_SECONDS = 6.0   # ~3x the 2 s IMAP / webhook / R2 timeouts, 2x the 3 s lease TTL
-SETTLE_SECONDS = 45.0
 
 
-# --- harness -------------------------------------------------------------------------------------------------------
-
-class Mail:
-    """Appends tracked emails: most with a Dropbox link (deliver), some that must be skipped."""
-
-    def __init__(self, cluster: Cluster, prefix: str) -> None:
-        self.cluster = cluster
-        self.prefix = prefix
-        self.sent: list[Sent] = []
-        self.count = 0
-
-    def one(self, phase: str) -> Sent:
-        self.count += 1
-        n = self.count
-        tag = f"{self.prefix}{n:03d}"
-        subject = f"[{self.prefix}] {phase} #{n}"
-        source_path = None
-        if n % 11 == 5:  # a sender outside SENDER_OF_INTEREST_FOR_POLLING
-            raw = make_email(subject=subject, sender="Stranger <promo@elsewhere.test>",
-                             links=[dropbox_file_link(tag)])
-            expect = "skipped:sender_not_allowed"
-        elif n % 11 == 10:  # an allowed sender, but no delivery link
-            raw = make_email(subject=subject, links=[], extra_text="Just saying hello, no files this time.")
-            expect = "skipped:no_delivery_links"
-        else:
-            raw = make_email(subject=subject, links=[dropbox_file_link(tag)])
-            expect = "deliver"
-            source_path = f"/scl/fi/{tag}/render_{tag}.mov"
-        event_id = event_id_of(raw)
-        appended_at = time.time()
-        uid = self.cluster.append(raw)
-        sent = Sent(subject=subject, event_id=event_id, email_id=event_id[len("msg_"):], expect=expect, uid=uid,
-                    appended_at=appended_at, phase=phase, source_path=source_path)
-        self.sent.append(sent)
-        return sent
-
-    def burst(self, phase: str, count: int, over_seconds: float = 0.0) -> None:
-        for _ in range(count):
-            self.one(phase)
-            if over_seconds:
-                time.sleep(over_seconds / count)
-
-
-def delivered_events(cluster: Cluster) -> dict[str, list[dict]]:
-    by_id: dict[str, list[dict]] = collections.defaultdict(list)
-    for event in cluster.receiver.delivered():
-        by_id[event["headers"].get("webhook-id")].append(event)
-    return by_id
-
-
-def settled(cluster: Cluster, sent: list[Sent]) -> list[Sent]:
-    """The emails not yet at their final state (delivered and recorded, or recorded as skipped)."""
-    delivered = delivered_events(cluster)
-    store = cluster.store()
-    waiting = []
-    for item in sent:
-        if item.expect == "deliver":
-            record = store.get_item(item.event_id)
-            if item.event_id not in delivered or record is None or record.status != "delivered":
-                waiting.append(item)
-        elif store.get_done(item.email_id) != item.expect:
-            waiting.append(item)
-    return waiting
-
-
-def wait_settled(cluster: Cluster, sent: list[Sent], what: str, timeout: float = SETTLE_SECONDS) -> float:
-    started = time.monotonic()
-    deadline = started + timeout
-    waiting = sent
-    while time.monotonic() < deadline:
-        try:
-            waiting = settled(cluster, sent)
-        except Exception:  # noqa: BLE001 - the store may still be reconnecting after a fault
-            pass
-        else:
-            if not waiting:
-                return time.monotonic() - started
-        time.sleep(0.25)
-    detail = [(item.subject, item.event_id, item.uid) for item in waiting[:10]]
-    raise AssertionError(f"{what}: {len(waiting)} email(s) not settled within {timeout}s: {detail}\n"
-                         f"status: {cluster.status()}\nlogs:\n{cluster.service_logs()[-12000:]}")
-
-
-def verify(cluster: Cluster, sent: list[Sent], label: str, check_r2: bool = True) -> dict:
-    """The final assertions of a run; returns the tally."""
-    store = cluster.store()
-    delivered = delivered_events(cluster)
-    ours = {item.event_id for item in sent}
-    deliverable = [item for item in sent if item.expect == "deliver"]
-    skipped = [item for item in sent if item.expect != "deliver"]
-    problems: list[str] = []
-
-    # Exactly one delivered event id per deliverable email; skipped emails produced none.
-    for item in deliverable:
-        if item.event_id not in delivered:
-            problems.append(f"LOST {item.subject} ({item.event_id}, uid {item.uid})")
-    for item in skipped:
-        if item.event_id in delivered:
-            problems.append(f"DELIVERED BUT SHOULD SKIP {item.subject} ({item.event_id})")
-        outcome = store.get_done(item.email_id)
-        if outcome != item.expect:
-            problems.append(f"SKIP NOT RECORDED {item.subject}: done record {outcome!r}, expected {item.expect!r}")
-    # A second delivery only with an identical webhook-id: group the 2xx requests by the email (subject) they carry.
-    ids_per_subject: dict[str, set[str]] = collections.defaultdict(set)
-    for webhook_id, events in delivered.items():
-        for event in events:
-            body = event["json"] or {}
-            if body.get("event_id") != webhook_id:
-                problems.append(f"webhook-id {webhook_id} but body event_id {body.get('event_id')}")
-            ids_per_subject[body.get("subject")].add(webhook_id)
-    for item in deliverable:
-        if len(ids_per_subject.get(item.subject, set())) > 1:
-            problems.append(f"{item.subject} delivered under several webhook-ids {ids_per_subject[item.subject]}")
-    duplicates = sum(len(events) - 1 for webhook_id, events in delivered.items() if webhook_id in ours)
-    counted = int(store.counters().get("possible_duplicates", 0) or 0)
-    if duplicates > counted:
-        problems.append(f"{duplicates} duplicate deliveries but only {counted} counted as possible_duplicates")
-    dead = store.list_items("dead", limit=1000)
-    if dead:
-        problems.append(f"dead letters: {[(d.event_id, d.dead_reason, d.last_status) for d in dead]}")
-    # Every email flagged done on the server.
-    deadline = time.monotonic() + 20
-    unflagged = cluster.unflagged([item.uid for item in sent])
-    while unflagged and time.monotonic() < deadline:
-        time.sleep(0.5)
-        unflagged = cluster.unflagged([item.uid for item in sent])
-    if unflagged:
-        problems.append(f"not flagged $RenderSignalDone: uids {unflagged}")
-
-    # R2: copies that were made serve the source's bytes.
-    with_r2 = 0
-    for item in deliverable:
-        for event in delivered.get(item.event_id, [])[:1]:
-            for link in (event["json"] or {}).get("delivery_links", []):
-                if link.get("r2_url"):
-                    with_r2 += 1
-                    if check_r2:
-                        body = requests.get(link["r2_url"], timeout=10).content
-                        if body != source_bytes(item.source_path):
-                            problems.append(f"r2_url of {item.subject} does not serve the source bytes")
-
-    latencies = []
-    for item in deliverable:
-        events = delivered.get(item.event_id)
-        if events:
-            latencies.append((events[0]["received_at"] - item.appended_at, item.phase))
-    worst = max(latencies, default=(0.0, "-"))
-    per_phase: dict[str, float] = {}
-    for latency, phase in latencies:
-        per_phase[phase] = max(per_phase.get(phase, 0.0), latency)
-    tally = {
-        "run": label,
-        "emails": len(sent),
-        "delivered": len([item for item in deliverable if item.event_id in delivered]),
-        "expected_deliveries": len(deliverable),
-        "duplicates": duplicates,
-        "possible_duplicates_counted": counted,
-        "skipped": len(skipped),
-        "dead_letters": len(dead),
-        "with_r2_url": with_r2,
-        "max_latency_s": round(worst[0], 2),
-        "max_latency_phase": worst[1],
-        "max_latency_by_phase_s": {phase: round(value, 2) for phase, value in per_phase.items()},
-        "counters": store.counters(),
-    }
+def verify(cluster: Cluster, sent, label: str) -> dict:
+    tally, problems = check_run(cluster, sent, label)
     assert not problems, (f"{label}: {len(problems)} problem(s):\n" + "\n".join(problems[:40])
                           + f"\ntally: {tally}\nlogs:\n{cluster.service_logs()[-15000:]}")
     return tally
