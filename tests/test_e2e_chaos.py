@@ -199,3 +199,35 @@ def test_without_redis_one_instance_several_workers_survives_worker_kill_dovecot
         assert cluster.store().backend == "sqlite"
     finally:
         stop_and_check_nothing_left(cluster)
+
+
+# --- push latency while the poller is busy ---------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "service bug (reported to the lead): an EXISTS that arrives while the poller is busy (between its UID SEARCH "
+    "and the next IDLE: R2 call, FETCH, flag STORE) is never acted on; the email waits for the next "
+    "reconciliation cycle (EMAIL_POLLING_INTERVAL_SECONDS, 30 s by default). Remove this marker with the fix."))
+@pytest.mark.timeout(90)
+def test_emails_arriving_while_the_poller_is_busy_are_picked_up_without_waiting_for_the_poll_interval() -> None:
+    require_binary("dovecot", "dovecot-imapd")
+    require_worker_runtime()
+    # Given a production-like poll interval (30 s), so only IDLE can pick mail up quickly
+    cluster = Cluster(instances=1, workers=2, use_redis=False, r2=True,
+                      env_overrides={"EMAIL_POLLING_INTERVAL_SECONDS": "30", "R2_FETCH_TIMEOUT_SECONDS": "10"})
+    try:
+        cluster.start()
+        mail = Mail(cluster, "b")
+        mail.burst("warm-up", 1)
+        wait_settled(cluster, mail.sent, "warm-up", timeout=10)
+        # When the poller is busy with one email (its R2 copy stalls 3 s) while three more arrive
+        with cluster.source_stalled():
+            mail.burst("busy", 1)
+            time.sleep(1.0)
+            mail.burst("busy", 3, over_seconds=1.5)
+            time.sleep(0.5)
+        released = time.monotonic()
+        # Then all of them are delivered within a few seconds of the poller being free again
+        wait_settled(cluster, mail.sent, "emails that arrived while the poller was busy", timeout=6)
+        assert time.monotonic() - released < 6
+    finally:
+        stop_and_check_nothing_left(cluster)
