@@ -2,7 +2,8 @@
 
 What runs (all on 127.0.0.1, free ports, stopped by PID in ``finally`` even on Ctrl-C/SIGTERM):
 - a real Dovecot (``tests.infra.dovecot.DovecotServer``), one fresh account, the service talks IMAPS to it;
-- a real webhook receiver (``tests.infra.receiver.WebhookReceiver``) in this process, answering 200 like Make;
+- a real webhook receiver (``tests.infra.receiver.WebhookReceiver``) in this process, answering 200 like Make,
+  with TCP_NODELAY on its connections (see ``Harness.receiver``; ``--stock-receiver`` leaves it off);
 - the service under a real Gunicorn master (``tests.infra.service.ServiceProcess``), 2 workers x 4 threads (the
   production defaults), no REDIS_URL: file lease + SQLite state, timings of ``tests.support.pipeline.service_env``
   except the polling interval below.
@@ -114,10 +115,15 @@ class Harness:
         self.on_close("redis-server", server.stop)
         return server.start()
 
-    def receiver(self):
-        from tests.infra.receiver import WebhookReceiver
+    def receiver(self, nodelay: bool = True):
+        """The test receiver in this process. ``nodelay``: its handler sets TCP_NODELAY (``disable_nagle_algorithm``,
+        a StreamRequestHandler switch). The stock handler writes headers and body in two send() calls with Nagle on,
+        so the sender's delayed ACK holds every answer's body ~40 ms on loopback; a real receiver (Make) answers in
+        one segment. Applies to every receiver of this process."""
+        from tests.infra import receiver as receiver_module
 
-        receiver = WebhookReceiver()
+        receiver_module._Handler.disable_nagle_algorithm = nodelay
+        receiver = receiver_module.WebhookReceiver()
         self.on_close("webhook receiver", receiver.stop)
         return receiver.start()
 
@@ -170,14 +176,14 @@ def queued_times(log_text: str) -> dict[str, float]:
 # --- the latency benchmark -----------------------------------------------------------------------------------
 
 
-def run_mode(mode: str, count: int, poll_interval: float, seed: int) -> dict:
+def run_mode(mode: str, count: int, poll_interval: float, seed: int, nodelay: bool = True) -> dict:
     from tests.support.mail import event_id_of, make_email
     from tests.support.pipeline import service_env
 
     with Harness() as h:
         dovecot = h.dovecot()
         account = dovecot.new_account("lat")
-        receiver = h.receiver()
+        receiver = h.receiver(nodelay)
         if mode == "idle":
             overrides = {"IMAP_USE_IDLE": "true", "EMAIL_POLLING_INTERVAL_SECONDS": "30"}
         else:
@@ -222,6 +228,7 @@ def main() -> int:
     parser.add_argument("--poll-interval", type=float, default=5.0, help="EMAIL_POLLING_INTERVAL_SECONDS, IDLE off")
     parser.add_argument("--only", choices=("idle", "poll"))
     parser.add_argument("--seed", type=int, default=20250601)
+    parser.add_argument("--stock-receiver", action="store_true", help="keep the receiver's Nagle 40 ms per answer")
     args = parser.parse_args()
     modes = [args.only] if args.only else ["idle", "poll"]
     print(f"APPEND→webhook latency, {args.count} emails per mode, open loop ~1 email/s, real Gunicorn service "
@@ -230,7 +237,7 @@ def main() -> int:
         for mode in modes:
             label = ("IDLE on (polling interval 30 s)" if mode == "idle"
                      else f"IDLE off, polling every {args.poll_interval:g} s")
-            figures = run_mode(mode, args.count, args.poll_interval, args.seed)
+            figures = run_mode(mode, args.count, args.poll_interval, args.seed, not args.stock_receiver)
             lat = figures["latencies"]
             print(f"  {label}")
             print(f"    APPEND→webhook   {describe(lat)}")
