@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from background.lease import LeaseLost
+from background.lease import LeaseLost, wait_for_ownership
 from services.state_store import OutboxItem, StateStoreError
 from services.webhook import next_delay, retry_deadline
 
@@ -47,10 +47,7 @@ class DeliveryWorker:
 
     def run(self, stop_event: threading.Event, held_event: threading.Event) -> None:
         while not stop_event.is_set():
-            if not self.lease.holds_locally():
-                held_event.wait(IDLE_WAIT_SECONDS)
-                if not held_event.is_set():
-                    stop_event.wait(0.2)
+            if not wait_for_ownership(self.lease, held_event, stop_event, IDLE_WAIT_SECONDS):
                 continue
             try:
                 found = self.run_once(stop_event)

@@ -605,3 +605,14 @@ class LeaseKeeper:
             self.on_change(self.lease.snapshot())
         except Exception:
             logger.warning("BG_POLLER: lease on_change callback failed", exc_info=True)
+
+
+def wait_for_ownership(lease: RedisLease | FileLease, held_event: threading.Event,
+                       stop_event: threading.Event, slice_seconds: float = 1.0) -> bool:
+    """For the acting threads' loops: True when this process may act now; otherwise wait a moment, return False."""
+    if lease.holds_locally():
+        return True
+    held_event.wait(slice_seconds)
+    if not held_event.is_set():
+        stop_event.wait(0.2)
+    return False

@@ -18,7 +18,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from background.lease import LeaseLost
+from background.lease import LeaseLost, wait_for_ownership
 from log_setup import mask_address
 from services.imap_mailbox import ImapAuthError, ImapError, MailboxClient
 from services.state_store import OutboxItem, StateStoreError
@@ -64,11 +64,8 @@ class MailboxPoller:
 
     def run(self, stop_event: threading.Event, held_event: threading.Event) -> None:
         while not stop_event.is_set():
-            if not self.lease.holds_locally():
+            if not wait_for_ownership(self.lease, held_event, stop_event):
                 self.status.update(state="standby", idle=False)
-                held_event.wait(1.0)
-                if not held_event.is_set():
-                    stop_event.wait(0.2)
                 continue
             delay = self._session(stop_event)
             if delay:
@@ -145,7 +142,9 @@ class MailboxPoller:
                 self.flag_wakeup.wait(min(1.0, max(0.0, deadline - time.monotonic())))
                 self.guard.check_local()
                 continue
-            if self._idle_once(client, deadline, stop_event):
+            # New mail announced while we were busy may have come with the answer to one of our own commands
+            # (and is not repeated once IDLE starts): look before idling.
+            if self._new_mail_waiting(client) or self._idle_once(client, deadline, stop_event):
                 return  # new mail: cycle now
 
     def _idle_once(self, client: MailboxClient, deadline: float, stop_event: threading.Event) -> bool:
@@ -165,8 +164,13 @@ class MailboxPoller:
                     break
         finally:
             self.status.update(idle=False)
-        client.idle_done()
+        if any(_is_new_mail(response) for response in client.idle_done()):
+            new_mail = True
         return new_mail
+
+    def _new_mail_waiting(self, client: MailboxClient) -> bool:
+        checkpoint = self.store.get_checkpoint(self.mailbox, self._current_state.uidvalidity)
+        return checkpoint is not None and bool(client.uids_after(checkpoint, 1))
 
     # --- one cycle ------------------------------------------------------------------------------------------
 

@@ -203,10 +203,6 @@ def test_without_redis_one_instance_several_workers_survives_worker_kill_dovecot
 
 # --- push latency while the poller is busy ---------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "service bug (reported to the lead): an EXISTS that arrives while the poller is busy (between its UID SEARCH "
-    "and the next IDLE: R2 call, FETCH, flag STORE) is never acted on; the email waits for the next "
-    "reconciliation cycle (EMAIL_POLLING_INTERVAL_SECONDS, 30 s by default). Remove this marker with the fix."))
 @pytest.mark.timeout(90)
 def test_emails_arriving_while_the_poller_is_busy_are_picked_up_without_waiting_for_the_poll_interval() -> None:
     require_binary("dovecot", "dovecot-imapd")
