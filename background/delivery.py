@@ -22,6 +22,7 @@ from services.webhook import next_delay, retry_deadline
 logger = logging.getLogger(__name__)
 
 CLAIM_BATCH = 1            # one item per claim: a lost lease never leaves claimed-but-unattempted items behind
+DELIVERY_CONCURRENCY = 4   # delivery threads per lease holder: attempts overlap a slow receiver's round trips
 CLAIM_MARGIN_SECONDS = 15  # a claim outlives one attempt's timeout by this much
 IDLE_WAIT_SECONDS = 1.0
 
@@ -44,8 +45,24 @@ class DeliveryWorker:
         self.rng = rng or random.Random()
         self.clock = clock
         self._store_failing = False
+        self._sender = None
 
     def run(self, stop_event: threading.Event, held_event: threading.Event) -> None:
+        try:
+            self._loop(stop_event, held_event)
+        finally:
+            close = getattr(self._sender, "close", None)
+            if close is not None:
+                close()
+
+    @property
+    def sender(self):
+        # One sender (one HTTP connection pool) per delivery thread: a requests.Session is not thread-safe.
+        if self._sender is None:
+            self._sender = self.sender_factory()
+        return self._sender
+
+    def _loop(self, stop_event: threading.Event, held_event: threading.Event) -> None:
         while not stop_event.is_set():
             if not wait_for_ownership(self.lease, held_event, stop_event, IDLE_WAIT_SECONDS):
                 continue
@@ -89,7 +106,7 @@ class DeliveryWorker:
         """One attempt for a claimed item; records the outcome. Returns delivered | retry | dead."""
         self.guard.check_remote()  # the token is re-checked in the store before every attempt
         self.guard.record_action()
-        outcome = self.sender_factory().attempt(item.event_id, payload_bytes(item.payload))
+        outcome = self.sender.attempt(item.event_id, payload_bytes(item.payload))
         return record_outcome(self.settings, self.store, item, outcome, self.clock(), self.rng, self.flag_wakeup)
 
 

@@ -32,6 +32,7 @@ MAX_TEXT_PARTS = 4                  # text parts fetched from a large message (f
 IDLE_RENEW_SECONDS = 540            # re-issue IDLE at most every 9 minutes (servers drop idle sessions early)
 IDLE_WAIT_SLICE_SECONDS = 1.0       # how often an idling poller looks at its stop/flag/lease signals
 FLAG_BATCH = 100
+MAX_FLAG_BATCHES_PER_CALL = 50
 
 
 def backoff_delay(attempt: int, cap: float, rng: random.Random, base: float = 1.0) -> float:
@@ -170,7 +171,10 @@ class MailboxPoller:
 
     def _new_mail_waiting(self, client: MailboxClient) -> bool:
         checkpoint = self.store.get_checkpoint(self.mailbox, self._current_state.uidvalidity)
-        return checkpoint is not None and bool(client.uids_after(checkpoint, 1))
+        if checkpoint is None:
+            return False
+        client.noop()
+        return bool(client.uids_after(checkpoint, 1))
 
     # --- one cycle ------------------------------------------------------------------------------------------
 
@@ -180,6 +184,9 @@ class MailboxPoller:
         self.status.update(last_cycle_at=time.time())
         self.guard.check_remote()
         self.apply_flags(client, state)
+        # Dovecot (like other servers) shows mail appended by another session only once one of our commands has
+        # ended: a NOOP first, so the search below sees everything that arrived before this cycle.
+        client.noop()
         checkpoint = self.store.get_checkpoint(self.mailbox, state.uidvalidity)
         if checkpoint is None:
             handled = self._first_pass(client, state)
@@ -350,7 +357,17 @@ class MailboxPoller:
     # --- flags ----------------------------------------------------------------------------------------------
 
     def apply_flags(self, client: MailboxClient, state) -> int:
-        """Flag done emails on the server (``\\Seen`` unless MARK_AS_READ=false, plus the done keyword)."""
+        """Flag done emails on the server (``\\Seen`` unless MARK_AS_READ=false, plus the done keyword), draining
+        the pending requests in batches (bounded, so one call never runs for ever)."""
+        applied = 0
+        for _ in range(MAX_FLAG_BATCHES_PER_CALL):
+            done = self._apply_flag_batch(client, state)
+            applied += done
+            if done < FLAG_BATCH:
+                break
+        return applied
+
+    def _apply_flag_batch(self, client: MailboxClient, state) -> int:
         requests_ = self.store.pending_flags(self.mailbox, FLAG_BATCH)
         if not requests_:
             return 0

@@ -14,10 +14,11 @@ import threading
 import time
 from typing import Any
 
-from background.delivery import DeliveryWorker
+from background.delivery import DELIVERY_CONCURRENCY, DeliveryWorker
 from background.lease import LeaseKeeper, OwnershipGuard, make_lease
 from background.poller import MailboxPoller
 from services.state_store import StateStoreError
+from services.webhook import WebhookSender
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,11 @@ class BackgroundServices:
         self.poller = MailboxPoller(settings, self.store, self.lease, self.guard, runtime.poller_status,
                                     offloader_factory=lambda: runtime.offloader,
                                     delivery_wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup)
-        self.delivery = DeliveryWorker(settings, self.store, self.lease, self.guard, lambda: runtime.sender,
-                                       wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup)
+        self.deliveries = [
+            DeliveryWorker(settings, self.store, self.lease, self.guard,
+                           lambda: WebhookSender(settings, version=runtime.version),
+                           wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup)
+            for _ in range(DELIVERY_CONCURRENCY)]
         self.observer = StatusObserver(self)
         self._stop_workers = threading.Event()
         self._stop_keeper = threading.Event()
@@ -54,7 +58,8 @@ class BackgroundServices:
         specs = [
             ("lease-keeper", self.keeper.run, (self._stop_keeper,)),
             ("poller", self.poller.run, (self._stop_workers, held)),
-            ("delivery", self.delivery.run, (self._stop_workers, held)),
+            *((f"delivery-{n}", worker.run, (self._stop_workers, held))
+              for n, worker in enumerate(self.deliveries, start=1)),
             ("status-observer", self.observer.run, (self._stop_workers,)),
         ]
         for name, target, args in specs:
