@@ -151,16 +151,6 @@ class Harness:
         return path
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"{what} not reached within {timeout}s")
-
-
 _LOG_QUEUED = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z .*BG_POLLER: queued (msg_[0-9a-f]+)", re.M)
 
 

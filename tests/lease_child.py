@@ -21,6 +21,11 @@ import sys
 import time
 from dataclasses import dataclass
 
+try:
+    from tests.support.waiting import wait_for  # noqa: F401 - re-exported for the lease tests
+except ImportError:  # run as a script: the repository root is added to sys.path in main()
+    wait_for = None
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 ACTIONS_KEY = "render_signal:test:actions"
@@ -205,17 +210,6 @@ def spawn(name: str, workdir: str, *args: str) -> Contender:
     finally:
         log.close()
     return Contender(name, proc, events_path, log_path)
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
-    """Poll ``predicate`` until it returns something truthy; return it, or raise AssertionError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def held_intervals(contender: Contender) -> list[tuple[float, float]]:

@@ -11,17 +11,9 @@ from services.state_store import open_state_store
 from settings import Settings
 from tests.support.mail import event_id_of, make_email
 from tests.support.pipeline import service_env
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.imap, pytest.mark.slow]
-
-
-def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 @pytest.mark.timeout(120)
@@ -34,7 +26,7 @@ def test_kill_9_with_deliveries_pending_then_restart_delivers_everything_once(im
     raws = [make_email(subject=f"pending {i}") for i in range(5)]
     uids = [imap_account.server.append(imap_account.user, raw) for raw in raws]
     store = open_state_store(Settings.from_env(env))
-    wait_until(lambda: store.outbox_stats(time.time())["pending"] == 5, 20, "five pending deliveries")
+    wait_for(lambda: store.outbox_stats(time.time())["pending"] == 5, 20, "five pending deliveries")
     # When the whole service is killed -9 and the receiver recovers, then the service restarts on the same state
     service.kill9()
     webhook_receiver.respond_with(200, b"Accepted")
@@ -43,7 +35,7 @@ def test_kill_9_with_deliveries_pending_then_restart_delivers_everything_once(im
     webhook_receiver.wait_for(5, timeout=30)
     time.sleep(1.0)
     assert sorted(webhook_receiver.delivered_ids()) == sorted(event_id_of(raw) for raw in raws)
-    wait_until(lambda: all("$RenderSignalDone" in imap_account.server.flags(imap_account.user, uid) for uid in uids),
+    wait_for(lambda: all("$RenderSignalDone" in imap_account.server.flags(imap_account.user, uid) for uid in uids),
                15, "all flagged done")
     assert restarted.get("/health").json()["checks"]["poller"] in ("polling", "standby")
 
@@ -58,7 +50,7 @@ def test_a_crash_after_the_receivers_2xx_resends_with_the_same_webhook_id_and_co
     raw = make_email()
     imap_account.server.append(imap_account.user, raw)
     store = open_state_store(Settings.from_env(env))
-    wait_until(lambda: (store.get_item(event_id_of(raw)) or None) is not None
+    wait_for(lambda: (store.get_item(event_id_of(raw)) or None) is not None
                and store.get_item(event_id_of(raw)).in_flight, 20, "attempt in flight")
     time.sleep(1.0)  # the request is at the receiver, which answers after 3 s
     service.kill9()
@@ -70,9 +62,9 @@ def test_a_crash_after_the_receivers_2xx_resends_with_the_same_webhook_id_and_co
     def attempts():
         return [e for e in webhook_receiver.events if e["headers"].get("webhook-id") == event_id_of(raw)]
 
-    wait_until(lambda: len(attempts()) >= 2, 60, "a second attempt")
+    wait_for(lambda: len(attempts()) >= 2, 60, "a second attempt")
     assert len(attempts()) == 2 and attempts()[-1]["status_answered"] == 200
-    wait_until(lambda: store.get_item(event_id_of(raw)).status == "delivered", 10, "recorded delivered")
+    wait_for(lambda: store.get_item(event_id_of(raw)).status == "delivered", 10, "recorded delivered")
     assert store.counters().get("possible_duplicates") == 1
 
 
@@ -90,7 +82,7 @@ def test_failover_the_standby_container_delivers_what_the_killed_holder_left_pen
     for raw in raws:
         imap_account.server.append(imap_account.user, raw)
     store = open_state_store(Settings.from_env(env))
-    wait_until(lambda: store.outbox_stats(time.time())["pending"] == 4, 20, "four pending deliveries")
+    wait_for(lambda: store.outbox_stats(time.time())["pending"] == 4, 20, "four pending deliveries")
     client = redis_server.client()
     holder = client.get("render_signal:poller_lock")
     holder_pid = int(holder.split()[0].split("=")[1])

@@ -13,6 +13,8 @@ from email.utils import formatdate, make_msgid
 
 import pytest
 
+from tests.support.waiting import wait_for
+
 from tests.infra.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.redis, pytest.mark.imap]
@@ -50,17 +52,6 @@ def status(service) -> dict:
     return response.json()
 
 
-def wait_for(check, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout}s; last: {last!r}")
-
-
 @pytest.mark.timeout(150)
 def test_thirty_requests_over_three_workers_of_two_masters_give_the_same_cluster_answer(
         service_factory, redis_url, imap_account, webhook_receiver):
@@ -77,7 +68,7 @@ def test_thirty_requests_over_three_workers_of_two_masters_give_the_same_cluster
                 and doc["outbox"]["pending"] == 0 and (doc["poller"]["last_uid"] or 0) >= uid
                 and doc["poller"]["state"] in ("polling", "backoff") and doc)
 
-    wait_for(caught_up, 30, "the published status catching up with the delivery")
+    wait_for(caught_up, 30, "the published status catching up with the delivery", interval=0.2)
     # … and requests are spread over every worker of both masters
     expected_pids = set(masters[0].worker_pids()) | set(masters[1].worker_pids())
     assert len(expected_pids) == 3
@@ -114,7 +105,7 @@ def test_health_answers_within_a_second_while_redis_is_paused(service_factory, p
                                                               webhook_receiver):
     # Given a service whose holder is polling
     service = service_factory(stack_env(private_redis.url, imap_account, webhook_receiver.url), workers=2)
-    wait_for(lambda: status(service)["poller"]["state"] == "polling", 30, "a polling holder")
+    wait_for(lambda: status(service)["poller"]["state"] == "polling", 30, "a polling holder", interval=0.2)
     # When Redis freezes for a few seconds
     private_redis.pause()
     latencies = []
@@ -140,7 +131,7 @@ def test_health_answers_within_a_second_while_dovecot_is_paused(service_factory,
                                                                 webhook_receiver):
     account = private_dovecot.new_account()
     service = service_factory(stack_env(redis_url, account, webhook_receiver.url), workers=2)
-    wait_for(lambda: status(service)["poller"]["state"] == "polling", 30, "a polling holder")
+    wait_for(lambda: status(service)["poller"]["state"] == "polling", 30, "a polling holder", interval=0.2)
     private_dovecot.pause()
     latencies = []
     try:
