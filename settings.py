@@ -312,6 +312,8 @@ class Settings:
                 raise ConfigError("R2_FETCH_ENDPOINT", "required when R2_FETCH_ENABLED=true")
             if not self.r2_fetch_token:
                 raise ConfigError("R2_FETCH_TOKEN", "required when R2_FETCH_ENABLED=true")
+        if self.r2_fetch_enabled and self.presign_enabled and not self.r2_bucket_name:
+            raise ConfigError("R2_BUCKET_NAME", "required to presign r2_url for a private bucket")
         presign = {"R2_ACCOUNT_ID": self.r2_account_id, "R2_ACCESS_KEY_ID": self.r2_access_key_id,
                    "R2_SECRET_ACCESS_KEY": self.r2_secret_access_key}
         given = [name for name, value in presign.items() if value]

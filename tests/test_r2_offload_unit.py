@@ -323,7 +323,8 @@ def test_boto3_is_not_imported_unless_presigning_is_on():
         "env = {'R2_FETCH_ENABLED': 'true', 'R2_FETCH_ENDPOINT': 'https://w.example/', 'R2_FETCH_TOKEN': 't'}\n"
         "build_offloader(Settings.from_env(env), None).close()\n"
         "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules, 'boto3 imported'\n"
-        "env.update({'R2_ACCESS_KEY_ID': 'a', 'R2_SECRET_ACCESS_KEY': 's', 'R2_ACCOUNT_ID': 'acc'})\n"
+        "env.update({'R2_ACCESS_KEY_ID': 'a', 'R2_SECRET_ACCESS_KEY': 's', 'R2_ACCOUNT_ID': 'acc',"
+        " 'R2_BUCKET_NAME': 'b'})\n"
         "build_offloader(Settings.from_env(env), None).close()\n"
         "assert 'boto3' not in sys.modules, 'boto3 imported before the first presign'\n"
     )

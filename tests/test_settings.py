@@ -123,3 +123,11 @@ def test_shutdown_budgets_are_ordered():
     m = settings_module
     assert m.RENDER_SHUTDOWN_GRACE_SECONDS > m.GUNICORN_GRACEFUL_TIMEOUT_SECONDS > m.BACKGROUND_JOIN_TIMEOUT_SECONDS
     assert m.BACKGROUND_JOIN_TIMEOUT_SECONDS > m.MAX_WEBHOOK_TIMEOUT_SECONDS
+
+
+def test_presigning_for_a_private_bucket_requires_the_bucket_name():
+    env = {"R2_FETCH_ENABLED": "true", "R2_FETCH_ENDPOINT": "https://w.example.workers.dev", "R2_FETCH_TOKEN": "t0k3n",
+           "R2_ACCOUNT_ID": "acc", "R2_ACCESS_KEY_ID": "key", "R2_SECRET_ACCESS_KEY": "secret"}
+    with pytest.raises(ConfigError, match="R2_BUCKET_NAME"):
+        Settings.from_env(env)
+    assert Settings.from_env({**env, "R2_BUCKET_NAME": "files"}).presign_enabled
