@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from settings import Settings
 
@@ -162,12 +162,9 @@ class ServiceRuntime:
         return "enabled"
 
     def start_background(self, worker_id: int | None = None) -> None:
-        if worker_id is not None:
-            self.instance = InstanceInfo(self.instance.host, os.getpid(), self.instance.started_at,
-                                         self.version, worker_id)
-        else:
-            self.instance = InstanceInfo(self.instance.host, os.getpid(), self.instance.started_at,
-                                         self.version, self.instance.worker)
+        # Gunicorn forks after create_app (with --preload even the import happened in the master): re-read the pid.
+        self.instance = InstanceInfo(self.instance.host, os.getpid(), self.instance.started_at, self.version,
+                                     worker_id if worker_id is not None else self.instance.worker)
         mode = self.background_mode
         if mode == "disabled":
             logger.info("BG_POLLER: background tasks disabled (ENABLE_BACKGROUND_TASKS=false)")
@@ -180,8 +177,15 @@ class ServiceRuntime:
                 return
             from background.services import BackgroundServices
 
-            self.background = BackgroundServices(self)
-            self.background.start()
+            try:
+                background = BackgroundServices(self)
+                background.start()
+            except Exception:
+                # E.g. the state directory is not writable. /health answers 503 "down" so Render restarts us.
+                logger.critical("BG_POLLER: background tasks could not start", exc_info=True)
+                self.background_failed = True
+                return
+            self.background = background
 
     def stop_background(self, timeout: float) -> None:
         with self._lock:
@@ -216,5 +220,3 @@ class ServiceRuntime:
 
         return deliver_single(self, result)
 
-
-Callback = Callable[[], None]

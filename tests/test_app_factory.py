@@ -76,3 +76,21 @@ def test_an_unknown_route_answers_json_free_of_internals(tmp_path):
     assert response.status_code == 404
     assert "Traceback" not in response.get_data(as_text=True)
     json.dumps(response.get_data(as_text=True))
+
+
+def test_health_is_down_503_when_the_background_cannot_start(tmp_path):
+    from app import create_app
+
+    # Given a state directory that cannot be created (a file stands in its way)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    env = {"STATE_DIR": str(blocker / "var"), "IMAP_SERVER": "127.0.0.1", "EMAIL_ADDRESS": "a@example.com",
+           "EMAIL_PASSWORD": "x", "WEBHOOK_URL": "https://hook.example.com/h"}
+    app = create_app(Settings.from_env(env))
+    runtime = app.extensions["render_signal"]
+    # When the worker starts its background tasks
+    runtime.start_background()
+    # Then /health says down with 503, so the platform restarts the instance
+    response = app.test_client().get("/health")
+    assert response.status_code == 503 and response.get_json()["status"] == "down"
+    runtime.stop_background(timeout=5)
