@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from background.lease import LeaseLost, wait_for_ownership
 from log_setup import mask_address
-from services.imap_mailbox import ImapAuthError, ImapError, MailboxClient
+from services.imap_mailbox import ImapAuthError, ImapError, ImapMessageGone, MailboxClient
 from services.state_store import OutboxItem, StateStoreError
 
 logger = logging.getLogger(__name__)
@@ -249,8 +249,11 @@ class MailboxPoller:
             if too_old is not None and meta.internaldate is not None and meta.internaldate < too_old:
                 passed_over += 1
             else:
-                self._process_message(client, state, meta)
-                handled += 1
+                try:
+                    self._process_message(client, state, meta)
+                    handled += 1
+                except ImapMessageGone:
+                    logger.info("IMAP: uid %s was expunged before it could be read; moving on", uid)
             if advance_checkpoint:
                 self.store.set_checkpoint(self.mailbox, state.uidvalidity, uid)
         if passed_over:
@@ -342,7 +345,12 @@ class MailboxPoller:
                                               parse_parts)
 
         if meta.size is None or meta.size <= FULL_FETCH_MAX_BYTES:
-            return parse_message(client.fetch_full(meta.uid))
+            raw = client.fetch_full(meta.uid)
+            if not raw and meta.size:
+                # Dovecot answers an empty body for a message another session expunged meanwhile: that is not an
+                # empty email to skip (and flag), it is gone.
+                raise ImapMessageGone(meta.uid, "fetch")
+            return parse_message(raw)
         # Large message: only the text parts, each with a byte limit; attachments are never downloaded.
         parts = []
         for info in client.text_parts(meta.bodystructure)[:MAX_TEXT_PARTS]:

@@ -257,3 +257,35 @@ def test_a_cycle_over_ten_thousand_done_messages_stays_fast(imap_account, webhoo
     assert handled == 0
     print(f"10k maildir built in {build_s:.2f}s; new-mail latency {latency:.2f}s; idle cycle {cycle_s * 1000:.1f}ms")
     assert cycle_s < 5, "a cycle on a large, fully processed mailbox must not scan it"
+
+
+def test_an_email_expunged_between_listing_and_reading_is_skipped_and_the_next_one_delivered(
+        imap_account, webhook_receiver, pipeline_factory, monkeypatch, caplog):
+    from services import imap_mailbox
+
+    caplog.set_level(logging.INFO)
+    server, user = imap_account.server, imap_account.user
+    original = imap_mailbox.MailboxClient.fetch_full
+    doomed: dict[str, int] = {}
+
+    def fetch_full_after_someone_expunged(self, uid):
+        if uid == doomed.get("uid"):
+            other = server.client(user)  # another client deletes the message right now
+            other.select_folder("INBOX")
+            other.delete_messages([uid])
+            other.expunge()
+            other.logout()
+        return original(self, uid)
+
+    monkeypatch.setattr(imap_mailbox.MailboxClient, "fetch_full", fetch_full_after_someone_expunged)
+    pipeline = pipeline_factory(service_env(imap_account, webhook_receiver, IMAP_USE_IDLE="false",
+                                            EMAIL_POLLING_INTERVAL_SECONDS="1"))
+    pipeline.wait_until(lambda: pipeline.runtime.poller_status.last_success_at is not None, what="first cycle")
+    doomed["uid"] = server.append(user, make_email(subject="deleted before it was read"))
+    survivor = make_email(subject="next one")
+    server.append(user, survivor)
+    assert webhook_receiver.wait_for(1, timeout=15)[0]["headers"]["webhook-id"] == event_id_of(survivor)
+    time.sleep(1.0)
+    assert len(webhook_receiver.delivered_ids()) == 1
+    assert "was expunged before it could be read" in caplog.text
+    assert "reconnect attempt" not in caplog.text
