@@ -247,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     elapsed = time.monotonic() - STARTED
     write_report(args.output, args, tally, problems, phases, elapsed)
+    # Issue 10: the chaos tally also goes into bench/RESULTS.md (as its last section).
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from run_all import refresh_chaos_section
+
+    refresh_chaos_section(os.path.join(ROOT, "bench", "RESULTS.md"), args.output)
     say(f"tally: {json.dumps({k: v for k, v in tally.items() if k != 'counters'})}")
     if problems:
         log_dir = args.log_dir or os.path.join(ROOT, "var", "chaos-logs")
