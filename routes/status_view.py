@@ -121,7 +121,10 @@ def build_status_document(*, mode: str, settings, version: str, instance: dict, 
         source = {"kind": mode, "published_at": None, "published_by": None}
     elif reads.stale:
         lease = _lease_section(local_lease, lease_backend)
-        poller = _poller_section(local_poller)
+        own = dict(local_poller)
+        if (local_lease or {}).get("state") == "redis_unreachable":
+            own["state"] = "redis_unavailable"  # polling nothing until Redis answers again (issue 9)
+        poller = _poller_section(own)
         source = {"kind": "local", "published_at": None, "published_by": None}
     elif published:
         lease = _lease_section(published.get("lease"), lease_backend)

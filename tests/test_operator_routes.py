@@ -287,3 +287,17 @@ def enqueue(store, event_id: str, created_at: float | None = None) -> None:
                       uidvalidity=1, uid=abs(hash(event_id)) % 10000, message_id=None, created_at=now,
                       next_attempt_at=now)
     assert store.enqueue(item)
+
+
+def test_a_worker_that_cannot_reach_redis_reports_its_poller_as_redis_unavailable():
+    from routes.status_view import ClusterReads, build_status_document
+
+    # Given a worker whose lease keeper found Redis unreachable and whose store read failed
+    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:9/0"})
+    document = build_status_document(
+        mode="enabled", settings=settings, version="v", instance={"host": "h", "pid": 1},
+        local_lease={"backend": "redis", "state": "redis_unreachable"}, local_poller={"state": "standby"},
+        health=None, reads=ClusterReads(stale=True), now=time.time())
+    # Then the status says so, as its own (stale) view
+    assert document["stale"] is True
+    assert document["poller"]["state"] == "redis_unavailable"
