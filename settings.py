@@ -163,7 +163,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("REDIS_TIMEOUT_SECONDS", "redis_timeout_seconds", number(0.05, 60), 3.0, "Connect and read timeout of every Redis call (no hidden retries)."),
     Spec("BG_POLLER_LOCK_FILE", "bg_poller_lock_file", text, None, "Lock file of the file lease (without REDIS_URL).", default_doc="$STATE_DIR/poller.lock"),
     Spec("STATE_DIR", "state_dir", text, "./var", "Directory of the SQLite state and the lock file (without REDIS_URL)."),
-    Spec("STATE_RETENTION_DAYS", "state_retention_days", number(0.001, 3650), 30.0, "How long delivered-email records, dead letters and history are kept."),
+    Spec("STATE_RETENTION_DAYS", "state_retention_days", number(0.001, 3650), 30.0, "How long delivered and dead outbox items, done records, flag requests and history are kept."),
     Spec("HEARTBEAT_INTERVAL_SECONDS", "heartbeat_interval_seconds", number(0.1, 86400), 300.0, "Interval of the lease holder's `BG_POLLER: heartbeat` log line."),
     # Webhook
     Spec("WEBHOOK_URL", "webhook_url", http_url, None, "Receiver of the webhooks (a bearer capability: never logged in full).", secret=True),
@@ -176,7 +176,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("R2_FETCH_ENABLED", "r2_fetch_enabled", parse_bool, False, "Copy Dropbox files to R2 through the Worker before the webhook."),
     Spec("R2_FETCH_ENDPOINT", "r2_fetch_endpoint", http_url, None, "URL of the Worker (required when R2_FETCH_ENABLED=true)."),
     Spec("R2_FETCH_TOKEN", "r2_fetch_token", secret_text, None, "Shared token sent as X-R2-FETCH-TOKEN (required when R2_FETCH_ENABLED=true).", secret=True),
-    Spec("R2_BUCKET_NAME", "r2_bucket_name", text, None, "Bucket name sent to the Worker (and used for presigning)."),
+    Spec("R2_BUCKET_NAME", "r2_bucket_name", text, None, "Bucket name sent to the Worker; required for presigning (private bucket)."),
     Spec("R2_FETCH_TIMEOUT_SECONDS", "r2_fetch_timeout_seconds", number(0.1, 3600), 15.0, "Worker call timeout for a file link."),
     Spec("R2_FETCH_TIMEOUT_FOLDER_SECONDS", "r2_fetch_timeout_folder_seconds", number(0.1, 3600), 120.0, "Worker call timeout for a Dropbox folder link (zipped by Dropbox)."),
     Spec("R2_CIRCUIT_FAILURES", "r2_circuit_failures", integer(1, 1000), 5, "Consecutive Worker failures that open the circuit."),
