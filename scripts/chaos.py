@@ -26,9 +26,7 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import signal
-import subprocess
 import sys
 import time
 
@@ -69,31 +67,11 @@ def _on_signal(signum, frame) -> None:  # noqa: ANN001
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        with open("/proc/meminfo") as handle:
-            mem_gb = int(handle.readline().split()[1]) / 1024 / 1024
-    except (OSError, ValueError, IndexError):
-        mem_gb = 0.0
-    try:
-        with open("/etc/debian_version") as handle:
-            distro = "Debian " + handle.read().strip()
-    except OSError:
-        distro = platform.platform()
-    try:
-        node = subprocess.run(["node", "-v"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except OSError:
-        node = "?"
-    return (f"{os.cpu_count()} cores ({cpu}), {mem_gb:.0f} GB RAM, {distro}, Linux {platform.release()}, "
-            f"Python {platform.python_version()}, Node {node}")
+    """The machine, as bench/run_all.py describes it for RESULTS.md (one description for both reports)."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from run_all import machine as describe_machine
+
+    return ", ".join(f"{key}: {value}" for key, value in describe_machine())
 
 
 def run(args: argparse.Namespace) -> tuple[dict, list[str], list[tuple[str, float, float]], str]:

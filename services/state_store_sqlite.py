@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Iterator
 
 from services.state_store import (
     AUTO_TRIM_INTERVAL_SECONDS,

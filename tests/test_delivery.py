@@ -6,7 +6,6 @@ SQLite file).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

@@ -7,7 +7,6 @@ at teardown. Tests that need real processes (kill -9, several containers) use ``
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 import time
