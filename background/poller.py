@@ -83,7 +83,7 @@ class MailboxPoller:
             use_idle = self.settings.imap_use_idle and client.has_idle()
             while not stop_event.is_set():
                 self.run_cycle(client, state)
-                self._wait_for_work(client, use_idle, stop_event)
+                self._wait_for_work(client, state, use_idle, stop_event)
             return 0.0
         except LeaseLost as exc:
             logger.warning("BG_POLLER: stopped touching the mailbox (%s)", exc)
@@ -131,13 +131,13 @@ class MailboxPoller:
 
     # --- waiting between cycles -----------------------------------------------------------------------------
 
-    def _wait_for_work(self, client: MailboxClient, use_idle: bool, stop_event: threading.Event) -> None:
+    def _wait_for_work(self, client: MailboxClient, state, use_idle: bool, stop_event: threading.Event) -> None:
         """Until the next reconciliation cycle: IDLE (or sleep), applying flag requests as they come."""
         deadline = time.monotonic() + self.settings.email_polling_interval_seconds
         while not stop_event.is_set() and time.monotonic() < deadline:
             if self.flag_wakeup.is_set():
                 self.flag_wakeup.clear()
-                self.apply_flags(client, self._current_state)
+                self.apply_flags(client, state)
                 continue
             if not use_idle:
                 self.flag_wakeup.wait(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -145,7 +145,7 @@ class MailboxPoller:
                 continue
             # New mail announced while we were busy may have come with the answer to one of our own commands
             # (and is not repeated once IDLE starts): look before idling.
-            if self._new_mail_waiting(client) or self._idle_once(client, deadline, stop_event):
+            if self._new_mail_waiting(client, state) or self._idle_once(client, deadline, stop_event):
                 return  # new mail: cycle now
 
     def _idle_once(self, client: MailboxClient, deadline: float, stop_event: threading.Event) -> bool:
@@ -169,8 +169,8 @@ class MailboxPoller:
             new_mail = True
         return new_mail
 
-    def _new_mail_waiting(self, client: MailboxClient) -> bool:
-        checkpoint = self.store.get_checkpoint(self.mailbox, self._current_state.uidvalidity)
+    def _new_mail_waiting(self, client: MailboxClient, state) -> bool:
+        checkpoint = self.store.get_checkpoint(self.mailbox, state.uidvalidity)
         if checkpoint is None:
             return False
         client.noop()
@@ -180,7 +180,6 @@ class MailboxPoller:
 
     def run_cycle(self, client: MailboxClient, state) -> int:
         """Apply flags, then process every new UID in batches. Returns the number of emails handled."""
-        self._current_state = state
         self.status.update(last_cycle_at=time.time())
         self.guard.check_remote()
         self.apply_flags(client, state)
