@@ -264,8 +264,7 @@ class MailboxPoller:
     def _process_message(self, client: MailboxClient, state, meta) -> None:
         from email_processing.orchestrator import process_email
         from email_processing.parsing import parse_message
-        from email_processing.payload import (email_id_for, event_id_for, format_received_at,
-                                              received_at_from_date_header)
+        from email_processing.payload import email_id_for, format_received_at, received_at_from_date_header
 
         header_view = parse_message(meta.header_bytes)
         if header_view.message_id:
@@ -299,13 +298,21 @@ class MailboxPoller:
         if parsed.html_truncated:
             self.store.incr("html_truncations")
         if result.decision == "skip":
-            self.store.mark_done(email_id, f"skipped:{result.reason}")
-            self.store.incr("emails_skipped", label=result.reason)
-            self.store.queue_flag(self.mailbox, state.uidvalidity, meta.uid, parsed.message_id)
-            self.store.record_recent(recent_entry(result.payload, f"skipped: {result.reason}"))
-            logger.info("BG_POLLER: skipped uid %s from %s (%s)", meta.uid, mask_address(parsed.sender_email),
-                        result.reason)
-            return
+            self._record_skip(state, meta, parsed, email_id, result)
+        else:
+            self._enqueue(state, meta, parsed, email_id, result)
+
+    def _record_skip(self, state, meta, parsed, email_id: str, result) -> None:
+        self.store.mark_done(email_id, f"skipped:{result.reason}")
+        self.store.incr("emails_skipped", label=result.reason)
+        self.store.queue_flag(self.mailbox, state.uidvalidity, meta.uid, parsed.message_id)
+        self.store.record_recent(recent_entry(result.payload, f"skipped: {result.reason}"))
+        logger.info("BG_POLLER: skipped uid %s from %s (%s)", meta.uid, mask_address(parsed.sender_email),
+                    result.reason)
+
+    def _enqueue(self, state, meta, parsed, email_id: str, result) -> None:
+        from email_processing.payload import event_id_for
+
         item = OutboxItem(event_id=event_id_for(email_id), email_id=email_id, payload=result.payload,
                           mailbox=self.mailbox, uidvalidity=state.uidvalidity, uid=meta.uid,
                           message_id=parsed.message_id, created_at=time.time(), next_attempt_at=time.time())

@@ -142,11 +142,7 @@ def encoded_fetch_limit(cap_bytes: int, transfer_encoding: str | None) -> int:
 def _parse_message(raw: bytes) -> ParsedEmail:
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise TypeError("raw must be bytes")
-    raw = bytes(raw)
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]  # a UTF-8 BOM before the first header hides it from the parser
-    if raw.startswith(b"From ") and b"\n" in raw[:1000]:
-        raw = raw[raw.index(b"\n") + 1:]  # an mbox "From " separator line is not a header
+    raw = _strip_leading_noise(bytes(raw))
     msg = message_from_bytes(raw, policy=compat32)
     collector = _Collector()
     for defect in msg.defects:
@@ -157,20 +153,33 @@ def _parse_message(raw: bytes) -> ParsedEmail:
             break
         for defect in part.defects if part is not msg else ():
             collector.defect(type(defect).__name__)
-        if part.is_multipart():
-            continue
-        content_type = _content_type(part)
-        if content_type not in ("text/plain", "text/html") or _is_attachment(part):
-            continue
-        # The undecoded payload: get_payload() would already decode 8-bit bytes with 'replace' and lose them.
-        # The bytes parser keeps them as surrogate escapes, so encoding gives the original bytes back.
-        payload = part._payload  # noqa: SLF001 - compat32 Message has no public accessor for the raw str
-        if not isinstance(payload, str):
-            continue
-        body = payload.encode("ascii", "surrogateescape")
-        _add_text(collector, content_type, _param(part, "charset"), part.get("content-transfer-encoding"),
-                  body, truncated=False)
+        _collect_text_part(collector, part)
     return _build(msg, collector, _body_head(raw))
+
+
+def _strip_leading_noise(raw: bytes) -> bytes:
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 BOM before the first header hides it from the parser
+    if raw.startswith(b"From ") and b"\n" in raw[:1000]:
+        raw = raw[raw.index(b"\n") + 1:]  # an mbox "From " separator line is not a header
+    return raw
+
+
+def _collect_text_part(collector: _Collector, part: Message) -> None:
+    """Add one leaf part's text to ``collector`` when it is an inline text/plain or text/html body."""
+    if part.is_multipart():
+        return
+    content_type = _content_type(part)
+    if content_type not in ("text/plain", "text/html") or _is_attachment(part):
+        return
+    # The undecoded payload: get_payload() would already decode 8-bit bytes with 'replace' and lose them.
+    # The bytes parser keeps them as surrogate escapes, so encoding gives the original bytes back.
+    payload = part._payload  # noqa: SLF001 - compat32 Message has no public accessor for the raw str
+    if not isinstance(payload, str):
+        return
+    body = payload.encode("ascii", "surrogateescape")
+    _add_text(collector, content_type, _param(part, "charset"), part.get("content-transfer-encoding"),
+              body, truncated=False)
 
 
 def _body_head(raw: bytes) -> bytes:
