@@ -9,7 +9,6 @@ Gunicorn initialised the worker, stopped through events and joined with a timeou
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Any
@@ -110,7 +109,6 @@ class StatusObserver:
         self._last_heartbeat = time.monotonic()
         self._last_counters: dict | None = None
         self._last_trim = 0.0
-        self._rng = random.Random()
 
     def run(self, stop_event: threading.Event) -> None:
         while not stop_event.is_set():

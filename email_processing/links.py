@@ -147,9 +147,6 @@ PROVIDERS: tuple[Provider, ...] = (
     ),
 )
 
-PROVIDER_DOMAINS: tuple[str, ...] = tuple(rule.domain for provider in PROVIDERS for rule in provider.rules)
-
-
 # --- host and provider checks ----------------------------------------------------------------------------------
 
 def host_matches(host: str, domain: str) -> bool:

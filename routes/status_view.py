@@ -41,7 +41,6 @@ class ClusterReads:
     """What one request read from the shared store (``stale`` when it could not be read)."""
 
     stale: bool = False
-    store_backend: str | None = None
     published: dict | None = None
     counters: dict | None = None
     outbox_stats: dict | None = None
@@ -98,7 +97,7 @@ def read_cluster_state(runtime, now: float, *, recent_limit: int = 0) -> Cluster
         return ClusterReads(stale=True, outbox_stats=view.get("outbox_stats"), read=True)
     try:
         store = runtime.store
-        reads = ClusterReads(store_backend=getattr(store, "backend", None), read=True)
+        reads = ClusterReads(read=True)
         reads.published = store.read_status()
         reads.counters = store.counters()
         reads.outbox_stats = store.outbox_stats(now)

@@ -232,7 +232,7 @@ class S3Presigner:
 
     enabled = True
 
-    def __init__(self, *, endpoint_url: str, access_key_id: str, secret_access_key: str, bucket: str | None,
+    def __init__(self, *, endpoint_url: str, access_key_id: str, secret_access_key: str, bucket: str,
                  ttl_seconds: int) -> None:
         self._endpoint_url = endpoint_url
         self._access_key_id = access_key_id
@@ -244,6 +244,8 @@ class S3Presigner:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "S3Presigner":
+        # Settings.validate refuses presigning without R2_BUCKET_NAME (CONFIG: R2_BUCKET_NAME at start-up).
+        assert settings.r2_bucket_name, "presigning needs R2_BUCKET_NAME"
         return cls(endpoint_url=settings.s3_endpoint, access_key_id=settings.r2_access_key_id,
                    secret_access_key=settings.r2_secret_access_key, bucket=settings.r2_bucket_name,
                    ttl_seconds=settings.r2_presign_ttl_seconds)
@@ -262,8 +264,6 @@ class S3Presigner:
             return self._client
 
     def presign(self, object_key: str, r2_url: str | None) -> str:
-        if not self.bucket:
-            raise R2OffloadError("presign_failed", "R2_BUCKET_NAME is not set")
         try:
             url = self._s3().generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": object_key}, ExpiresIn=self.ttl_seconds)
@@ -608,7 +608,4 @@ def build_offloader(settings: Settings, copy_store: R2CopyStore | None,
     logger.info("R2_TRANSFER: R2 offload on worker=%s timeout=%.0fs folder_timeout=%.0fs presign=%s",
                 endpoint_origin(settings.r2_fetch_endpoint), settings.r2_fetch_timeout_seconds,
                 settings.r2_fetch_timeout_folder_seconds, presign)
-    if presign and not settings.r2_bucket_name:
-        logger.warning("R2_TRANSFER: presigning needs R2_BUCKET_NAME; until it is set, offloaded links keep their "
-                       "source URLs (reason=presign_failed)")
     return offloader
