@@ -17,8 +17,9 @@ import secrets
 import socket
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable
+
+from timestamps import iso_utc_ms
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +41,6 @@ class LeaseStoreUnreachable(LeaseLost):
 def make_token() -> str:
     """``pid=<pid> host=<hostname> nonce=<16 hex>``: readable with redis-cli, unique across containers."""
     return f"pid={os.getpid()} host={socket.gethostname()} nonce={secrets.token_hex(8)}"
-
-
-def _iso_utc(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _as_text(value: Any) -> str | None:
@@ -240,7 +235,7 @@ class RedisLease:
             return {
                 "backend": self.backend,
                 "holder": self._holder,
-                "acquired_at": _iso_utc(self._acquired_at) if self._held else None,
+                "acquired_at": iso_utc_ms(self._acquired_at) if self._held else None,
                 "expires_in_s": round(max(expires, 0.0), 3) if expires is not None else None,
                 "renewals": self._renewals,
                 "losses": self._losses,
@@ -397,7 +392,7 @@ class FileLease:
             return {
                 "backend": self.backend,
                 "holder": self._holder,
-                "acquired_at": _iso_utc(self._acquired_at) if held else None,
+                "acquired_at": iso_utc_ms(self._acquired_at) if held else None,
                 "expires_in_s": None,
                 "renewals": self._renewals,
                 "losses": self._losses,

@@ -18,6 +18,7 @@ from background.lease import LeaseKeeper, OwnershipGuard, make_lease
 from background.poller import MailboxPoller
 from services.state_store import StateStoreError
 from services.webhook import WebhookSender
+from timestamps import epoch_of
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class StatusObserver:
         lease = published.get("lease") or {}
         grace = 3 * self.settings.email_polling_interval_seconds + 2 * self.settings.imap_timeout_seconds
         last_success = poller.get("last_success_epoch")
-        reference = last_success or _epoch_of(lease.get("acquired_at")) or published.get("published_at") or now
+        reference = last_success or epoch_of(lease.get("acquired_at")) or published.get("published_at") or now
         return "no_poller" if now - reference > grace else "ok"
 
     def _maintain(self) -> None:
@@ -200,12 +201,3 @@ class StatusObserver:
             self.store.trim(time.time())
 
 
-def _epoch_of(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
