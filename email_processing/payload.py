@@ -13,19 +13,14 @@ import codecs
 import hashlib
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable
 
+from email_processing.links import LinkLike
 from email_processing.parsing import ParsedEmail
 from timestamps import format_utc
 
 CONTENT_CAP_BYTES = 1_048_576
 PREVIEW_CHARS = 200
-
-
-class LinkLike(Protocol):
-    provider: str
-    raw_url: str
-    direct_url: str
 
 
 def email_id_for(parsed: ParsedEmail) -> str:

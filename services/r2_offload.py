@@ -25,9 +25,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from email_processing import orchestrator
-from email_processing.links import host_matches, is_dropbox_folder
-from email_processing.orchestrator import OffloadedLink
+from email_processing.links import LinkLike, host_matches, is_dropbox_folder
+from email_processing.orchestrator import NullOffloader, OffloadedLink, source_only
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -60,14 +59,6 @@ class R2OffloadError(Exception):
         super().__init__(reason if not detail else f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-class LinkLike(Protocol):
-    """Structural view of ``email_processing.links.DeliveryLink``."""
-
-    provider: str
-    raw_url: str
-    direct_url: str
 
 
 class R2CopyStore(Protocol):
@@ -280,18 +271,6 @@ def build_presigner(settings: Settings) -> NullPresigner | S3Presigner:
 
 
 # --- the offloaders ---------------------------------------------------------------------------------------------
-
-def _source_link(link: LinkLike) -> OffloadedLink:
-    return OffloadedLink(provider=link.provider, raw_url=link.raw_url, direct_url=link.direct_url, r2_url=None,
-                         original_filename=None)
-
-
-class NullOffloader(orchestrator.NullOffloader):
-    """R2 off: every link keeps its source URLs (the orchestrator's null adapter, plus ``close()``)."""
-
-    def close(self) -> None:
-        pass
-
 
 @dataclass(frozen=True)
 class _Outcome:
@@ -545,7 +524,7 @@ class R2Offloader:
             logger.warning("R2_TRANSFER: fallback to source URL provider=%s reason=%s email_id=%s", link.provider,
                            reason, email_id)
         self._count("r2_fallback", label=reason)
-        return _source_link(link)
+        return source_only(link)
 
     def _count(self, name: str, label: str | None = None) -> None:
         if self._metrics is None:
