@@ -424,23 +424,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _fail_fast_client(settings: Any) -> Any:
-    """A client like services/redis_client.make_redis_client builds; for callers that do not inject one."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_seconds,
-                                socket_connect_timeout=settings.redis_timeout_seconds,
-                                retry=Retry(NoBackoff(), 0))
-
-
 def make_lease(settings: Any, redis_client: Any = None) -> RedisLease | FileLease:
     """RedisLease when ``settings.redis_url`` is set (never the file lock then, reachable or not), else FileLease."""
     global _file_warning_logged
     if settings.redis_url:
-        client = redis_client if redis_client is not None else _fail_fast_client(settings)
-        return RedisLease(client, settings.redis_lock_ttl_seconds)
+        if redis_client is None:
+            from services.redis_client import make_redis_client
+
+            redis_client = make_redis_client(settings)
+        return RedisLease(redis_client, settings.redis_lock_ttl_seconds)
     path = settings.lock_file_path
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
