@@ -431,6 +431,13 @@ class R2Offloader:
                      timeout: float) -> _Outcome:
         body = {"source_url": source_url, "object_key": object_key, "bucket": self._bucket,
                 "provider": provider, "email_id": email_id}
+        document = self._post_to_worker(body, timeout)
+        if document.get("success") is not True:
+            raise R2OffloadError("worker_refused", _short_detail(document.get("error")))
+        return self._outcome_of(document, object_key)
+
+    def _post_to_worker(self, body: dict, timeout: float) -> dict:
+        """POST one copy request; the Worker's JSON answer, or ``R2OffloadError`` naming what went wrong."""
         headers = {"X-R2-FETCH-TOKEN": self._token or "", "Content-Type": "application/json",
                    "Accept": "application/json"}
         try:
@@ -459,8 +466,10 @@ class R2Offloader:
             raise R2OffloadError("invalid_json") from None
         if not isinstance(document, dict):
             raise R2OffloadError("invalid_json")
-        if document.get("success") is not True:
-            raise R2OffloadError("worker_refused", _short_detail(document.get("error")))
+        return document
+
+    def _outcome_of(self, document: dict, object_key: str) -> _Outcome:
+        """The copy the Worker reports (``success: true``): its URL (or None to presign), key and file name."""
         r2_url = document.get("r2_url")
         if not isinstance(r2_url, str) or not r2_url.startswith(("https://", "http://")):
             # A private bucket has no public URL: the Worker answers r2_url null and we presign the object key.
