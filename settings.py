@@ -200,10 +200,12 @@ SPECS: tuple[Spec, ...] = (
 )
 
 SPEC_BY_ENV = {spec.env: spec for spec in SPECS}
-SECRET_ENVS = tuple(spec.env for spec in SPECS if spec.secret)
+_SPEC_BY_ATTR = {spec.attr: spec for spec in SPECS}
 
 
-def _settings_field(spec: Spec) -> Any:
+def _settings_field(attr: str) -> Any:
+    """The dataclass field of one setting: its default and repr come from its ``Spec`` (declared once)."""
+    spec = _SPEC_BY_ATTR[attr]
     return field(default=spec.default, repr=not spec.secret)
 
 
@@ -211,59 +213,59 @@ def _settings_field(spec: Spec) -> Any:
 class Settings:
     """All configuration, validated. Build with ``Settings.from_env(environ)``; tests pass a dict."""
 
-    imap_server: str | None = None
-    imap_port: int = 993
-    imap_use_ssl: bool = True
-    imap_starttls: bool = False
-    imap_ca_file: str | None = None
-    email_address: str | None = None
-    email_password: str | None = field(default=None, repr=False)
-    imap_mailbox: str = "INBOX"
-    imap_timeout_seconds: float = 30.0
-    imap_use_idle: bool = True
-    imap_reconnect_max_seconds: float = 60.0
-    email_polling_interval_seconds: float = 30.0
-    sender_allowlist: tuple[str, ...] = ()
-    first_start_max_age_hours: float = 72.0
-    mark_as_read: bool = True
-    allow_webhook_without_links: bool = False
-    enable_background_tasks: bool = True
-    redis_url: str | None = field(default=None, repr=False)
-    redis_lock_ttl_seconds: float = 300.0
-    lease_retry_seconds: float | None = None
-    redis_timeout_seconds: float = 3.0
-    bg_poller_lock_file: str | None = None
-    state_dir: str = "./var"
-    state_retention_days: float = 30.0
-    heartbeat_interval_seconds: float = 300.0
-    webhook_url: str | None = field(default=None, repr=False)
-    webhook_secret: str | None = field(default=None, repr=False)
-    webhook_allow_insecure: bool = False
-    webhook_timeout_seconds: float = 30.0
-    webhook_retry_hours: float = 24.0
-    webhook_retry_schedule: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
-    r2_fetch_enabled: bool = False
-    r2_fetch_endpoint: str | None = None
-    r2_fetch_token: str | None = field(default=None, repr=False)
-    r2_bucket_name: str | None = None
-    r2_fetch_timeout_seconds: float = 15.0
-    r2_fetch_timeout_folder_seconds: float = 120.0
-    r2_circuit_failures: int = 5
-    r2_circuit_cooldown_seconds: float = 60.0
-    r2_retention_hours: float = 24.0
-    r2_public_base_url: str | None = None
-    r2_account_id: str | None = None
-    r2_access_key_id: str | None = None
-    r2_secret_access_key: str | None = field(default=None, repr=False)
-    r2_presign_ttl_seconds: int = 86400
-    r2_s3_endpoint_url: str | None = None
-    status_api_token: str | None = field(default=None, repr=False)
-    log_format: str = "text"
-    log_level: str = "info"
-    render_git_commit: str | None = None
-    port: int = 8000
-    web_concurrency: int = 2
-    gunicorn_threads: int = 4
+    imap_server: str | None = _settings_field("imap_server")
+    imap_port: int = _settings_field("imap_port")
+    imap_use_ssl: bool = _settings_field("imap_use_ssl")
+    imap_starttls: bool = _settings_field("imap_starttls")
+    imap_ca_file: str | None = _settings_field("imap_ca_file")
+    email_address: str | None = _settings_field("email_address")
+    email_password: str | None = _settings_field("email_password")
+    imap_mailbox: str = _settings_field("imap_mailbox")
+    imap_timeout_seconds: float = _settings_field("imap_timeout_seconds")
+    imap_use_idle: bool = _settings_field("imap_use_idle")
+    imap_reconnect_max_seconds: float = _settings_field("imap_reconnect_max_seconds")
+    email_polling_interval_seconds: float = _settings_field("email_polling_interval_seconds")
+    sender_allowlist: tuple[str, ...] = _settings_field("sender_allowlist")
+    first_start_max_age_hours: float = _settings_field("first_start_max_age_hours")
+    mark_as_read: bool = _settings_field("mark_as_read")
+    allow_webhook_without_links: bool = _settings_field("allow_webhook_without_links")
+    enable_background_tasks: bool = _settings_field("enable_background_tasks")
+    redis_url: str | None = _settings_field("redis_url")
+    redis_lock_ttl_seconds: float = _settings_field("redis_lock_ttl_seconds")
+    lease_retry_seconds: float | None = _settings_field("lease_retry_seconds")
+    redis_timeout_seconds: float = _settings_field("redis_timeout_seconds")
+    bg_poller_lock_file: str | None = _settings_field("bg_poller_lock_file")
+    state_dir: str = _settings_field("state_dir")
+    state_retention_days: float = _settings_field("state_retention_days")
+    heartbeat_interval_seconds: float = _settings_field("heartbeat_interval_seconds")
+    webhook_url: str | None = _settings_field("webhook_url")
+    webhook_secret: str | None = _settings_field("webhook_secret")
+    webhook_allow_insecure: bool = _settings_field("webhook_allow_insecure")
+    webhook_timeout_seconds: float = _settings_field("webhook_timeout_seconds")
+    webhook_retry_hours: float = _settings_field("webhook_retry_hours")
+    webhook_retry_schedule: tuple[float, ...] = _settings_field("webhook_retry_schedule")
+    r2_fetch_enabled: bool = _settings_field("r2_fetch_enabled")
+    r2_fetch_endpoint: str | None = _settings_field("r2_fetch_endpoint")
+    r2_fetch_token: str | None = _settings_field("r2_fetch_token")
+    r2_bucket_name: str | None = _settings_field("r2_bucket_name")
+    r2_fetch_timeout_seconds: float = _settings_field("r2_fetch_timeout_seconds")
+    r2_fetch_timeout_folder_seconds: float = _settings_field("r2_fetch_timeout_folder_seconds")
+    r2_circuit_failures: int = _settings_field("r2_circuit_failures")
+    r2_circuit_cooldown_seconds: float = _settings_field("r2_circuit_cooldown_seconds")
+    r2_retention_hours: float = _settings_field("r2_retention_hours")
+    r2_public_base_url: str | None = _settings_field("r2_public_base_url")
+    r2_account_id: str | None = _settings_field("r2_account_id")
+    r2_access_key_id: str | None = _settings_field("r2_access_key_id")
+    r2_secret_access_key: str | None = _settings_field("r2_secret_access_key")
+    r2_presign_ttl_seconds: int = _settings_field("r2_presign_ttl_seconds")
+    r2_s3_endpoint_url: str | None = _settings_field("r2_s3_endpoint_url")
+    status_api_token: str | None = _settings_field("status_api_token")
+    log_format: str = _settings_field("log_format")
+    log_level: str = _settings_field("log_level")
+    render_git_commit: str | None = _settings_field("render_git_commit")
+    port: int = _settings_field("port")
+    web_concurrency: int = _settings_field("web_concurrency")
+    gunicorn_threads: int = _settings_field("gunicorn_threads")
 
     # --- construction -----------------------------------------------------------------------------------------
 
@@ -292,35 +294,8 @@ class Settings:
 
     def validate(self) -> None:
         """Cross-field rules: a feature that is on has what it needs."""
-        mailbox = {"IMAP_SERVER": self.imap_server, "EMAIL_ADDRESS": self.email_address,
-                   "EMAIL_PASSWORD": self.email_password}
-        missing = [name for name, value in mailbox.items() if not value]
-        if 0 < len(missing) < len(mailbox):
-            raise ConfigError(missing[0], "required when any of IMAP_SERVER, EMAIL_ADDRESS, EMAIL_PASSWORD is set")
-        if self.imap_use_ssl and self.imap_starttls:
-            raise ConfigError("IMAP_STARTTLS", "cannot be combined with IMAP_USE_SSL=true (implicit TLS)")
-        if self.imap_ca_file and not os.path.isfile(self.imap_ca_file):
-            raise ConfigError("IMAP_CA_FILE", "file not found")
-        if self.webhook_url and not self.webhook_allow_insecure and not self.webhook_url.startswith("https://"):
-            raise ConfigError("WEBHOOK_URL", "must be https:// (set WEBHOOK_ALLOW_INSECURE=true for a local receiver)")
-        if self.mailbox_configured and self.enable_background_tasks and not self.webhook_url:
-            raise ConfigError("WEBHOOK_URL", "required when the mailbox is configured")
-        if self.webhook_secret is not None:
-            _validate_webhook_secret(self.webhook_secret)
-        if self.r2_fetch_enabled:
-            if not self.r2_fetch_endpoint:
-                raise ConfigError("R2_FETCH_ENDPOINT", "required when R2_FETCH_ENABLED=true")
-            if not self.r2_fetch_token:
-                raise ConfigError("R2_FETCH_TOKEN", "required when R2_FETCH_ENABLED=true")
-        if self.r2_fetch_enabled and self.presign_enabled and not self.r2_bucket_name:
-            raise ConfigError("R2_BUCKET_NAME", "required to presign r2_url for a private bucket")
-        presign = {"R2_ACCOUNT_ID": self.r2_account_id, "R2_ACCESS_KEY_ID": self.r2_access_key_id,
-                   "R2_SECRET_ACCESS_KEY": self.r2_secret_access_key}
-        given = [name for name, value in presign.items() if value]
-        if given and len(given) < len(presign):
-            missing_name = next(name for name, value in presign.items() if not value)
-            if not (missing_name == "R2_ACCOUNT_ID" and self.r2_s3_endpoint_url):
-                raise ConfigError(missing_name, "required with the other R2 S3 credentials")
+        for rule in (_check_mailbox, _check_webhook, _check_r2_fetch, _check_presign):
+            rule(self)
 
     # --- derived values ---------------------------------------------------------------------------------------
 
@@ -367,6 +342,49 @@ class Settings:
             if len(path) > 1:
                 values.append(path)
         return tuple(sorted(set(values), key=len, reverse=True))
+
+
+# --- cross-field rules (one per feature), run by Settings.validate ---------------------------------------------
+
+def _check_mailbox(s: Settings) -> None:
+    mailbox = {"IMAP_SERVER": s.imap_server, "EMAIL_ADDRESS": s.email_address, "EMAIL_PASSWORD": s.email_password}
+    missing = [name for name, value in mailbox.items() if not value]
+    if 0 < len(missing) < len(mailbox):
+        raise ConfigError(missing[0], "required when any of IMAP_SERVER, EMAIL_ADDRESS, EMAIL_PASSWORD is set")
+    if s.imap_use_ssl and s.imap_starttls:
+        raise ConfigError("IMAP_STARTTLS", "cannot be combined with IMAP_USE_SSL=true (implicit TLS)")
+    if s.imap_ca_file and not os.path.isfile(s.imap_ca_file):
+        raise ConfigError("IMAP_CA_FILE", "file not found")
+
+
+def _check_webhook(s: Settings) -> None:
+    if s.webhook_url and not s.webhook_allow_insecure and not s.webhook_url.startswith("https://"):
+        raise ConfigError("WEBHOOK_URL", "must be https:// (set WEBHOOK_ALLOW_INSECURE=true for a local receiver)")
+    if s.mailbox_configured and s.enable_background_tasks and not s.webhook_url:
+        raise ConfigError("WEBHOOK_URL", "required when the mailbox is configured")
+    if s.webhook_secret is not None:
+        _validate_webhook_secret(s.webhook_secret)
+
+
+def _check_r2_fetch(s: Settings) -> None:
+    if not s.r2_fetch_enabled:
+        return
+    if not s.r2_fetch_endpoint:
+        raise ConfigError("R2_FETCH_ENDPOINT", "required when R2_FETCH_ENABLED=true")
+    if not s.r2_fetch_token:
+        raise ConfigError("R2_FETCH_TOKEN", "required when R2_FETCH_ENABLED=true")
+    if s.presign_enabled and not s.r2_bucket_name:
+        raise ConfigError("R2_BUCKET_NAME", "required to presign r2_url for a private bucket")
+
+
+def _check_presign(s: Settings) -> None:
+    presign = {"R2_ACCOUNT_ID": s.r2_account_id, "R2_ACCESS_KEY_ID": s.r2_access_key_id,
+               "R2_SECRET_ACCESS_KEY": s.r2_secret_access_key}
+    given = [name for name, value in presign.items() if value]
+    if given and len(given) < len(presign):
+        missing_name = next(name for name, value in presign.items() if not value)
+        if not (missing_name == "R2_ACCOUNT_ID" and s.r2_s3_endpoint_url):
+            raise ConfigError(missing_name, "required with the other R2 S3 credentials")
 
 
 def _validate_webhook_secret(secret: str) -> None:

@@ -17,8 +17,9 @@ import secrets
 import socket
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable
+
+from timestamps import iso_utc_ms
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +41,6 @@ class LeaseStoreUnreachable(LeaseLost):
 def make_token() -> str:
     """``pid=<pid> host=<hostname> nonce=<16 hex>``: readable with redis-cli, unique across containers."""
     return f"pid={os.getpid()} host={socket.gethostname()} nonce={secrets.token_hex(8)}"
-
-
-def _iso_utc(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _as_text(value: Any) -> str | None:
@@ -240,7 +235,7 @@ class RedisLease:
             return {
                 "backend": self.backend,
                 "holder": self._holder,
-                "acquired_at": _iso_utc(self._acquired_at) if self._held else None,
+                "acquired_at": iso_utc_ms(self._acquired_at) if self._held else None,
                 "expires_in_s": round(max(expires, 0.0), 3) if expires is not None else None,
                 "renewals": self._renewals,
                 "losses": self._losses,
@@ -397,7 +392,7 @@ class FileLease:
             return {
                 "backend": self.backend,
                 "holder": self._holder,
-                "acquired_at": _iso_utc(self._acquired_at) if held else None,
+                "acquired_at": iso_utc_ms(self._acquired_at) if held else None,
                 "expires_in_s": None,
                 "renewals": self._renewals,
                 "losses": self._losses,
@@ -429,23 +424,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _fail_fast_client(settings: Any) -> Any:
-    """A client like services/redis_client.make_redis_client builds; for callers that do not inject one."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_seconds,
-                                socket_connect_timeout=settings.redis_timeout_seconds,
-                                retry=Retry(NoBackoff(), 0))
-
-
 def make_lease(settings: Any, redis_client: Any = None) -> RedisLease | FileLease:
     """RedisLease when ``settings.redis_url`` is set (never the file lock then, reachable or not), else FileLease."""
     global _file_warning_logged
     if settings.redis_url:
-        client = redis_client if redis_client is not None else _fail_fast_client(settings)
-        return RedisLease(client, settings.redis_lock_ttl_seconds)
+        if redis_client is None:
+            from services.redis_client import make_redis_client
+
+            redis_client = make_redis_client(settings)
+        return RedisLease(redis_client, settings.redis_lock_ttl_seconds)
     path = settings.lock_file_path
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)

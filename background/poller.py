@@ -22,6 +22,7 @@ from background.lease import LeaseLost, wait_for_ownership
 from log_setup import mask_address
 from services.imap_mailbox import ImapAuthError, ImapError, ImapMessageGone, MailboxClient
 from services.state_store import OutboxItem, StateStoreError
+from timestamps import utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -409,7 +410,7 @@ def _is_new_mail(response: Any) -> bool:
 
 def recent_entry(payload: dict, outcome: str) -> dict:
     return {
-        "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "at": utc_now(),
         "sender": mask_address(payload.get("sender_email") or ""),
         "subject": (payload.get("subject") or "")[:80],
         "links": [link.get("provider") for link in payload.get("delivery_links") or []],

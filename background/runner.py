@@ -15,20 +15,14 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from settings import Settings
+from timestamps import iso_utc
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_VERSION = "1.0.0"
-
-
-def iso_utc(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass

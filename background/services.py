@@ -9,7 +9,6 @@ Gunicorn initialised the worker, stopped through events and joined with a timeou
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Any
@@ -19,6 +18,7 @@ from background.lease import LeaseKeeper, OwnershipGuard, make_lease
 from background.poller import MailboxPoller
 from services.state_store import StateStoreError
 from services.webhook import WebhookSender
+from timestamps import epoch_of
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,6 @@ class StatusObserver:
         self._last_heartbeat = time.monotonic()
         self._last_counters: dict | None = None
         self._last_trim = 0.0
-        self._rng = random.Random()
 
     def run(self, stop_event: threading.Event) -> None:
         while not stop_event.is_set():
@@ -183,7 +182,7 @@ class StatusObserver:
         lease = published.get("lease") or {}
         grace = 3 * self.settings.email_polling_interval_seconds + 2 * self.settings.imap_timeout_seconds
         last_success = poller.get("last_success_epoch")
-        reference = last_success or _epoch_of(lease.get("acquired_at")) or published.get("published_at") or now
+        reference = last_success or epoch_of(lease.get("acquired_at")) or published.get("published_at") or now
         return "no_poller" if now - reference > grace else "ok"
 
     def _maintain(self) -> None:
@@ -202,12 +201,3 @@ class StatusObserver:
             self.store.trim(time.time())
 
 
-def _epoch_of(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 MAX_URL_LENGTH = 8192  # longer candidates are not links a person shares; bounds the work per match
@@ -24,6 +24,19 @@ class DeliveryLink:
     provider: str
     raw_url: str
     direct_url: str
+
+
+class LinkLike(Protocol):
+    """What the payload builder and the R2 offloader read of a link: a ``DeliveryLink`` or an offloaded one."""
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def raw_url(self) -> str: ...
+
+    @property
+    def direct_url(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -146,9 +159,6 @@ PROVIDERS: tuple[Provider, ...] = (
         ),
     ),
 )
-
-PROVIDER_DOMAINS: tuple[str, ...] = tuple(rule.domain for provider in PROVIDERS for rule in provider.rules)
-
 
 # --- host and provider checks ----------------------------------------------------------------------------------
 

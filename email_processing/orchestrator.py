@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence
 
 from email_processing.html_text import html_to_text_and_hrefs
-from email_processing.links import DeliveryLink, extract_delivery_links
+from email_processing.links import DeliveryLink, LinkLike, extract_delivery_links
 from email_processing.parsing import ParsedEmail
 from email_processing.payload import build_payload, email_id_for, event_id_for
 
@@ -39,13 +39,16 @@ class Offloader(Protocol):
 
 
 class NullOffloader:
-    """R2 off: every link keeps its source URLs."""
+    """R2 off (or a dry run): every link keeps its source URLs."""
 
-    def offload_links(self, email_id: str, links: list[DeliveryLink]) -> list[OffloadedLink]:
-        return [_source_only(link) for link in links]
+    def offload_links(self, email_id: str, links: Sequence[LinkLike]) -> list[OffloadedLink]:
+        return [source_only(link) for link in links]
+
+    def close(self) -> None:
+        pass
 
 
-def _source_only(link: DeliveryLink) -> OffloadedLink:
+def source_only(link: LinkLike) -> OffloadedLink:
     return OffloadedLink(provider=link.provider, raw_url=link.raw_url, direct_url=link.direct_url)
 
 
@@ -90,7 +93,7 @@ def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Se
     if reason is None:
         links = _offload(offloader, email_id, found)
     else:
-        links = tuple(_source_only(link) for link in found)
+        links = tuple(source_only(link) for link in found)
 
     payload = build_payload(parsed, links, received_at, html_text=html_text)
     decision: Literal["send", "skip"] = "skip" if reason else "send"
@@ -106,9 +109,9 @@ def _offload(offloader: Offloader, email_id: str, found: list[DeliveryLink]) -> 
         offloaded = list(offloader.offload_links(email_id, list(found)))
     except Exception:  # the offloader promises not to raise; if it does, R2 is an optimisation, never a dependency
         logger.warning("ORCHESTRATOR: offloader failed for %s; sending source URLs", email_id, exc_info=True)
-        return tuple(_source_only(link) for link in found)
+        return tuple(source_only(link) for link in found)
     if len(offloaded) != len(found):
         logger.warning("ORCHESTRATOR: offloader returned %s links for %s, expected %s; sending source URLs",
                        len(offloaded), email_id, len(found))
-        return tuple(_source_only(link) for link in found)
+        return tuple(source_only(link) for link in found)
     return tuple(offloaded)

@@ -13,18 +13,14 @@ import codecs
 import hashlib
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable
 
+from email_processing.links import LinkLike
 from email_processing.parsing import ParsedEmail
+from timestamps import format_utc
 
 CONTENT_CAP_BYTES = 1_048_576
 PREVIEW_CHARS = 200
-
-
-class LinkLike(Protocol):
-    provider: str
-    raw_url: str
-    direct_url: str
 
 
 def email_id_for(parsed: ParsedEmail) -> str:
@@ -42,10 +38,8 @@ def event_id_for(email_id: str) -> str:
 
 
 def format_received_at(moment: datetime) -> str:
-    """``YYYY-MM-DDTHH:MM:SSZ`` in UTC (a naive datetime is taken as UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``received_at``: ``YYYY-MM-DDTHH:MM:SSZ`` in UTC (a naive datetime is taken as UTC)."""
+    return format_utc(moment)
 
 
 def received_at_from_date_header(date_header: str | None, *, now: datetime | None = None) -> str:

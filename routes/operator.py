@@ -304,9 +304,10 @@ def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -
 
 @_guarded
 def dashboard() -> Response:
-    from routes.health import health_document
-    from routes.status_view import iso_utc
     import time
+
+    from routes.health import health_document
+    from timestamps import iso_utc
 
     runtime = _runtime()
     token = runtime.settings.status_api_token

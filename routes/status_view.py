@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from log_setup import scrub
+from timestamps import epoch_of, iso_utc, iso_utc_ms
 
 logger = logging.getLogger(__name__)
 
@@ -41,41 +41,11 @@ class ClusterReads:
     """What one request read from the shared store (``stale`` when it could not be read)."""
 
     stale: bool = False
-    store_backend: str | None = None
     published: dict | None = None
     counters: dict | None = None
     outbox_stats: dict | None = None
     recent: list[dict] = field(default_factory=list)
     read: bool = False   # False when the store was deliberately not consulted (nothing shared to read)
-
-
-def iso_utc(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    try:
-        return datetime.fromtimestamp(float(epoch), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None
-
-
-def iso_utc_ms(epoch: float | None) -> str | None:
-    """Millisecond precision, for values that tell successive publications apart."""
-    if epoch is None:
-        return None
-    try:
-        moment = datetime.fromtimestamp(float(epoch), tz=timezone.utc)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def epoch_of(iso: Any) -> float | None:
-    if not isinstance(iso, str) or not iso:
-        return None
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def _store_is_shared(runtime) -> bool:
@@ -98,7 +68,7 @@ def read_cluster_state(runtime, now: float, *, recent_limit: int = 0) -> Cluster
         return ClusterReads(stale=True, outbox_stats=view.get("outbox_stats"), read=True)
     try:
         store = runtime.store
-        reads = ClusterReads(store_backend=getattr(store, "backend", None), read=True)
+        reads = ClusterReads(read=True)
         reads.published = store.read_status()
         reads.counters = store.counters()
         reads.outbox_stats = store.outbox_stats(now)

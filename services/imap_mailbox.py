@@ -29,7 +29,6 @@ from imapclient.response_parser import parse_response
 
 logger = logging.getLogger(__name__)
 
-OPS = ("connect", "tls", "login", "select", "search", "fetch", "store", "idle", "noop")
 # Logout on close() gets at most this long (or IMAP_TIMEOUT_SECONDS if shorter): closing must be quick.
 CLOSE_TIMEOUT_SECONDS = 2.0
 _PART_RE = re.compile(r"^(?:[1-9][0-9]*(?:\.[1-9][0-9]*)*(?:\.(?:HEADER|TEXT|MIME))?|HEADER|TEXT)$")
@@ -39,7 +38,7 @@ _META_ITEMS = [b"UID", b"RFC822.SIZE", b"INTERNALDATE", b"FLAGS", b"BODYSTRUCTUR
 # --- errors ---------------------------------------------------------------------------------------------------
 
 class ImapError(Exception):
-    """Any IMAP failure. ``op`` names the operation (one of ``OPS``) when known."""
+    """Any IMAP failure. ``op`` names the operation (connect, tls, login, select, search, fetch, store, idle, noop) when known."""
 
     def __init__(self, message: str, op: str | None = None) -> None:
         super().__init__(message)
@@ -76,7 +75,6 @@ class ImapMessageGone(ImapError):
 class MailboxState:
     uidvalidity: int
     uidnext: int
-    exists: int
     permanent_flags: tuple[str, ...]
     keywords_allowed: bool  # PERMANENTFLAGS holds \* (any new keyword may be stored)
 
@@ -328,7 +326,7 @@ class MailboxClient:
             uidnext = self._call("select", client.folder_status, mailbox, [b"UIDNEXT"])[b"UIDNEXT"]
         permanent = tuple(_text(flag) for flag in info.get(b"PERMANENTFLAGS", ()))
         self._state = MailboxState(uidvalidity=int(info[b"UIDVALIDITY"]), uidnext=int(uidnext),
-                                   exists=int(info.get(b"EXISTS", 0)), permanent_flags=permanent,
+                                   permanent_flags=permanent,
                                    keywords_allowed="\\*" in permanent)
         return self._state
 

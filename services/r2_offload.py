@@ -25,9 +25,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from email_processing import orchestrator
-from email_processing.links import host_matches, is_dropbox_folder
-from email_processing.orchestrator import OffloadedLink
+from email_processing.links import LinkLike, host_matches, is_dropbox_folder
+from email_processing.orchestrator import NullOffloader, OffloadedLink, source_only
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -60,14 +59,6 @@ class R2OffloadError(Exception):
         super().__init__(reason if not detail else f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-class LinkLike(Protocol):
-    """Structural view of ``email_processing.links.DeliveryLink``."""
-
-    provider: str
-    raw_url: str
-    direct_url: str
 
 
 class R2CopyStore(Protocol):
@@ -232,7 +223,7 @@ class S3Presigner:
 
     enabled = True
 
-    def __init__(self, *, endpoint_url: str, access_key_id: str, secret_access_key: str, bucket: str | None,
+    def __init__(self, *, endpoint_url: str, access_key_id: str, secret_access_key: str, bucket: str,
                  ttl_seconds: int) -> None:
         self._endpoint_url = endpoint_url
         self._access_key_id = access_key_id
@@ -244,6 +235,8 @@ class S3Presigner:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "S3Presigner":
+        # Settings.validate refuses presigning without R2_BUCKET_NAME (CONFIG: R2_BUCKET_NAME at start-up).
+        assert settings.r2_bucket_name, "presigning needs R2_BUCKET_NAME"
         return cls(endpoint_url=settings.s3_endpoint, access_key_id=settings.r2_access_key_id,
                    secret_access_key=settings.r2_secret_access_key, bucket=settings.r2_bucket_name,
                    ttl_seconds=settings.r2_presign_ttl_seconds)
@@ -262,8 +255,6 @@ class S3Presigner:
             return self._client
 
     def presign(self, object_key: str, r2_url: str | None) -> str:
-        if not self.bucket:
-            raise R2OffloadError("presign_failed", "R2_BUCKET_NAME is not set")
         try:
             url = self._s3().generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": object_key}, ExpiresIn=self.ttl_seconds)
@@ -280,18 +271,6 @@ def build_presigner(settings: Settings) -> NullPresigner | S3Presigner:
 
 
 # --- the offloaders ---------------------------------------------------------------------------------------------
-
-def _source_link(link: LinkLike) -> OffloadedLink:
-    return OffloadedLink(provider=link.provider, raw_url=link.raw_url, direct_url=link.direct_url, r2_url=None,
-                         original_filename=None)
-
-
-class NullOffloader(orchestrator.NullOffloader):
-    """R2 off: every link keeps its source URLs (the orchestrator's null adapter, plus ``close()``)."""
-
-    def close(self) -> None:
-        pass
-
 
 @dataclass(frozen=True)
 class _Outcome:
@@ -452,6 +431,13 @@ class R2Offloader:
                      timeout: float) -> _Outcome:
         body = {"source_url": source_url, "object_key": object_key, "bucket": self._bucket,
                 "provider": provider, "email_id": email_id}
+        document = self._post_to_worker(body, timeout)
+        if document.get("success") is not True:
+            raise R2OffloadError("worker_refused", _short_detail(document.get("error")))
+        return self._outcome_of(document, object_key)
+
+    def _post_to_worker(self, body: dict, timeout: float) -> dict:
+        """POST one copy request; the Worker's JSON answer, or ``R2OffloadError`` naming what went wrong."""
         headers = {"X-R2-FETCH-TOKEN": self._token or "", "Content-Type": "application/json",
                    "Accept": "application/json"}
         try:
@@ -480,8 +466,10 @@ class R2Offloader:
             raise R2OffloadError("invalid_json") from None
         if not isinstance(document, dict):
             raise R2OffloadError("invalid_json")
-        if document.get("success") is not True:
-            raise R2OffloadError("worker_refused", _short_detail(document.get("error")))
+        return document
+
+    def _outcome_of(self, document: dict, object_key: str) -> _Outcome:
+        """The copy the Worker reports (``success: true``): its URL (or None to presign), key and file name."""
         r2_url = document.get("r2_url")
         if not isinstance(r2_url, str) or not r2_url.startswith(("https://", "http://")):
             # A private bucket has no public URL: the Worker answers r2_url null and we presign the object key.
@@ -545,7 +533,7 @@ class R2Offloader:
             logger.warning("R2_TRANSFER: fallback to source URL provider=%s reason=%s email_id=%s", link.provider,
                            reason, email_id)
         self._count("r2_fallback", label=reason)
-        return _source_link(link)
+        return source_only(link)
 
     def _count(self, name: str, label: str | None = None) -> None:
         if self._metrics is None:
@@ -608,7 +596,4 @@ def build_offloader(settings: Settings, copy_store: R2CopyStore | None,
     logger.info("R2_TRANSFER: R2 offload on worker=%s timeout=%.0fs folder_timeout=%.0fs presign=%s",
                 endpoint_origin(settings.r2_fetch_endpoint), settings.r2_fetch_timeout_seconds,
                 settings.r2_fetch_timeout_folder_seconds, presign)
-    if presign and not settings.r2_bucket_name:
-        logger.warning("R2_TRANSFER: presigning needs R2_BUCKET_NAME; until it is set, offloaded links keep their "
-                       "source URLs (reason=presign_failed)")
     return offloader

@@ -49,6 +49,7 @@ def main(argv: list[str]) -> int:
 
     sys.path.insert(0, REPO)
     from background.lease import LeaseKeeper, LeaseLost, OwnershipGuard, make_lease
+    from services.redis_client import make_redis_client
     from settings import Settings
 
     parser = argparse.ArgumentParser()
@@ -74,16 +75,7 @@ def main(argv: list[str]) -> int:
         env["STATE_DIR"] = os.path.dirname(args.lock_file)
     settings = Settings.from_env(env)
 
-    client = None
-    if settings.redis_url:
-        # Built like services/redis_client.make_redis_client: fail fast, no hidden retries.
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_seconds,
-                                      socket_connect_timeout=settings.redis_timeout_seconds,
-                                      retry=Retry(NoBackoff(), 0))
+    client = make_redis_client(settings) if settings.redis_url else None
     lease = make_lease(settings, client)
     guard = OwnershipGuard(lease)
     out = open(args.events, "a", buffering=1, encoding="utf-8")

@@ -114,12 +114,12 @@ def test_an_offloaded_link_of_a_private_bucket_carries_a_presigned_url(s3, s3_en
 
 
 def test_presigning_failure_falls_back_to_the_source_url(s3_endpoint, caplog):
-    # Given a private bucket whose name the service was not told (presigning cannot work)
+    # Given a private bucket whose S3 endpoint boto3 refuses (presigning cannot work)
     worker = FakeWorker(lambda request: Answer(
         body=b'{"success": true, "r2_url": "https://bucket.invalid/k", "object_key": "k"}'))
     try:
-        # (start-up validation refuses this configuration; the offloader must still fall back if it meets it)
-        settings = dataclasses.replace(private_bucket_settings(s3_endpoint, worker.url), r2_bucket_name=None)
+        settings = dataclasses.replace(private_bucket_settings(s3_endpoint, worker.url),
+                                       r2_s3_endpoint_url="https://bad endpoint")
         offloader = R2Offloader(settings, MemoryCopyStore())
         link = dropbox_file()
         # When

@@ -19,6 +19,13 @@ def test_every_spec_maps_to_a_settings_field_and_back():
     assert attrs == fields
 
 
+def test_every_field_takes_its_default_and_secrecy_from_its_spec():
+    by_name = {f.name: f for f in dataclasses.fields(Settings)}
+    for spec in settings_module.SPECS:
+        assert by_name[spec.attr].default == spec.default, spec.env
+        assert by_name[spec.attr].repr is (not spec.secret), spec.env
+
+
 def test_nothing_configured_is_valid_and_uses_documented_defaults():
     s = Settings.from_env({})
     assert (s.imap_port, s.imap_use_ssl, s.imap_timeout_seconds) == (993, True, 30.0)
