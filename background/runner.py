@@ -15,10 +15,19 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from settings import Settings
 from timestamps import iso_utc
+
+if TYPE_CHECKING:  # the adapters are imported lazily, on first use (heavy, and importing must open nothing)
+    import redis
+
+    from background.services import BackgroundServices
+    from email_processing.orchestrator import NullOffloader
+    from services.r2_offload import R2Offloader
+    from services.state_store import StateStore
+    from services.webhook import WebhookSender
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +106,11 @@ class ServiceRuntime:
         self.instance = InstanceInfo(socket.gethostname(), os.getpid(), time.time(), self.version)
         self.poller_status = PollerStatus(mailbox=settings.imap_mailbox)
         self._lock = threading.RLock()
-        self._store = None
-        self._redis = None
-        self._offloader = None
-        self._sender = None
-        self.background = None  # BackgroundServices once started
+        self._store: StateStore | None = None
+        self._redis: redis.Redis | None = None
+        self._offloader: NullOffloader | R2Offloader | None = None
+        self._sender: WebhookSender | None = None
+        self.background: BackgroundServices | None = None  # once started
         self.background_failed = False
 
     # --- lazily built adapters ----------------------------------------------------------------------------

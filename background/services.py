@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from background.delivery import DELIVERY_CONCURRENCY, DeliveryWorker
 from background.lease import LeaseKeeper, OwnershipGuard, make_lease
@@ -55,7 +55,7 @@ class BackgroundServices:
 
     def start(self) -> None:
         held = self.keeper.held_event
-        specs = [
+        specs: list[tuple[str, Callable[..., None], tuple]] = [
             ("lease-keeper", self.keeper.run, (self._stop_keeper,)),
             ("poller", self.poller.run, (self._stop_workers, held)),
             *((f"delivery-{n}", worker.run, (self._stop_workers, held))

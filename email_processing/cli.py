@@ -56,7 +56,7 @@ def _flask_app() -> Any | None:
     except ImportError:  # pragma: no cover - Flask is a runtime dependency
         return None
     if has_app_context():
-        return current_app._get_current_object()
+        return current_app._get_current_object()  # type: ignore[attr-defined]  # a LocalProxy method
     # Registered with app.cli.add_command and invoked through AppGroup: no context pushed yet; load the app.
     info = click.get_current_context().find_object(ScriptInfo)
     if info is None:
@@ -115,13 +115,14 @@ def _run(raw: bytes, dry_run: bool, service: Any | None) -> None:
     settings = _settings(service)
     parsed = parse_message(raw)
     received_at = received_at_from_date_header(parsed.date_header)
-    offloader = NullOffloader() if dry_run else service.offloader
+    offloader = NullOffloader() if dry_run or service is None else service.offloader
     result = process_email(parsed, received_at=received_at, sender_allowlist=settings.sender_allowlist,
                            allow_without_links=settings.allow_webhook_without_links, offloader=offloader)
     _print_payload(result)
     click.echo(_decision_line(result), err=True)
     if dry_run or result.decision != "send":
         return
+    assert service is not None  # refused on entry without --dry-run
     try:
         outcome = service.deliver_one(result)
     except Exception as exc:

@@ -214,6 +214,7 @@ def _unwrap_redirector(url: str) -> str | None:
         host = parts.hostname or ""
     except ValueError:
         return None
+    names: tuple[str, ...]
     if host_matches(host, "safelinks.protection.outlook.com"):
         names = ("url",)
     elif host_matches(host, "google.com") and parts.path == "/url":

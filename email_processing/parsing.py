@@ -174,7 +174,7 @@ def _collect_text_part(collector: _Collector, part: Message) -> None:
         return
     # The undecoded payload: get_payload() would already decode 8-bit bytes with 'replace' and lose them.
     # The bytes parser keeps them as surrogate escapes, so encoding gives the original bytes back.
-    payload = part._payload  # noqa: SLF001 - compat32 Message has no public accessor for the raw str
+    payload = part._payload  # type: ignore[attr-defined]  # compat32 Message has no public accessor for the raw str
     if not isinstance(payload, str):
         return
     body = payload.encode("ascii", "surrogateescape")

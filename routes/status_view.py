@@ -88,7 +88,7 @@ def build_status_document(*, mode: str, settings, version: str, instance: dict, 
     if mode != "enabled":
         lease = _lease_section(None, lease_backend)
         poller = _poller_section({"state": mode, "mailbox": settings.imap_mailbox if mode == "disabled" else None})
-        source = {"kind": mode, "published_at": None, "published_by": None}
+        source: dict[str, Any] = {"kind": mode, "published_at": None, "published_by": None}
     elif reads.stale:
         lease = _lease_section(local_lease, lease_backend)
         own = dict(local_poller)

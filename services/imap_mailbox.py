@@ -510,7 +510,8 @@ class MailboxClient:
         None when a TLS record is incomplete."""
         sock.setblocking(False)
         try:
-            return imap.file.peek(1)
+            reader: Any = imap.file  # typed IO by imaplib; it is the socket's BufferedReader (makefile("rb"))
+            return reader.peek(1)
         except (BlockingIOError, ssl.SSLWantReadError):
             return None
         finally:

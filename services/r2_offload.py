@@ -235,11 +235,12 @@ class S3Presigner:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "S3Presigner":
-        # Settings.validate refuses presigning without R2_BUCKET_NAME (CONFIG: R2_BUCKET_NAME at start-up).
-        assert settings.r2_bucket_name, "presigning needs R2_BUCKET_NAME"
-        return cls(endpoint_url=settings.s3_endpoint, access_key_id=settings.r2_access_key_id,
-                   secret_access_key=settings.r2_secret_access_key, bucket=settings.r2_bucket_name,
-                   ttl_seconds=settings.r2_presign_ttl_seconds)
+        endpoint, key_id, secret = settings.s3_endpoint, settings.r2_access_key_id, settings.r2_secret_access_key
+        # presign_enabled implies the credentials and endpoint; Settings.validate refuses presigning without
+        # R2_BUCKET_NAME (CONFIG: R2_BUCKET_NAME at start-up).
+        assert endpoint and key_id and secret and settings.r2_bucket_name, "presigning is not configured"
+        return cls(endpoint_url=endpoint, access_key_id=key_id, secret_access_key=secret,
+                   bucket=settings.r2_bucket_name, ttl_seconds=settings.r2_presign_ttl_seconds)
 
     def _s3(self) -> Any:
         with self._lock:
@@ -291,7 +292,8 @@ class R2Offloader:
                  session: requests.Session | None = None, presigner: Any = None,
                  clock: Callable[[], float] = time.monotonic, max_parallel: int = MAX_PARALLEL_LINKS,
                  budget_grace_seconds: float = EMAIL_BUDGET_GRACE_SECONDS) -> None:
-        self._endpoint = settings.r2_fetch_endpoint
+        assert settings.r2_fetch_endpoint, "Settings.validate requires R2_FETCH_ENDPOINT with R2_FETCH_ENABLED"
+        self._endpoint: str = settings.r2_fetch_endpoint
         self._token = settings.r2_fetch_token
         self._bucket = settings.r2_bucket_name
         self._timeout = float(settings.r2_fetch_timeout_seconds)
@@ -485,6 +487,8 @@ class R2Offloader:
     def _presigned(self, outcome: _Outcome) -> _Outcome:
         if not getattr(self._presigner, "enabled", False):
             return outcome
+        if not outcome.object_key:
+            raise R2OffloadError("presign_failed", "no object key")
         url = self._presigner.presign(outcome.object_key, outcome.r2_url)  # R2OffloadError("presign_failed")
         return _Outcome(r2_url=url, object_key=outcome.object_key, original_filename=outcome.original_filename,
                         reused=outcome.reused)

@@ -255,7 +255,8 @@ class RedisStateStore:
         if not client.get_connection_kwargs().get("decode_responses"):
             # Replies are parsed as str; build the client with services.redis_client.make_redis_client.
             raise ValueError("RedisStateStore needs a client with decode_responses=True")
-        self._client = client
+        # decode_responses=True (services/redis_client.py): every reply is str, which redis-py's types cannot say.
+        self._client: Any = client
         self._owns_client = owns_client
         self._p = prefix
         self._retention = float(retention_seconds)

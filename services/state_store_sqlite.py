@@ -448,7 +448,7 @@ class SqliteStateStore:
     def record_recent(self, entry: dict) -> None:
         with self._write() as conn:
             cursor = conn.execute("INSERT INTO recent (at, entry) VALUES (?, ?)", (time.time(), dumps(entry)))
-            conn.execute("DELETE FROM recent WHERE id <= ?", (cursor.lastrowid - RECENT_KEEP,))
+            conn.execute("DELETE FROM recent WHERE id <= ?", ((cursor.lastrowid or 0) - RECENT_KEEP,))
 
     @_errors
     def recent(self, limit: int = 20) -> list[dict]:
