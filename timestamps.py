@@ -10,14 +10,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-SECONDS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+def _seconds(moment: datetime) -> str:
+    # Not strftime("%Y"): glibc does not pad years below 1000 (a Date header can say year 500).
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+            f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z")
 
 
 def format_utc(moment: datetime) -> str:
     """``YYYY-MM-DDTHH:MM:SSZ`` in UTC (a naive datetime is taken as UTC)."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime(SECONDS_FORMAT)
+    return _seconds(moment.astimezone(timezone.utc))
 
 
 def utc_now() -> str:
@@ -35,7 +38,7 @@ def _moment(epoch: Any) -> datetime | None:
 
 def iso_utc(epoch: Any) -> str | None:
     moment = _moment(epoch)
-    return None if moment is None else moment.strftime(SECONDS_FORMAT)
+    return None if moment is None else _seconds(moment)
 
 
 def iso_utc_ms(epoch: Any) -> str | None:

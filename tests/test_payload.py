@@ -78,3 +78,9 @@ def test_received_at_formats():
     now = datetime(2030, 1, 1, tzinfo=timezone.utc)
     for bad in (None, "", "Tue, 06 Jun 2017 27:39:33 +0600", "garbage"):
         assert received_at_from_date_header(bad, now=now) == "2030-01-01T00:00:00Z"
+
+
+def test_received_at_pads_a_year_below_1000_to_four_digits():
+    # A Date header may name year 500; the documented format (and the payload schema) is YYYY-MM-DDTHH:MM:SSZ.
+    assert format_received_at(datetime(500, 1, 2, 3, 4, 5, tzinfo=timezone.utc)) == "0500-01-02T03:04:05Z"
+    assert received_at_from_date_header("Mon, 01 Jan 0500 00:00:00 +0000") == "0500-01-01T00:00:00Z"
