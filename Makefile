@@ -7,16 +7,21 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test test-python test-worker test-browser deps deps-dev deps-system deps-node bench demo chaos clean
+.PHONY: run test lint lock test-python test-worker test-browser deps deps-dev deps-system deps-node bench demo chaos clean
 
-$(VENV)/.stamp-runtime: requirements.txt
+# Installs come from the locks only, every file checked against its hash (`make lock` rewrites them).
+PIP_INSTALL := $(PIP) install -q --disable-pip-version-check --require-hashes
+LOCK := $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	--no-emit-find-links
+
+$(VENV)/.stamp-runtime: requirements.lock
 	@./scripts/install-system-deps.sh --venv-only
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check -r requirements.txt
+	$(PIP_INSTALL) -r requirements.lock
 	@touch $@
 
-$(VENV)/.stamp-dev: $(VENV)/.stamp-runtime requirements-dev.txt
-	$(PIP) install -q --disable-pip-version-check -r requirements-dev.txt
+$(VENV)/.stamp-dev: $(VENV)/.stamp-runtime requirements-dev.lock
+	$(PIP_INSTALL) -r requirements-dev.lock
 	@touch $@
 
 deps: $(VENV)/.stamp-runtime
@@ -32,8 +37,19 @@ deps-node:
 run: deps
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:$(PORT) app:app
 
-## Everything the tests need, then the whole suite (Worker tests on Miniflare, then pytest).
+## Rewrites requirements.lock and requirements-dev.lock (with hashes) from requirements*.txt.
+lock: deps-dev
+	$(LOCK) -o requirements.lock requirements.txt
+	$(LOCK) -o requirements-dev.lock requirements-dev.txt
+
+## ruff (lint) and mypy (types) over the code; configured in pyproject.toml. `make test` runs it first.
+lint: deps-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+## Everything the tests need, then lint and the whole suite (Worker tests on Miniflare, then pytest).
 test: deps-system deps-dev deps-node
+	$(MAKE) --no-print-directory lint
 	@if [ -f worker/package.json ]; then $(MAKE) --no-print-directory test-worker; fi
 	$(MAKE) --no-print-directory test-python
 
