@@ -25,10 +25,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     runtime = ServiceRuntime(settings)
     flask_app.extensions["render_signal"] = runtime
 
-    from routes import register_routes
     from cli import register_cli
+    from routes import register_routes
 
-    register_routes(flask_app, runtime)
+    register_routes(flask_app)
     register_cli(flask_app)
     return flask_app
 

@@ -6,7 +6,8 @@ All three render the one status document of ``routes.status_view``, so they alwa
 HTTP Basic credentials (any user name, the token as password) and shows only the ``/health`` summary when no token
 is configured. Tokens are compared in constant time on bytes. The metrics come from a ``CollectorRegistry`` built
 per request from the document (never the process-global registry, whose counters would differ per worker). Any
-error answers JSON 500 without internals; the traceback goes to the (scrubbed) log.
+error answers JSON 500 without internals; the traceback goes to the (scrubbed) log. The page's HTML and CSS are
+the templates of ``routes/templates/``; the CSS is inlined and allowed by the Content-Security-Policy by its hash.
 """
 
 from __future__ import annotations
@@ -17,17 +18,26 @@ import hashlib
 import hmac
 import logging
 import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from markupsafe import Markup
 
+from routes.health import health_document
 from routes.status_view import KNOWN_COUNTERS, LABELLED_COUNTERS, RECENT_LIMIT, build_status
+from timestamps import iso_utc
 
 logger = logging.getLogger(__name__)
 
 REALM = "render-signal"
 METRIC_PREFIX = "render_signal_"
 COMMON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+# The page's HTML and CSS live in routes/templates/ (Flask's Jinja autoescapes every .html template).
+bp = Blueprint("operator", __name__, template_folder="templates")
 
 
 # --- authentication -------------------------------------------------------------------------------------------------
@@ -51,7 +61,7 @@ def _api_credentials_ok(expected: str) -> bool:
     if scheme.lower() == "bearer" and value.strip():
         if _same_secret(_header_bytes(value.strip()), expected):
             return True
-    api_key = request.headers.get("X-API-Key")
+    api_key = request.headers.get("X-API-Key", "")
     return bool(api_key) and _same_secret(_header_bytes(api_key.strip()), expected)
 
 
@@ -102,6 +112,7 @@ def _runtime():
 
 # --- /api/status ------------------------------------------------------------------------------------------------------
 
+@bp.get("/api/status")
 @_guarded
 def api_status() -> Response:
     runtime = _runtime()
@@ -171,10 +182,10 @@ class StatusCollector:
                          poller.get("consecutive_errors"))
         state = poller.get("state")
         if state:
-            family = GaugeMetricFamily(f"{METRIC_PREFIX}poller_state", "1 for the poller's current state.",
-                                       labels=["state"])
-            family.add_metric([str(state)], 1.0)
-            yield family
+            state_family = GaugeMetricFamily(f"{METRIC_PREFIX}poller_state", "1 for the poller's current state.",
+                                             labels=["state"])
+            state_family.add_metric([str(state)], 1.0)
+            yield state_family
         info = GaugeMetricFamily(f"{METRIC_PREFIX}build_info", "Version of the answering instance.",
                                  labels=["version"])
         info.add_metric([str((doc.get("instance") or {}).get("version") or "")], 1.0)
@@ -201,6 +212,7 @@ def render_metrics(document: dict, accept: str | None = None) -> tuple[bytes, st
     return encoder(registry), content_type
 
 
+@bp.get("/metrics")
 @_guarded
 def metrics() -> Response:
     runtime = _runtime()
@@ -216,104 +228,49 @@ def metrics() -> Response:
 
 # --- / (the human page) -------------------------------------------------------------------------------------------
 
-_STYLE = """
-body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5rem;color:#1d2430;background:#f6f7f9}
-h1{font-size:1.3rem;margin:0 0 .2rem}h2{font-size:1rem;margin:1.4rem 0 .4rem}
-.muted{color:#667}.badge{display:inline-block;padding:.1rem .5rem;border-radius:.6rem;font-weight:600}
-.ok{background:#d9f2e1;color:#145c2c}.degraded{background:#fff0c2;color:#6b4d00}.down{background:#fbd5d5;color:#7a1111}
-.stale{background:#e3e6ea;color:#333}
-table{border-collapse:collapse;width:100%;background:#fff;box-shadow:0 1px 2px #0001}
-th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #e6e8eb;vertical-align:top}
-th{background:#eef0f3;font-weight:600}dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;margin:0}
-dt{color:#556}dd{margin:0;font-family:ui-monospace,monospace;word-break:break-all}
-.cards{margin-top:1rem;display:grid;grid-template-columns:repeat(auto-fit,minmax(18rem,1fr));gap:1rem}
-.card{background:#fff;padding:.8rem 1rem;box-shadow:0 1px 2px #0001}
-""".strip()
-_STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode("utf-8")).digest()).decode("ascii")
-# Nothing may load from anywhere: no script, no image, no font, no frame, no form target; only the inline style.
-CONTENT_SECURITY_POLICY = (f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; img-src 'none'; "
-                           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<title>render-signal status</title><style>{{ style }}</style></head>
-<body>
-<h1>render-signal <span class="badge {{ health.status }}">{{ health.status }}</span>
-{% if doc and doc.stale %}<span class="badge stale">stale: shared store unreadable</span>{% endif %}</h1>
-<p class="muted">version {{ version }} · generated {{ generated_at }}</p>
-<h2>Health <span class="muted">(as /health answers from this instance)</span></h2>
-<table><tr>{% for name in health.checks %}<th>{{ name }}</th>{% endfor %}</tr>
-<tr>{% for name, value in health.checks.items() %}<td>{{ value }}</td>{% endfor %}</tr></table>
-{% if doc %}
-<div class="cards">
-<section class="card"><h2>Lease</h2><dl>
-<dt>holder</dt><dd id="lease-holder">{{ doc.lease.holder or "nobody" }}</dd>
-<dt>backend</dt><dd>{{ doc.lease.backend }}</dd>
-<dt>acquired</dt><dd>{{ doc.lease.acquired_at or "-" }}</dd>
-<dt>renewals / losses</dt><dd>{{ doc.lease.renewals if doc.lease.renewals is not none else "-" }} /
-{{ doc.lease.losses if doc.lease.losses is not none else "-" }}</dd></dl></section>
-<section class="card"><h2>Poller</h2><dl>
-<dt>state</dt><dd id="poller-state">{{ doc.poller.state }}</dd>
-<dt>mailbox</dt><dd>{{ doc.poller.mailbox or "-" }}</dd>
-<dt>last successful cycle</dt><dd id="last-success">{{ doc.poller.last_success_at or "never" }}</dd>
-<dt>last cycle</dt><dd>{{ doc.poller.last_cycle_at or "-" }}</dd>
-<dt>consecutive errors</dt><dd>{{ doc.poller.consecutive_errors }}</dd>
-{% if doc.poller.last_error %}<dt>last error</dt>
-<dd>{{ doc.poller.last_error.at or "" }} {{ doc.poller.last_error.message }}</dd>{% endif %}
-</dl></section>
-<section class="card"><h2>Outbox</h2>{% if doc.outbox %}<dl>
-<dt>pending</dt><dd id="outbox-pending">{{ doc.outbox.pending }}</dd>
-<dt>oldest pending</dt><dd>{{ doc.outbox.oldest_pending_age_s if doc.outbox.oldest_pending_age_s is not none
-else "-" }}{% if doc.outbox.oldest_pending_age_s is not none %} s{% endif %}</dd>
-<dt>dead letters</dt><dd id="dead-letters">{{ doc.outbox.dead_letters.count }}</dd>
-{% for item in doc.outbox.dead_letters.recent %}<dt>{{ item.at }}</dt><dd>{{ item.event_id }}: {{ item.reason }}</dd>
-{% endfor %}</dl>{% else %}<p class="muted">unknown</p>{% endif %}</section>
-</div>
-<h2>Last {{ recent_limit }} processed emails</h2>
-{% if recent %}<table id="recent"><tr><th>time</th><th>sender</th><th>subject</th><th>links</th><th>outcome</th></tr>
-{% for entry in recent %}<tr><td>{{ entry.at }}</td><td>{{ entry.sender }}</td><td>{{ entry.subject }}</td>
-<td>{{ entry.links | join(", ") }}</td><td>{{ entry.outcome }}</td></tr>
-{% endfor %}</table>{% else %}<p class="muted" id="recent">none{% if doc.stale %} (store unreadable){% endif %}</p>{% endif %}
-{% else %}
-<p class="muted">Set STATUS_API_TOKEN to see the lease, the outbox and the recent emails here.</p>
-{% endif %}
-</body></html>
-"""
-
-_template = None
+STYLE_PATH = Path(__file__).with_name("templates") / "status.css"
 
 
-def _page_template():
-    global _template
-    if _template is None:
-        from jinja2 import Environment
+@dataclass(frozen=True)
+class InlineStyle:
+    """The page's one stylesheet, exactly as it is rendered inline, and the CSP that allows only it (by hash)."""
 
-        # Autoescape on for every value: subjects and senders come from arbitrary emails.
-        _template = Environment(autoescape=True).from_string(_PAGE)
-    return _template
+    css: str
+    content_security_policy: str
+
+
+def inline_style(css: str) -> InlineStyle:
+    # The hash is taken over the very text the template inserts; the file's trailing newline is not part of it.
+    css = css.strip()
+    digest = base64.b64encode(hashlib.sha256(css.encode("utf-8")).digest()).decode("ascii")
+    # Nothing may load from anywhere: no script, no image, no font, no frame, no form target; only the inline style.
+    policy = (f"default-src 'none'; style-src 'sha256-{digest}'; img-src 'none'; "
+              "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return InlineStyle(css=css, content_security_policy=policy)
+
+
+@functools.cache
+def page_style() -> InlineStyle:
+    """The stylesheet of ``STYLE_PATH``, read once per process (on first use, not at import)."""
+    return inline_style(STYLE_PATH.read_text(encoding="utf-8"))
 
 
 def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     response = Response(body, status=status, content_type="text/html; charset=utf-8")
     response.headers.update(COMMON_HEADERS)
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Content-Security-Policy"] = page_style().content_security_policy
     response.headers.update(headers or {})
     return response
 
 
+@bp.get("/")
 @_guarded
 def dashboard() -> Response:
-    import time
-
-    from routes.health import health_document
-    from timestamps import iso_utc
-
     runtime = _runtime()
     token = runtime.settings.status_api_token
     if token and not _basic_credentials_ok(token):
         logger.info("SECURITY: rejected %s without valid credentials", request.path)
-        return _html("<!doctype html><title>401</title><p>Credentials required.</p>", 401,
+        return _html(render_template("unauthorized.html"), 401,
                      {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
     if token:
         document, recent = build_status(runtime, recent_limit=RECENT_LIMIT)
@@ -323,16 +280,8 @@ def dashboard() -> Response:
         health_doc, _ = health_document(runtime)
         health = {"status": health_doc["status"], "checks": health_doc["checks"]}
         document, recent, generated_at = None, [], iso_utc(time.time())
-    from markupsafe import Markup
-
     # The style is our constant: unescaped, or its quotes would become entities (broken CSS, wrong CSP hash).
-    body = _page_template().render(style=Markup(_STYLE), doc=document, recent=recent, health=health,
-                                   version=runtime.version, generated_at=generated_at, recent_limit=RECENT_LIMIT)
+    body = render_template("status.html", style=Markup(page_style().css), doc=document, recent=recent,
+                           health=health, version=runtime.version, generated_at=generated_at,
+                           recent_limit=RECENT_LIMIT)
     return _html(body)
-
-
-def register_operator_routes(app: Flask, runtime) -> None:
-    """Attach ``/api/status``, ``/metrics`` and ``/`` (the runtime is read from ``app.extensions`` per request)."""
-    app.add_url_rule("/api/status", "operator_status", api_status, methods=["GET"])
-    app.add_url_rule("/metrics", "operator_metrics", metrics, methods=["GET"])
-    app.add_url_rule("/", "operator_dashboard", dashboard, methods=["GET"])

@@ -22,7 +22,7 @@ def test_the_web_service_runs_gunicorn_with_a_health_check():
     web = next(s for s in load()["services"] if s["type"] == "web")
     assert web["startCommand"] == "gunicorn -c gunicorn.conf.py app:app"
     assert web["healthCheckPath"] == "/health"
-    assert "requirements.txt" in web["buildCommand"]
+    assert web["buildCommand"] == "pip install --require-hashes -r requirements.lock"
     assert isinstance(web["numInstances"], int) and web["numInstances"] >= 1
 
 
