@@ -207,7 +207,7 @@ def render_metrics(document: dict, accept: str | None = None) -> tuple[bytes, st
     from prometheus_client.exposition import choose_encoder
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatusCollector(document))  # type: ignore[arg-type]
+    registry.register(StatusCollector(document))
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type
 
