@@ -45,19 +45,19 @@ test-worker:
 
 ## Renders the status page in headless Chromium (Debian `chromium`) and saves docs/dashboard.png. Not in CI.
 test-browser: deps-dev
-	$(PY) scripts/browser_screenshot.py
+	$(PY) -m scripts.browser_screenshot
 
 ## Benchmarks (bench/RESULTS.md). Starts its own servers on loopback.
 bench: deps-system deps-dev deps-node
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 ## A one-command demo of the whole system on loopback; Ctrl-C stops everything.
 demo: deps-system deps-dev deps-node
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
 
 ## The full-length chaos run (300 emails, production-like timeouts); writes bench/CHAOS.md. Not in CI.
 chaos: deps-system deps-dev deps-node
-	$(PY) scripts/chaos.py
+	$(PY) -m scripts.chaos
 
 clean:
 	rm -rf $(VENV) var .pytest_cache worker/node_modules

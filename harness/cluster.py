@@ -3,7 +3,7 @@
 ``Cluster`` starts, in this order: a real Dovecot (one fresh account), optionally a real Redis, a local file server
 playing Dropbox / WeTransfer (``SourceServer``), the Cloudflare Worker on Miniflare (workerd) whose outbound requests
 for the Dropbox hosts are routed to that file server, a webhook receiver (in-process), and N service instances, each
-a real Gunicorn master with its workers (``tests.infra.service.ServiceProcess``). With Redis the instances share it
+a real Gunicorn master with its workers (``harness.service.ServiceProcess``). With Redis the instances share it
 (lease + state); without it there must be one instance (file lock + SQLite under its STATE_DIR).
 
 Everything is started by PID and stopped by PID in ``stop()`` (reverse order, every step in its own try), and
@@ -38,39 +38,17 @@ from typing import Any, Callable, Iterator
 
 import requests
 
-from tests.infra.binaries import SEARCH_PATH
-from tests.infra.dovecot import DONE_KEYWORD, DovecotServer, ImapAccount
-from tests.infra.miniflare import MiniflareWorker, start_worker
-from tests.infra.receiver import WebhookReceiver
-from tests.infra.redis_server import RedisServer
-from tests.infra.service import ServiceProcess
-from tests.support.mail import event_id_of, make_email
-from tests.support.pipeline import service_env
+from harness.binaries import MissingRuntime, find_binary  # noqa: F401 (MissingRuntime: the scripts catch it)
+from harness.dovecot import DONE_KEYWORD, DovecotServer, ImapAccount
+from harness.miniflare import MiniflareWorker, find_worker_runtime, start_worker
+from harness.receiver import WebhookReceiver
+from harness.redis_server import RedisServer
+from harness.service import ServiceProcess
+from harness.mail import event_id_of, make_email
+from harness.pipeline import service_env
 
 LEASE_KEY = "render_signal:poller_lock"
 ALLOWED_DOMAIN = "@example.com"
-
-
-class MissingRuntime(RuntimeError):
-    """A server binary or the Worker's npm packages are missing (the pytest side turns this into skip/fail)."""
-
-
-def find_binary(name: str) -> str:
-    import shutil
-
-    path = shutil.which(name, path=SEARCH_PATH)
-    if not path:
-        raise MissingRuntime(f"{name} not found (make deps-system installs it)")
-    return path
-
-
-def find_node() -> str:
-    from tests.infra.miniflare import WORKER_DIR
-
-    node = find_binary("node")
-    if not (WORKER_DIR / "node_modules" / "miniflare" / "package.json").is_file():
-        raise MissingRuntime("worker/node_modules/miniflare is missing (make deps-node)")
-    return node
 
 
 # --- the file server playing Dropbox and WeTransfer ----------------------------------------------------------------
@@ -250,9 +228,9 @@ class Cluster:
         return self
 
     def _start(self) -> None:
-        dovecot_bin = find_binary("dovecot")
-        redis_bin = find_binary("redis-server") if self.use_redis else None
-        node = find_node() if self.r2 else None
+        dovecot_bin = find_binary("dovecot", "dovecot-imapd")
+        redis_bin = find_binary("redis-server", "redis-server") if self.use_redis else None
+        node = find_worker_runtime() if self.r2 else None
         started = time.monotonic()
         self.log("starting Dovecot (IMAP + IMAPS, own CA) ...")
         self.dovecot = DovecotServer(dovecot_bin).start()

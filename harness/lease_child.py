@@ -21,10 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-try:
-    from tests.support.waiting import wait_for  # noqa: F401 - re-exported for the lease tests
-except ImportError:  # run as a script: the repository root is added to sys.path in main()
-    wait_for = None
+from harness.waiting import wait_for  # noqa: F401 - re-exported for the lease tests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -47,7 +44,6 @@ def main(argv: list[str]) -> int:
     import logging
     import threading
 
-    sys.path.insert(0, REPO)
     from background.lease import LeaseKeeper, LeaseLost, OwnershipGuard, make_lease
     from settings import Settings
 
@@ -205,7 +201,7 @@ def spawn(name: str, workdir: str, *args: str) -> Contender:
     log_path = os.path.join(workdir, f"{name}.log")
     log = open(log_path, "ab")
     try:
-        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "lease_child.py"), "--events", events_path,
+        proc = subprocess.Popen([sys.executable, "-m", "harness.lease_child", "--events", events_path,
                                  *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     finally:
         log.close()

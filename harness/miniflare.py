@@ -25,13 +25,10 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
-import pytest
+from harness.binaries import MissingRuntime, find_binary
 
-from tests.infra.binaries import in_ci, require_binary
-
-WORKER_DIR = Path(__file__).resolve().parents[2] / "worker"
+WORKER_DIR = Path(__file__).resolve().parents[1] / "worker"
 SERVE_SCRIPT = WORKER_DIR / "scripts" / "serve.mjs"
 READY_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
@@ -82,14 +79,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait(5)
 
 
-def require_worker_runtime() -> str:
-    """Path of ``node``, once the Worker's npm packages are installed; skip (fail under CI) otherwise."""
-    node = require_binary("node", "nodejs")
+def find_worker_runtime() -> str:
+    """Path of ``node``, once the Worker's npm packages are installed; ``MissingRuntime`` otherwise."""
+    node = find_binary("node", "nodejs")
     if not (WORKER_DIR / "node_modules" / "miniflare" / "package.json").is_file():
-        message = "worker/node_modules/miniflare is missing: run make test (npm ci in worker/)"
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        raise MissingRuntime("worker/node_modules/miniflare is missing: run make test (npm ci in worker/)")
     return node
 
 
@@ -143,21 +137,3 @@ def _drain_stdout(proc: subprocess.Popen, log_file, first_line: queue.Queue) -> 
     finally:
         log_file.close()
         proc.stdout.close()
-
-
-@pytest.fixture
-def worker_on_miniflare() -> Iterator[Callable[..., MiniflareWorker]]:
-    """Factory: ``worker_on_miniflare(source_origin, retention_hours=None)`` → a started ``MiniflareWorker``."""
-    node = require_worker_runtime()
-    started: list[MiniflareWorker] = []
-
-    def start(source_origin: str, *, retention_hours: float | None = None) -> MiniflareWorker:
-        worker = start_worker(node, source_origin, retention_hours=retention_hours)
-        started.append(worker)
-        return worker
-
-    try:
-        yield start
-    finally:
-        for worker in started:
-            worker.stop()

@@ -8,11 +8,9 @@ at teardown. Tests that need real processes (kill -9, several containers) use ``
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
-import pytest
 
 from background.runner import ServiceRuntime
 from settings import Settings
@@ -80,24 +78,3 @@ class RunningPipeline:
     def wait_until_holding(self, timeout: float = 10.0) -> None:
         self.wait_until(lambda: self.background is not None and self.background.lease.holds_locally(), timeout,
                         "lease held")
-
-
-@pytest.fixture
-def pipeline_factory() -> Iterator[Callable[[Mapping[str, str]], RunningPipeline]]:
-    started: list[RunningPipeline] = []
-    threads_before = threading.active_count()
-
-    def start(env: Mapping[str, str], run: bool = True) -> RunningPipeline:
-        pipeline = RunningPipeline(env)
-        started.append(pipeline)
-        return pipeline.start() if run else pipeline
-
-    yield start
-    for pipeline in started:
-        pipeline.stop()
-    # Nothing left behind: the background threads of every pipeline have ended.
-    deadline = time.monotonic() + 5
-    while threading.active_count() > threads_before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    leftover = [t.name for t in threading.enumerate() if t.name.startswith("render-signal-")]
-    assert not leftover, f"background threads left running: {leftover}"

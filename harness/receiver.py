@@ -1,6 +1,6 @@
 """A real HTTP webhook receiver on 127.0.0.1 that plays Make's "custom webhook" for the tests and the demo.
 
-In the test process (pytest plugin, listed in tests/conftest.py):
+In the test process (pytest fixtures in tests/fixtures/receiver.py, loaded by tests/conftest.py):
 
 - ``webhook_receiver`` (function): one started ``WebhookReceiver``; ``make_webhook_receiver(**kwargs)`` (function)
   builds more. Both are stopped at teardown (listening socket, open connections, handler threads).
@@ -25,7 +25,7 @@ In the test process (pytest plugin, listed in tests/conftest.py):
 
 As a separate process, for the demo and the chaos runs::
 
-    python -m tests.infra.receiver --port 8099 --log /tmp/receiver.jsonl [--path /hook/TOKEN] \\
+    python -m harness.receiver --port 8099 --log /tmp/receiver.jsonl [--path /hook/TOKEN] \\
         [--fail-first N --fail-status 503] [--delay SECONDS] [--status 200]
 
 prints one JSON line ``{"url": ..., "port": ..., "pid": ...}`` on stdout once it listens, then appends one JSON
@@ -53,9 +53,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-import pytest
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 JOIN_TIMEOUT_SECONDS = 5.0
@@ -457,39 +456,10 @@ def _is_2xx(event: Mapping[str, Any]) -> bool:
     return status is not None and 200 <= status <= 299
 
 
-# --- pytest fixtures -------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def make_webhook_receiver() -> Iterator[Callable[..., WebhookReceiver]]:
-    """Factory of started receivers (kwargs of ``WebhookReceiver``); all are stopped at teardown."""
-    receivers: list[WebhookReceiver] = []
-
-    def make(**kwargs: Any) -> WebhookReceiver:
-        receiver = WebhookReceiver(**kwargs).start()
-        receivers.append(receiver)
-        return receiver
-
-    yield make
-    errors = []
-    for receiver in receivers:
-        try:
-            receiver.stop()
-        except RuntimeError as exc:
-            errors.append(str(exc))
-    if errors:
-        raise RuntimeError("; ".join(errors))
-
-
-@pytest.fixture
-def webhook_receiver(make_webhook_receiver: Callable[..., WebhookReceiver]) -> WebhookReceiver:
-    """A started receiver answering like Make (``200 Accepted``) until told otherwise."""
-    return make_webhook_receiver()
-
-
 # --- separate process ------------------------------------------------------------------------------------------
 
 def receiver_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.infra.receiver", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.receiver", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = a free one)")
     parser.add_argument("--log", required=True, help="file that gets one JSON line per received request")
     parser.add_argument("--path", default=None, help="hook path (default /hook/<random token>)")

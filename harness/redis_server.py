@@ -13,12 +13,8 @@ import signal
 import socket
 import subprocess
 import tempfile
-from typing import Iterator
 
-import pytest
-
-from tests.infra.binaries import require_binary
-from tests.infra.ports import free_port, stop_process, wait_until
+from harness.ports import free_port, stop_process, wait_until
 
 
 class RedisServer:
@@ -76,36 +72,3 @@ class RedisServer:
             stop_process(self.proc)
             self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def redis_binary() -> str:
-    return require_binary("redis-server", "redis-server")
-
-
-@pytest.fixture(scope="session")
-def redis_server(redis_binary: str) -> Iterator[RedisServer]:
-    server = RedisServer(redis_binary).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    """URL of the shared server, flushed before and after the test."""
-    redis_server.flushall()
-    yield redis_server.url
-    if not redis_server.paused:
-        redis_server.flushall()
-
-
-@pytest.fixture
-def private_redis(redis_binary: str) -> Iterator[RedisServer]:
-    """A server of this test's own, safe to pause or kill."""
-    server = RedisServer(redis_binary).start()
-    try:
-        yield server
-    finally:
-        server.stop()

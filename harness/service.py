@@ -14,14 +14,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Iterator, Mapping
+from typing import Mapping
 
-import pytest
 import requests
 
-from tests.infra.ports import free_port, wait_until
+from harness.ports import free_port, wait_until
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
 
 
@@ -129,18 +128,3 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 pass
         self._close()
-
-
-@pytest.fixture
-def service_factory() -> Iterator:
-    started: list[ServiceProcess] = []
-
-    def start(env: Mapping[str, str], workers: int = 2, threads: int = 2, wait: bool = True,
-              extra_args: tuple[str, ...] = ()) -> ServiceProcess:
-        service = ServiceProcess(env, workers=workers, threads=threads, extra_args=extra_args)
-        started.append(service)
-        return service.start(wait=wait)
-
-    yield start
-    for service in started:
-        service.cleanup()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make chaos`: the full-length chaos run (issue 10, item 4), outside CI; the tally goes to bench/CHAOS.md.
 
-The stack of the e2e suite (tests/support/cluster.py): real Dovecot, real Redis, the Worker on Miniflare with a local
+The stack of the e2e suite (harness/cluster.py): real Dovecot, real Redis, the Worker on Miniflare with a local
 R2 bucket and a local file server playing Dropbox, a webhook receiver, two service instances (two Gunicorn masters,
 two workers each) on one Redis, R2 on. 300 emails (about one in six must be skipped: a sender outside the allow-list
 or no delivery link) are appended in bursts while, in turn: the lease holder's master is killed -9 (and restarted
@@ -15,7 +15,7 @@ Timeouts are production-like, not the e2e suite's scaled-down ones:
   (5,30,120,...), R2 circuit defaults (5 failures, 60 s cooldown), REDIS_LOCK_TTL_SECONDS=20 (render.yaml uses 60;
   20 keeps a kill -9 takeover inside the 30 s fault window) with the default retry TTL/3.
 
-    .venv/bin/python scripts/chaos.py [--emails 300] [--fault-seconds 30] [--output bench/CHAOS.md]
+    .venv/bin/python -m scripts.chaos [--emails 300] [--fault-seconds 30] [--output bench/CHAOS.md]
 
 Exit code 0 when every check passed, 1 otherwise (the tally and the problems are written either way).
 """
@@ -27,14 +27,12 @@ import datetime as dt
 import json
 import os
 import signal
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from harness.cluster import (Cluster, Mail, MissingRuntime, check_run, leftover_processes,
+                             wait_settled)
 
-from tests.support.cluster import (Cluster, Mail, MissingRuntime, check_run, leftover_processes,  # noqa: E402
-                                   wait_settled)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ENV = {
     "IMAP_TIMEOUT_SECONDS": "10",
@@ -68,8 +66,7 @@ def _on_signal(signum, frame) -> None:  # noqa: ANN001
 
 def machine() -> str:
     """The machine, as bench/run_all.py describes it for RESULTS.md (one description for both reports)."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    from run_all import machine as describe_machine
+    from bench.run_all import machine as describe_machine
 
     return ", ".join(f"{key}: {value}" for key, value in describe_machine())
 
@@ -226,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - STARTED
     write_report(args.output, args, tally, problems, phases, elapsed)
     # Issue 10: the chaos tally also goes into bench/RESULTS.md (as its last section).
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    from run_all import refresh_chaos_section
+    from bench.run_all import refresh_chaos_section
 
     refresh_chaos_section(os.path.join(ROOT, "bench", "RESULTS.md"), args.output)
     say(f"tally: {json.dumps({k: v for k, v in tally.items() if k != 'counters'})}")

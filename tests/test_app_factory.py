@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from settings import Settings
-from tests.infra.service import ROOT, base_env
+from harness.service import ROOT, base_env
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tests.infra.service import ROOT, base_env
-from tests.support.mail import event_id_of, make_email
+from harness.service import ROOT, base_env
+from harness.mail import event_id_of, make_email
 
 pytestmark = pytest.mark.integration
 

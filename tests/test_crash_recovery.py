@@ -9,9 +9,9 @@ import pytest
 
 from services.state_store import open_state_store
 from settings import Settings
-from tests.support.mail import event_id_of, make_email
-from tests.support.pipeline import service_env
-from tests.support.waiting import wait_for
+from harness.mail import event_id_of, make_email
+from harness.pipeline import service_env
+from harness.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.imap, pytest.mark.slow]
 

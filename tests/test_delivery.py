@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from tests.infra.service import ROOT, base_env
-from tests.support.mail import event_id_of, make_email
-from tests.support.pipeline import service_env
+from harness.service import ROOT, base_env
+from harness.mail import event_id_of, make_email
+from harness.pipeline import service_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.imap]
 

@@ -1,4 +1,4 @@
-"""Self-tests of the Dovecot fixture (tests/infra/dovecot.py): the rig must be right before anything is proven
+"""Self-tests of the Dovecot fixture (harness/dovecot.py): the rig must be right before anything is proven
 with it."""
 
 import datetime as dt
@@ -15,7 +15,7 @@ import pytest
 from imapclient import IMAPClient
 
 from settings import Settings
-from tests.infra.dovecot import DONE_KEYWORD, DovecotServer, sample_message
+from harness.dovecot import DONE_KEYWORD, DovecotServer, sample_message
 
 pytestmark = [pytest.mark.integration, pytest.mark.imap]
 
@@ -167,8 +167,7 @@ def test_the_server_dies_with_the_test_process_even_without_teardown(dovecot_bin
     # pytest-timeout's thread method ends the process with os._exit: no fixture teardown runs.
     script = textwrap.dedent(f"""
         import os, sys
-        sys.path.insert(0, {REPO!r})
-        from tests.infra.dovecot import DovecotServer
+        from harness.dovecot import DovecotServer
         server = DovecotServer({dovecot_binary!r}).start()
         server.pause()
         print(server.proc.pid, server.dir, flush=True)

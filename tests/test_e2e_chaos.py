@@ -15,9 +15,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.infra.binaries import require_binary
-from tests.infra.miniflare import require_worker_runtime
-from tests.support.cluster import Cluster, Mail, check_run, delivered_events, leftover_processes, wait_settled
+from tests.fixtures.runtime import require_binary, require_worker_runtime
+from harness.cluster import Cluster, Mail, check_run, delivered_events, leftover_processes, wait_settled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.imap]
 

@@ -11,8 +11,8 @@ import pytest
 from services.imap_mailbox import (ImapAuthError, ImapConnectionError, ImapError, ImapMessageGone, ImapTimeout,
                                    MailboxClient, MailboxState, PartInfo, text_parts, walk_parts)
 from settings import Settings
-from tests.infra.dovecot import DONE_KEYWORD, sample_message
-from tests.infra.ports import free_port
+from harness.dovecot import DONE_KEYWORD, sample_message
+from harness.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.imap]
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tests.support.mail import event_id_of, make_email
-from tests.support.pipeline import service_env
+from harness.mail import event_id_of, make_email
+from harness.pipeline import service_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.imap]
 

@@ -12,7 +12,7 @@ import pytest
 from background import lease as lease_module
 from background.lease import FILE_LOCK_WARNING, FileLease, LeaseKeeper, LeaseLost, make_lease
 from settings import Settings
-from tests.lease_child import Contender, overlaps, spawn, wait_for
+from harness.lease_child import Contender, overlaps, spawn, wait_for
 
 RETRY = 0.2
 

@@ -1,4 +1,4 @@
-"""The Redis poller lease with separate OS processes (tests/lease_child.py) against a real redis-server.
+"""The Redis poller lease with separate OS processes (harness/lease_child.py) against a real redis-server.
 
 Each child records, every 20 ms, whether it believes it holds the lease (wall-clock bracketed samples) and, while its
 keeper says "held", performs guarded "mailbox actions" that a Lua witness in Redis marks as owned or not at the
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.lease_child import ACTIONS_KEY, Contender, overlaps, spawn, wait_for
+from harness.lease_child import ACTIONS_KEY, Contender, overlaps, spawn, wait_for
 
 KEY = "render_signal:poller_lock"
 TTL = 1.0

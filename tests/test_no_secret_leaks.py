@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from tests.infra.ports import wait_until
-from tests.infra.redis_server import RedisServer
+from harness.ports import wait_until
+from harness.redis_server import RedisServer
 from tests.test_operator_cluster import dropbox_email
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.redis, pytest.mark.imap]

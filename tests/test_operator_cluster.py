@@ -13,9 +13,9 @@ from email.utils import formatdate, make_msgid
 
 import pytest
 
-from tests.support.waiting import wait_for
+from harness.waiting import wait_for
 
-from tests.infra.ports import free_port
+from harness.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.redis, pytest.mark.imap]
 

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from tests.support.mail import make_email
-from tests.support.pipeline import service_env
+from harness.mail import make_email
+from harness.pipeline import service_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.imap, pytest.mark.slow]
 

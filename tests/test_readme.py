@@ -6,7 +6,7 @@ import re
 import pytest
 
 from settings import SPECS
-from tests.infra.service import ROOT
+from harness.service import ROOT
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Self-tests of the webhook receiver fixture (tests/infra/receiver.py) that the delivery, e2e and chaos tests use.
+"""Self-tests of the webhook receiver fixture (harness/receiver.py) that the delivery, e2e and chaos tests use.
 
 These use plain ``requests``/sockets as the client, so they do not depend on the code the receiver tests.
 """
@@ -16,8 +16,8 @@ import time
 import pytest
 import requests
 
-from tests.infra.ports import free_port
-from tests.infra.receiver import Answer, WebhookReceiver
+from harness.ports import free_port
+from harness.receiver import Answer, WebhookReceiver
 
 pytestmark = pytest.mark.integration
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,7 +189,7 @@ def _post_ignoring_errors(url: str) -> None:
 def test_it_runs_as_a_separate_process_with_a_json_log_and_control_requests(tmp_path):
     log = tmp_path / "receiver.jsonl"
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.infra.receiver", "--port", str(port), "--log", str(log),
+    proc = subprocess.Popen([sys.executable, "-m", "harness.receiver", "--port", str(port), "--log", str(log),
                              "--fail-first", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

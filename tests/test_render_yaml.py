@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from settings import SPEC_BY_ENV
-from tests.infra.service import ROOT
+from harness.service import ROOT
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tests.infra.ports import free_port
-from tests.infra.service import GUNICORN, ROOT, base_env
+from harness.ports import free_port
+from harness.service import GUNICORN, ROOT, base_env
 
 pytestmark = [pytest.mark.integration]
 

@@ -29,7 +29,7 @@ from services.webhook import (
     retry_deadline,
 )
 from settings import Settings
-from tests.infra.receiver import Answer
+from harness.receiver import Answer
 
 DEFAULT_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
 BODY = json.dumps({"event_id": "msg_abc123", "subject": "Fichiers prêts", "links": ["https://x.example/f"]},

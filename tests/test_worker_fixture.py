@@ -1,4 +1,4 @@
-"""The real Worker on Miniflare, driven from Python the way the service drives it (tests/infra/miniflare.py)."""
+"""The real Worker on Miniflare, driven from Python the way the service drives it (harness/miniflare.py)."""
 
 from __future__ import annotations
 
