@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test test-python test-worker test-browser deps deps-dev deps-system deps-node bench demo chaos clean
+.PHONY: run test test-unit test-python test-worker test-browser deps deps-dev deps-system deps-node bench demo chaos clean
 
 $(VENV)/.stamp-runtime: requirements.txt
 	@./scripts/install-system-deps.sh --venv-only
@@ -39,6 +39,10 @@ test: deps-system deps-dev deps-node
 
 test-python:
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The unit tier only (tests/unit: no socket, no subprocess): seconds, no system package needed.
+test-unit: deps-dev
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 test-worker:
 	cd worker && npm test
