@@ -34,7 +34,6 @@ from tests.unit.test_state_store_contract import (  # noqa: F401
     test_published_status_carries_published_at_and_expires,
     test_recent_history_keeps_the_newest_hundred,
     test_finished_items_done_records_flags_and_history_expire_but_pending_work_stays,
-    test_sqlite_trim_deletes_expired_rows_from_the_file,
     test_threads_enqueueing_the_same_items_create_each_once,
 )
 
