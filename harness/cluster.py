@@ -17,7 +17,7 @@ worker process (file lock) that holds the lease, and ``restart(instance)`` start
 environment, as Render would restart a crashed container.
 
 The helpers in the test infrastructure are imported, never copied; the fixture that uses this lives in
-tests/test_e2e_chaos.py.
+tests/e2e/test_e2e_chaos.py.
 """
 
 from __future__ import annotations
