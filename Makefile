@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test lint lock test-python test-worker test-browser deps deps-dev deps-system deps-node bench demo chaos clean
+.PHONY: run test test-unit lint lock test-python test-worker test-browser deps deps-dev deps-system deps-node bench demo chaos clean
 
 # Installs come from the locks only, every file checked against its hash (`make lock` rewrites them).
 PIP_INSTALL := $(PIP) install -q --disable-pip-version-check --require-hashes
@@ -56,24 +56,28 @@ test: deps-system deps-dev deps-node
 test-python:
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## The unit tier only (tests/unit: no socket, no subprocess): seconds, no system package needed.
+test-unit: deps-dev
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
 test-worker:
 	cd worker && npm test
 
 ## Renders the status page in headless Chromium (Debian `chromium`) and saves docs/dashboard.png. Not in CI.
 test-browser: deps-dev
-	$(PY) scripts/browser_screenshot.py
+	$(PY) -m scripts.browser_screenshot
 
 ## Benchmarks (bench/RESULTS.md). Starts its own servers on loopback.
 bench: deps-system deps-dev deps-node
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 ## A one-command demo of the whole system on loopback; Ctrl-C stops everything.
 demo: deps-system deps-dev deps-node
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
 
 ## The full-length chaos run (300 emails, production-like timeouts); writes bench/CHAOS.md. Not in CI.
 chaos: deps-system deps-dev deps-node
-	$(PY) scripts/chaos.py
+	$(PY) -m scripts.chaos
 
 clean:
 	rm -rf $(VENV) var .pytest_cache worker/node_modules

@@ -3,7 +3,7 @@
 
 What runs (127.0.0.1, free ports, stopped by PID in ``finally`` even on Ctrl-C/SIGTERM): a real Dovecot (the
 service reads it over IMAPS, IDLE on), a real webhook receiver in this process, and the service under a real
-Gunicorn master with ONE worker (4 threads), SQLite state, ``tests.support.pipeline.service_env`` timings.
+Gunicorn master with ONE worker (4 threads), SQLite state, ``harness.pipeline.service_env`` timings.
 
 Steps: start; deliver one small warm-up email (modules imported, lease held, first cycle done); sample the worker's
 RSS (psutil, every 10 ms, in a thread of this process) for 1 s: idle RSS = the median; APPEND the big email
@@ -12,7 +12,7 @@ RSS (psutil, every 10 ms, in a thread of this process) for 1 s: idle RSS = the m
 Peak = the highest sample from before the APPEND until the webhook. Processing time = webhook received − APPEND
 finished (the APPEND of 67 MB itself is timed separately; Dovecot announces the message only once it is stored).
 
-    .venv/bin/python bench/bench_big_email.py [--html-mb 30] [--attachment-mb 20]
+    .venv/bin/python -m bench.bench_big_email [--html-mb 30] [--attachment-mb 20]
 """
 
 from __future__ import annotations
@@ -27,11 +27,9 @@ import threading
 import time
 import uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from bench.bench_latency import Harness, result
 
-from bench.bench_latency import Harness, result  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MB = 1024 * 1024
 LINK = "https://www.dropbox.com/scl/fi/bigmail0123456789abcd/Newsletter%20Assets.zip?rlkey=bigkey0123456789abcdefghi&dl=0"
@@ -104,8 +102,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
 
-    from tests.support.mail import make_email
-    from tests.support.pipeline import service_env
+    from harness.mail import make_email
+    from harness.pipeline import service_env
 
     raw = big_email(args.html_mb, args.attachment_mb)
     print(f"big email: text/html {args.html_mb} MB + attachment {args.attachment_mb} MB (both base64), "

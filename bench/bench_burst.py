@@ -3,9 +3,9 @@ at 200 req/s while the burst is processed.
 
 What runs (127.0.0.1, free ports, stopped by PID in ``finally`` even on Ctrl-C/SIGTERM), once per backend:
 - a real Dovecot with one fresh account; the service talks IMAPS to it, IDLE on, polling interval 30 s (default);
-- the webhook receiver as its own process (``python -m tests.infra.receiver --log``: one JSON line per request);
+- the webhook receiver as its own process (``python -m harness.receiver --log``: one JSON line per request);
 - the service under a real Gunicorn master, 2 workers x 4 threads (production defaults), timings of
-  ``tests.support.pipeline.service_env``; backend ``redis`` = a real redis-server (Redis lease + state),
+  ``harness.pipeline.service_env``; backend ``redis`` = a real redis-server (Redis lease + state),
   backend ``sqlite`` = no REDIS_URL (file lease + SQLite state);
 - a ``/health`` load generator as its own process (this file with ``--health-load``): open loop at ``--rate``
   requests/s (request i is due at start + i/rate), spread over 16 threads, each with one keep-alive
@@ -14,12 +14,12 @@ What runs (127.0.0.1, free ports, stopped by PID in ``finally`` even on Ctrl-C/S
   the burst is done.
 
 The burst: two warm-up emails first (delivered and flagged, not counted), then ``--count`` small emails
-(``tests.support.mail.make_email``, one Dropbox link each) APPENDed as fast as possible over ``--connections`` (4)
+(``harness.mail.make_email``, one Dropbox link each) APPENDed as fast as possible over ``--connections`` (4)
 plain IMAP sessions in parallel threads, one APPEND command per email (no MULTIAPPEND). Clock starts just before
 the first APPEND. "Delivered" = the receiver logged a 2xx for every email (its ``received_at``); "flagged" = a
 separate IMAP session (NOOP, then ``UID SEARCH KEYWORD $RenderSignalDone``, every 100 ms) counts all of them.
 
-    .venv/bin/python bench/bench_burst.py [--count 500] [--rate 200] [--only redis|sqlite] [--timeout 180]
+    .venv/bin/python -m bench.bench_burst [--count 500] [--rate 200] [--only redis|sqlite] [--timeout 180]
 """
 
 from __future__ import annotations
@@ -33,11 +33,9 @@ import sys
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from bench.bench_latency import Harness, percentile, queued_times, result
 
-from bench.bench_latency import Harness, percentile, queued_times, result  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DONE_KEYWORD = "$RenderSignalDone"
 HEALTH_THREADS = 16
@@ -100,7 +98,7 @@ def health_load(url: str, rate: float, max_seconds: float) -> None:
 
 
 def start_health_load(h: Harness, url: str, rate: float, max_seconds: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--health-load", url, "--rate", str(rate),
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_burst", "--health-load", url, "--rate", str(rate),
                              "--max-seconds", str(max_seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, cwd=REPO)
 
@@ -133,15 +131,15 @@ def health_figures(samples: list, since: float | None, until: float | None = Non
 # Nagle's algorithm on; the client's delayed ACK then holds the body back ~40 ms, so every sequential webhook
 # attempt costs 40 ms on loopback. A real receiver (Make) answers in one segment. ``--stock-receiver`` keeps that
 # artifact; by default the receiver process sets TCP_NODELAY (``disable_nagle_algorithm``, a StreamRequestHandler
-# switch) and is otherwise the unmodified tests.infra.receiver.
-_NODELAY_RECEIVER = ("import sys, tests.infra.receiver as r; r._Handler.disable_nagle_algorithm = True; "
+# switch) and is otherwise the unmodified harness.receiver.
+_NODELAY_RECEIVER = ("import sys, harness.receiver as r; r._Handler.disable_nagle_algorithm = True; "
                      "sys.exit(r.receiver_main(sys.argv[1:]))")
 
 
 class ReceiverProcess:
     def __init__(self, h: Harness, workdir: str, nodelay: bool = True) -> None:
         self.log_path = os.path.join(workdir, "receiver.jsonl")
-        launch = ["-c", _NODELAY_RECEIVER] if nodelay else ["-m", "tests.infra.receiver"]
+        launch = ["-c", _NODELAY_RECEIVER] if nodelay else ["-m", "harness.receiver"]
         self.proc = subprocess.Popen([sys.executable, *launch, "--port", "0", "--log", self.log_path],
                                      stdout=subprocess.PIPE, text=True, cwd=REPO)
 
@@ -185,8 +183,8 @@ class ReceiverProcess:
 
 def run_backend(backend: str, count: int, connections: int, rate: float, timeout: float,
                 nodelay: bool = True) -> dict:
-    from tests.support.mail import event_id_of, make_email
-    from tests.support.pipeline import service_env
+    from harness.mail import event_id_of, make_email
+    from harness.pipeline import service_env
 
     with Harness() as h:
         workdir = h.tempdir("burst-")

@@ -1,28 +1,28 @@
 """APPEND→webhook latency through the real service (Gunicorn master + workers), with IDLE and with polling.
 
 What runs (all on 127.0.0.1, free ports, stopped by PID in ``finally`` even on Ctrl-C/SIGTERM):
-- a real Dovecot (``tests.infra.dovecot.DovecotServer``), one fresh account, the service talks IMAPS to it;
-- a real webhook receiver (``tests.infra.receiver.WebhookReceiver``) in this process, answering 200 like Make,
+- a real Dovecot (``harness.dovecot.DovecotServer``), one fresh account, the service talks IMAPS to it;
+- a real webhook receiver (``harness.receiver.WebhookReceiver``) in this process, answering 200 like Make,
   with TCP_NODELAY on its connections (see ``Harness.receiver``; ``--stock-receiver`` leaves it off);
-- the service under a real Gunicorn master (``tests.infra.service.ServiceProcess``), 2 workers x 4 threads (the
-  production defaults), no REDIS_URL: file lease + SQLite state, timings of ``tests.support.pipeline.service_env``
+- the service under a real Gunicorn master (``harness.service.ServiceProcess``), 2 workers x 4 threads (the
+  production defaults), no REDIS_URL: file lease + SQLite state, timings of ``harness.pipeline.service_env``
   except the polling interval below.
 
 Two runs, each with a fresh service and state:
 - ``idle``: IMAP_USE_IDLE=true, EMAIL_POLLING_INTERVAL_SECONDS=30 (the default), so pickup is by IDLE only;
 - ``poll``: IMAP_USE_IDLE=false, EMAIL_POLLING_INTERVAL_SECONDS=5 (stated interval; the default is 30 s).
 
-Load: after two warm-up emails (not counted), ``--count`` emails (default 50, ``tests.support.mail.make_email``,
+Load: after two warm-up emails (not counted), ``--count`` emails (default 50, ``harness.mail.make_email``,
 one Dropbox link each) are APPENDed over one persistent plain IMAP session in an open loop, one every
 uniform(0.5, 1.5) s (about 1 email/s, seeded), without waiting for the webhooks. Latency of one email =
 receiver's ``received_at`` (time.time() when the request was read) − time.time() just before its APPEND; both
 clocks are this process's. The split APPEND→queued / queued→received comes from the service log's
 ``BG_POLLER: queued`` line (millisecond timestamps).
 
-    .venv/bin/python bench/bench_latency.py [--count 50] [--poll-interval 5] [--only idle|poll]
+    .venv/bin/python -m bench.bench_latency [--count 50] [--poll-interval 5] [--only idle|poll]
 
 This module also holds the small harness the other real-server benchmarks import (``Harness``, ``percentile``,
-``result``): they reuse the test helpers (``tests/infra``, ``tests/support``), they do not copy them.
+``result``): they reuse the test helpers (``harness/``), they do not copy them.
 """
 
 from __future__ import annotations
@@ -41,11 +41,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from harness.binaries import SEARCH_PATH
 
-from tests.infra.binaries import SEARCH_PATH  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --- shared harness ------------------------------------------------------------------------------------------
 
@@ -102,14 +100,14 @@ class Harness:
     # --- servers ---
 
     def dovecot(self):
-        from tests.infra.dovecot import DovecotServer
+        from harness.dovecot import DovecotServer
 
         server = DovecotServer(find_binary("dovecot", "dovecot-imapd"))
         self.on_close("dovecot", server.stop)
         return server.start()
 
     def redis(self):
-        from tests.infra.redis_server import RedisServer
+        from harness.redis_server import RedisServer
 
         server = RedisServer(find_binary("redis-server", "redis-server"))
         self.on_close("redis-server", server.stop)
@@ -120,7 +118,7 @@ class Harness:
         a StreamRequestHandler switch). The stock handler writes headers and body in two send() calls with Nagle on,
         so the sender's delayed ACK holds every answer's body ~40 ms on loopback; a real receiver (Make) answers in
         one segment. Applies to every receiver of this process."""
-        from tests.infra import receiver as receiver_module
+        from harness import receiver as receiver_module
 
         receiver_module._Handler.disable_nagle_algorithm = nodelay
         receiver = receiver_module.WebhookReceiver()
@@ -128,7 +126,7 @@ class Harness:
         return receiver.start()
 
     def service(self, env: dict[str, str], workers: int = 2, threads: int = 4):
-        from tests.infra.service import ServiceProcess
+        from harness.service import ServiceProcess
 
         service = ServiceProcess(env, workers=workers, threads=threads)
 
@@ -167,8 +165,8 @@ def queued_times(log_text: str) -> dict[str, float]:
 
 
 def run_mode(mode: str, count: int, poll_interval: float, seed: int, nodelay: bool = True) -> dict:
-    from tests.support.mail import event_id_of, make_email
-    from tests.support.pipeline import service_env
+    from harness.mail import event_id_of, make_email
+    from harness.pipeline import service_env
 
     with Harness() as h:
         dovecot = h.dovecot()

@@ -3,7 +3,7 @@
 Two measurements over the same 200 emails, best of ``--repeat`` runs:
 - ``parse+text+links``: parse_message + html_to_text_and_hrefs + extract_delivery_links;
 - ``whole path``: process_email (parse, links, decision, payload with a NullOffloader) + json.dumps of the payload.
-No network. Run: ``.venv/bin/python bench/bench_parse.py [--count 200] [--repeat 3] [--profile]``.
+No network. Run: ``.venv/bin/python -m bench.bench_parse [--count 200] [--repeat 3] [--profile]``.
 """
 
 from __future__ import annotations
@@ -11,17 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.synthetic_emails import generate  # noqa: E402
-from email_processing.html_text import html_to_text_and_hrefs  # noqa: E402
-from email_processing.links import extract_delivery_links  # noqa: E402
-from email_processing.orchestrator import NullOffloader, process_email  # noqa: E402
-from email_processing.parsing import parse_message  # noqa: E402
-from email_processing.payload import received_at_from_date_header  # noqa: E402
+from bench.synthetic_emails import generate
+from email_processing.html_text import html_to_text_and_hrefs
+from email_processing.links import extract_delivery_links
+from email_processing.orchestrator import NullOffloader, process_email
+from email_processing.parsing import parse_message
+from email_processing.payload import received_at_from_date_header
 
 
 def parse_text_links(raw: bytes) -> int:

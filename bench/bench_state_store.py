@@ -3,7 +3,7 @@
 Starts its own redis-server on a free loopback port (no persistence, like the tests) and stops it by PID; the SQLite
 store lives in a temporary directory. Prints emails/s and per-email latency percentiles.
 
-    .venv/bin/python bench/bench_state_store.py [--emails 2000] [--batch 1]
+    .venv/bin/python -m bench.bench_state_store [--emails 2000] [--batch 1]
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from services.state_store import OutboxItem, StateStore, open_state_store  # noqa: E402
-from settings import Settings  # noqa: E402
+from services.state_store import OutboxItem, StateStore, open_state_store
+from settings import Settings
 
 PAYLOAD = {
     "event_id": "", "subject": "Your files are ready", "sender": "a***@example.com",

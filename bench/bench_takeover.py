@@ -4,7 +4,7 @@ Starts its own redis-server on a free loopback port, then, per run, two lease_ch
 lease and keeper), waits for a holder, lets it renew for a while, kills or terminates it and measures the wall time
 until the other process reports the lease held. Stops everything it started, by PID.
 
-    .venv/bin/python bench/bench_takeover.py [--runs 5] [--ttl 3]
+    .venv/bin/python -m bench.bench_takeover [--runs 5] [--ttl 3]
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from harness.ports import free_port, stop_process, wait_until
+from harness.lease_child import spawn, wait_for
 
-from tests.infra.ports import free_port, stop_process, wait_until  # noqa: E402
-from tests.lease_child import spawn, wait_for  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 KEY = "render_signal:poller_lock"
 

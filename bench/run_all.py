@@ -1,12 +1,12 @@
 """Run every benchmark of bench/ one after the other, collect their figures, write bench/RESULTS.md.
 
-Each benchmark runs as its own process (``.venv/bin/python bench/<name>.py``) with a time bound; on the bound or on
+Each benchmark runs as its own process (``.venv/bin/python -m bench.<name>``) with a time bound; on the bound or on
 Ctrl-C it gets SIGINT (every benchmark stops what it started in a ``finally``), then SIGKILL 30 s later. A benchmark
 that fails is reported as failed, the others still run. The figures are read from the printed output: the
 ``RESULT {json}`` lines of the real-server benchmarks, the human-readable lines of bench_parse.py,
 bench_state_store.py and bench_takeover.py. About 6-7 minutes on 2 cores.
 
-    .venv/bin/python bench/run_all.py [--only NAME ...] [--output bench/RESULTS.md]
+    .venv/bin/python -m bench.run_all [--only NAME ...] [--output bench/RESULTS.md]
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ class Run:
 
 
 BENCHMARKS = [
-    Run("bench_parse", ["bench/bench_parse.py"], 120),
-    Run("bench_state_store", ["bench/bench_state_store.py"], 120),
-    Run("bench_takeover", ["bench/bench_takeover.py"], 180),
-    Run("bench_latency", ["bench/bench_latency.py"], 300),
-    Run("bench_burst", ["bench/bench_burst.py"], 450),
-    Run("bench_burst_stock_receiver", ["bench/bench_burst.py", "--only", "sqlite", "--stock-receiver"], 240),
-    Run("bench_big_email", ["bench/bench_big_email.py"], 180),
+    Run("bench_parse", ["-m", "bench.bench_parse"], 120),
+    Run("bench_state_store", ["-m", "bench.bench_state_store"], 120),
+    Run("bench_takeover", ["-m", "bench.bench_takeover"], 180),
+    Run("bench_latency", ["-m", "bench.bench_latency"], 300),
+    Run("bench_burst", ["-m", "bench.bench_burst"], 450),
+    Run("bench_burst_stock_receiver", ["-m", "bench.bench_burst", "--only", "sqlite", "--stock-receiver"], 240),
+    Run("bench_big_email", ["-m", "bench.bench_big_email"], 180),
 ]
 
 
@@ -281,7 +281,7 @@ below applied (nothing else changed); the tables above are whatever the current 
    (fetch + parse + enqueue of 500 emails in ~1.6–2.2 s, ~230–300 emails/s) behind the APPENDs (~1 s).
 3. **Sequential webhook attempts pay the receiver's round trip each.** With the stock test receiver the delivery
    thread spent 91 % of its time in `services/webhook.py` `_read_excerpt()` waiting for the answer body: the
-   receiver (`tests/infra/receiver.py`, `http.server`, Nagle on) writes headers and body in two segments and the
+   receiver (`harness/receiver.py`, `http.server`, Nagle on) writes headers and body in two segments and the
    sender's delayed ACK holds the body ~40 ms, so delivery ran at ~24 emails/s (500 emails ≈ 23 s). That 40 ms is
    a fixture artifact (the benchmarks set TCP_NODELAY on the receiver unless `--stock-receiver`; a one-line fix
    in the fixture is `disable_nagle_algorithm = True` on its handler), but it exposes the real lever: attempts were
@@ -348,7 +348,7 @@ def write_report(path: str, runs: dict[str, Run], figures: dict[str, dict]) -> N
     lines += ["", ANALYSIS, "## Benchmark runs", ""]
     for name, run in runs.items():
         status = "ok" if run.returncode == 0 else f"FAILED (exit {run.returncode})"
-        lines += [f"### {name} ({' '.join(run.args)}): {status}, {run.seconds:.0f} s", "", "```"]
+        lines += [f"### {name} (python {' '.join(run.args)}): {status}, {run.seconds:.0f} s", "", "```"]
         lines += [line for line in run.stdout.splitlines() if not line.startswith("RESULT ")]
         if run.returncode != 0:
             lines += ["--- stderr (tail) ---", *run.stderr.splitlines()[-20:]]

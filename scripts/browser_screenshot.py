@@ -5,7 +5,7 @@ service under Gunicorn), lets three emails go through (two delivered, one skippe
 ``chromium`` at the page with the status token as Basic password and checks the screenshot is a real image.
 Installs ``chromium`` with apt-get when it is missing (Debian; needs root). Everything started is stopped by PID.
 
-    .venv/bin/python scripts/browser_screenshot.py [--out docs/dashboard.png] [--width 1280 --height 1100]
+    .venv/bin/python -m scripts.browser_screenshot [--out docs/dashboard.png] [--width 1280 --height 1100]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 TOKEN = "screenshot-token"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -57,18 +56,18 @@ def email(to: str, sender: str, subject: str, link: str | None) -> bytes:
 def run_stack_and_screenshot(out: str, width: int, height: int) -> None:
     import requests
 
-    from tests.infra.binaries import require_binary
-    from tests.infra.dovecot import DovecotServer
-    from tests.infra.receiver import WebhookReceiver
-    from tests.infra.redis_server import RedisServer
-    from tests.infra.service import ServiceProcess
+    from harness.binaries import find_binary
+    from harness.dovecot import DovecotServer
+    from harness.receiver import WebhookReceiver
+    from harness.redis_server import RedisServer
+    from harness.service import ServiceProcess
 
     chromium = find_chromium()
     redis_server = dovecot = receiver = service = None
     profile = tempfile.mkdtemp(prefix="chromium-")
     try:
-        redis_server = RedisServer(require_binary("redis-server", "redis-server")).start()
-        dovecot = DovecotServer(require_binary("dovecot", "dovecot-imapd")).start()
+        redis_server = RedisServer(find_binary("redis-server", "redis-server")).start()
+        dovecot = DovecotServer(find_binary("dovecot", "dovecot-imapd")).start()
         account = dovecot.new_account("studio")
         receiver = WebhookReceiver().start()
         env = {**account.settings_env(), "REDIS_URL": redis_server.url, "WEBHOOK_URL": receiver.url,

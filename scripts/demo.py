@@ -10,7 +10,7 @@ webhook (pretty JSON; the R2 copy is downloaded and compared with the source byt
 and the status route (/api/status with its token). It stops everything on Ctrl-C, SIGTERM, or after --timeout
 seconds (default 90), and checks that nothing is left running.
 
-    .venv/bin/python scripts/demo.py [--timeout 90] [--stay]
+    .venv/bin/python -m scripts.demo [--timeout 90] [--stay]
 
 --stay keeps the cluster up until Ctrl-C / the timeout once the emails are done (to open the dashboard).
 """
@@ -22,15 +22,13 @@ import hashlib
 import json
 import os
 import signal
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from harness.cluster import (Cluster, MissingRuntime, dropbox_file_link, dropbox_folder_link,
+                             expected_bytes, leftover_processes, wetransfer_link)
+from harness.mail import event_id_of, make_email
 
-from tests.support.cluster import (Cluster, MissingRuntime, dropbox_file_link, dropbox_folder_link,  # noqa: E402
-                                   expected_bytes, leftover_processes, wetransfer_link)
-from tests.support.mail import event_id_of, make_email  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STARTED = time.monotonic()
 

@@ -1,11 +1,6 @@
-"""Print the README's configuration table from settings.SPECS (run: python scripts/settings_table.py)."""
+"""Print the README's configuration table from settings.SPECS (run: python -m scripts.settings_table)."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from settings import SPECS  # noqa: E402
+from settings import SPECS
 
 
 def default_text(spec) -> str:

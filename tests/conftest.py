@@ -1,10 +1,14 @@
-"""Shared fixtures. The real-service fixtures live in tests/infra/, one module per server, loaded as plugins."""
+"""Shared fixtures. The servers live in harness/ (importable without pytest); their pytest fixtures live in
+tests/fixtures/, one plugin module per server. tests/fixtures/tiers.py turns the folder into the tier marker."""
 
 pytest_plugins = [
-    "tests.infra.redis_server",
-    "tests.infra.dovecot",
-    "tests.infra.receiver",
-    "tests.infra.service",
-    "tests.infra.miniflare",
-    "tests.support.pipeline",
+    "pytester",
+    "tests.fixtures.tiers",
+    "tests.fixtures.redis_server",
+    "tests.fixtures.dovecot",
+    "tests.fixtures.receiver",
+    "tests.fixtures.service",
+    "tests.fixtures.miniflare",
+    "tests.fixtures.pipeline",
+    "tests.fixtures.state_store",
 ]

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Runs the Worker on Miniflare for the Python end-to-end tests (tests/infra/miniflare.py).
+// Runs the Worker on Miniflare for the Python end-to-end tests (harness/miniflare.py).
 //
 //   node scripts/serve.mjs --source-origin http://127.0.0.1:PORT
 //   env: R2_FETCH_TOKEN (required), R2_RETENTION_HOURS (optional, default 24)

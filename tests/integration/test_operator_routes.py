@@ -1,0 +1,286 @@
+"""/api/status: token rules, the document's shape, and where each section comes from.
+
+The app runs in-process (Flask test client) against a real redis-server; the lease holder's published document is
+written the way the status observer writes it (a real ``RedisLease`` snapshot and a real ``PollerStatus``
+snapshot), so these tests read what production reads.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from settings import Settings
+
+pytestmark = pytest.mark.redis
+
+TOKEN = "status-token-Vq93-do-not-print"
+ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
+SERVICE_ADDRESS = "inbox@render-signal.test"
+
+
+def service_env(redis_url: str | None, **extra: str) -> dict[str, str]:
+    env = {"IMAP_SERVER": "127.0.0.1", "IMAP_PORT": "1", "EMAIL_ADDRESS": SERVICE_ADDRESS,
+           "EMAIL_PASSWORD": "imap-pw-Kx71-secret", "WEBHOOK_URL": "http://127.0.0.1:9/hook/whk-path-7f3a",
+           "WEBHOOK_ALLOW_INSECURE": "true", "STATUS_API_TOKEN": TOKEN, "REDIS_TIMEOUT_SECONDS": "0.3"}
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    env.update(extra)
+    return {key: value for key, value in env.items() if value is not None}
+
+
+def publish_holder_status(runtime, *, state: str = "polling", last_uid: int = 42, error: str | None = None,
+                          ttl: float = 30.0) -> dict:
+    """Publish a holder's status the way ``StatusObserver`` does: real lease and poller snapshots."""
+    from background.lease import RedisLease
+    from background.runner import PollerStatus
+
+    lease = RedisLease(runtime.redis_client, ttl_seconds=ttl, key="render_signal:poller_lock")
+    assert lease.try_acquire()
+    lease.renew()
+    poller = PollerStatus(mailbox="INBOX", state=state, imap="ok", uidvalidity=1700000000, last_uid=last_uid,
+                          idle=True, last_cycle_at=time.time() - 1, last_success_at=time.time() - 2)
+    if error:
+        poller.error(error, imap_state="unreachable")
+        poller.update(state=state)
+    document = {"lease": lease.snapshot(), "poller": poller.snapshot(),
+                "instance": {"host": "holder-host", "pid": 4242, "worker": 3, "uptime_s": 10.0, "version": "x"}}
+    runtime.store.publish_status(document, ttl_seconds=ttl)
+    return document
+
+
+def get_status(app, **headers):
+    return app.test_client().get("/api/status", headers=headers)
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# --- token rules ------------------------------------------------------------------------------------------------------
+
+def test_status_route_is_404_when_no_token_is_configured(make_app, redis_url):
+    # Given no STATUS_API_TOKEN
+    app = make_app(service_env(redis_url, STATUS_API_TOKEN=None))
+    # When asked, even with some bearer token
+    response = get_status(app, **bearer("anything"))
+    # Then the route does not exist
+    assert response.status_code == 404
+    assert response.get_json() == {"error": "not_found"}
+
+
+def test_status_route_answers_401_json_without_a_token(make_app, redis_url):
+    app = make_app(service_env(redis_url))
+    response = get_status(app)
+    assert response.status_code == 401
+    assert response.get_json() == {"error": "unauthorized"}
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("headers", [
+    {"Authorization": "Bearer wrong-token"},
+    {"X-API-Key": "wrong-token"},
+    {"Authorization": f"Bearer {TOKEN}x"},
+    {"Authorization": f"Bearer {TOKEN[:-1]}"},
+    {"Authorization": f"Basic {TOKEN}"},
+    {"Authorization": TOKEN},
+], ids=["bearer", "api-key", "longer", "prefix", "basic-scheme", "no-scheme"])
+def test_status_route_answers_401_with_a_wrong_token(make_app, redis_url, headers):
+    app = make_app(service_env(redis_url))
+    response = get_status(app, **headers)
+    assert response.status_code == 401
+    assert response.get_json() == {"error": "unauthorized"}
+    assert TOKEN not in response.get_data(as_text=True)
+
+
+def test_status_route_answers_200_with_the_bearer_token(make_app, redis_url):
+    app = make_app(service_env(redis_url))
+    response = get_status(app, **bearer())
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_status_route_answers_200_with_the_x_api_key_header(make_app, redis_url):
+    app = make_app(service_env(redis_url))
+    assert get_status(app, **{"X-API-Key": TOKEN}).status_code == 200
+
+
+# --- the document -----------------------------------------------------------------------------------------------------
+
+def test_status_document_has_the_documented_sections_and_fields(make_app, redis_url):
+    # Given a holder that published its status, some counters, one pending webhook and one dead letter
+    app = make_app(service_env(redis_url))
+    runtime = app.extensions["render_signal"]
+    publish_holder_status(runtime, error="IMAP: connect timed out")
+    store = runtime.store
+    store.incr("emails_seen", 3)
+    store.incr("emails_skipped", label="no_links")
+    store.incr("r2_fallback", label="timeout")
+    enqueue(store, "msg_pending")
+    enqueue(store, "msg_dead")
+    store.dead_letter("msg_dead", "http_410", 410, "Gone")
+    # When the status is asked for
+    body = get_status(app, **bearer()).get_json()
+    # Then every documented field is there, with ISO 8601 UTC timestamps
+    assert body["stale"] is False
+    assert set(body["lease"]) >= {"backend", "holder", "acquired_at", "expires_in_s", "renewals", "losses"}
+    assert body["lease"]["backend"] == "redis"
+    assert body["lease"]["holder"].startswith("pid=")
+    assert ISO_UTC.match(body["lease"]["acquired_at"])
+    assert 0 < body["lease"]["expires_in_s"] <= 30
+    assert body["lease"]["renewals"] == 1 and body["lease"]["losses"] == 0
+    poller = body["poller"]
+    assert set(poller) >= {"state", "mailbox", "uidvalidity", "last_uid", "idle", "last_cycle_at", "last_success_at",
+                           "last_error", "consecutive_errors"}
+    assert (poller["state"], poller["mailbox"], poller["uidvalidity"], poller["last_uid"], poller["idle"]) == (
+        "polling", "INBOX", 1700000000, 42, True)
+    assert ISO_UTC.match(poller["last_cycle_at"]) and ISO_UTC.match(poller["last_success_at"])
+    assert poller["last_error"]["message"] == "IMAP: connect timed out" and ISO_UTC.match(poller["last_error"]["at"])
+    assert poller["consecutive_errors"] == 1
+    counters = body["counters"]
+    assert counters["emails_seen"] == 3
+    assert counters["emails_skipped"] == {"no_links": 1}
+    assert counters["r2_fallback"] == {"timeout": 1}
+    assert counters["dead_letters"] == 1
+    assert set(counters) >= {"emails_seen", "emails_processed", "emails_skipped", "webhooks_delivered",
+                             "webhook_retries", "dead_letters", "r2_success", "r2_fallback", "html_truncations",
+                             "parse_failures"}
+    outbox = body["outbox"]
+    # (the store measures the age from when the item entered the outbox, not from the email's date)
+    assert outbox["pending"] == 1 and 0 <= outbox["oldest_pending_age_s"] < 60
+    assert outbox["dead_letters"]["count"] == 1
+    assert outbox["dead_letters"]["recent"][0]["event_id"] == "msg_dead"
+    assert outbox["dead_letters"]["recent"][0]["reason"] == "http_410"
+    assert ISO_UTC.match(outbox["dead_letters"]["recent"][0]["at"])
+    assert set(body["instance"]) >= {"host", "pid", "worker", "uptime_s", "version"}
+    assert ISO_UTC.match(body["generated_at"]) and ISO_UTC.match(body["source"]["published_at"])
+    assert body["source"]["published_by"] == {"host": "holder-host", "pid": 4242, "worker": 3}
+
+
+def test_lease_and_poller_come_from_the_holders_published_document_not_the_answering_worker(make_app, redis_url):
+    # Given this worker's own poller is a standby, and the holder (elsewhere) published "backoff"
+    app = make_app(service_env(redis_url))
+    runtime = app.extensions["render_signal"]
+    assert runtime.poller_status.snapshot()["state"] == "standby"
+    published = publish_holder_status(runtime, state="backoff", last_uid=7)
+    # When any worker answers
+    body = get_status(app, **bearer()).get_json()
+    # Then it tells the holder's truth
+    assert body["poller"]["state"] == "backoff" and body["poller"]["last_uid"] == 7
+    assert body["lease"]["holder"] == published["lease"]["holder"]
+    assert body["lease_held"] is True and body["source"]["kind"] == "published"
+
+
+def test_two_workers_sharing_the_store_give_the_same_lease_poller_counters_and_outbox(make_app, redis_url):
+    # Given two app instances (two workers of two containers) on the same Redis
+    first, second = make_app(service_env(redis_url)), make_app(service_env(redis_url))
+    publish_holder_status(first.extensions["render_signal"])
+    first.extensions["render_signal"].store.incr("webhooks_delivered", 5)
+    # When both are asked
+    answers = [get_status(app, **bearer()).get_json() for app in (first, second, first, second)]
+    # Then the cluster sections are identical; only the instance differs
+    for section in ("lease", "poller", "counters", "outbox", "source"):
+        assert all(answer[section] == answers[0][section] for answer in answers), section
+    assert answers[0]["instance"]["pid"] == answers[1]["instance"]["pid"]  # same process here, distinct runtimes
+
+
+def test_without_a_published_holder_every_worker_says_standby_with_no_holder(make_app, redis_url):
+    app = make_app(service_env(redis_url))
+    body = get_status(app, **bearer()).get_json()
+    assert body["poller"]["state"] == "standby"
+    assert body["lease"]["holder"] is None and body["lease_held"] is False
+    assert body["source"]["kind"] == "no_holder"
+    assert body["counters"]["emails_seen"] == 0
+
+
+def test_it_answers_stale_with_its_own_view_when_redis_is_paused(make_app, private_redis):
+    # Given a runtime on a Redis that then freezes
+    app = make_app(service_env(private_redis.url))
+    runtime = app.extensions["render_signal"]
+    publish_holder_status(runtime)
+    runtime.poller_status.update(state="redis_unavailable")
+    private_redis.pause()
+    try:
+        # When the status is asked for
+        started = time.monotonic()
+        response = get_status(app, **bearer())
+        elapsed = time.monotonic() - started
+    finally:
+        private_redis.resume()
+    # Then it answers within about one store timeout, saying the answer is this instance's own view
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["stale"] is True
+    assert body["source"]["kind"] == "local"
+    assert body["poller"]["state"] == "redis_unavailable"
+    assert body["counters"] is None
+    assert elapsed < 3.0, elapsed
+
+
+@pytest.mark.parametrize("extra, mode", [
+    ({"IMAP_SERVER": None, "EMAIL_ADDRESS": None, "EMAIL_PASSWORD": None, "WEBHOOK_URL": None}, "not_configured"),
+    ({"ENABLE_BACKGROUND_TASKS": "false"}, "disabled"),
+])
+def test_the_poller_state_says_when_the_background_is_not_configured_or_disabled(make_app, extra, mode):
+    env = {key: value for key, value in service_env(None).items() if key not in extra or extra[key] is not None}
+    env.update({key: value for key, value in extra.items() if value is not None})
+    app = make_app(env)
+    response = get_status(app, **bearer())
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["background"] == mode and body["poller"]["state"] == mode
+    assert body["stale"] is False and body["lease"]["holder"] is None
+
+
+def test_an_error_inside_the_route_answers_json_500_without_internals(make_app, redis_url, monkeypatch, caplog):
+    app = make_app(service_env(redis_url))
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("internal detail /srv/app/secret.py line 12")
+
+    monkeypatch.setattr("routes.operator.build_status", explode)
+    response = get_status(app, **bearer())
+    assert response.status_code == 500
+    assert response.get_json() == {"error": "internal_error"}
+    assert "internal detail" not in response.get_data(as_text=True)
+    assert any("STATUS: /api/status failed" in record.getMessage() for record in caplog.records)
+
+
+def test_secrets_and_correspondent_addresses_in_published_errors_never_reach_the_answer(make_app, redis_url):
+    # Given a holder whose last error message quotes a password and a correspondent's address
+    app = make_app(service_env(redis_url))
+    runtime = app.extensions["render_signal"]
+    publish_holder_status(runtime, error=f"login imap-pw-Kx71-secret for john.doe@example.com as {SERVICE_ADDRESS}")
+    text = get_status(app, **bearer()).get_data(as_text=True)
+    assert "imap-pw-Kx71-secret" not in text
+    assert "john.doe@example.com" not in text and "j***@example.com" in text
+    assert SERVICE_ADDRESS in text
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------------
+
+def enqueue(store, event_id: str, created_at: float | None = None) -> None:
+    from services.state_store import OutboxItem
+
+    now = time.time() if created_at is None else created_at
+    item = OutboxItem(event_id=event_id, email_id=event_id[4:], payload={"event_id": event_id}, mailbox="INBOX",
+                      uidvalidity=1, uid=abs(hash(event_id)) % 10000, message_id=None, created_at=now,
+                      next_attempt_at=now)
+    assert store.enqueue(item)
+
+
+def test_a_worker_that_cannot_reach_redis_reports_its_poller_as_redis_unavailable():
+    from routes.status_view import ClusterReads, build_status_document
+
+    # Given a worker whose lease keeper found Redis unreachable and whose store read failed
+    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:9/0"})
+    document = build_status_document(
+        mode="enabled", settings=settings, version="v", instance={"host": "h", "pid": 1},
+        local_lease={"backend": "redis", "state": "redis_unreachable"}, local_poller={"state": "standby"},
+        health=None, reads=ClusterReads(stale=True), now=time.time())
+    # Then the status says so, as its own (stale) view
+    assert document["stale"] is True
+    assert document["poller"]["state"] == "redis_unavailable"

@@ -1,0 +1,138 @@
+"""The state store contract of tests/unit/test_state_store_contract.py against a real redis-server, and the
+contract tests that need a server or OS processes (for both backends)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+
+import pytest
+
+from services.state_store import StateStore, open_state_store
+from settings import Settings
+# The contract's tests, collected here a second time: their ``store`` comes from the ``backend`` fixture below.
+from tests.unit.test_state_store_contract import (  # noqa: F401
+    an_item,
+    test_it_picks_the_backend_from_settings_and_answers_ping,
+    test_checkpoints_never_move_backwards_and_are_kept_per_uidvalidity,
+    test_done_records_are_stored_by_email_id,
+    test_enqueue_is_idempotent_by_event_id_in_every_status,
+    test_an_enqueued_item_reads_back_with_every_field,
+    test_claim_due_takes_only_due_unclaimed_items_up_to_the_limit,
+    test_an_item_reclaimed_while_still_in_flight_counts_a_possible_duplicate,
+    test_mark_delivered_finishes_the_item_marks_it_done_counts_it_and_queues_its_flag,
+    test_reschedule_keeps_the_item_pending_until_its_next_attempt,
+    test_dead_letter_parks_the_item_with_reason_and_bounded_excerpt,
+    test_outbox_stats_report_pending_age_and_the_newest_dead_letters,
+    test_list_items_orders_pending_oldest_first_and_respects_the_limit,
+    test_replay_moves_dead_letters_back_to_pending_with_attempts_reset,
+    test_a_replayed_item_can_be_delivered,
+    test_flag_requests_queue_per_mailbox_in_order_and_clear,
+    test_r2_reuse_records_expire_after_their_ttl,
+    test_counters_add_up_with_and_without_labels,
+    test_published_status_carries_published_at_and_expires,
+    test_recent_history_keeps_the_newest_hundred,
+    test_finished_items_done_records_flags_and_history_expire_but_pending_work_stays,
+    test_threads_enqueueing_the_same_items_create_each_once,
+)
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(params=["redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_redis_keys_live_under_the_prefix_and_only_open_work_has_no_ttl(redis_url, redis_server) -> None:
+    store = open_state_store(Settings.from_env({"REDIS_URL": redis_url}))
+    raw = redis_server.client()
+    try:
+        now = time.time()
+        store.enqueue(an_item(1))
+        store.enqueue(an_item(2))
+        store.enqueue(an_item(3))
+        store.mark_delivered("msg_e1", 200, now)
+        store.dead_letter("msg_e2", "http_400", 400, None)
+        store.mark_done("e9", "skipped:no_link")
+        store.put_r2_copy("https://x", {}, 60)
+        store.publish_status({}, 60)
+        store.record_recent({})
+        store.set_checkpoint("INBOX", 77, 5)
+        store.incr("emails_seen")
+
+        keys = set(raw.keys("*"))
+        assert all(key.startswith("render_signal:v1:") for key in keys)
+        retention_ms = 30 * 86400 * 1000
+        for key in ("item:msg_e1", "item:msg_e2", "done:e1", "done:e2", "done:e3", "done:e9", "flags:INBOX",
+                    "recent"):
+            assert 0 < raw.pttl("render_signal:v1:" + key) <= retention_ms, key
+        for key in ("r2:" + __import__("hashlib").sha256(b"https://x").hexdigest(), "status"):
+            assert 0 < raw.pttl("render_signal:v1:" + key) <= 60_000, key
+        for key in ("item:msg_e3", "checkpoint:INBOX", "counters", "outbox:pending", "outbox:pending_since"):
+            assert raw.pttl("render_signal:v1:" + key) == -1, key
+    finally:
+        raw.close()
+        store.close()
+
+
+def _claim_in_process(environ: dict[str, str], owner: str, start, out_path: str) -> None:
+    """Child process: claim in a loop until the outbox is empty, delivering each item; write what it claimed."""
+    store = open_state_store(Settings.from_env(environ))
+    claims: list[list] = []
+    start.wait(20)  # a barrier: every process has opened its store before any claims
+    deadline = time.monotonic() + 40
+    try:
+        while time.monotonic() < deadline:
+            now = time.time()
+            items = store.claim_due(owner, now, 3, 60)
+            for item in items:
+                claims.append([item.event_id, now, item.claimed_until])
+            for item in items:
+                store.mark_delivered(item.event_id, 200, time.time())
+            time.sleep(0.002)  # roughly a webhook's worth of work, so the processes interleave
+            if not items and store.outbox_stats(time.time())["pending"] == 0:
+                break
+    finally:
+        store.close()
+        with open(out_path, "w") as handle:
+            json.dump(claims, handle)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["redis", "sqlite"])
+def test_processes_claiming_concurrently_never_claim_an_item_twice(store: StateStore, environ, tmp_path) -> None:
+    # Given 200 due items
+    for n in range(200):
+        store.enqueue(an_item(n))
+    # When 4 OS processes claim (and deliver) in a loop at the same time
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(5)
+    outputs = [str(tmp_path / f"claims-{i}.json") for i in range(4)]
+    procs = [ctx.Process(target=_claim_in_process, args=(environ, f"proc-{i}", start, outputs[i]))
+             for i in range(4)]
+    for proc in procs:
+        proc.start()
+    try:
+        start.wait(30)
+        for proc in procs:
+            proc.join(60)
+        assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+    # Then every item was claimed exactly once, and more than one process took part
+    per_process = []
+    for path in outputs:
+        with open(path) as handle:
+            per_process.append(json.load(handle))
+    claimed = [event_id for claims in per_process for event_id, _, _ in claims]
+    assert len(claimed) == 200
+    assert sorted(claimed) == sorted(f"msg_e{n}" for n in range(200))
+    assert sum(1 for claims in per_process if claims) >= 2
+    assert store.counters()["webhooks_delivered"] == 200
+    assert store.counters().get("possible_duplicates", 0) == 0
+    assert store.outbox_stats(time.time())["pending"] == 0

@@ -1,0 +1,455 @@
+"""One contract for the state store, run against both backends: here a real SQLite file (tests/integration/
+test_state_store_contract_redis.py runs the same tests against a real redis-server).
+
+Every test gets a fresh store from ``open_state_store(settings)``; the retention tests build one with a retention
+of about a second (settings allow no less than 0.001 days) and wait for it to pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from services.state_store import (
+    EXCERPT_MAX_CHARS,
+    RECENT_KEEP,
+    OutboxItem,
+    StateStore,
+)
+
+# The same tests run against a real redis-server in tests/integration/test_state_store_contract_redis.py, which
+# imports them and overrides this fixture.
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def an_item(n: int = 1, *, next_attempt_at: float = 0.0, mailbox: str = "INBOX",
+            message_id: str | None = "<m{n}@example.com>") -> OutboxItem:
+    return OutboxItem(
+        event_id=f"msg_e{n}", email_id=f"e{n}", payload={"event_id": f"msg_e{n}", "subject": "Fichier prêt ✓",
+                                                         "links": [{"url": f"https://x/{n}", "size": None}]},
+        mailbox=mailbox, uidvalidity=77, uid=1000 + n,
+        message_id=None if message_id is None else message_id.format(n=n), next_attempt_at=next_attempt_at)
+
+
+# --- wiring -----------------------------------------------------------------------------------------------------
+
+def test_it_picks_the_backend_from_settings_and_answers_ping(store: StateStore, backend: str, environ) -> None:
+    assert store.backend == backend
+    assert isinstance(store, StateStore)
+    store.ping()
+    db_file = os.path.join(environ["STATE_DIR"], "state.sqlite3")
+    assert os.path.exists(db_file) == (backend == "sqlite")
+
+
+# --- checkpoints --------------------------------------------------------------------------------------------------
+
+def test_checkpoints_never_move_backwards_and_are_kept_per_uidvalidity(store: StateStore) -> None:
+    assert store.get_checkpoint("INBOX", 5) is None
+    assert store.has_any_checkpoint("INBOX") is False
+
+    store.set_checkpoint("INBOX", 5, 10)
+    store.set_checkpoint("INBOX", 5, 7)      # lower: ignored
+    assert store.get_checkpoint("INBOX", 5) == 10
+    store.set_checkpoint("INBOX", 5, 12)
+    store.set_checkpoint("INBOX", 6, 1)
+    assert store.get_checkpoint("INBOX", 5) == 12
+    assert store.get_checkpoint("INBOX", 6) == 1
+
+    assert store.has_any_checkpoint("INBOX") is True
+    assert store.has_any_checkpoint("Archive") is False
+    assert store.get_checkpoint("Archive", 5) is None
+
+
+# --- done records -------------------------------------------------------------------------------------------------
+
+def test_done_records_are_stored_by_email_id(store: StateStore) -> None:
+    assert store.get_done("e1") is None
+    store.mark_done("e1", "skipped:no_link")
+    store.mark_done("e2", "skipped:sender_filtered")
+    store.mark_done("e2", "delivered")
+    assert store.get_done("e1") == "skipped:no_link"
+    assert store.get_done("e2") == "delivered"
+
+
+# --- outbox -------------------------------------------------------------------------------------------------------
+
+def test_enqueue_is_idempotent_by_event_id_in_every_status(store: StateStore) -> None:
+    # Given an item enqueued once
+    assert store.enqueue(an_item(1)) is True
+    assert store.get_done("e1") == "enqueued"
+    # Then enqueueing it again, pending, delivered or dead, is refused
+    assert store.enqueue(an_item(1)) is False
+    store.claim_due("w", time.time(), 10, 30)
+    store.mark_delivered("msg_e1", 200, time.time())
+    assert store.enqueue(an_item(1)) is False
+    assert store.get_item("msg_e1").status == "delivered"
+
+    store.enqueue(an_item(2))
+    store.dead_letter("msg_e2", "http_400", 400, "bad")
+    assert store.enqueue(an_item(2)) is False
+    assert store.get_item("msg_e2").status == "dead"
+    assert store.outbox_stats(time.time())["pending"] == 0
+
+
+def test_an_enqueued_item_reads_back_with_every_field(store: StateStore) -> None:
+    before = time.time()
+    item = an_item(1, next_attempt_at=before + 5)
+    store.enqueue(item)
+
+    stored = store.get_item("msg_e1")
+    assert stored is not None
+    assert (stored.event_id, stored.email_id, stored.payload) == (item.event_id, item.email_id, item.payload)
+    assert (stored.mailbox, stored.uidvalidity, stored.uid, stored.message_id) == ("INBOX", 77, 1001, "<m1@example.com>")
+    assert stored.status == "pending" and stored.attempts == 0 and stored.in_flight is False
+    assert stored.next_attempt_at == pytest.approx(before + 5)
+    assert before <= stored.created_at <= time.time()
+    assert stored.first_attempt_at is None and stored.delivered_at is None and stored.dead_reason is None
+    assert store.get_item("msg_unknown") is None
+
+
+def test_claim_due_takes_only_due_unclaimed_items_up_to_the_limit(store: StateStore) -> None:
+    now = time.time()
+    for n in range(1, 6):
+        store.enqueue(an_item(n, next_attempt_at=now - 10 + n))   # due at now-9 .. now-5
+    store.enqueue(an_item(9, next_attempt_at=now + 60))           # not due yet
+
+    first = store.claim_due("worker-a", now, 3, 30)
+    assert [item.event_id for item in first] == ["msg_e1", "msg_e2", "msg_e3"]
+    for item in first:
+        assert item.in_flight is True and item.attempts == 1
+        assert item.claim_owner == "worker-a" and item.claimed_until == pytest.approx(now + 30)
+        assert item.first_attempt_at == pytest.approx(now)
+    stored = store.get_item("msg_e1")
+    assert stored.in_flight is True and stored.claim_owner == "worker-a" and stored.attempts == 1
+
+    # A live claim is not claimed again; the rest of the due items are.
+    second = store.claim_due("worker-b", now + 1, 10, 30)
+    assert [item.event_id for item in second] == ["msg_e4", "msg_e5"]
+    assert store.claim_due("worker-c", now + 2, 10, 30) == []
+    assert store.claim_due("worker-c", now + 2, 0, 30) == []
+    assert store.counters().get("possible_duplicates", 0) == 0
+
+
+def test_an_item_reclaimed_while_still_in_flight_counts_a_possible_duplicate(store: StateStore) -> None:
+    # Given a claimed item whose outcome was never recorded (its holder crashed or froze)
+    now = time.time()
+    store.enqueue(an_item(1))
+    store.enqueue(an_item(2))
+    store.claim_due("frozen", now, 10, 30)
+    store.reschedule("msg_e2", now + 1, "timeout", None)   # e2's outcome was recorded
+
+    # When the claims lapse and another worker claims again
+    again = store.claim_due("new-holder", now + 31, 10, 30)
+
+    # Then both are claimable again, but only e1 counts as a possible duplicate
+    assert sorted(item.event_id for item in again) == ["msg_e1", "msg_e2"]
+    assert {item.event_id: item.attempts for item in again} == {"msg_e1": 2, "msg_e2": 2}
+    assert store.counters()["possible_duplicates"] == 1
+    assert store.get_item("msg_e1").claim_owner == "new-holder"
+
+
+def test_mark_delivered_finishes_the_item_marks_it_done_counts_it_and_queues_its_flag(store: StateStore) -> None:
+    now = time.time()
+    store.enqueue(an_item(1))
+    store.claim_due("w", now, 1, 30)
+
+    assert store.mark_delivered("msg_e1", 202, now + 1) is True
+
+    item = store.get_item("msg_e1")
+    assert item.status == "delivered" and item.in_flight is False and item.last_status == 202
+    assert item.delivered_at == pytest.approx(now + 1)
+    assert item.claimed_until is None and item.claim_owner is None
+    assert store.get_done("e1") == "delivered"
+    assert store.counters()["webhooks_delivered"] == 1
+    [flag] = store.pending_flags("INBOX", 10)
+    assert (flag.mailbox, flag.uidvalidity, flag.uid, flag.message_id) == ("INBOX", 77, 1001, "<m1@example.com>")
+    assert [i.event_id for i in store.list_items("delivered")] == ["msg_e1"]
+    assert store.claim_due("w", now + 1000, 10, 30) == []
+    stats = store.outbox_stats(now + 2)
+    assert stats["pending"] == 0 and stats["oldest_pending_age_s"] is None
+
+    # A late second outcome (the frozen holder of a duplicate attempt) changes nothing.
+    assert store.mark_delivered("msg_e1", 200, now + 5) is False
+    assert store.reschedule("msg_e1", now + 60, "late", 500) is False
+    assert store.dead_letter("msg_e1", "late", 400, None) is False
+    assert store.counters()["webhooks_delivered"] == 1
+    assert store.get_item("msg_e1").status == "delivered"
+    assert store.mark_delivered("msg_unknown", 200, now) is False
+
+
+def test_reschedule_keeps_the_item_pending_until_its_next_attempt(store: StateStore) -> None:
+    now = time.time()
+    store.enqueue(an_item(1))
+    store.claim_due("w", now, 1, 30)
+
+    assert store.reschedule("msg_e1", now + 30, "HTTP 503 " + "x" * 2000, 503) is True
+
+    item = store.get_item("msg_e1")
+    assert item.status == "pending" and item.in_flight is False
+    assert item.next_attempt_at == pytest.approx(now + 30)
+    assert item.last_status == 503 and item.last_error.startswith("HTTP 503")
+    assert len(item.last_error) <= EXCERPT_MAX_CHARS
+    assert store.counters()["webhook_retries"] == 1
+    assert store.claim_due("w", now + 29, 10, 30) == []
+    [again] = store.claim_due("w", now + 30, 10, 30)
+    assert again.attempts == 2 and again.first_attempt_at == pytest.approx(now)
+    assert store.counters().get("possible_duplicates", 0) == 0
+
+    store.reschedule("msg_e1", now + 90, "connection refused", None)
+    assert store.get_item("msg_e1").last_status is None
+
+
+def test_dead_letter_parks_the_item_with_reason_and_bounded_excerpt(store: StateStore) -> None:
+    now = time.time()
+    store.enqueue(an_item(1, message_id=None))
+    store.claim_due("w", now, 1, 30)
+
+    assert store.dead_letter("msg_e1", "http_400", 400, "E" * 5000, now=now + 1) is True
+
+    item = store.get_item("msg_e1")
+    assert item.status == "dead" and item.dead_reason == "http_400" and item.last_status == 400
+    assert item.response_excerpt == "E" * EXCERPT_MAX_CHARS
+    assert item.in_flight is False and item.dead_at == pytest.approx(now + 1)
+    assert store.get_done("e1") == "dead:http_400"
+    assert store.counters()["dead_letters"] == 1
+    [flag] = store.pending_flags("INBOX", 10)
+    assert (flag.uidvalidity, flag.uid, flag.message_id) == (77, 1001, None)
+    assert store.claim_due("w", now + 1000, 10, 30) == []
+    assert [i.event_id for i in store.list_items("dead")] == ["msg_e1"]
+
+
+def test_outbox_stats_report_pending_age_and_the_newest_dead_letters(store: StateStore) -> None:
+    store.enqueue(an_item(1))
+    time.sleep(0.05)
+    store.enqueue(an_item(2))
+    base = time.time()
+    for n in range(3, 11):
+        store.enqueue(an_item(n))
+        store.dead_letter(f"msg_e{n}", f"reason_{n}", 400 + n, None, now=base + n)
+
+    stats = store.outbox_stats(base + 100)
+
+    assert stats["pending"] == 2
+    assert stats["oldest_pending_age_s"] >= 100
+    assert stats["dead"] == 8
+    assert [d["event_id"] for d in stats["dead_recent"]] == ["msg_e10", "msg_e9", "msg_e8", "msg_e7", "msg_e6"]
+    assert stats["dead_recent"][0] == {"event_id": "msg_e10", "reason": "reason_10", "status": 410,
+                                       "at": pytest.approx(base + 10)}
+    json.dumps(stats)  # the status route serialises it as is
+
+
+def test_list_items_orders_pending_oldest_first_and_respects_the_limit(store: StateStore) -> None:
+    for n in (3, 1, 2):
+        store.enqueue(an_item(n))
+        time.sleep(0.01)
+    assert [i.event_id for i in store.list_items("pending")] == ["msg_e3", "msg_e1", "msg_e2"]
+    assert len(store.list_items("pending", limit=2)) == 2
+    assert store.list_items("delivered") == [] and store.list_items("dead") == []
+    with pytest.raises(ValueError):
+        store.list_items("bogus")
+
+
+def test_replay_moves_dead_letters_back_to_pending_with_attempts_reset(store: StateStore) -> None:
+    now = time.time()
+    for n in (1, 2, 3):
+        store.enqueue(an_item(n))
+    store.claim_due("w", now, 10, 30)
+    for n in (1, 2, 3):
+        store.dead_letter(f"msg_e{n}", "http_404", 404, "not found", now=now)
+    store.enqueue(an_item(4))
+
+    # One by id
+    assert store.replay("msg_e1", now=now + 5) == 1
+    item = store.get_item("msg_e1")
+    assert item.status == "pending" and item.attempts == 0 and item.event_id == "msg_e1"
+    assert item.next_attempt_at == pytest.approx(now + 5) and item.dead_reason is None
+    assert item.in_flight is False
+    assert store.get_done("e1") == "enqueued"
+    assert sorted(i.event_id for i in store.claim_due("w", now + 5, 10, 30)) == ["msg_e1", "msg_e4"]
+    assert store.counters().get("possible_duplicates", 0) == 0
+
+    # Unknown ids and items that are not dead replay nothing
+    assert store.replay("msg_unknown") == 0
+    assert store.replay("msg_e4") == 0
+
+    # All the rest
+    assert store.replay(None, now=now + 6) == 2
+    assert store.outbox_stats(now + 6)["dead"] == 0
+    assert {i.event_id for i in store.list_items("pending")} == {"msg_e1", "msg_e2", "msg_e3", "msg_e4"}
+    assert store.replay() == 0
+
+
+def test_a_replayed_item_can_be_delivered(store: StateStore) -> None:
+    now = time.time()
+    store.enqueue(an_item(1))
+    store.claim_due("w", now, 1, 30)
+    store.dead_letter("msg_e1", "http_400", 400, None, now=now)
+    store.replay("msg_e1", now=now + 1)
+    [item] = store.claim_due("w", now + 1, 1, 30)
+    assert item.attempts == 1
+    assert store.mark_delivered("msg_e1", 200, now + 2) is True
+    assert store.counters()["webhooks_delivered"] == 1 and store.counters()["dead_letters"] == 1
+
+
+# --- IMAP flag requests -------------------------------------------------------------------------------------------
+
+def test_flag_requests_queue_per_mailbox_in_order_and_clear(store: StateStore) -> None:
+    store.queue_flag("INBOX", 7, 10, "<a@x>")
+    time.sleep(0.01)
+    store.queue_flag("INBOX", 7, 11, None)
+    store.queue_flag("INBOX", 7, 10, "<a@x>")   # again: still one request
+    store.queue_flag("Other", 1, 1, "<b:c@x>")
+
+    flags = store.pending_flags("INBOX", 10)
+    assert [(f.uidvalidity, f.uid, f.message_id) for f in flags] == [(7, 10, "<a@x>"), (7, 11, None)]
+    assert len(store.pending_flags("INBOX", 1)) == 1
+    [other] = store.pending_flags("Other", 10)
+    assert other.message_id == "<b:c@x>"
+
+    store.clear_flag(flags[0])
+    assert [f.uid for f in store.pending_flags("INBOX", 10)] == [11]
+    store.clear_flag(flags[0])   # clearing twice is harmless
+    store.clear_flag(flags[1])
+    assert store.pending_flags("INBOX", 10) == []
+
+
+# --- R2 reuse -----------------------------------------------------------------------------------------------------
+
+def test_r2_reuse_records_expire_after_their_ttl(store: StateStore) -> None:
+    url = "https://www.dropbox.com/s/abc/file.zip?dl=1"
+    assert store.get_r2_copy(url) is None
+    store.put_r2_copy(url, {"key": "r2/abc.zip", "size": 12}, ttl_seconds=0.4)
+    store.put_r2_copy(url + "&x", {"key": "long"}, ttl_seconds=60)
+    assert store.get_r2_copy(url) == {"key": "r2/abc.zip", "size": 12}
+    time.sleep(0.6)
+    assert store.get_r2_copy(url) is None
+    assert store.get_r2_copy(url + "&x") == {"key": "long"}
+
+
+# --- counters -----------------------------------------------------------------------------------------------------
+
+def test_counters_add_up_with_and_without_labels(store: StateStore) -> None:
+    assert store.counters() == {}
+    store.incr("emails_seen")
+    store.incr("emails_seen", 4)
+    store.incr("emails_skipped", label="no_link")
+    store.incr("emails_skipped", 2, label="sender_filtered")
+    store.incr("emails_skipped", label="no_link")
+    store.incr("r2_fallback", label="timeout: worker")   # labels may contain ':' and spaces
+    assert store.counters() == {"emails_seen": 5, "emails_skipped": {"no_link": 2, "sender_filtered": 2},
+                                "r2_fallback": {"timeout: worker": 1}}
+    with pytest.raises(ValueError):
+        store.incr("bad:name")
+
+
+# --- status and history -------------------------------------------------------------------------------------------
+
+def test_published_status_carries_published_at_and_expires(store: StateStore) -> None:
+    assert store.read_status() is None
+    before = time.time()
+    store.publish_status({"lease": {"holder": "pid=1"}, "poller": {"state": "polling"}}, ttl_seconds=0.4)
+    doc = store.read_status()
+    assert doc["lease"] == {"holder": "pid=1"} and doc["poller"]["state"] == "polling"
+    assert before <= doc["published_at"] <= time.time()
+    time.sleep(0.6)
+    assert store.read_status() is None
+
+
+def test_recent_history_keeps_the_newest_hundred(store: StateStore) -> None:
+    assert store.recent() == []
+    for n in range(RECENT_KEEP + 5):
+        store.record_recent({"n": n, "subject": "s"})
+    assert [e["n"] for e in store.recent(3)] == [104, 103, 102]
+    assert len(store.recent()) == 20
+    everything = store.recent(1000)
+    assert len(everything) == RECENT_KEEP and everything[-1]["n"] == 5
+
+
+# --- retention ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(30)
+def test_finished_items_done_records_flags_and_history_expire_but_pending_work_stays(make_store) -> None:
+    # Given a store keeping history for one second
+    store = make_store(retention_seconds=1.0)
+    now = time.time()
+    for n in (1, 2, 3):
+        store.enqueue(an_item(n))
+    store.claim_due("w", now, 2, 30)
+    store.mark_delivered("msg_e1", 200, now)
+    store.dead_letter("msg_e2", "http_400", 400, "x", now=now)
+    store.mark_done("e9", "skipped:no_link")
+    store.record_recent({"n": 1})
+    store.set_checkpoint("INBOX", 77, 1003)
+    store.incr("emails_seen")
+
+    # When the retention has passed and the store is trimmed
+    time.sleep(1.3)
+    later = time.time()
+    store.trim(later)
+
+    # Then the finished things are gone
+    assert store.get_item("msg_e1") is None and store.get_item("msg_e2") is None
+    assert store.get_done("e1") is None and store.get_done("e2") is None and store.get_done("e9") is None
+    assert store.list_items("delivered") == [] and store.list_items("dead") == []
+    assert store.pending_flags("INBOX", 10) == []
+    assert store.recent() == []
+    stats = store.outbox_stats(later)
+    assert stats["dead"] == 0 and stats["dead_recent"] == [] and stats["pending"] == 1
+    # And pending work, checkpoints and counters are kept
+    [pending] = store.claim_due("w", later, 10, 30)
+    assert pending.event_id == "msg_e3"
+    assert store.get_checkpoint("INBOX", 77) == 1003
+    assert store.counters()["emails_seen"] == 1
+    assert store.replay() == 0
+
+
+def test_sqlite_trim_deletes_expired_rows_from_the_file(tmp_path) -> None:
+    from services.state_store_sqlite import SqliteStateStore
+
+    path = str(tmp_path / "state.sqlite3")
+    store = SqliteStateStore(path, retention_seconds=100)
+    try:
+        now = time.time()
+        store.enqueue(an_item(1))
+        store.enqueue(an_item(2))
+        store.mark_delivered("msg_e1", 200, now)
+        store.put_r2_copy("u", {}, ttl_seconds=10)
+        store.publish_status({}, ttl_seconds=10)
+        store.record_recent({})
+        store.trim(now + 101)
+        with sqlite3.connect(path) as raw:
+            counts = {table: raw.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                      for table in ("outbox", "done", "flags", "r2_copies", "status", "recent")}
+            mode = raw.execute("PRAGMA journal_mode").fetchone()[0]
+        # only the pending item remains
+        assert counts == {"outbox": 1, "done": 0, "flags": 0, "r2_copies": 0, "status": 0, "recent": 0}
+        assert mode == "wal"
+    finally:
+        store.close()
+
+
+# --- concurrency --------------------------------------------------------------------------------------------------
+
+def test_threads_enqueueing_the_same_items_create_each_once(store: StateStore) -> None:
+    created: list[str] = []
+    lock = threading.Lock()
+
+    def enqueue_all() -> None:
+        for n in range(40):
+            if store.enqueue(an_item(n)):
+                with lock:
+                    created.append(f"msg_e{n}")
+
+    threads = [threading.Thread(target=enqueue_all) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert sorted(created) == sorted(f"msg_e{n}" for n in range(40))
