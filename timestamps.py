@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+
 def _seconds(moment: datetime) -> str:
     # Not strftime("%Y"): glibc does not pad years below 1000 (a Date header can say year 500).
     return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"

@@ -348,8 +348,7 @@ class MailboxPoller:
 
     def _fetch_and_parse(self, client: MailboxClient, meta):
         from email_processing.html_text import HTML_CAP_BYTES
-        from email_processing.parsing import (TEXT_CAP_BYTES, TextPart, encoded_fetch_limit, parse_message,
-                                              parse_parts)
+        from email_processing.parsing import TEXT_CAP_BYTES, TextPart, encoded_fetch_limit, parse_message, parse_parts
 
         if meta.size is None or meta.size <= FULL_FETCH_MAX_BYTES:
             raw = client.fetch_full(meta.uid)

@@ -13,7 +13,6 @@ import json
 import os
 import time
 
-
 from bench.synthetic_emails import generate
 from email_processing.html_text import html_to_text_and_hrefs
 from email_processing.links import extract_delivery_links

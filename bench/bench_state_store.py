@@ -17,7 +17,6 @@ import subprocess
 import tempfile
 import time
 
-
 from services.state_store import OutboxItem, StateStore, open_state_store
 from settings import Settings
 

@@ -20,8 +20,8 @@ import sys
 import tempfile
 import time
 
-from harness.ports import free_port, stop_process, wait_until
 from harness.lease_child import spawn, wait_for
+from harness.ports import free_port, stop_process, wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,9 +7,9 @@ provider links (SYNTH tokens from provider_urls.md, never real links). Same seed
 from __future__ import annotations
 
 import random
+from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
 
 WORDS = ("files", "ready", "project", "delivery", "render", "final", "version", "please", "download", "the",
          "your", "transfer", "expires", "in", "seven", "days", "mix", "master", "stems", "photos", "übersetzt",

@@ -40,12 +40,12 @@ import requests
 
 from harness.binaries import MissingRuntime, find_binary  # noqa: F401 (MissingRuntime: the scripts catch it)
 from harness.dovecot import DONE_KEYWORD, DovecotServer, ImapAccount
+from harness.mail import event_id_of, make_email
 from harness.miniflare import MiniflareWorker, find_worker_runtime, start_worker
+from harness.pipeline import service_env
 from harness.receiver import WebhookReceiver
 from harness.redis_server import RedisServer
 from harness.service import ServiceProcess
-from harness.mail import event_id_of, make_email
-from harness.pipeline import service_env
 
 LEASE_KEY = "render_signal:poller_lock"
 ALLOWED_DOMAIN = "@example.com"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
-from datetime import datetime, timezone
 
 _counter = itertools.count(1)
 

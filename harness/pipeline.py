@@ -11,7 +11,6 @@ import tempfile
 import time
 from typing import Any, Callable, Mapping
 
-
 from background.runner import ServiceRuntime
 from settings import Settings
 

@@ -42,8 +42,8 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import secrets
 import os
+import secrets
 import signal
 import socket
 import socketserver
@@ -54,7 +54,6 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Callable, Iterable, Mapping
-
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 JOIN_TIMEOUT_SECONDS = 5.0

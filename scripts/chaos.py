@@ -29,8 +29,7 @@ import os
 import signal
 import time
 
-from harness.cluster import (Cluster, Mail, MissingRuntime, check_run, leftover_processes,
-                             wait_settled)
+from harness.cluster import Cluster, Mail, MissingRuntime, check_run, leftover_processes, wait_settled
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -24,8 +24,15 @@ import os
 import signal
 import time
 
-from harness.cluster import (Cluster, MissingRuntime, dropbox_file_link, dropbox_folder_link,
-                             expected_bytes, leftover_processes, wetransfer_link)
+from harness.cluster import (
+    Cluster,
+    MissingRuntime,
+    dropbox_file_link,
+    dropbox_folder_link,
+    expected_bytes,
+    leftover_processes,
+    wetransfer_link,
+)
 from harness.mail import event_id_of, make_email
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,9 +70,9 @@ def newsletter_html(link: str, size: int = 1_300_000) -> str:
 
 def build_emails() -> list[tuple[str, bytes, str]]:
     """(label, raw bytes, expected outcome)."""
+    from datetime import datetime, timezone
     from email.message import EmailMessage
     from email.utils import format_datetime, make_msgid
-    from datetime import datetime, timezone
 
     emails = []
     emails.append(("Dropbox folder link", make_email(

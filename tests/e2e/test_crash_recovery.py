@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from services.state_store import open_state_store
-from settings import Settings
 from harness.mail import event_id_of, make_email
 from harness.pipeline import service_env
 from harness.waiting import wait_for
+from services.state_store import open_state_store
+from settings import Settings
 
 pytestmark = [pytest.mark.imap, pytest.mark.slow]
 

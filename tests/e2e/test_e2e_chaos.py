@@ -15,8 +15,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.fixtures.runtime import require_binary, require_worker_runtime
 from harness.cluster import Cluster, Mail, check_run, delivered_events, leftover_processes, wait_settled
+from tests.fixtures.runtime import require_binary, require_worker_runtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.imap]
 

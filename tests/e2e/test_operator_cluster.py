@@ -13,9 +13,8 @@ from email.utils import formatdate, make_msgid
 
 import pytest
 
-from harness.waiting import wait_for
-
 from harness.ports import free_port
+from harness.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.imap]
 

@@ -4,9 +4,8 @@ import json
 import subprocess
 import sys
 
-
-from settings import Settings
 from harness.service import ROOT, base_env
+from settings import Settings
 
 
 def test_importing_the_app_starts_no_thread_and_opens_no_socket():

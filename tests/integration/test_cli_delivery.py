@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-
-from harness.service import ROOT, base_env
 from harness.mail import event_id_of, make_email
+from harness.service import ROOT, base_env
 
 
 def run_cli(env: dict, path: str) -> subprocess.CompletedProcess:

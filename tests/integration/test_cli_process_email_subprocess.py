@@ -15,7 +15,6 @@ from flask import Flask
 from email_processing.cli import process_email_command
 from settings import Settings
 
-
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 WITH_LINK = CORPUS / "synthetic" / "dropbox_scl_fi_notification.eml"

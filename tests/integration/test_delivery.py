@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from harness.service import ROOT, base_env
 from harness.mail import event_id_of, make_email
 from harness.pipeline import service_env
+from harness.service import ROOT, base_env
 
 pytestmark = pytest.mark.imap
 

@@ -14,8 +14,8 @@ import psutil
 import pytest
 from imapclient import IMAPClient
 
-from settings import Settings
 from harness.dovecot import DONE_KEYWORD, DovecotServer, sample_message
+from settings import Settings
 
 pytestmark = pytest.mark.imap
 

@@ -8,11 +8,21 @@ import time
 
 import pytest
 
-from services.imap_mailbox import (ImapAuthError, ImapConnectionError, ImapError, ImapMessageGone, ImapTimeout,
-                                   MailboxClient, MailboxState, PartInfo, text_parts, walk_parts)
-from settings import Settings
 from harness.dovecot import DONE_KEYWORD, sample_message
 from harness.ports import free_port
+from services.imap_mailbox import (
+    ImapAuthError,
+    ImapConnectionError,
+    ImapError,
+    ImapMessageGone,
+    ImapTimeout,
+    MailboxClient,
+    MailboxState,
+    PartInfo,
+    text_parts,
+    walk_parts,
+)
+from settings import Settings
 
 pytestmark = pytest.mark.imap
 

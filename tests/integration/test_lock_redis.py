@@ -248,9 +248,9 @@ def test_a_paused_redis_gives_no_second_holder_and_a_holder_again_after_it_resum
 @pytest.mark.redis
 def test_the_key_holds_the_holders_token_for_redis_cli_and_is_released_by_compare_and_delete(
         redis_url, redis_server):
+    import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
-    import redis
 
     from background.lease import RedisLease
 

@@ -19,7 +19,6 @@ from services.r2_offload import (
 )
 from settings import Settings
 
-
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "unit-token-7f3a9c2e5b1d"
 FILE_RAW = "https://www.dropbox.com/scl/fi/aaaaaaaaaaaaaaaaaaaaa/Project%20Files.zip?rlkey=bbbbbbbbbbbbbbbbbbbbbbbbb&dl=0"

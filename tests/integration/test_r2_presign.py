@@ -21,7 +21,6 @@ from tests.integration.test_r2_resilience import (
     fallback_messages,
 )
 
-
 BUCKET = "deliveries"
 CONTENT = b"%PDF-1.7 render-signal test bytes \x00\x01\x02" * 64
 

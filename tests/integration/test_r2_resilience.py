@@ -25,7 +25,6 @@ from email_processing.orchestrator import OffloadedLink
 from services.r2_offload import R2Offloader, build_offloader
 from settings import Settings
 
-
 TOKEN = "r2-token-Zq81-never-logged"
 # The Worker URL's path and query may be a capability too: they must not reach the logs either.
 WORKER_PATH = "/fetch-7c1e9?route=hidden"

@@ -11,29 +11,30 @@ import pytest
 
 from services.state_store import StateStore, open_state_store
 from settings import Settings
+
 # The contract's tests, collected here a second time: their ``store`` comes from the ``backend`` fixture below.
 from tests.unit.test_state_store_contract import (  # noqa: F401
     an_item,
-    test_it_picks_the_backend_from_settings_and_answers_ping,
+    test_a_replayed_item_can_be_delivered,
+    test_an_enqueued_item_reads_back_with_every_field,
+    test_an_item_reclaimed_while_still_in_flight_counts_a_possible_duplicate,
     test_checkpoints_never_move_backwards_and_are_kept_per_uidvalidity,
+    test_claim_due_takes_only_due_unclaimed_items_up_to_the_limit,
+    test_counters_add_up_with_and_without_labels,
+    test_dead_letter_parks_the_item_with_reason_and_bounded_excerpt,
     test_done_records_are_stored_by_email_id,
     test_enqueue_is_idempotent_by_event_id_in_every_status,
-    test_an_enqueued_item_reads_back_with_every_field,
-    test_claim_due_takes_only_due_unclaimed_items_up_to_the_limit,
-    test_an_item_reclaimed_while_still_in_flight_counts_a_possible_duplicate,
-    test_mark_delivered_finishes_the_item_marks_it_done_counts_it_and_queues_its_flag,
-    test_reschedule_keeps_the_item_pending_until_its_next_attempt,
-    test_dead_letter_parks_the_item_with_reason_and_bounded_excerpt,
-    test_outbox_stats_report_pending_age_and_the_newest_dead_letters,
-    test_list_items_orders_pending_oldest_first_and_respects_the_limit,
-    test_replay_moves_dead_letters_back_to_pending_with_attempts_reset,
-    test_a_replayed_item_can_be_delivered,
-    test_flag_requests_queue_per_mailbox_in_order_and_clear,
-    test_r2_reuse_records_expire_after_their_ttl,
-    test_counters_add_up_with_and_without_labels,
-    test_published_status_carries_published_at_and_expires,
-    test_recent_history_keeps_the_newest_hundred,
     test_finished_items_done_records_flags_and_history_expire_but_pending_work_stays,
+    test_flag_requests_queue_per_mailbox_in_order_and_clear,
+    test_it_picks_the_backend_from_settings_and_answers_ping,
+    test_list_items_orders_pending_oldest_first_and_respects_the_limit,
+    test_mark_delivered_finishes_the_item_marks_it_done_counts_it_and_queues_its_flag,
+    test_outbox_stats_report_pending_age_and_the_newest_dead_letters,
+    test_published_status_carries_published_at_and_expires,
+    test_r2_reuse_records_expire_after_their_ttl,
+    test_recent_history_keeps_the_newest_hundred,
+    test_replay_moves_dead_letters_back_to_pending_with_attempts_reset,
+    test_reschedule_keeps_the_item_pending_until_its_next_attempt,
     test_threads_enqueueing_the_same_items_create_each_once,
 )
 

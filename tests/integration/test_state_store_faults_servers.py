@@ -8,9 +8,9 @@ from typing import Callable
 
 import pytest
 
+from harness.ports import free_port
 from services.state_store import OutboxItem, StateStore, StateStoreError, open_state_store
 from settings import Settings
-from harness.ports import free_port
 
 REDIS_TIMEOUT = 0.5
 FAIL_FAST_BOUND = 5.0   # generous: the budget is one REDIS_TIMEOUT_SECONDS per call, with no hidden retries

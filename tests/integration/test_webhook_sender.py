@@ -14,13 +14,13 @@ import requests
 import standardwebhooks
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from harness.receiver import Answer
 from services.webhook import (
     EXCERPT_CHARS,
     WebhookSender,
     classify_status,
 )
 from settings import Settings
-from harness.receiver import Answer
 
 DEFAULT_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
 BODY = json.dumps({"event_id": "msg_abc123", "subject": "Fichiers prêts", "links": ["https://x.example/f"]},

@@ -11,7 +11,6 @@ from typing import Iterator
 import pytest
 import requests
 
-
 SOURCE_BYTES = hashlib.sha256(b"seed").digest() * 40_000  # 1.28 MB, not all one byte
 SHARE_PATH = "/scl/fi/k3y9abc/Brand%20Assets.zip"
 DOWNLOAD_PATH = "/cd/0/get/AbC123/file"

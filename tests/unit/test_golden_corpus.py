@@ -16,7 +16,6 @@ from email_processing.links import extract_delivery_links
 from email_processing.orchestrator import NullOffloader, process_email
 from email_processing.parsing import parse_message
 
-
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 MESSAGES = sorted(
     path for path in CORPUS.rglob("*")

@@ -13,7 +13,6 @@ from email_processing.links import extract_delivery_links
 from email_processing.orchestrator import NullOffloader, process_email
 from email_processing.parsing import parse_message
 
-
 WARNING = "HTML content truncated (exceeded 1MB limit)"
 
 

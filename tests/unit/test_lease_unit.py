@@ -18,8 +18,15 @@ import redis
 from redis.lock import Lock
 
 from background import lease as lease_module
-from background.lease import (LEASE_KEY, LeaseKeeper, LeaseLost, LeaseStoreUnreachable, OwnershipGuard,
-                              RedisLease, make_lease)
+from background.lease import (
+    LEASE_KEY,
+    LeaseKeeper,
+    LeaseLost,
+    LeaseStoreUnreachable,
+    OwnershipGuard,
+    RedisLease,
+    make_lease,
+)
 from settings import Settings
 
 

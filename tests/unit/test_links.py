@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 
 from email_processing.links import (
-    PROVIDERS, DeliveryLink, dropbox_direct_url, extract_delivery_links, host_matches, is_allowed_provider_url,
+    PROVIDERS,
+    DeliveryLink,
+    dropbox_direct_url,
+    extract_delivery_links,
+    host_matches,
+    is_allowed_provider_url,
     is_dropbox_folder,
 )
-
 
 FI = "https://www.dropbox.com/scl/fi/aaaaaaaaaaaaaaaaaaaaa/a.zip?rlkey=bbbbbbbbbbbbbbbbbbbbbbbbb&st=cccccccc&dl=0"
 

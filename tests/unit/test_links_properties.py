@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from email_processing.html_text import html_to_text_and_hrefs
 from email_processing.links import PROVIDERS, extract_delivery_links, host_matches
 
-
 FAST = settings(max_examples=200, deadline=None)
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=4, max_size=25)
 

@@ -10,8 +10,8 @@ import pytest
 
 from background import lease as lease_module
 from background.lease import FILE_LOCK_WARNING, FileLease, LeaseKeeper, LeaseLost, make_lease
-from settings import Settings
 from harness.lease_child import Contender, spawn
+from settings import Settings
 
 RETRY = 0.2
 

@@ -6,10 +6,13 @@ import pytest
 
 from email_processing.links import DeliveryLink
 from email_processing.orchestrator import (
-    NullOffloader, OffloadedLink, ProcessResult, process_email, sender_allowed,
+    NullOffloader,
+    OffloadedLink,
+    ProcessResult,
+    process_email,
+    sender_allowed,
 )
 from email_processing.parsing import parse_message
-
 
 WITH_LINK = (b"From: Jane <Jane@Example.com>\r\nSubject: files\r\nMessage-ID: <m1@example.com>\r\n\r\n"
              b"https://www.dropbox.com/scl/fo/aaaa/bbbb?rlkey=cccc&dl=0\r\n")

@@ -10,7 +10,6 @@ import pytest
 
 from settings import Settings
 
-
 TOKEN = "page-token-Zr41-do-not-print"
 
 

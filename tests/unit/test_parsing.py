@@ -11,9 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from email_processing.parsing import (
-    HTML_CAP_BYTES, TEXT_CAP_BYTES, ParsedEmail, TextPart, encoded_fetch_limit, parse_message, parse_parts,
+    HTML_CAP_BYTES,
+    TEXT_CAP_BYTES,
+    ParsedEmail,
+    TextPart,
+    encoded_fetch_limit,
+    parse_message,
+    parse_parts,
 )
-
 
 HEADERS = (b"From: =?utf-8?b?SsOpcsO0bWU=?= <Jerome@Example.COM>\r\nTo: inbox@example.com\r\n"
            b"Subject: =?iso-8859-1?q?R=E9sum=E9?= des fichiers\r\nDate: Tue, 03 Jun 2025 10:00:00 +0200\r\n"

@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta, timezone
 
-
 from email_processing.orchestrator import OffloadedLink
 from email_processing.parsing import ParsedEmail
 from email_processing.payload import (
-    CONTENT_CAP_BYTES, body_preview, build_payload, email_id_for, event_id_for, format_received_at,
+    CONTENT_CAP_BYTES,
+    body_preview,
+    build_payload,
+    email_id_for,
+    event_id_for,
+    format_received_at,
     received_at_from_date_header,
 )
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from email_processing.links import DeliveryLink
 from email_processing import orchestrator
+from email_processing.links import DeliveryLink
 from email_processing.orchestrator import OffloadedLink
 from services import r2_offload
 from services.r2_offload import (
@@ -30,7 +30,6 @@ from services.r2_offload import (
     object_key_for,
 )
 from settings import Settings
-
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "unit-token-7f3a9c2e5b1d"

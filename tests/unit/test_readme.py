@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from settings import SPECS
 from harness.service import ROOT
+from settings import SPECS
 
 
 def readme() -> str:

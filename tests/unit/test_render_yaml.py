@@ -4,9 +4,8 @@ import os
 
 import yaml
 
-from settings import SPEC_BY_ENV
 from harness.service import ROOT
-
+from settings import SPEC_BY_ENV
 
 RENDER_ONLY = {"PYTHON_VERSION"}
 

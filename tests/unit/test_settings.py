@@ -7,7 +7,6 @@ import pytest
 import settings as settings_module
 from settings import ConfigError, Settings
 
-
 MAILBOX = {"IMAP_SERVER": "imap.example.com", "EMAIL_ADDRESS": "bot@example.com", "EMAIL_PASSWORD": "pw-123456",
            "WEBHOOK_URL": "https://hook.example.com/abc"}
 

@@ -22,6 +22,7 @@ from services.state_store import (
     StateStore,
 )
 
+
 # The same tests run against a real redis-server in tests/integration/test_state_store_contract_redis.py, which
 # imports them and overrides this fixture.
 @pytest.fixture(params=["sqlite"])

@@ -22,7 +22,6 @@ from email_processing.payload import build_payload, received_at_from_date_header
 from harness.contract import SCHEMA_PATH, WebhookContractError, load_schema, validate_webhook_body
 from tests.unit.test_golden_corpus import CORPUS, MESSAGES
 
-
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 EXAMPLE_PATH = DOCS / "webhook-payload.v1.example.json"
 
