@@ -339,7 +339,8 @@ class MailboxPoller:
         email_id = email_id_for(parsed)
         event_id = event_id_for(email_id)
         self.store.incr("parse_failures")
-        item = OutboxItem(event_id=event_id, email_id=email_id, payload={"event_id": event_id, "subject": parsed.subject},
+        stub = {"event_id": event_id, "subject": parsed.subject}
+        item = OutboxItem(event_id=event_id, email_id=email_id, payload=stub,
                           mailbox=self.mailbox, uidvalidity=state.uidvalidity, uid=meta.uid,
                           message_id=parsed.message_id, created_at=time.time(), next_attempt_at=time.time() + 10 ** 9)
         self.store.enqueue(item)

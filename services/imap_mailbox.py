@@ -38,7 +38,8 @@ _META_ITEMS = [b"UID", b"RFC822.SIZE", b"INTERNALDATE", b"FLAGS", b"BODYSTRUCTUR
 # --- errors ---------------------------------------------------------------------------------------------------
 
 class ImapError(Exception):
-    """Any IMAP failure. ``op`` names the operation (connect, tls, login, select, search, fetch, store, idle, noop) when known."""
+    """Any IMAP failure. ``op`` names the operation when known: connect, tls, login, select, search, fetch, store,
+    idle or noop."""
 
     def __init__(self, message: str, op: str | None = None) -> None:
         super().__init__(message)

@@ -333,7 +333,7 @@ class R2Offloader:
                            "email_id=%s", email_id, exc_info=True)
             outcomes = [_Outcome(reason="unexpected_error") for _ in links]
         results = []
-        for link, outcome in zip(links, outcomes):
+        for link, outcome in zip(links, outcomes, strict=True):
             results.append(self._report(email_id, link, outcome))
         return results
 
@@ -409,7 +409,8 @@ class R2Offloader:
 
         record = self._reusable_copy(source_url)
         if record is not None:
-            return self._presigned(_Outcome(r2_url=record.get("r2_url"), object_key=record.get("object_key") or object_key,
+            return self._presigned(_Outcome(r2_url=record.get("r2_url"),
+                                            object_key=record.get("object_key") or object_key,
                                             original_filename=record.get("original_filename"), reused=True))
 
         if not self.breaker.allow():

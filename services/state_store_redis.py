@@ -238,7 +238,8 @@ def item_from_fields(fields: dict[str, str]) -> OutboxItem:
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
-    return dict(zip(flat[0::2], flat[1::2]))
+    # A Lua HGETALL reply alternates field and value; an odd tail (never produced) would be dropped, as before.
+    return dict(zip(flat[0::2], flat[1::2], strict=False))
 
 
 def _flag_member(uidvalidity: int, uid: int, message_id: str | None) -> str:

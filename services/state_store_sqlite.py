@@ -96,7 +96,7 @@ def state_db_path(settings: Settings) -> str:
 
 
 def _row_to_item(row: sqlite3.Row | tuple) -> OutboxItem:
-    values = dict(zip(_ITEM_COLUMNS, row))
+    values = dict(zip(_ITEM_COLUMNS, row, strict=True))
     values["payload"] = json.loads(values["payload"])
     values["in_flight"] = bool(values["in_flight"])
     return OutboxItem(**values)

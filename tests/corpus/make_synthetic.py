@@ -55,7 +55,8 @@ def alternative(plain: str, html: str, *, html_cte: str = "quoted-printable", ch
         return quopri.encodestring(data).decode("ascii").replace("\n", "\r\n")
 
     return ("Content-Type: multipart/alternative; boundary=\"b1\"\r\n\r\n"
-            f"--b1\r\nContent-Type: text/plain; charset={charset}\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+            f"--b1\r\nContent-Type: text/plain; charset={charset}\r\n"
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
             f"{encode(plain, 'quoted-printable')}\r\n"
             f"--b1\r\nContent-Type: text/html; charset={charset}\r\nContent-Transfer-Encoding: {html_cte}\r\n\r\n"
             f"{encode(html, html_cte)}\r\n--b1--\r\n")
@@ -201,7 +202,8 @@ case("forwarded_rfc822",
      + "Content-Type: multipart/mixed; boundary=\"m1\"\r\n\r\n"
      + "--m1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee attached.\r\n"
      + "--m1\r\nContent-Type: message/rfc822\r\n\r\n" + inner + "\r\n"
-     + "--m1\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\nContent-Disposition: attachment; filename=\"a.pdf\"\r\n"
+     + "--m1\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\n"
+     + "Content-Disposition: attachment; filename=\"a.pdf\"\r\n"
        "Content-Transfer-Encoding: base64\r\n\r\n"
      + base64.encodebytes(f"%PDF-1.4 {DBX_S}".encode()).decode().replace("\n", "\r\n")
      + "--m1--\r\n",

@@ -153,7 +153,8 @@ def test_the_leak_scan_finds_a_planted_secret():
     env = {"EMAIL_PASSWORD": "pw-planted"}
     secrets = secrets_of(env, "http://127.0.0.1:1/hook/planted-token")
     text = "2026-11-28T18:30:00.000Z ERROR [1] x: POST /hook/planted-token failed"
-    assert [name for name, secret in secrets.items() if secret in text] == ["WEBHOOK_URL path", "WEBHOOK_URL path token"]
+    found = [name for name, secret in secrets.items() if secret in text]
+    assert found == ["WEBHOOK_URL path", "WEBHOOK_URL path token"]
 
 
 @pytest.fixture(autouse=True)

@@ -74,7 +74,8 @@ def test_imap_account_is_a_fresh_user_with_settings_for_the_service(imap_account
     assert env["IMAP_USE_SSL"] == "true" and env["IMAP_CA_FILE"] == imap_account.ca_file
     settings = Settings.from_env({**env, "ENABLE_BACKGROUND_TASKS": "false"})
     assert settings.email_address == imap_account.user and settings.imap_use_ssl
-    assert Settings.from_env({**imap_account.settings_env("starttls"), "ENABLE_BACKGROUND_TASKS": "false"}).imap_starttls
+    env = {**imap_account.settings_env("starttls"), "ENABLE_BACKGROUND_TASKS": "false"}
+    assert Settings.from_env(env).imap_starttls
     assert imap_account.server.mailbox_uids(imap_account.user) == []
 
 

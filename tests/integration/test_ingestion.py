@@ -167,7 +167,8 @@ def test_a_server_paused_mid_idle_times_out_reconnects_and_leaves_no_thread_behi
         private_dovecot.pause()
         try:
             # Then within interval + timeout the poller notices, logs it and schedules a reconnect
-            pipeline.wait_until(lambda: caplog.text.count("IMAP: timeout after 1s during") > timeouts, timeout=10,
+            pipeline.wait_until(lambda timeouts=timeouts: caplog.text.count("IMAP: timeout after 1s during") > timeouts,
+                                timeout=10,
                                 what="timeout logged")
         finally:
             private_dovecot.resume()
@@ -208,7 +209,8 @@ def test_a_server_paused_mid_fetch_times_out_and_the_email_is_still_delivered_on
         raws.append(make_email(subject=f"fetched while frozen {round_}"))
         private_dovecot.append(account.user, raws[-1])
         try:
-            pipeline.wait_until(lambda: caplog.text.count("IMAP: timeout after 1s during fetch") > count, timeout=10,
+            pipeline.wait_until(lambda count=count: caplog.text.count("IMAP: timeout after 1s during fetch") > count,
+                                timeout=10,
                                 what="fetch timeout")
         finally:
             private_dovecot.resume()

@@ -40,7 +40,8 @@ def test_two_processes_share_one_file_lease_and_the_survivor_takes_it_when_the_h
     lock_file = str(tmp_path / "state" / "poller.lock")
     children = [contenders(f"f{i}", lock_file) for i in range(2)]
     for child in children:
-        wait_for(lambda: child.events("start") or child.proc.poll() is not None, 15, f"{child.name} to start")
+        wait_for(lambda child=child: child.events("start") or child.proc.poll() is not None, 15,
+                 f"{child.name} to start")
         assert child.proc.poll() is None, child.log()
 
     # Then exactly one holds the lease, and both warned that the file lock is unsafe across containers

@@ -44,7 +44,8 @@ def contenders(tmp_path):
 
 def wait_started(children: list[Contender]) -> None:
     for child in children:
-        wait_for(lambda: child.events("start") or child.proc.poll() is not None, 15, f"{child.name} to start")
+        wait_for(lambda child=child: child.events("start") or child.proc.poll() is not None, 15,
+                 f"{child.name} to start")
         assert child.proc.poll() is None, child.log()
 
 

@@ -1,4 +1,5 @@
-"""R2 offload end to end: IMAP → orchestrator → the real Worker on Miniflare → webhook with working r2_urls (issue 7)."""
+"""R2 offload end to end: IMAP → orchestrator → the real Worker on Miniflare → webhook with working r2_urls
+(issue 7)."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def test_an_email_with_two_dropbox_links_yields_a_webhook_whose_r2_urls_serve_th
     body = webhook_receiver.wait_for(1, timeout=60)[0]["json"]
     entries = body["delivery_links"]
     assert [entry["raw_url"] for entry in entries] == links
-    for entry, name in zip(entries, ("first_cut.mov", "poster.png")):
+    for entry, name in zip(entries, ("first_cut.mov", "poster.png"), strict=True):
         assert entry["r2_url"], entry
         assert entry["original_filename"] == name
         copy = requests.get(entry["r2_url"], timeout=10)

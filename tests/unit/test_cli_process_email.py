@@ -30,7 +30,8 @@ class FakeService:
         from email_processing.orchestrator import OffloadedLink
 
         self.offloaded.append(email_id)
-        return [OffloadedLink(l.provider, l.raw_url, l.direct_url, "https://r2.example/x", "x.zip") for l in links]
+        return [OffloadedLink(link.provider, link.raw_url, link.direct_url, "https://r2.example/x", "x.zip")
+                for link in links]
 
     def deliver_one(self, result):
         self.delivered.append(result)

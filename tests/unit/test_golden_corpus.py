@@ -48,7 +48,7 @@ def test_message_matches_its_golden_parse(path: Path):
     else:
         assert parsed.subject == expected["subject"]
     assert parsed.sender_email == expected["sender_email"]
-    assert [{"provider": l.provider, "raw_url": l.raw_url, "direct_url": l.direct_url} for l in links] \
+    assert [{"provider": link.provider, "raw_url": link.raw_url, "direct_url": link.direct_url} for link in links] \
         == expected["links"]
     assert parsed.html_truncated is expected["html_truncated"]
     assert parsed.text_truncated is expected["text_truncated"]

@@ -63,7 +63,7 @@ def test_links_before_the_cut_are_found_and_links_after_it_are_lost(caplog):
         result = process_email(parsed, received_at="2025-01-01T00:00:00Z", sender_allowlist=(),
                                allow_without_links=False, offloader=NullOffloader())
     # Then only the first link survives, the HTML is capped, the flags say so, and the WARNING was logged once
-    assert [l.raw_url for l in result.links] == ["https://we.tl/t-BEFOREAAAA"]
+    assert [link.raw_url for link in result.links] == ["https://we.tl/t-BEFOREAAAA"]
     assert parsed.html_truncated is True
     assert len(parsed.html.encode("utf-8")) <= HTML_CAP_BYTES
     assert result.payload["email_content_truncated"] is True
@@ -110,7 +110,7 @@ def test_without_lxml_it_uses_beautifulsoup_on_html_parser(monkeypatch, mocker):
     assert soup.call_args.args[1] == "html.parser"
     assert hrefs == ["https://www.dropbox.com/s/aaa/x.zip?a=1&dl=0"]
     assert text.splitlines()[0] == "Files & more"
-    assert [l.direct_url for l in extract_delivery_links(text, hrefs)] == [
+    assert [link.direct_url for link in extract_delivery_links(text, hrefs)] == [
         "https://www.dropbox.com/s/aaa/x.zip?a=1&dl=1"]
 
 

@@ -74,12 +74,12 @@ def test_links_come_from_hrefs_first_then_text_each_once_in_order():
     text = "text first? https://fromsmash.com/BBBBBBBBBB-dt and again https://we.tl/t-AAAAAAAAAA"
     hrefs = ["https://we.tl/t-AAAAAAAAAA", "mailto:x@example.com", "/relative", "https://we.tl/t-AAAAAAAAAA"]
     links = extract_delivery_links(text, hrefs)
-    assert [l.raw_url for l in links] == ["https://we.tl/t-AAAAAAAAAA", "https://fromsmash.com/BBBBBBBBBB-dt"]
+    assert [link.raw_url for link in links] == ["https://we.tl/t-AAAAAAAAAA", "https://fromsmash.com/BBBBBBBBBB-dt"]
 
 
 def test_entities_are_unescaped_and_trailing_punctuation_is_not_part_of_the_url():
     text = f"(See {FI.replace('&', '&amp;')}). \"https://we.tl/t-AAAAAAAAAA\", <https://fromsmash.com/CCCCCCCCCC-dt>."
-    assert [l.raw_url for l in extract_delivery_links(text, [])] == [
+    assert [link.raw_url for link in extract_delivery_links(text, [])] == [
         FI, "https://we.tl/t-AAAAAAAAAA", "https://fromsmash.com/CCCCCCCCCC-dt"]
 
 
@@ -94,7 +94,7 @@ def test_outlook_safelinks_and_google_redirects_are_unwrapped():
             "&data=05%7C02&reserved=0")
     google = "https://www.google.com/url?q=https://fromsmash.com/DDDDDDDDDD-dt&source=gmail&usg=AOv"
     links = extract_delivery_links(google, [safe])
-    assert [(l.provider, l.raw_url) for l in links] == [
+    assert [(link.provider, link.raw_url) for link in links] == [
         ("wetransfer", "https://we.tl/t-AAAAAAAAAA"), ("fromsmash", "https://fromsmash.com/DDDDDDDDDD-dt")]
 
 
@@ -128,4 +128,4 @@ def test_hrefs_with_line_breaks_from_broken_wrapping_still_match():
     from email_processing.html_text import html_to_text_and_hrefs
 
     _, hrefs = html_to_text_and_hrefs('<a href="https://we.tl/\nt-AAAAAAAAAA">x</a>')
-    assert [l.raw_url for l in extract_delivery_links("", hrefs)] == ["https://we.tl/t-AAAAAAAAAA"]
+    assert [link.raw_url for link in extract_delivery_links("", hrefs)] == ["https://we.tl/t-AAAAAAAAAA"]

@@ -47,7 +47,8 @@ def test_text_lines_carry_utc_time_level_pid_logger_and_the_exact_message():
 
 
 def test_json_lines_have_ts_level_logger_and_the_exact_message():
-    line = ServiceFormatter("json").format(record("WEBHOOK: delivered %s status=%d", "msg_1", 200, level=logging.WARNING))
+    entry = record("WEBHOOK: delivered %s status=%d", "msg_1", 200, level=logging.WARNING)
+    line = ServiceFormatter("json").format(entry)
     doc = json.loads(line)
     assert "\n" not in line
     assert doc["message"] == "WEBHOOK: delivered msg_1 status=200"

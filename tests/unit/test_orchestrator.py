@@ -30,8 +30,9 @@ class RecordingOffloader:
             raise self.error
         if self.result is not None:
             return self.result
-        return [OffloadedLink(l.provider, l.raw_url, l.direct_url, "https://r2.example/" + l.provider, "f.zip")
-                for l in links]
+        return [OffloadedLink(link.provider, link.raw_url, link.direct_url, "https://r2.example/" + link.provider,
+                              "f.zip")
+                for link in links]
 
 
 def run(raw: bytes, offloader, allowlist=(), allow_without_links=False) -> ProcessResult:
@@ -87,7 +88,7 @@ def test_an_offloader_that_raises_never_stops_the_email():
 
 def test_an_offloader_returning_the_wrong_number_of_links_falls_back_to_source_urls():
     result = run(WITH_LINK, RecordingOffloader(result=[]))
-    assert [l.r2_url for l in result.links] == [None]
+    assert [link.r2_url for link in result.links] == [None]
 
 
 def test_null_offloader_keeps_source_urls():

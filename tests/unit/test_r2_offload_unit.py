@@ -293,7 +293,7 @@ def test_null_offloader_keeps_every_source_url_without_logging(caplog):
     caplog.set_level(logging.DEBUG, logger="services.r2_offload")
     links = [FILE_LINK, DeliveryLink("wetransfer", "https://we.tl/t-x", "https://we.tl/t-x")]
     result = NullOffloader().offload_links("e1", links)
-    assert result == [OffloadedLink(l.provider, l.raw_url, l.direct_url, None, None) for l in links]
+    assert result == [OffloadedLink(link.provider, link.raw_url, link.direct_url, None, None) for link in links]
     assert not caplog.records
 
 

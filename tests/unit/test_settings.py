@@ -27,7 +27,8 @@ def test_every_field_takes_its_default_and_secrecy_from_its_spec():
 def test_nothing_configured_is_valid_and_uses_documented_defaults():
     s = Settings.from_env({})
     assert (s.imap_port, s.imap_use_ssl, s.imap_timeout_seconds) == (993, True, 30.0)
-    assert (s.redis_lock_ttl_seconds, s.email_polling_interval_seconds, s.enable_background_tasks) == (300.0, 30.0, True)
+    assert (s.redis_lock_ttl_seconds, s.email_polling_interval_seconds) == (300.0, 30.0)
+    assert s.enable_background_tasks is True
     assert s.lease_retry_interval == 30.0
     assert (s.r2_fetch_timeout_seconds, s.r2_fetch_timeout_folder_seconds) == (15.0, 120.0)
     assert (s.r2_circuit_failures, s.r2_circuit_cooldown_seconds, s.r2_presign_ttl_seconds) == (5, 60.0, 86400)
