@@ -214,8 +214,12 @@ class WebhookReceiver:
     """A real HTTP receiver in a background thread of this process; see the module docstring."""
 
     def __init__(self, port: int = 0, path: str | None = None, log_path: str | None = None,
-                 control: bool = False, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+                 control: bool = False, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None,
+                 contract: bool = True) -> None:
         self.host = host
+        # Every webhook POSTed to the hook path is validated against docs/webhook-payload.schema.json; tests that
+        # send placeholder bodies (the sender's and the receiver's own tests) switch it off.
+        self.contract = contract
         self.tls = tls
         self.port = port
         self.path = path or f"/hook/{secrets.token_urlsafe(16)}"
@@ -377,8 +381,20 @@ class WebhookReceiver:
             return list(self._events)
 
     def delivered(self) -> list[dict[str, Any]]:
+        self.assert_contract_kept()
         with self._cond:
             return [event for event in self._events if _is_2xx(event)]
+
+    def contract_violations(self) -> list[str]:
+        """One line per received webhook whose body breaks the payload contract (empty when ``contract`` is off)."""
+        with self._cond:
+            return [f"{event['headers'].get('webhook-id')}: {event['contract_error']}" for event in self._events
+                    if event.get("contract_error")]
+
+    def assert_contract_kept(self) -> None:
+        violations = self.contract_violations()
+        if violations:
+            raise AssertionError("webhook bodies break docs/webhook-payload.schema.json: " + "; ".join(violations))
 
     def delivered_ids(self) -> list[str | None]:
         """``webhook-id`` of each 2xx-answered request, in order, duplicates kept."""
@@ -390,6 +406,7 @@ class WebhookReceiver:
         with self._cond:
             while True:
                 delivered = [event for event in self._events if _is_2xx(event)]
+                self.assert_contract_kept()  # a broken body fails the wait at once, not after the timeout
                 if len(delivered) >= count:
                     return delivered
                 remaining = deadline - time.monotonic()
@@ -410,6 +427,8 @@ class WebhookReceiver:
                 f"delay {self.delay}s, {len(self._queue)} scripted answer(s) left")
 
     def _record(self, event: dict[str, Any]) -> None:
+        if self.contract and event["method"] == "POST" and event["path"] == self.path:
+            event["contract_error"] = _contract_error(event["body"])
         with self._cond:
             self._events.append(event)
             self._cond.notify_all()
@@ -448,6 +467,16 @@ class WebhookReceiver:
         elif action == "reset":
             self.reset()
         return None
+
+
+def _contract_error(body: bytes) -> str | None:
+    from harness.contract import WebhookContractError, validate_webhook_body
+
+    try:
+        validate_webhook_body(body)
+    except WebhookContractError as exc:
+        return str(exc)
+    return None
 
 
 def _is_2xx(event: Mapping[str, Any]) -> bool:

@@ -105,7 +105,7 @@ def test_no_secret_and_no_unmasked_correspondent_reaches_any_log_line_or_http_an
     # Given a receiver that fails once first, and a Worker stand-in that copies to "R2"
     receiver = make_webhook_receiver()
     receiver.fail_next(1, status=503)
-    worker = make_webhook_receiver()
+    worker = make_webhook_receiver(contract=False)  # plays the R2 Worker: it receives copy requests
     worker.respond_with(200, json.dumps({"success": True, "r2_url": "https://r2.render-signal.test/renders.zip",
                                          "object_key": "dropbox/renders.zip", "original_filename": "renders.zip"}),
                         {"Content-Type": "application/json"})

@@ -5,6 +5,7 @@ These use plain ``requests``/sockets as the client, so they do not depend on the
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -20,6 +22,12 @@ from harness.ports import free_port
 from harness.receiver import Answer, WebhookReceiver
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+@pytest.fixture
+def make_webhook_receiver(make_webhook_receiver):
+    """This file posts placeholder bodies (``msg_1``, ``{"k": 1}``), not webhooks: no payload contract here."""
+    return functools.partial(make_webhook_receiver, contract=False)
+
 
 
 def post(url: str, webhook_id: str, body: bytes = b'{"k": 1}', timeout: float = 5) -> requests.Response:
@@ -160,7 +168,7 @@ def test_the_factory_makes_independent_receivers(make_webhook_receiver):
 
 
 def test_stop_ends_every_thread_even_with_open_and_slow_connections():
-    receiver = WebhookReceiver().start()
+    receiver = WebhookReceiver(contract=False).start()
     receiver.set_delay(30)
     idle = socket.create_connection(("127.0.0.1", receiver.port), timeout=5)  # an idle keep-alive client
     slow = threading.Thread(target=lambda: _post_ignoring_errors(receiver.url), daemon=True)
@@ -211,3 +219,22 @@ def test_it_runs_as_a_separate_process_with_a_json_log_and_control_requests(tmp_
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(line["webhook_id"], line["status"]) for line in lines] == [("msg_1", 503), ("msg_1", 200), ("msg_2", 429)]
     assert lines[0]["json"] == {"k": 1} and lines[0]["headers"]["webhook-id"] == "msg_1"
+
+
+def test_a_receiver_refuses_a_webhook_body_that_breaks_the_payload_contract():
+    # Given a receiver with the contract on (the default for every delivery, e2e and chaos test)
+    receiver = WebhookReceiver().start()
+    try:
+        example = (Path(REPO) / "docs" / "webhook-payload.v1.example.json").read_bytes()
+        # When a valid body arrives, then one with an unplanned field
+        assert post(receiver.url, "msg_" + "a" * 32, example).status_code == 200
+        assert receiver.wait_for(1, timeout=2) and receiver.contract_violations() == []
+        broken = json.dumps({**json.loads(example), "unplanned": 1}).encode()
+        assert post(receiver.url, "msg_" + "b" * 32, broken).status_code == 200
+        # Then every read of what was delivered fails, naming the event and the schema
+        with pytest.raises(AssertionError, match="webhook-payload.schema.json"):
+            receiver.wait_for(2, timeout=2)
+        with pytest.raises(AssertionError, match="msg_b"):
+            receiver.delivered()
+    finally:
+        receiver.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import json
 import secrets
 import threading
@@ -25,6 +26,12 @@ from settings import Settings
 DEFAULT_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
 BODY = json.dumps({"event_id": "msg_abc123", "subject": "Fichiers prêts", "links": ["https://x.example/f"]},
                   ensure_ascii=False).encode("utf-8")
+
+@pytest.fixture
+def make_webhook_receiver(make_webhook_receiver):
+    """This file posts placeholder bodies (``msg_1``, ``{"k": 1}``), not webhooks: no payload contract here."""
+    return functools.partial(make_webhook_receiver, contract=False)
+
 
 
 def new_secret() -> str:
