@@ -30,17 +30,18 @@ from datetime import datetime, timezone
 from typing import Any
 
 from background.poller import recent_entry
-from background.runner import InstanceInfo, PollerStatus, iso_utc
+from background.runner import InstanceInfo, PollerStatus
 from email_processing.orchestrator import NullOffloader, OffloadedLink, process_email
 from email_processing.parsing import parse_message
 from email_processing.payload import email_id_for, event_id_for, format_received_at
+from harness.redis_server import RedisServer
 from services.r2_offload import object_key_for
 from services.redis_client import make_redis_client
 from services.state_store import OutboxItem, StateStore, dumps
 from services.state_store_redis import RedisStateStore
 from services.state_store_sqlite import DB_FILE_NAME, SqliteStateStore
 from settings import Settings
-from tests.infra.redis_server import RedisServer
+from timestamps import iso_utc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))

@@ -17,14 +17,14 @@ from typing import Iterator
 
 import pytest
 
+from harness.redis_server import RedisServer
 from services.state_store import OutboxItem, StateStore, dumps, open_state_store
 from services.state_store_sqlite import DB_FILE_NAME
 from settings import Settings
-from tests.infra.redis_server import RedisServer
 
-pytestmark = [pytest.mark.integration, pytest.mark.redis]
+pytestmark = pytest.mark.redis
 
-FIXTURES = Path(__file__).parent / "golden_state"
+FIXTURES = Path(__file__).resolve().parents[1] / "golden_state"
 MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text(encoding="utf-8"))
 ITEM_FIELDS = [f.name for f in fields(OutboxItem) if f.name != "payload"]
 T0 = MANIFEST["clock"]["T0"]
