@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -34,7 +35,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import requests
 
@@ -47,8 +48,14 @@ from harness.receiver import WebhookReceiver
 from harness.redis_server import RedisServer
 from harness.service import ServiceProcess
 
+if TYPE_CHECKING:
+    from services.state_store import StateStore
+
 LEASE_KEY = "render_signal:poller_lock"
 ALLOWED_DOMAIN = "@example.com"
+
+# One step of Cluster.stop(): run ``action``, record its failure under ``what`` and go on.
+_Step = Callable[[str, Callable[[], Any]], None]
 
 
 # --- the file server playing Dropbox and WeTransfer ----------------------------------------------------------------
@@ -190,7 +197,7 @@ class Sent:
     source_path: str | None = None  # the Dropbox share path, for checking an R2 copy
 
 
-# --- the cluster -------------------------------------------------------------------------------------------------------
+# --- the cluster ---------------------------------------------------------------------------------------------------
 
 @dataclass
 class Cluster:
@@ -215,7 +222,7 @@ class Cluster:
         self.status_token = secrets.token_urlsafe(16)
         self.webhook_secret = "whsec_" + __import__("base64").b64encode(secrets.token_bytes(24)).decode()
         self._seen: dict[int, float] = {}  # pid -> create_time of every process the cluster ran
-        self._store = None
+        self._store: StateStore | None = None
 
     # --- life cycle ---------------------------------------------------------------------------------------------
 
@@ -235,10 +242,12 @@ class Cluster:
         self.log("starting Dovecot (IMAP + IMAPS, own CA) ...")
         self.dovecot = DovecotServer(dovecot_bin).start()
         self.account = self.dovecot.new_account("e2e")
+        assert self.dovecot.proc is not None  # start() returns once the master greets
         self._remember_group(self.dovecot.proc.pid)
         if redis_bin:
             self.log("starting Redis ...")
             self.redis = RedisServer(redis_bin).start()
+            assert self.redis.proc is not None  # start() returns once the server answers
             self._remember(self.redis.proc.pid)
         self.source = SourceServer().start()
         self.log(f"file server playing Dropbox/WeTransfer on {self.source.origin}")
@@ -323,20 +332,34 @@ class Cluster:
         for service in self.services:
             self._remember_service(service)
         self.threads_at_stop = self.harness_threads()
+        self._undo_faults(step)
+        self._stop_services(step)
+        self._stop_backends(step)
+        self.stop_errors = errors
+        return sorted(self._seen.items())
+
+    def _undo_faults(self, step: _Step) -> None:
+        """Resume what a fault left stopped, so each process can then be stopped gracefully."""
         if self.worker is not None:
             self._remember_group(self.worker.proc.pid)
-            step("worker resume", lambda: _signal_group(self.worker.proc.pid, signal.SIGCONT))
+            step("worker resume", functools.partial(_signal_group, self.worker.proc.pid, signal.SIGCONT))
         if self.redis is not None and self.redis.paused:
             step("redis resume", self.redis.resume)
         if self.dovecot is not None and self.dovecot.paused:
             step("dovecot resume", self.dovecot.resume)
+
+    def _stop_services(self, step: _Step) -> None:
+        """SIGTERM every live master (timing how long each took to drain), then clean up every one."""
         self.graceful_seconds: dict[int, float] = {}
         for service in self.all_services:
             if service.proc is not None and service.proc.poll() is None:
                 began = time.monotonic()
-                step(f"service {service.port} SIGTERM", lambda s=service: s.terminate(timeout=30))
+                step(f"service {service.port} SIGTERM", functools.partial(service.terminate, timeout=30))
                 self.graceful_seconds[service.port] = time.monotonic() - began
             step(f"service {service.port} cleanup", service.cleanup)
+
+    def _stop_backends(self, step: _Step) -> None:
+        """The state store, then the servers the services talked to, in reverse order of their start."""
         if self._store is not None:
             step("state store close", self._store.close)
             self._store = None
@@ -351,8 +374,6 @@ class Cluster:
         if self.dovecot is not None:
             self._remember_group(self.dovecot.proc.pid if self.dovecot.proc else 0)
             step("dovecot", self.dovecot.stop)
-        self.stop_errors = errors
-        return sorted(self._seen.items())
 
     # --- bookkeeping for the "nothing left behind" check -------------------------------------------------------
 
@@ -441,6 +462,7 @@ class Cluster:
         service = self.services[index]
         self._remember_service(service)
         if self.redis is not None:
+            assert service.proc is not None  # the holder's worker runs, so its master does
             killed = service.proc.pid
             service.kill9()
         else:
@@ -461,7 +483,7 @@ class Cluster:
 
     @contextlib.contextmanager
     def dovecot_paused(self) -> Iterator[None]:
-        assert self.dovecot is not None
+        assert self.dovecot is not None and self.dovecot.proc is not None
         self._remember_group(self.dovecot.proc.pid)
         self.dovecot.pause()
         try:
@@ -504,7 +526,7 @@ class Cluster:
         assert self.dovecot is not None and self.account is not None
         return self.dovecot.append(self.account.user, raw)
 
-    def store(self):
+    def store(self) -> StateStore:
         if self._store is None:
             from services.state_store import open_state_store
             from settings import Settings
@@ -628,6 +650,7 @@ class Mail:
 
 
 def delivered_events(cluster: "Cluster") -> dict[str, list[dict]]:
+    assert cluster.receiver is not None
     by_id: dict[str, list[dict]] = collections.defaultdict(list)
     for event in cluster.receiver.delivered():
         by_id[event["headers"].get("webhook-id")].append(event)
@@ -677,60 +700,22 @@ def check_run(cluster: "Cluster", sent: list[Sent], label: str, check_r2: bool =
     skipped = [item for item in sent if item.expect != "deliver"]
     problems: list[str] = []
 
-    # Exactly one delivered event id per deliverable email; skipped emails produced none.
-    for item in deliverable:
-        if item.event_id not in delivered:
-            problems.append(f"LOST {item.subject} ({item.event_id}, uid {item.uid})")
-    for item in skipped:
-        if item.event_id in delivered:
-            problems.append(f"DELIVERED BUT SHOULD SKIP {item.subject} ({item.event_id})")
-        outcome = store.get_done(item.email_id)
-        if outcome != item.expect:
-            problems.append(f"SKIP NOT RECORDED {item.subject}: done record {outcome!r}, expected {item.expect!r}")
-    # A second delivery only with an identical webhook-id: group the 2xx requests by the email (subject) they carry.
-    ids_per_subject: dict[str, set[str]] = collections.defaultdict(set)
-    for webhook_id, events in delivered.items():
-        for event in events:
-            body = event["json"] or {}
-            if body.get("event_id") != webhook_id:
-                problems.append(f"webhook-id {webhook_id} but body event_id {body.get('event_id')}")
-            ids_per_subject[body.get("subject")].add(webhook_id)
-    for item in deliverable:
-        if len(ids_per_subject.get(item.subject, set())) > 1:
-            problems.append(f"{item.subject} delivered under several webhook-ids {ids_per_subject[item.subject]}")
+    problems += _lost_or_wrongly_delivered(store, delivered, deliverable, skipped)
+    problems += _webhook_id_mismatches(delivered, deliverable)
     duplicates = sum(len(events) - 1 for webhook_id, events in delivered.items() if webhook_id in ours)
-    counted = int(store.counters().get("possible_duplicates", 0) or 0)
+    possible_duplicates = store.counters().get("possible_duplicates", 0) or 0
+    assert not isinstance(possible_duplicates, dict)  # a flat counter (only some counters are per-key maps)
+    counted = int(possible_duplicates)
     if duplicates > counted:
         problems.append(f"{duplicates} duplicate deliveries but only {counted} counted as possible_duplicates")
     dead = store.list_items("dead", limit=1000)
     if dead:
         problems.append(f"dead letters: {[(d.event_id, d.dead_reason, d.last_status) for d in dead]}")
-    # Every email flagged done on the server.
-    deadline = time.monotonic() + flag_wait
-    unflagged = cluster.unflagged([item.uid for item in sent])
-    while unflagged and time.monotonic() < deadline:
-        time.sleep(0.5)
-        unflagged = cluster.unflagged([item.uid for item in sent])
-    if unflagged:
-        problems.append(f"not flagged $RenderSignalDone: uids {unflagged}")
+    problems += _unflagged(cluster, sent, flag_wait)
+    with_r2, r2_problems = _r2_copies(delivered, deliverable, check_r2)
+    problems += r2_problems
 
-    # R2: copies that were made serve the source's bytes.
-    with_r2 = 0
-    for item in deliverable:
-        for event in delivered.get(item.event_id, [])[:1]:
-            for link in (event["json"] or {}).get("delivery_links", []):
-                if link.get("r2_url"):
-                    with_r2 += 1
-                    if check_r2:
-                        body = requests.get(link["r2_url"], timeout=10).content
-                        if body != source_bytes(item.source_path):
-                            problems.append(f"r2_url of {item.subject} does not serve the source bytes")
-
-    latencies = []
-    for item in deliverable:
-        events = delivered.get(item.event_id)
-        if events:
-            latencies.append((events[0]["received_at"] - item.appended_at, item.phase))
+    latencies = _latencies(delivered, deliverable)
     worst = max(latencies, default=(0.0, "-"))
     per_phase: dict[str, float] = {}
     for latency, phase in latencies:
@@ -751,3 +736,76 @@ def check_run(cluster: "Cluster", sent: list[Sent], label: str, check_r2: bool =
         "counters": store.counters(),
     }
     return tally, problems
+
+
+def _lost_or_wrongly_delivered(store: StateStore, delivered: dict[str, list[dict]], deliverable: list[Sent],
+                               skipped: list[Sent]) -> list[str]:
+    """Exactly one delivered event id per deliverable email; skipped emails produced none and are recorded."""
+    problems = []
+    for item in deliverable:
+        if item.event_id not in delivered:
+            problems.append(f"LOST {item.subject} ({item.event_id}, uid {item.uid})")
+    for item in skipped:
+        if item.event_id in delivered:
+            problems.append(f"DELIVERED BUT SHOULD SKIP {item.subject} ({item.event_id})")
+        outcome = store.get_done(item.email_id)
+        if outcome != item.expect:
+            problems.append(f"SKIP NOT RECORDED {item.subject}: done record {outcome!r}, expected {item.expect!r}")
+    return problems
+
+
+def _webhook_id_mismatches(delivered: dict[str, list[dict]], deliverable: list[Sent]) -> list[str]:
+    """A second delivery only with an identical webhook-id: group the 2xx requests by the email (subject) they
+    carry."""
+    problems = []
+    ids_per_subject: dict[str | None, set[str]] = collections.defaultdict(set)
+    for webhook_id, events in delivered.items():
+        for event in events:
+            body = event["json"] or {}
+            if body.get("event_id") != webhook_id:
+                problems.append(f"webhook-id {webhook_id} but body event_id {body.get('event_id')}")
+            ids_per_subject[body.get("subject")].add(webhook_id)
+    for item in deliverable:
+        if len(ids_per_subject.get(item.subject, set())) > 1:
+            problems.append(f"{item.subject} delivered under several webhook-ids {ids_per_subject[item.subject]}")
+    return problems
+
+
+def _unflagged(cluster: "Cluster", sent: list[Sent], flag_wait: float) -> list[str]:
+    """Every email flagged done on the server (within ``flag_wait`` seconds)."""
+    deadline = time.monotonic() + flag_wait
+    unflagged = cluster.unflagged([item.uid for item in sent])
+    while unflagged and time.monotonic() < deadline:
+        time.sleep(0.5)
+        unflagged = cluster.unflagged([item.uid for item in sent])
+    return [f"not flagged $RenderSignalDone: uids {unflagged}"] if unflagged else []
+
+
+def _r2_copies(delivered: dict[str, list[dict]], deliverable: list[Sent], check_r2: bool) -> tuple[int, list[str]]:
+    """How many first deliveries carry an r2_url and, with ``check_r2``, which copies do not serve the source's
+    bytes."""
+    with_r2 = 0
+    problems = []
+    for item in deliverable:
+        for event in delivered.get(item.event_id, [])[:1]:
+            for link in (event["json"] or {}).get("delivery_links", []):
+                if link.get("r2_url"):
+                    with_r2 += 1
+                    if check_r2 and not _serves_source(link["r2_url"], item):
+                        problems.append(f"r2_url of {item.subject} does not serve the source bytes")
+    return with_r2, problems
+
+
+def _serves_source(r2_url: str, item: Sent) -> bool:
+    assert item.source_path is not None  # Mail gives every deliverable email its Dropbox share path
+    return requests.get(r2_url, timeout=10).content == source_bytes(item.source_path)
+
+
+def _latencies(delivered: dict[str, list[dict]], deliverable: list[Sent]) -> list[tuple[float, str]]:
+    """(seconds from append to first delivery, phase) of every delivered email."""
+    latencies = []
+    for item in deliverable:
+        events = delivered.get(item.event_id)
+        if events:
+            latencies.append((events[0]["received_at"] - item.appended_at, item.phase))
+    return latencies

@@ -445,7 +445,7 @@ class DovecotServer:
             with open(file_path, "wb") as handle:
                 handle.write(raw)
             self._chown(file_path)
-        for dirpath, dirnames, filenames in os.walk(os.path.join(self.mail_root, user)):
+        for dirpath, _dirnames, filenames in os.walk(os.path.join(self.mail_root, user)):
             self._chown(dirpath)
             if dirpath != cur:
                 for filename in filenames:
@@ -458,9 +458,9 @@ class DovecotServer:
         if os.path.exists(path):
             with open(path) as handle:
                 for line in handle:
-                    index, _, name = line.strip().partition(" ")
-                    if index.isdigit() and name:
-                        known[int(index)] = name
+                    number, _, name = line.strip().partition(" ")
+                    if number.isdigit() and name:
+                        known[int(number)] = name
         for index, name in known.items():
             if name == keyword:
                 return "abcdefghijklmnopqrstuvwxyz"[index]

@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     import logging
     import threading
 
-    from background.lease import LeaseKeeper, LeaseLost, OwnershipGuard, make_lease
+    from background.lease import LeaseKeeper, LeaseLost, OwnershipGuard, RedisLease, make_lease
     from services.redis_client import make_redis_client
     from settings import Settings
 
@@ -86,7 +86,12 @@ def main(argv: list[str]) -> int:
     keeper = LeaseKeeper(lease, settings,
                          on_change=lambda snap: emit(ev="change", t=time.time(), state=snap["state"],
                                                      held=keeper.held_event.is_set(), losses=snap["losses"]))
-    witness = client.register_script(WITNESS_SCRIPT) if (args.ground_truth and client is not None) else None
+    witness = None
+    witness_keys: list[str] = []
+    # A Redis client means make_lease gave a RedisLease: its key is what the witness script reads.
+    if args.ground_truth and client is not None and isinstance(lease, RedisLease):
+        witness = client.register_script(WITNESS_SCRIPT)
+        witness_keys = [lease.key, ACTIONS_KEY]
     emit(ev="start", t=time.time(), pid=os.getpid(), token=lease.token, backend=lease.backend)
     thread = threading.Thread(target=keeper.run, args=(stop,), name="lease-keeper")
     thread.start()
@@ -106,7 +111,7 @@ def main(argv: list[str]) -> int:
                     guard.check_local()   # before every "IMAP command"
                     guard.check_remote()  # before each batch / STORE / webhook attempt
                     guard.record_action()
-                    ok = witness(keys=[lease.key, ACTIONS_KEY], args=[lease.token, repr(time.time())]) \
+                    ok = witness(keys=witness_keys, args=[lease.token, repr(time.time())]) \
                         if witness is not None else 1
                     emit(ev="a", t=time.time(), ok=bool(ok))
                 except LeaseLost as exc:

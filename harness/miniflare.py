@@ -14,6 +14,7 @@ locally and fails under ``CI=true``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -57,6 +58,7 @@ class MiniflareWorker:
         """Close stdin (serve.mjs disposes Miniflare and exits), kill the process group if it hangs, clean TMPDIR."""
         try:
             if self.proc.poll() is None:
+                assert self.proc.stdin is not None  # started with stdin=PIPE
                 try:
                     self.proc.stdin.close()
                 except OSError:
@@ -129,11 +131,14 @@ def start_worker(node: str, source_origin: str, *, token: str | None = None,
 
 
 def _drain_stdout(proc: subprocess.Popen, log_file, first_line: queue.Queue) -> None:
+    stdout = proc.stdout
+    # Started with stdout=PIPE and default buffering: a buffered binary reader, whose read1 returns what is there.
+    assert isinstance(stdout, io.BufferedReader)
     try:
-        first_line.put(proc.stdout.readline())
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+        first_line.put(stdout.readline())
+        for chunk in iter(lambda: stdout.read1(65536), b""):
             log_file.write(chunk)
             log_file.flush()
     finally:
         log_file.close()
-        proc.stdout.close()
+        stdout.close()

@@ -30,10 +30,11 @@ As a separate process, for the demo and the chaos runs::
 
 prints one JSON line ``{"url": ..., "port": ..., "pid": ...}`` on stdout once it listens, then appends one JSON
 line per received request to the log file (``received_at``, ``answered_at``, ``method``, ``path``, ``webhook_id``,
-``status``, ``headers``, ``body`` as text, ``json``), after the answer was written. It stops on SIGTERM/SIGINT. Its behaviour can be changed
-while it runs with ``POST /_control/<action>`` and a JSON object of arguments: ``respond_with {status, body,
-headers}``, ``fail_next {n, status, headers}``, ``set_delay {seconds}``, ``answer_sequence {answers: [{status,
-body, headers, delay, drop}]}``, ``outage {seconds}`` (down, then up again on the same port), ``reset {}``.
+``status``, ``headers``, ``body`` as text, ``json``), after the answer was written. It stops on SIGTERM/SIGINT.
+Its behaviour can be changed while it runs with ``POST /_control/<action>`` and a JSON object of arguments:
+``respond_with {status, body, headers}``, ``fail_next {n, status, headers}``, ``set_delay {seconds}``,
+``answer_sequence {answers: [{status, body, headers, delay, drop}]}``, ``outage {seconds}`` (down, then up again
+on the same port), ``reset {}``.
 Control requests are not recorded and are answered ``204``.
 """
 
@@ -98,9 +99,12 @@ class _Server(HTTPServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind() resolves the host name (getfqdn), which can stall without DNS; not needed here.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, self.server_port = self.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET address: (host, port)
+        self.server_name = host
 
-    def process_request(self, request: socket.socket, client_address: Any) -> None:
+    def process_request(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
+        assert isinstance(request, socket.socket)  # a TCP server hands over connected sockets, never datagrams
         thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
                                   name="webhook-receiver-conn", daemon=True)
         self.owner._track(thread, request)
@@ -329,7 +333,8 @@ class WebhookReceiver:
 
     # --- behaviour -------------------------------------------------------------------------------------------
 
-    def respond_with(self, status: int, body: bytes | str = b"Accepted", headers: Mapping[str, str] | None = None) -> None:
+    def respond_with(self, status: int, body: bytes | str = b"Accepted",
+                     headers: Mapping[str, str] | None = None) -> None:
         """Answer every later request (after any queued ones) with this."""
         with self._cond:
             self._default = _as_answer((status, body, headers or {}))
