@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any, Callable
 
 from bench.bench_latency import Harness, percentile, queued_times, result
 
@@ -61,40 +62,50 @@ def health_load(url: str, rate: float, max_seconds: float) -> None:
 
     threading.Thread(target=watch_stdin, daemon=True).start()
     samples: list[list[tuple[float, float, float, int]]] = [[] for _ in range(HEALTH_THREADS)]
-
-    def worker(k: int) -> None:
-        conn = http.client.HTTPConnection(host, int(port), timeout=5)
-        i = k
-        while not stop.is_set():
-            due = start + i / rate
-            if due - start > max_seconds:
-                break
-            delay = due - time.monotonic()
-            if delay > 0:
-                if stop.wait(delay):
-                    break
-            sent = time.monotonic()
-            try:
-                conn.request("GET", "/health")
-                response = conn.getresponse()
-                response.read()
-                status = response.status
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = http.client.HTTPConnection(host, int(port), timeout=5)
-                status = 0
-            done = time.monotonic()
-            samples[k].append((sent - start, done - sent, sent - due, status))
-            i += HEALTH_THREADS
-        conn.close()
-
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(HEALTH_THREADS)]
+    threads = [threading.Thread(target=_health_requests,
+                                args=(host, port, k, start, rate, max_seconds, stop, samples[k]), daemon=True)
+               for k in range(HEALTH_THREADS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     flat = sorted(sample for per_thread in samples for sample in per_thread)
     print(json.dumps({"samples": flat, "burst_at": mark["burst_at"]}), flush=True)
+
+
+def _health_requests(host: str, port: str, k: int, start: float, rate: float, max_seconds: float,
+                     stop: threading.Event, out: list[tuple[float, float, float, int]]) -> None:
+    """Thread ``k`` of the load: requests k, k + HEALTH_THREADS, ... each at its due time, one sample per request
+    (sent since start, latency, lateness against the schedule, status; 0 = no answer)."""
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    i = k
+    while not stop.is_set():
+        due = start + i / rate
+        if due - start > max_seconds:
+            break
+        delay = due - time.monotonic()
+        if delay > 0 and stop.wait(delay):
+            break
+        sent = time.monotonic()
+        conn, status = _get_health(conn, host, port)
+        done = time.monotonic()
+        out.append((sent - start, done - sent, sent - due, status))
+        i += HEALTH_THREADS
+    conn.close()
+
+
+def _get_health(conn: http.client.HTTPConnection, host: str,
+                port: str) -> tuple[http.client.HTTPConnection, int]:
+    """One GET /health on the keep-alive connection: (connection to use next, status). On a failure the status is 0
+    and the connection is a new one."""
+    try:
+        conn.request("GET", "/health")
+        response = conn.getresponse()
+        response.read()
+        return conn, response.status
+    except (OSError, http.client.HTTPException):
+        conn.close()
+        return http.client.HTTPConnection(host, int(port), timeout=5), 0
 
 
 def start_health_load(h: Harness, url: str, rate: float, max_seconds: float) -> subprocess.Popen:
@@ -178,6 +189,55 @@ class ReceiverProcess:
         return self.received
 
 
+# --- the steps of one run ---------------------------------------------------------------------------------------
+
+
+def _wait_warm_up(receiver: ReceiverProcess, flagged: Callable[[], int], service: Any) -> None:
+    """Up to 60 s for the two warm-up emails to be delivered and flagged."""
+    deadline = time.monotonic() + 60
+    while (len(receiver.refresh()) < 2 or flagged() < 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if flagged() < 2:
+        raise RuntimeError("warm-up emails not delivered and flagged within 60 s:\n" + service.log_text()[-3000:])
+
+
+def _start_appenders(emails: list[bytes], sessions: list[Any], go: threading.Event, append_done: list[float],
+                     errors: list[BaseException]) -> list[threading.Thread]:
+    """One thread per IMAP session; once ``go`` is set, session k APPENDs emails k, k + sessions, ...; each records
+    when it finished (``append_done``) and what failed (``errors``)."""
+    connections = len(sessions)
+
+    def append_slice(k: int) -> None:
+        go.wait()
+        try:
+            for raw in emails[k::connections]:
+                sessions[k].append("INBOX", raw)
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+        append_done.append(time.time())
+
+    threads = [threading.Thread(target=append_slice, args=(k,)) for k in range(connections)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _wait_delivered_and_flagged(receiver: ReceiverProcess, flagged: Callable[[], int], ids: set[str],
+                                flagged_total: int, timeout: float) -> tuple[float | None, float | None]:
+    """(when the last of ``ids`` was received, when ``flagged_total`` emails were flagged), None for what did not
+    happen within ``timeout``."""
+    delivered_at = flagged_at = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (delivered_at is None or flagged_at is None):
+        now = time.time()
+        if delivered_at is None and ids <= receiver.refresh().keys():
+            delivered_at = max(receiver.received[i] for i in ids)
+        if flagged_at is None and flagged() >= flagged_total:
+            flagged_at = now
+        time.sleep(0.1)
+    return delivered_at, flagged_at
+
+
 # --- one run ---------------------------------------------------------------------------------------------------
 
 
@@ -213,11 +273,7 @@ def run_backend(backend: str, count: int, connections: int, rate: float, timeout
         h.on_close("imap warm-up", warm.logout)
         for _ in range(2):
             warm.append("INBOX", make_email())
-        deadline = time.monotonic() + 60
-        while (len(receiver.refresh()) < 2 or flagged() < 2) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if flagged() < 2:
-            raise RuntimeError("warm-up emails not delivered and flagged within 60 s:\n" + service.log_text()[-3000:])
+        _wait_warm_up(receiver, flagged, service)
         base_delivered = len(receiver.refresh())
 
         emails = [make_email() for _ in range(count)]
@@ -232,32 +288,12 @@ def run_backend(backend: str, count: int, connections: int, rate: float, timeout
         append_done: list[float] = []
         errors: list[BaseException] = []
         go = threading.Event()
-
-        def append_slice(k: int) -> None:
-            go.wait()
-            try:
-                for raw in emails[k::connections]:
-                    sessions[k].append("INBOX", raw)
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-            append_done.append(time.time())
-
-        threads = [threading.Thread(target=append_slice, args=(k,)) for k in range(connections)]
-        for thread in threads:
-            thread.start()
+        threads = _start_appenders(emails, sessions, go, append_done, errors)
         load.stdin.write("burst\n")
         load.stdin.flush()
         t0 = time.time()
         go.set()
-        delivered_at = flagged_at = None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (delivered_at is None or flagged_at is None):
-            now = time.time()
-            if delivered_at is None and ids <= receiver.refresh().keys():
-                delivered_at = max(receiver.received[i] for i in ids)
-            if flagged_at is None and flagged() >= count + 2:
-                flagged_at = now
-            time.sleep(0.1)
+        delivered_at, flagged_at = _wait_delivered_and_flagged(receiver, flagged, ids, count + 2, timeout)
         for thread in threads:
             thread.join()
         load.stdin.close()
@@ -327,7 +363,8 @@ def main() -> int:
             done = max(v for v in (r["delivered_s"], r["flagged_s"]) if v is not None) \
                 if r["delivered_s"] is not None and r["flagged_s"] is not None else None
             suffix = "_stock_receiver" if args.stock_receiver else ""
-            result(f"burst_{backend}{suffix}_done", round(done, 3) if done is not None else None, "s", emails=args.count,
+            result(f"burst_{backend}{suffix}_done", round(done, 3) if done is not None else None, "s",
+                   emails=args.count,
                    appended=round(r["appended_s"], 3), queued=r["queued_s"] and round(r["queued_s"], 3),
                    delivered=r["delivered_s"] and round(r["delivered_s"], 3),
                    flagged=r["flagged_s"] and round(r["flagged_s"], 3))

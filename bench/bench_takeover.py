@@ -92,7 +92,8 @@ def main() -> int:
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
     try:
         print(f"lease takeover, TTL {args.ttl:g}s, retry {retry:.2f}s, {args.runs} runs each, 2 processes")
-        for kind, bound in (("SIGTERM", "a few seconds (next retry)"), ("kill -9", f"TTL + retry = {args.ttl + retry:.2f}s")):
+        for kind, bound in (("SIGTERM", "a few seconds (next retry)"),
+                            ("kill -9", f"TTL + retry = {args.ttl + retry:.2f}s")):
             figures = [one_run(kind, run, url, args.ttl, workdir, client) for run in range(args.runs)]
             print(f"  {kind:8s} min {min(figures):.3f}s  median {statistics.median(figures):.3f}s  "
                   f"max {max(figures):.3f}s   (bound: {bound})   runs: {', '.join(f'{f:.3f}' for f in figures)}")

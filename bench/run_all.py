@@ -103,59 +103,72 @@ def parse_legacy(runs: dict[str, Run]) -> dict[str, dict]:
 
 
 def machine() -> list[tuple[str, str]]:
-    model = "unknown"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return [
+        ("CPU", _cpu_model()), ("cores available", str(cores)), ("memory", _memory()),
+        ("OS", f"{platform.system()} {platform.release()}"),
+        ("Python", platform.python_version()),
+        ("Dovecot", _version("dovecot", "--version")), ("Redis", _version("redis-server", "--version")),
+        ("commit", _commit()), ("load average at the end (1/5/15 min)", _load_average()),
+        ("date", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+    ]
+
+
+def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
                 if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    memory = "unknown"
+    return "unknown"
+
+
+def _memory() -> str:
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
                 if line.startswith("MemTotal"):
-                    memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                    break
+                    return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return "unknown"
 
-    def version(binary: str, flag: str) -> str:
-        path = shutil.which(binary, path=SEARCH_PATH)
-        if not path:
-            return "not installed"
-        try:
-            done = subprocess.run([path, flag], capture_output=True, text=True, timeout=10)
-            return (done.stdout or done.stderr).strip().splitlines()[0]
-        except (OSError, subprocess.SubprocessError, IndexError):
-            return "unknown"
 
+def _version(binary: str, flag: str) -> str:
+    path = shutil.which(binary, path=SEARCH_PATH)
+    if not path:
+        return "not installed"
+    try:
+        done = subprocess.run([path, flag], capture_output=True, text=True, timeout=10)
+        return (done.stdout or done.stderr).strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "unknown"
+
+
+def _commit() -> str:
+    """The short commit, and the tracked files that differ from it (a figure measured on uncommitted code)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     try:
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.split("\n")
-        dirty = [line[3:] for line in dirty if line.strip()]
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                capture_output=True, text=True, timeout=10).stdout.split("\n")
+        dirty = [line[3:] for line in status if line.strip()]
         if dirty:
             commit += f" + uncommitted changes in {', '.join(dirty)}"
     except (OSError, subprocess.SubprocessError):
         pass
-    load = "n/a"
-    if hasattr(os, "getloadavg"):
-        load = " / ".join(f"{value:.2f}" for value in os.getloadavg())
-    return [
-        ("CPU", model), ("cores available", str(cores)), ("memory", memory),
-        ("OS", f"{platform.system()} {platform.release()}"),
-        ("Python", platform.python_version()),
-        ("Dovecot", version("dovecot", "--version")), ("Redis", version("redis-server", "--version")),
-        ("commit", commit), ("load average at the end (1/5/15 min)", load), ("date", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
-    ]
+    return commit
+
+
+def _load_average() -> str:
+    if not hasattr(os, "getloadavg"):
+        return "n/a"
+    return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 # --- the report ------------------------------------------------------------------------------------------------
@@ -330,7 +343,7 @@ def write_report(path: str, runs: dict[str, Run], figures: dict[str, dict]) -> N
     lines += [f"| {key} | {value} |" for key, value in machine()]
     lines += ["", "## Figures against the targets of issue 10 item 6", "",
               "| figure | value | target | met? | details |", "|---|---|---|---|---|"]
-    for key, label, how, target, check in ROWS:
+    for key, label, _how, target, check in ROWS:
         doc = figures.get(key)
         if doc is None:
             lines.append(f"| {label} | not measured | {target} | — | benchmark failed or skipped |")
@@ -341,7 +354,7 @@ def write_report(path: str, runs: dict[str, Run], figures: dict[str, dict]) -> N
         lines.append(f"| {label} | {fmt(value, doc.get('unit', ''))} | {target} | {verdict} | {extra(key, doc)} |")
     lines += ["", "## How each figure was measured", ""]
     seen = set()
-    for key, label, how, target, check in ROWS:
+    for _key, _label, how, _target, _check in ROWS:
         if how not in seen:
             seen.add(how)
             lines.append(f"- {how}.")
