@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import time
+from typing import TYPE_CHECKING
 
 from harness.cluster import (
     Cluster,
@@ -34,6 +35,9 @@ from harness.cluster import (
     wetransfer_link,
 )
 from harness.mail import event_id_of, make_email
+
+if TYPE_CHECKING:
+    from services.state_store import StateStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,72 +157,108 @@ def main(argv: list[str] | None = None) -> int:
         except MissingRuntime as exc:
             say(f"cannot start: {exc}")
             return 2
-        for index, service in enumerate(cluster.services):
-            say(f"service instance {index + 1}: {service.url} (workers {service.worker_pids()})")
-        say(f"lease holder: {cluster.holder_token()}")
-        say("")
-        emails = build_emails()
-        pending: dict[str, tuple[str, float, str]] = {}
-        for label, raw, outcome in emails:
-            t_append = time.time()
-            cluster.append(raw)
-            pending[event_id_of(raw)] = (label, t_append, outcome)
-            say(f"APPEND '{label}' ({len(raw) / 1024:.0f} KiB) -> expect {outcome}")
-        say(f"{len(pending)} emails waiting in the mailbox")
-        say("")
-        store = cluster.store()
-        shown: set[str] = set()
-        last_report = 0.0
-        while pending and time.monotonic() < deadline:
-            for event in cluster.receiver.delivered():
-                webhook_id = event["headers"].get("webhook-id")
-                if webhook_id in pending and webhook_id not in shown:
-                    shown.add(webhook_id)
-                    label, t_append, _ = pending.pop(webhook_id)
-                    show_webhook(event, label, t_append)
-            for event_id in list(pending):
-                done = store.get_done(event_id[len("msg_"):])
-                if done and done.startswith("skipped:"):
-                    label, t_append, _ = pending.pop(event_id)
-                    say(f"SKIPPED '{label}': no webhook, done record '{done}' (flagged done on the server)")
-            if pending and time.monotonic() - last_report > 2:
-                last_report = time.monotonic()
-                say(f"{len(pending)} email(s) still waiting ...")
-            time.sleep(0.1)
-        if pending:
-            say(f"timeout: {len(pending)} email(s) never finished: {[v[0] for v in pending.values()]}")
-            code = 1
-        say("")
-        say("notable service log lines (WARNING and R2):")
-        for line in cluster.service_logs().splitlines():
-            if ("HTML content truncated" in line or "R2_TRANSFER" in line or "skipped uid" in line
-                    or "acquired" in line.lower() and "lease" in line.lower()):
-                print("    " + line[:220], flush=True)
-        say("")
-        time.sleep(1.5)  # let the holder publish its status after the last delivery
-        say(f"GET /api/status (Authorization: Bearer <STATUS_API_TOKEN>) on {cluster.services[0].url}:")
-        status = cluster.status()
-        print(json.dumps(shorten(status, 120), indent=2), flush=True)
-        if args.stay:
-            say(f"--stay: dashboard at {cluster.services[0].url}/ (any user, password = the status token "
-                f"{cluster.status_token}); Ctrl-C to stop")
-            while time.monotonic() < deadline:
-                time.sleep(0.5)
+        code = _run(cluster, args.stay, deadline)
     except Stop as exc:
         say(f"{exc}: stopping")
         code = 130
     finally:
-        say("stopping: service instances (SIGTERM), receiver, Worker, file server, Redis, Dovecot ...")
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
-        seen = cluster.stop()
-        left = leftover_processes(seen)
-        if cluster.stop_errors:
-            say(f"teardown errors: {cluster.stop_errors}")
-        if left:
-            say(f"LEFT RUNNING: {left}")
-            code = code or 1
-        else:
-            say(f"stopped: all {len(seen)} processes the demo started are gone")
+        code = _teardown(cluster, code)
+    return code
+
+
+def _run(cluster: Cluster, stay: bool, deadline: float) -> int:
+    """The demo on a started cluster: 1 if an email never reached its outcome before ``deadline``, else 0."""
+    for index, service in enumerate(cluster.services):
+        say(f"service instance {index + 1}: {service.url} (workers {service.worker_pids()})")
+    say(f"lease holder: {cluster.holder_token()}")
+    say("")
+    pending = _append_emails(cluster)
+    say(f"{len(pending)} emails waiting in the mailbox")
+    say("")
+    _wait_for_outcomes(cluster, pending, deadline)
+    code = 0
+    if pending:
+        say(f"timeout: {len(pending)} email(s) never finished: {[v[0] for v in pending.values()]}")
+        code = 1
+    say("")
+    _show_notable_log_lines(cluster)
+    say("")
+    time.sleep(1.5)  # let the holder publish its status after the last delivery
+    say(f"GET /api/status (Authorization: Bearer <STATUS_API_TOKEN>) on {cluster.services[0].url}:")
+    status = cluster.status()
+    print(json.dumps(shorten(status, 120), indent=2), flush=True)
+    if stay:
+        say(f"--stay: dashboard at {cluster.services[0].url}/ (any user, password = the status token "
+            f"{cluster.status_token}); Ctrl-C to stop")
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+    return code
+
+
+def _append_emails(cluster: Cluster) -> dict[str, tuple[str, float, str]]:
+    """APPEND the demo emails; returns event id -> (label, when appended, expected outcome)."""
+    pending: dict[str, tuple[str, float, str]] = {}
+    for label, raw, outcome in build_emails():
+        t_append = time.time()
+        cluster.append(raw)
+        pending[event_id_of(raw)] = (label, t_append, outcome)
+        say(f"APPEND '{label}' ({len(raw) / 1024:.0f} KiB) -> expect {outcome}")
+    return pending
+
+
+def _wait_for_outcomes(cluster: Cluster, pending: dict[str, tuple[str, float, str]], deadline: float) -> None:
+    """Show each webhook and each skip as it happens, removing the email from ``pending``, until none is left or
+    ``deadline``."""
+    store = cluster.store()
+    shown: set[str] = set()
+    last_report = 0.0
+    while pending and time.monotonic() < deadline:
+        _show_new_webhooks(cluster, pending, shown)
+        _show_skips(store, pending)
+        if pending and time.monotonic() - last_report > 2:
+            last_report = time.monotonic()
+            say(f"{len(pending)} email(s) still waiting ...")
+        time.sleep(0.1)
+
+
+def _show_new_webhooks(cluster: Cluster, pending: dict[str, tuple[str, float, str]], shown: set[str]) -> None:
+    assert cluster.receiver is not None  # the cluster started
+    for event in cluster.receiver.delivered():
+        webhook_id = event["headers"].get("webhook-id")
+        if webhook_id in pending and webhook_id not in shown:
+            shown.add(webhook_id)
+            label, t_append, _ = pending.pop(webhook_id)
+            show_webhook(event, label, t_append)
+
+
+def _show_skips(store: StateStore, pending: dict[str, tuple[str, float, str]]) -> None:
+    for event_id in list(pending):
+        done = store.get_done(event_id[len("msg_"):])
+        if done and done.startswith("skipped:"):
+            label, t_append, _ = pending.pop(event_id)
+            say(f"SKIPPED '{label}': no webhook, done record '{done}' (flagged done on the server)")
+
+
+def _show_notable_log_lines(cluster: Cluster) -> None:
+    say("notable service log lines (WARNING and R2):")
+    for line in cluster.service_logs().splitlines():
+        if ("HTML content truncated" in line or "R2_TRANSFER" in line or "skipped uid" in line
+                or "acquired" in line.lower() and "lease" in line.lower()):
+            print("    " + line[:220], flush=True)
+
+
+def _teardown(cluster: Cluster, code: int) -> int:
+    """Stop the cluster and check that nothing it started is left; returns ``code``, or 1 for a leftover."""
+    say("stopping: service instances (SIGTERM), receiver, Worker, file server, Redis, Dovecot ...")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
+    seen = cluster.stop()
+    left = leftover_processes(seen)
+    if cluster.stop_errors:
+        say(f"teardown errors: {cluster.stop_errors}")
+    if left:
+        say(f"LEFT RUNNING: {left}")
+        return code or 1
+    say(f"stopped: all {len(seen)} processes the demo started are gone")
     return code
 
 
