@@ -80,11 +80,11 @@ class _SourceHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     owner: "SourceServer"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base class
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
-        owner = self.server.owner  # type: ignore[attr-defined]
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        owner = self.server.owner  # type: ignore[attr-defined]  # set on the server instance by FileServer
         host = self.headers.get("X-Original-Host", "")
         path = self.path.split("?")[0]
         owner.requests.append((host, path))
@@ -130,7 +130,7 @@ class SourceServer:
         self.released = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _SourceHandler)
         self._server.daemon_threads = True
-        self._server.owner = self  # type: ignore[attr-defined]
+        self._server.owner = self  # type: ignore[attr-defined]  # read back by the handler (http.server API)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="e2e-source-server", daemon=True)
 

@@ -52,7 +52,7 @@ class Stop(Exception):
     pass
 
 
-def _on_signal(signum, frame) -> None:  # noqa: ANN001
+def _on_signal(signum, frame) -> None:  # noqa: ANN001 - the signal module's handler signature
     raise Stop(signal.Signals(signum).name)
 
 

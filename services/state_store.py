@@ -146,7 +146,7 @@ def translating(*error_types: type[BaseException]) -> Callable[[F], F]:
             except error_types as exc:
                 raise StateStoreError(f"{self.backend} {method.__name__}: {type(exc).__name__}: {exc}") from exc
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature; mypy sees Any -> Any
 
     return decorate
 

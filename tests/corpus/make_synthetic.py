@@ -132,7 +132,7 @@ case("fromsmash_links",
      links=[link("fromsmash", SMASH), link("fromsmash", SMASH_TEAM + "/")])
 
 # 7. Outlook SafeLinks wrapping (HTML anchor and the text part).
-from urllib.parse import quote  # noqa: E402
+from urllib.parse import quote  # noqa: E402 - imported where the SafeLinks cases that need it begin
 
 safe = ("https://eur02.safelinks.protection.outlook.com/?url=" + quote(DBX_FI, safe="")
         + "&data=05%7C02%7Cinbox%40example.com%7C0000&sdata=AAAA%3D&reserved=0")

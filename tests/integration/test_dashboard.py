@@ -8,7 +8,7 @@ import hashlib
 import lxml.html
 import pytest
 
-from tests.integration.test_operator_routes import TOKEN, publish_holder_status, service_env  # noqa: F401
+from tests.integration.test_operator_routes import TOKEN, publish_holder_status, service_env  # noqa: F401 - service_env is a fixture
 
 pytestmark = pytest.mark.redis
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_operator_routes import TOKEN, bearer, enqueue, publish_holder_status, service_env  # noqa: F401
+from tests.integration.test_operator_routes import TOKEN, bearer, enqueue, publish_holder_status, service_env  # noqa: F401 - service_env is a fixture
 
 pytestmark = pytest.mark.redis
 

@@ -13,7 +13,7 @@ from services.state_store import StateStore, open_state_store
 from settings import Settings
 
 # The contract's tests, collected here a second time: their ``store`` comes from the ``backend`` fixture below.
-from tests.unit.test_state_store_contract import (  # noqa: F401
+from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract tests, run again on Redis
     an_item,
     test_a_replayed_item_can_be_delivered,
     test_an_enqueued_item_reads_back_with_every_field,
