@@ -1,0 +1,82 @@
+"""The service started on the state the previous release wrote (tests/golden_state/): every pending item is
+delivered once with its old event id, nothing delivered is sent again, dead letters stay dead, the checkpoint holds.
+
+Issue 14 and later issues add migration steps; each one extends this test instead of writing its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.pipeline import service_env
+from harness.redis_server import RedisServer
+from services.state_store import dumps, open_state_store
+from services.state_store_sqlite import DB_FILE_NAME
+from settings import Settings
+
+pytestmark = [pytest.mark.imap, pytest.mark.redis, pytest.mark.slow]
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden_state"
+MANIFEST = json.loads((GOLDEN / "MANIFEST.json").read_text(encoding="utf-8"))
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.sha256(dumps(json.loads(body)).encode("utf-8")).hexdigest()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def golden_env(request, imap_account, webhook_receiver):
+    # The fixtures were written with a 10-year retention on 2026-12-01; a long retry window keeps their pending
+    # items inside it, so what this test sees is the upgrade, not the retry window running out.
+    env = service_env(imap_account, webhook_receiver, STATE_RETENTION_DAYS="3650", WEBHOOK_RETRY_HOURS="720")
+    if request.param == "sqlite":
+        shutil.copyfile(GOLDEN / "v0.sqlite3", os.path.join(env["STATE_DIR"], DB_FILE_NAME))
+        yield env
+        return
+    server = RedisServer(request.getfixturevalue("redis_binary"))
+    shutil.copyfile(GOLDEN / "v0.redis.rdb", os.path.join(server.dir, "dump.rdb"))
+    try:
+        server.start()
+        yield {**env, "REDIS_URL": server.url}
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(120)
+def test_the_previous_releases_pending_items_are_delivered_once_with_their_event_ids(golden_env, webhook_receiver,
+                                                                                      service_factory):
+    pending = MANIFEST["outbox"]["pending"]
+    due = {item["event_id"]: item for item in pending if item["next_attempt_at"] <= time.time()}
+    later = [item for item in pending if item["next_attempt_at"] > time.time()]
+    assert due and later  # the fixture holds both kinds
+    # When the current code starts on that state
+    service_factory(golden_env, workers=2)
+    # Then every due item arrives once, with its old event id and the very body that was stored
+    events = webhook_receiver.wait_for(len(due), timeout=40)
+    time.sleep(1.5)  # a second copy would arrive within the claim interval
+    events = webhook_receiver.delivered()
+    assert sorted(event["headers"]["webhook-id"] for event in events) == sorted(due)
+    for event in events:
+        assert _digest(event["body"]) == due[event["headers"]["webhook-id"]]["payload_sha256"]
+    # and nothing already delivered or dead is sent again; items scheduled later keep their schedule
+    store = open_state_store(Settings.from_env(golden_env))
+    try:
+        for listed in MANIFEST["outbox"]["delivered"] + MANIFEST["outbox"]["dead"]:
+            assert store.get_item(listed["event_id"]).status == listed["status"], listed["event_id"]
+        for listed in later:
+            item = store.get_item(listed["event_id"])
+            assert (item.status, item.next_attempt_at) == ("pending", listed["next_attempt_at"])
+        for item in due:
+            assert store.get_item(item).status == "delivered", item
+        # and the checkpoint of the old mailbox state holds
+        for checkpoint in MANIFEST["checkpoints"]:
+            assert store.get_checkpoint(checkpoint["mailbox"], checkpoint["uidvalidity"]) == checkpoint["last_uid"]
+    finally:
+        store.close()
