@@ -17,7 +17,8 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any, Callable
+from enum import Enum
+from typing import Any, Callable, Protocol
 
 from timestamps import iso_utc_ms
 
@@ -36,6 +37,46 @@ class LeaseLost(Exception):
 
 class LeaseStoreUnreachable(LeaseLost):
     """Redis could not be reached (timeout, refused, error reply): ownership is unproven, not known lost."""
+
+
+class LeaseState(str, Enum):
+    """What a lease reports about itself (``snapshot()["state"]``, /health ``checks.lease``)."""
+
+    HELD = "held"
+    STANDBY = "standby"
+    REDIS_UNREACHABLE = "redis_unreachable"
+
+
+class Lease(Protocol):
+    """The poller lease, whichever backend holds it (``RedisLease`` or ``FileLease``; ``make_lease`` picks)."""
+
+    backend: str
+    ttl_seconds: float
+    last_loss_reason: str | None
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def is_held(self) -> bool: ...
+
+    @property
+    def unreachable(self) -> bool: ...
+
+    @property
+    def losses(self) -> int: ...
+
+    def try_acquire(self) -> bool: ...
+
+    def renew(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def holds_locally(self) -> bool: ...
+
+    def verify(self) -> None: ...
+
+    def snapshot(self) -> dict: ...
 
 
 def make_token() -> str:
@@ -227,11 +268,11 @@ class RedisLease:
             now = self._clock()
             expires = self._confirmed_at + self.ttl_seconds - now if self._held else None
             if self._unreachable:
-                state = "redis_unreachable"
+                state = LeaseState.REDIS_UNREACHABLE
             elif self._held and now < self._deadline:
-                state = "held"
+                state = LeaseState.HELD
             else:
-                state = "standby"
+                state = LeaseState.STANDBY
             return {
                 "backend": self.backend,
                 "holder": self._holder,
@@ -239,7 +280,7 @@ class RedisLease:
                 "expires_in_s": round(max(expires, 0.0), 3) if expires is not None else None,
                 "renewals": self._renewals,
                 "losses": self._losses,
-                "state": state,
+                "state": state.value,
             }
 
     # --- helpers for the keeper -------------------------------------------------------------------------------
@@ -396,7 +437,7 @@ class FileLease:
                 "expires_in_s": None,
                 "renewals": self._renewals,
                 "losses": self._losses,
-                "state": "held" if held else "standby",
+                "state": (LeaseState.HELD if held else LeaseState.STANDBY).value,
             }
 
     @property
@@ -424,7 +465,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def make_lease(settings: Any, redis_client: Any = None) -> RedisLease | FileLease:
+def make_lease(settings: Any, redis_client: Any = None) -> Lease:
     """RedisLease when ``settings.redis_url`` is set (never the file lock then, reachable or not), else FileLease."""
     global _file_warning_logged
     if settings.redis_url:
@@ -452,7 +493,7 @@ class OwnershipGuard:
     (or was frozen between check and action) shows up there, and tests assert it stays 0.
     """
 
-    def __init__(self, lease: RedisLease | FileLease) -> None:
+    def __init__(self, lease: Lease) -> None:
         self.lease = lease
         self._mutex = threading.Lock()
         self.actions = 0
@@ -490,7 +531,7 @@ class LeaseKeeper:
     has seen); ``on_change(snapshot)`` is called on every transition. Installs no signal handler.
     """
 
-    def __init__(self, lease: RedisLease | FileLease, settings: Any = None, *, retry_interval: float | None = None,
+    def __init__(self, lease: Lease, settings: Any = None, *, retry_interval: float | None = None,
                  renew_interval: float | None = None,
                  on_change: Callable[[dict], None] | None = None) -> None:
         self.lease = lease
@@ -594,7 +635,7 @@ class LeaseKeeper:
             logger.warning("BG_POLLER: lease on_change callback failed", exc_info=True)
 
 
-def wait_for_ownership(lease: RedisLease | FileLease, held_event: threading.Event,
+def wait_for_ownership(lease: Lease, held_event: threading.Event,
                        stop_event: threading.Event, slice_seconds: float = 1.0) -> bool:
     """For the acting threads' loops: True when this process may act now; otherwise wait a moment, return False."""
     if lease.holds_locally():
