@@ -7,6 +7,7 @@ moment they happen. Every test has a watchdog and stops every child it started (
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -14,7 +15,10 @@ import time
 
 import pytest
 
+from background import lease as lease_module
+from background.lease import LeaseStoreUnreachable, make_lease
 from harness.lease_child import ACTIONS_KEY, Contender, overlaps, spawn, wait_for
+from settings import Settings
 
 KEY = "render_signal:poller_lock"
 TTL = 1.0
@@ -280,3 +284,24 @@ def test_the_key_holds_the_holders_token_for_redis_cli_and_is_released_by_compar
         a.redis.close()
         b.redis.close()
         reader.close()
+
+
+# A real connection attempt to a closed loopback port (the unit tier refuses sockets, which would hide it).
+def test_make_lease_with_redis_url_is_redis_even_when_redis_is_unreachable(tmp_path, monkeypatch, caplog):
+    # Given REDIS_URL pointing at nothing
+    monkeypatch.setattr(lease_module, "_file_warning_logged", False)
+    caplog.set_level(logging.WARNING, logger="background.lease")
+    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_TIMEOUT_SECONDS": "0.2",
+                                  "STATE_DIR": str(tmp_path / "var")})
+
+    lease = make_lease(settings)
+    try:
+        # Then it is the Redis lease, which reports the outage instead of falling back to the file lock
+        assert lease.backend == "redis"
+        with pytest.raises(LeaseStoreUnreachable):
+            lease.try_acquire()
+        assert lease.snapshot()["state"] == "redis_unreachable"
+        assert not os.path.exists(tmp_path / "var")
+        assert caplog.records == []
+    finally:
+        lease.redis.close()

@@ -25,9 +25,7 @@ from background.lease import (
     LeaseStoreUnreachable,
     OwnershipGuard,
     RedisLease,
-    make_lease,
 )
-from settings import Settings
 
 
 def _sha(script: str) -> str:
@@ -290,26 +288,6 @@ def test_the_guard_counts_actions_taken_without_ownership(client, clock):
     with pytest.raises(LeaseLost):
         guard.check_local()
     assert (guard.actions, guard.actions_without_ownership, guard.refusals) == (2, 1, 1)
-
-
-def test_make_lease_with_redis_url_is_redis_even_when_redis_is_unreachable(tmp_path, monkeypatch, caplog):
-    # Given REDIS_URL pointing at nothing
-    monkeypatch.setattr(lease_module, "_file_warning_logged", False)
-    caplog.set_level(logging.WARNING, logger="background.lease")
-    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_TIMEOUT_SECONDS": "0.2",
-                                  "STATE_DIR": str(tmp_path / "var")})
-
-    lease = make_lease(settings)
-    try:
-        # Then it is the Redis lease, which reports the outage instead of falling back to the file lock
-        assert lease.backend == "redis"
-        with pytest.raises(LeaseStoreUnreachable):
-            lease.try_acquire()
-        assert lease.snapshot()["state"] == "redis_unreachable"
-        assert not os.path.exists(tmp_path / "var")
-        assert caplog.records == []
-    finally:
-        lease.redis.close()
 
 
 def test_a_forked_child_gets_its_own_token(client, clock, monkeypatch):
