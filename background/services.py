@@ -14,17 +14,15 @@ import time
 from typing import Any, Callable
 
 from background.delivery import DELIVERY_CONCURRENCY, DeliveryWorker
+from background.health import HealthTimings, observed_view
 from background.lease import LeaseKeeper, OwnershipGuard, make_lease
 from background.poller import MailboxPoller
 from services.state_store import StateStoreError
 from services.webhook import WebhookSender
-from timestamps import epoch_of
 
 logger = logging.getLogger(__name__)
 
 OBSERVE_INTERVAL_SECONDS = 1.0
-OUTBOX_BACKLOG_ITEMS = 100          # more pending than this is a backlog …
-OUTBOX_BACKLOG_AGE_SECONDS = 900    # … and so is a pending item older than this
 TRIM_INTERVAL_SECONDS = 3600
 
 
@@ -97,12 +95,14 @@ class BackgroundServices:
 
 
 class StatusObserver:
-    """Publishes the holder's status and keeps the cluster view fresh for /health (read without I/O)."""
+    """Publishes the holder's status and keeps the cluster view fresh for /health (read without I/O); the view's
+    rules are ``background.health``'s."""
 
     def __init__(self, services: BackgroundServices) -> None:
         self.services = services
         self.settings = services.settings
         self.store = services.store
+        self.timings = HealthTimings.from_settings(self.settings, observe_interval=OBSERVE_INTERVAL_SECONDS)
         self.started = time.time()
         self.last_read_ok = time.time()
         self.view: dict[str, Any] = {"poller": "standby", "lease": "standby", "imap": "n/a", "outbox": "n/a",
@@ -128,13 +128,12 @@ class StatusObserver:
         lease = self.services.lease
         snapshot = lease.snapshot()
         held = snapshot.get("state") == "held" and lease.holds_locally()
-        ttl = self.settings.redis_lock_ttl_seconds + self.settings.lease_retry_interval
         published = None
         stats = None
         read_ok = True
         try:
             if held:
-                self.store.publish_status(self.status_document(), ttl_seconds=ttl)
+                self.store.publish_status(self.status_document(), ttl_seconds=self.timings.publish_ttl)
                 self._maintain()
             published = self.store.read_status()
             stats = self.store.outbox_stats(time.time())
@@ -142,48 +141,13 @@ class StatusObserver:
         except StateStoreError as exc:
             read_ok = False
             logger.debug("BG_POLLER: status store unreadable: %s", exc)
-        self.view = self._compute_view(snapshot, held, published, stats, read_ok, ttl)
-
-    def _compute_view(self, snapshot: dict, held: bool, published: dict | None, stats: dict | None,
-                      read_ok: bool, ttl: float) -> dict:
-        runtime = self.services.runtime
-        now = time.time()
-        own = runtime.poller_status.snapshot()
-        lease_state = snapshot.get("state") or "standby"
-        if read_ok:
-            cached_published, cached_stats = published, stats
-        else:
-            cached_published, cached_stats = self.view.get("published"), self.view.get("outbox_stats")
-        if held:
-            poller_state, imap_state = own["state"], own["imap"]
-        else:
-            poller_state = "standby"
-            imap_state = ((cached_published or {}).get("poller") or {}).get("imap", "n/a")
-        outbox_state = "n/a"
-        if cached_stats is not None:
-            backlog = (cached_stats.get("pending", 0) > OUTBOX_BACKLOG_ITEMS
-                       or (cached_stats.get("oldest_pending_age_s") or 0) > OUTBOX_BACKLOG_AGE_SECONDS)
-            outbox_state = "backlog" if backlog else "ok"
-        stale_after = max(3 * OBSERVE_INTERVAL_SECONDS, 3 * self.settings.redis_timeout_seconds)
-        if not read_ok and now - self.last_read_ok > stale_after:
-            cluster = "stale"
-        else:
-            cluster = self._cluster_state(cached_published, now, ttl)
-        return {"poller": poller_state, "lease": lease_state, "imap": imap_state, "outbox": outbox_state,
-                "cluster": cluster, "published": cached_published, "outbox_stats": cached_stats,
-                "stale": not read_ok}
-
-    def _cluster_state(self, published: dict | None, now: float, ttl: float) -> str:
-        """no_poller when nobody has published a holder's status for TTL + retry, or the holder's last successful
-        cycle is older than a few polling intervals; the same answer from every instance (it reads the store)."""
-        if published is None:
-            return "no_poller" if now - self.started > ttl else "ok"
-        poller = published.get("poller") or {}
-        lease = published.get("lease") or {}
-        grace = 3 * self.settings.email_polling_interval_seconds + 2 * self.settings.imap_timeout_seconds
-        last_success = poller.get("last_success_epoch")
-        reference = last_success or epoch_of(lease.get("acquired_at")) or published.get("published_at") or now
-        return "no_poller" if now - reference > grace else "ok"
+        if not read_ok:  # keep answering from what was last read; the health rules decide when that is stale
+            published, stats = self.view.get("published"), self.view.get("outbox_stats")
+        self.view = observed_view(
+            lease_state=snapshot.get("state") or "standby", held=held,
+            own_poller=self.services.runtime.poller_status.snapshot(), published=published, stats=stats,
+            read_ok=read_ok, now=time.time(), last_read_ok=self.last_read_ok, started=self.started,
+            timings=self.timings)
 
     def _maintain(self) -> None:
         """Holder-only chores: heartbeat log line, retention trimming."""

@@ -1,35 +1,29 @@
 """``GET /health``: this instance's and the cluster's health, from state the background threads keep.
 
-It does no network I/O of its own. 503 (``down``) only when this instance's background threads died and will
-not come back (so Render restarts it); anything a restart would not fix is ``degraded`` with 200.
+A thin route: the rules (checks, ok / degraded / down, problems, and 503 only when a restart would help) are
+``background.health``'s. It does no network I/O of its own: it reads the status observer's cached view.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from background.health import Health, assess
+
 bp = Blueprint("health", __name__)
 
 
+def assess_runtime(runtime) -> Health:
+    """This instance's health from its background mode, its threads and the observer's cached view (no I/O)."""
+    return assess(mode=runtime.background_mode, threads_dead=runtime.threads_dead(), view=runtime.cluster_view())
+
+
 def health_document(runtime) -> tuple[dict, int]:
-    mode = runtime.background_mode
-    if mode != "enabled":
-        checks = {"poller": mode, "lease": "n/a", "imap": "n/a", "outbox": "n/a", "cluster": "ok"}
-        return {"status": "ok", "checks": checks, "version": runtime.version}, 200
-    if runtime.threads_dead():
-        checks = {"poller": "down", "lease": "n/a", "imap": "n/a", "outbox": "n/a", "cluster": "stale"}
-        return {"status": "down", "checks": checks, "version": runtime.version}, 503
-    view = runtime.cluster_view() or {}
-    checks = {
-        "poller": view.get("poller", "standby"),
-        "lease": view.get("lease", "standby"),
-        "imap": view.get("imap", "n/a"),
-        "outbox": view.get("outbox", "n/a"),
-        "cluster": view.get("cluster", "ok"),
-    }
-    degraded = (checks["lease"] == "redis_unreachable" or checks["imap"] in ("unreachable", "auth_failed")
-                or checks["outbox"] == "backlog" or checks["cluster"] != "ok")
-    return {"status": "degraded" if degraded else "ok", "checks": checks, "version": runtime.version}, 200
+    """``(/health's JSON document, HTTP status)``."""
+    health = assess_runtime(runtime)
+    document = {"status": health.status, "checks": health.checks, "problems": health.problem_dicts(),
+                "version": runtime.version}
+    return document, health.http_status
 
 
 @bp.get("/health")

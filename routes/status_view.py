@@ -5,8 +5,11 @@ counters, the outbox figures and, for the page, the recent history) and turns an
 ``stale``. ``build_status_document(...)`` is a pure function of those reads and this instance's own view. The
 lease and poller sections come from the document the lease holder publishes, never from the worker that happens to
 answer, and counters/outbox come from the shared store, so every worker of every container gives the same answer.
-When the store cannot be read the document is this instance's own view with ``"stale": true``. Every string is
-passed through ``log_setup.scrub`` before it leaves: no secret and no unmasked correspondent address in an answer.
+When the store cannot be read the document is this instance's own view with ``"stale": true``. ``mailboxes`` and
+``targets`` restate those sections per mailbox / webhook target (today one each, ``default``); ``health`` and
+``problems`` are ``/health``'s, whose rules (like the poller-state rules used here) live in ``background.health``.
+Every string is passed through ``log_setup.scrub`` before it leaves: no secret and no unmasked correspondent address
+in an answer.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from background.health import DEFAULT_ID, lease_held, local_poller_state
 from log_setup import scrub
 from timestamps import epoch_of, iso_utc, iso_utc_ms
 
@@ -81,8 +85,10 @@ def read_cluster_state(runtime, now: float, *, recent_limit: int = 0) -> Cluster
 
 
 def build_status_document(*, mode: str, settings, version: str, instance: dict, local_lease: dict | None,
-                          local_poller: dict, health: dict | None, reads: ClusterReads, now: float) -> dict:
-    """The status document (pure): see the module docstring and the README's "Operations" section."""
+                          local_poller: dict, health: dict | None, reads: ClusterReads, now: float,
+                          problems: list[dict] | None = None) -> dict:
+    """The status document (pure): see the module docstring and the README's "Operations" section. ``problems``
+    are ``/health``'s (``background.health``)."""
     lease_backend = "redis" if settings.redis_url else "file"
     published = reads.published if not reads.stale else None
     if mode != "enabled":
@@ -92,8 +98,7 @@ def build_status_document(*, mode: str, settings, version: str, instance: dict, 
     elif reads.stale:
         lease = _lease_section(local_lease, lease_backend)
         own = dict(local_poller)
-        if (local_lease or {}).get("state") == "redis_unreachable":
-            own["state"] = "redis_unavailable"  # polling nothing until Redis answers again (issue 9)
+        own["state"] = local_poller_state(own.get("state"), (local_lease or {}).get("state"))
         poller = _poller_section(own)
         source = {"kind": "local", "published_at": None, "published_by": None}
     elif published:
@@ -115,35 +120,39 @@ def build_status_document(*, mode: str, settings, version: str, instance: dict, 
     elif reads.stale:
         last_success = local_poller.get("last_success_epoch") or epoch_of(local_poller.get("last_success_at"))
 
+    outbox = _outbox_section(reads.outbox_stats)
     document = {
         "generated_at": iso_utc_ms(now),
         "stale": bool(reads.stale),
         "background": mode,
         "lease": lease,
-        "lease_held": bool(published and (published.get("lease") or {}).get("state") == "held"),
+        "lease_held": lease_held(published),
         "poller": poller,
         "last_success_age_s": round(max(0.0, now - float(last_success)), 1) if last_success else None,
         "counters": _counters_section(reads.counters) if reads.counters is not None else None,
-        "outbox": _outbox_section(reads.outbox_stats),
+        "outbox": outbox,
         "instance": _instance_section(instance, version),
         "source": source,
         "health": health,
+        "problems": list(problems or []),
+        "mailboxes": [_mailbox_entry(DEFAULT_ID, poller, lease, lease_held(published))],
+        "targets": [_target_entry(DEFAULT_ID, outbox)],
     }
     return scrub_document(document)
 
 
 def build_status(runtime, *, now: float | None = None, recent_limit: int = 0) -> tuple[dict, list[dict]]:
     """Read and build in one go: ``(status document, recent history entries)`` (entries scrubbed too)."""
-    from routes.health import health_document
+    from routes.health import assess_runtime
 
     now = time.time() if now is None else now
     reads = read_cluster_state(runtime, now, recent_limit=recent_limit)
-    health, _ = health_document(runtime)
+    health = assess_runtime(runtime)
     document = build_status_document(
         mode=runtime.background_mode, settings=runtime.settings, version=runtime.version,
         instance=runtime.instance.as_dict(), local_lease=runtime.lease_snapshot(),
-        local_poller=runtime.poller_status.snapshot(), health={"status": health["status"], "checks": health["checks"]},
-        reads=reads, now=now)
+        local_poller=runtime.poller_status.snapshot(), health={"status": health.status, "checks": health.checks},
+        reads=reads, now=now, problems=health.problem_dicts())
     recent = [_recent_entry(entry) for entry in reads.recent[:recent_limit]] if not reads.stale else []
     return document, scrub_document(recent)
 
@@ -196,6 +205,24 @@ def _outbox_section(stats: dict | None) -> dict | None:
     return {"pending": int(stats.get("pending") or 0),
             "oldest_pending_age_s": round(float(oldest), 1) if oldest is not None else None,
             "dead_letters": {"count": int(stats.get("dead") or 0), "recent": recent}}
+
+
+def _mailbox_entry(mailbox_id: str, poller: dict, lease: dict, held: bool) -> dict:
+    """One mailbox, from the poller and lease sections already built (today only ``DEFAULT_ID``)."""
+    return {"id": mailbox_id, "folder": poller.get("mailbox"), "state": poller.get("state"),
+            "imap": poller.get("imap"),
+            "lease": {"held": held, "holder": lease.get("holder"), "state": lease.get("state"),
+                      "expires_in_s": lease.get("expires_in_s")},
+            "checkpoint": {"uidvalidity": poller.get("uidvalidity"), "last_uid": poller.get("last_uid")},
+            "idle": poller.get("idle"), "last_success_at": poller.get("last_success_at")}
+
+
+def _target_entry(target_id: str, outbox: dict | None) -> dict:
+    """One webhook target, from the outbox section (counts only: its URL never appears in an answer)."""
+    outbox = outbox or {}
+    return {"id": target_id, "pending": outbox.get("pending"),
+            "oldest_pending_age_s": outbox.get("oldest_pending_age_s"),
+            "dead": (outbox.get("dead_letters") or {}).get("count")}
 
 
 def _instance_section(instance: dict, version: str) -> dict:

@@ -1,0 +1,203 @@
+"""Every health rule of the service, as pure functions: no I/O, no clock, no thread.
+
+The status observer (``background/services.py``) feeds it what it read from the shared store and gets back the
+cluster view it caches; ``/health``, ``/api/status`` and the ``/`` page turn that view into ``checks``, a status
+(ok / degraded / down) and ``problems``, one per thing that makes the status degraded or down. The one rule that
+decides the HTTP code stays here too: 503 (``down``) only when this instance's background threads died and will
+not come back, so a restart would help; anything a restart would not fix is ``degraded`` with 200.
+
+Today's environment variables describe one mailbox and one webhook target, both ``DEFAULT_ID``. A new problem
+state is one row of ``PROBLEM_RULES``; a new kind is one row too (its ``kind`` and subject id).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from timestamps import epoch_of
+
+DEFAULT_ID = "default"              # the mailbox and the webhook target today's environment variables describe
+
+OUTBOX_BACKLOG_ITEMS = 100          # more pending than this is a backlog …
+OUTBOX_BACKLOG_AGE_SECONDS = 900    # … and so is a pending item older than this
+
+CHECK_NAMES = ("poller", "lease", "imap", "outbox", "cluster")
+
+
+# --- the observer's cluster view ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HealthTimings:
+    """The time limits of the cluster rules, from the settings (read once per observer)."""
+
+    publish_ttl: float       # a holder's published status lives this long (lease TTL + retry interval)
+    stale_after: float       # the store unread for longer than this: the cluster view is stale
+    no_poller_grace: float   # the holder's last successful cycle older than this: nobody is polling
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, observe_interval: float) -> HealthTimings:
+        """``observe_interval``: how often the observer reads the store (its staleness scales with it)."""
+        return cls(
+            publish_ttl=settings.redis_lock_ttl_seconds + settings.lease_retry_interval,
+            stale_after=max(3 * observe_interval, 3 * settings.redis_timeout_seconds),
+            no_poller_grace=3 * settings.email_polling_interval_seconds + 2 * settings.imap_timeout_seconds)
+
+
+def outbox_state(stats: dict | None) -> str:
+    """``n/a`` (not read), ``backlog`` (too many pending, or the oldest too old) or ``ok``."""
+    if stats is None:
+        return "n/a"
+    backlog = (stats.get("pending", 0) > OUTBOX_BACKLOG_ITEMS
+               or (stats.get("oldest_pending_age_s") or 0) > OUTBOX_BACKLOG_AGE_SECONDS)
+    return "backlog" if backlog else "ok"
+
+
+def polling_states(*, held: bool, own_poller: dict, published: dict | None) -> tuple[str, str]:
+    """``(poller, imap)``: the holder speaks for itself; a standby repeats the imap state the holder published."""
+    if held:
+        return own_poller["state"], own_poller["imap"]
+    return "standby", ((published or {}).get("poller") or {}).get("imap", "n/a")
+
+
+def cluster_state(published: dict | None, *, now: float, started: float, timings: HealthTimings) -> str:
+    """``no_poller`` when nobody has published a holder's status for TTL + retry (once this observer has waited that
+    long), or the holder's last successful cycle is older than the grace; ``ok`` otherwise. Every instance reads the
+    same store, so every instance gives the same answer."""
+    if published is None:
+        return "no_poller" if now - started > timings.publish_ttl else "ok"
+    poller = published.get("poller") or {}
+    lease = published.get("lease") or {}
+    reference = (poller.get("last_success_epoch") or epoch_of(lease.get("acquired_at"))
+                 or published.get("published_at") or now)
+    return "no_poller" if now - reference > timings.no_poller_grace else "ok"
+
+
+def observed_view(*, lease_state: str, held: bool, own_poller: dict, published: dict | None, stats: dict | None,
+                  read_ok: bool, now: float, last_read_ok: float, started: float, timings: HealthTimings) -> dict:
+    """The cluster view the observer caches for ``/health``. ``published`` and ``stats`` are the last ones read
+    (the cached ones when this read failed); a failed read turns the cluster ``stale`` only after ``stale_after``,
+    so one slow answer does not flap the health."""
+    poller, imap = polling_states(held=held, own_poller=own_poller, published=published)
+    if not read_ok and now - last_read_ok > timings.stale_after:
+        cluster = "stale"
+    else:
+        cluster = cluster_state(published, now=now, started=started, timings=timings)
+    return {"poller": poller, "lease": lease_state or "standby", "imap": imap, "outbox": outbox_state(stats),
+            "cluster": cluster, "published": published, "outbox_stats": stats, "stale": not read_ok}
+
+
+# --- checks, status and problems ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing that makes the status degraded or down."""
+
+    kind: str            # mailbox | target | outbox | cluster
+    id: str | None       # the mailbox or target id; None for what is one per cluster
+    state: str
+    detail: str
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "id": self.id, "state": self.state, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class ProblemRule:
+    """``checks[check] == state`` is a problem of ``kind``/``subject`` (``state`` None: anything but ``ok``)."""
+
+    check: str
+    state: str | None
+    kind: str
+    subject: str | None
+    detail: str
+    down: bool = False   # a problem a restart of this instance fixes: the status is down (503)
+
+
+# One row per problem state, in the order they are reported. Adding a state or a kind is adding a row.
+PROBLEM_RULES: tuple[ProblemRule, ...] = (
+    ProblemRule("poller", "down", "mailbox", DEFAULT_ID,
+                "this instance's background threads stopped; a restart brings them back", down=True),
+    ProblemRule("imap", "unreachable", "mailbox", DEFAULT_ID, "the IMAP server cannot be reached"),
+    ProblemRule("imap", "auth_failed", "mailbox", DEFAULT_ID, "the IMAP server refused the login"),
+    ProblemRule("outbox", "backlog", "outbox", None,
+                f"more than {OUTBOX_BACKLOG_ITEMS} webhooks pending, or the oldest older than "
+                f"{OUTBOX_BACKLOG_AGE_SECONDS // 60} min"),
+    ProblemRule("lease", "redis_unreachable", "cluster", None, "Redis cannot be reached: nobody can hold the lease"),
+    ProblemRule("cluster", "no_poller", "cluster", None, "nobody in the cluster is polling the mailbox"),
+    ProblemRule("cluster", "stale", "cluster", None, "the shared state store cannot be read"),
+    ProblemRule("cluster", None, "cluster", None, "the cluster is not healthy"),
+)
+
+
+@dataclass(frozen=True)
+class Health:
+    """``/health``'s answer without the version: status, checks, problems and the HTTP code."""
+
+    status: str
+    checks: dict
+    problems: tuple[Problem, ...]
+
+    @property
+    def http_status(self) -> int:
+        # 503 only when a restart would help (Render restarts an instance whose health check fails).
+        return 503 if self.status == "down" else 200
+
+    def problem_dicts(self) -> list[dict]:
+        return [problem.as_dict() for problem in self.problems]
+
+
+def health_checks(*, mode: str, threads_dead: bool, view: dict | None) -> dict:
+    """The five checks: from the mode when the background does not run here, else from the observer's view."""
+    if mode != "enabled":
+        return {"poller": mode, "lease": "n/a", "imap": "n/a", "outbox": "n/a", "cluster": "ok"}
+    if threads_dead:
+        return {"poller": "down", "lease": "n/a", "imap": "n/a", "outbox": "n/a", "cluster": "stale"}
+    view = view or {}
+    return {"poller": view.get("poller", "standby"), "lease": view.get("lease", "standby"),
+            "imap": view.get("imap", "n/a"), "outbox": view.get("outbox", "n/a"),
+            "cluster": view.get("cluster", "ok")}
+
+
+def _matching_rules(checks: dict, rules: tuple[ProblemRule, ...]) -> list[tuple[ProblemRule, str]]:
+    """For each check in a problem state, the first rule that matches it, with the check's value."""
+    matched: list[tuple[ProblemRule, str]] = []
+    for check in CHECK_NAMES:
+        value = checks.get(check)
+        for rule in rules:
+            if rule.check == check and (value == rule.state or (rule.state is None and value not in ("ok", None))):
+                matched.append((rule, str(value)))
+                break
+    return matched
+
+
+def problems_of(checks: dict, rules: tuple[ProblemRule, ...] = PROBLEM_RULES) -> tuple[Problem, ...]:
+    """One problem per check in a problem state, in the order of ``CHECK_NAMES``."""
+    return tuple(Problem(rule.kind, rule.subject, value, rule.detail) for rule, value in _matching_rules(checks, rules))
+
+
+def status_of(checks: dict, rules: tuple[ProblemRule, ...] = PROBLEM_RULES) -> str:
+    """``down`` when a restart would help, ``degraded`` for any other problem, ``ok`` without one."""
+    matched = _matching_rules(checks, rules)
+    if any(rule.down for rule, _ in matched):
+        return "down"
+    return "degraded" if matched else "ok"
+
+
+def assess(*, mode: str, threads_dead: bool, view: dict | None) -> Health:
+    """The whole health answer from the background mode, whether the threads died, and the observer's view."""
+    checks = health_checks(mode=mode, threads_dead=threads_dead, view=view)
+    return Health(status=status_of(checks), checks=checks, problems=problems_of(checks))
+
+
+# --- the status document's poller rules -----------------------------------------------------------------------------
+
+def local_poller_state(poller_state: str | None, lease_state: str | None) -> str | None:
+    """This instance's own poller state: ``redis_unavailable`` while its lease keeper cannot reach Redis (it polls
+    nothing until Redis answers again, issue 9)."""
+    return "redis_unavailable" if lease_state == "redis_unreachable" else poller_state
+
+
+def lease_held(published: dict | None) -> bool:
+    """A lease holder published its status within TTL + retry (and said it holds the lease)."""
+    return bool(published and (published.get("lease") or {}).get("state") == "held")
