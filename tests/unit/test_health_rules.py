@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from background.health import (
@@ -118,7 +120,7 @@ def test_a_holder_with_no_reference_time_at_all_counts_as_polling():
 # --- the observer's view ----------------------------------------------------------------------------------------------
 
 def observe(**overrides) -> dict:
-    arguments = {"lease_state": "held", "held": True, "own_poller": {"state": "polling", "imap": "ok"},
+    arguments: dict[str, Any] = {"lease_state": "held", "held": True, "own_poller": {"state": "polling", "imap": "ok"},
                  "published": published(last_success=NOW - 1), "stats": {"pending": 0}, "read_ok": True,
                  "now": NOW, "last_read_ok": NOW, "started": NOW - 1000, "timings": TIMINGS}
     arguments.update(overrides)
