@@ -48,6 +48,19 @@ def test_the_page_shows_the_lease_holder_and_the_last_processed_email(make_app, 
     assert [cell.text_content() for cell in rows[2].findall("td")][4] == "skipped: no_links"
 
 
+
+def test_the_page_and_the_status_route_show_the_same_health(make_app, redis_url):
+    # Given a published holder
+    app = make_app(service_env(redis_url))
+    publish_holder_status(app.extensions["render_signal"])
+    # When the page and /api/status are read
+    _, tree = page(app, basic())
+    status = app.test_client().get("/api/status", headers={"X-API-Key": TOKEN}).get_json()
+    # Then the page's heading says the status the one health module gave the status route
+    assert status["health"]["status"] in tree.xpath("string(//h1)")
+    assert status["problems"] == [] and [m["id"] for m in status["mailboxes"]] == ["default"]
+
+
 def test_the_page_loads_no_external_resource_and_runs_no_script(make_app, redis_url):
     app = make_app(service_env(redis_url))
     runtime = app.extensions["render_signal"]
@@ -118,6 +131,7 @@ def test_without_a_configured_token_the_page_shows_only_the_health_summary(make_
     text = response.get_data(as_text=True)
     health = app.test_client().get("/health").get_json()
     assert health["status"] in tree.xpath("string(//h1)")
+    assert health["status"] == "ok" and health["problems"] == []
     for check, value in health["checks"].items():
         assert check in text and value in text
     assert published["lease"]["holder"] not in text

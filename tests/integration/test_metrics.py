@@ -87,6 +87,12 @@ def test_metrics_counters_match_the_status_route(make_app, redis_url):
     assert gauge["render_signal_poller_consecutive_errors"] == status["poller"]["consecutive_errors"]
     assert 0 <= gauge["render_signal_last_success_age_seconds"] < 60
     assert gauge["render_signal_status_stale"] == 0 and gauge["render_signal_up"] == 1
+    # … and the default target of the status route carries the same outbox figures as the gauges
+    (target,) = status["targets"]
+    assert target["id"] == "default"
+    assert (target["pending"], target["dead"]) == (gauge["render_signal_outbox_pending"],
+                                                   gauge["render_signal_outbox_dead_letters"])
+    assert target["oldest_pending_age_s"] == status["outbox"]["oldest_pending_age_s"]
 
 
 def test_every_worker_reports_the_same_counters_not_process_local_ones(make_app, redis_url):

@@ -260,6 +260,95 @@ def test_secrets_and_correspondent_addresses_in_published_errors_never_reach_the
     assert SERVICE_ADDRESS in text
 
 
+# --- mailboxes, targets and problems (issue 14) --------------------------------------------------------------------
+
+def test_status_document_lists_the_default_mailbox_and_target_from_its_sections(make_app, redis_url):
+    # Given a holder that published its status, one pending webhook and one dead letter
+    app = make_app(service_env(redis_url))
+    runtime = app.extensions["render_signal"]
+    published = publish_holder_status(runtime)
+    enqueue(runtime.store, "msg_pending")
+    enqueue(runtime.store, "msg_dead")
+    runtime.store.dead_letter("msg_dead", "http_410", 410, "Gone")
+    # When the status is asked for
+    response = get_status(app, **bearer())
+    body = response.get_json()
+    # Then there is one mailbox, "default", restating the poller and lease sections
+    assert body["mailboxes"] == [{
+        "id": "default", "folder": "INBOX", "state": "polling", "imap": "ok",
+        "lease": {"held": True, "holder": published["lease"]["holder"], "state": "held",
+                  "expires_in_s": body["lease"]["expires_in_s"]},
+        "checkpoint": {"uidvalidity": 1700000000, "last_uid": 42}, "idle": True,
+        "last_success_at": body["poller"]["last_success_at"]}]
+    # And one target, "default", with the outbox figures and nothing of its URL
+    assert body["targets"] == [{"id": "default", "pending": 1,
+                                "oldest_pending_age_s": body["outbox"]["oldest_pending_age_s"], "dead": 1}]
+    text = response.get_data(as_text=True)
+    assert "whk-path-7f3a" not in text and "127.0.0.1:9" not in text
+    # And no background runs here, so health has nothing to report
+    assert body["problems"] == [] and body["health"]["status"] == "ok"
+
+
+def test_without_a_background_the_default_mailbox_says_the_mode_and_the_target_has_no_figures(make_app):
+    env = {key: value for key, value in service_env(None, ENABLE_BACKGROUND_TASKS="false").items()}
+    body = get_status(make_app(env), **bearer()).get_json()
+    assert [(m["id"], m["state"], m["folder"]) for m in body["mailboxes"]] == [("default", "disabled", "INBOX")]
+    assert body["targets"] == [{"id": "default", "pending": None, "oldest_pending_age_s": None, "dead": None}]
+    assert body["problems"] == []
+
+
+def test_health_is_ok_with_an_empty_problem_list_and_the_same_checks(make_app, redis_url):
+    response = make_app(service_env(redis_url)).test_client().get("/health")
+    body = response.get_json()
+    assert response.status_code == 200 and body["status"] == "ok" and body["problems"] == []
+    assert set(body) == {"status", "checks", "problems", "version"}
+    assert set(body["checks"]) == {"poller", "lease", "imap", "outbox", "cluster"}
+
+
+def wait_for_health(app, predicate, seconds: float = 20.0) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        body = app.test_client().get("/health").get_json()
+        if predicate(body) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(60)
+def test_an_unreachable_imap_server_is_a_degraded_mailbox_problem_on_health_and_status(make_app, redis_url):
+    # Given a running background whose IMAP server refuses connections (port 1)
+    app = make_app(service_env(redis_url, EMAIL_POLLING_INTERVAL_SECONDS="30"))
+    runtime = app.extensions["render_signal"]
+    runtime.start_background()
+    # When the holder has tried once
+    body = wait_for_health(app, lambda body: body["checks"]["imap"] == "unreachable")
+    # Then /health is 200 degraded with one problem naming the default mailbox, and /api/status says the same
+    assert body["checks"]["imap"] == "unreachable" and body["status"] == "degraded"
+    assert app.test_client().get("/health").status_code == 200
+    assert {"kind": "mailbox", "id": "default", "state": "unreachable",
+            "detail": "the IMAP server cannot be reached"} in body["problems"]
+    status = get_status(app, **bearer()).get_json()
+    assert status["health"]["status"] == "degraded"
+    assert [p for p in status["problems"] if p["kind"] == "mailbox"] == [
+        p for p in body["problems"] if p["kind"] == "mailbox"]
+
+
+@pytest.mark.timeout(60)
+def test_an_unreachable_redis_is_a_cluster_problem_and_still_200(make_app):
+    # Given a running background whose Redis refuses connections
+    from harness.ports import free_port
+
+    app = make_app(service_env(f"redis://127.0.0.1:{free_port()}/0"))
+    app.extensions["render_signal"].start_background()
+    # When the lease keeper and the observer have tried for longer than the store's stale limit
+    body = wait_for_health(app, lambda body: {p["state"] for p in body["problems"]} >= {"redis_unreachable", "stale"})
+    # Then a restart would not help: 200 degraded, naming the lease and the unreadable store as cluster problems
+    assert body["status"] == "degraded"
+    assert app.test_client().get("/health").status_code == 200
+    assert [(p["kind"], p["id"], p["state"]) for p in body["problems"]] == [
+        ("cluster", None, "redis_unreachable"), ("cluster", None, "stale")]
+
+
 # --- helpers ----------------------------------------------------------------------------------------------------------
 
 def enqueue(store, event_id: str, created_at: float | None = None) -> None:
