@@ -15,6 +15,7 @@ import requests
 import standardwebhooks
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from config import TargetConfig
 from harness.receiver import Answer
 from services.webhook import (
     EXCERPT_CHARS,
@@ -42,13 +43,21 @@ def settings_for(url: str, **extra: str) -> Settings:
     return Settings.from_env({"WEBHOOK_URL": url, "WEBHOOK_ALLOW_INSECURE": "true", **extra})
 
 
+def target_for(url: str, **extra: str) -> TargetConfig:
+    return TargetConfig.from_settings(settings_for(url, **extra))
+
+
 @pytest.fixture
 def make_sender():
     senders: list[WebhookSender] = []
 
     def make(url: str, session: requests.Session | None = None, version: str | None = None,
              **extra: str) -> WebhookSender:
-        sender = WebhookSender(settings_for(url, **extra), session=session, version=version)
+        settings = settings_for(url, **extra)
+        # Without an explicit version the sender used to fall back to RENDER_GIT_COMMIT's first 12 characters
+        # itself; it no longer sees the settings, so that fallback is made here (the service always passes one).
+        version = version or (settings.render_git_commit or "")[:12] or None
+        sender = WebhookSender(TargetConfig.from_settings(settings), session=session, version=version)
         senders.append(sender)
         return sender
 
