@@ -151,7 +151,7 @@ class TargetConfig:
         """The target the WEBHOOK_* variables describe (the caller checks that WEBHOOK_URL is set)."""
         return cls(id=id, url=settings.webhook_url or "", secret=settings.webhook_secret,
                    timeout_seconds=settings.webhook_timeout_seconds, retry=RetryPolicy.from_settings(settings),
-                   allow_insecure=settings.webhook_allow_insecure)
+                   allow_insecure=settings.webhook_allow_insecure, ca_file=settings.webhook_ca_file or None)
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,8 @@ class R2Config:
 
     fetch_enabled: bool = False
     fetch_endpoint: str | None = None
+    allow_insecure: bool = False  # an http:// fetch_endpoint (R2_ALLOW_INSECURE)
+    ca_file: str | None = None  # CAs to trust for the Worker's TLS (R2_CA_FILE)
     fetch_token: str | None = field(default=None, repr=False)
     bucket_name: str | None = None
     fetch_timeout_seconds: float = 15.0
@@ -172,6 +174,7 @@ class R2Config:
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
     presign_ttl_seconds: int = 86400
+    s3_allow_insecure: bool = False  # an http:// R2_S3_ENDPOINT_URL (R2_S3_ALLOW_INSECURE)
     # Resolved once by Settings (R2_S3_ENDPOINT_URL, else the account's endpoint), so the rule lives in one place.
     s3_endpoint: str | None = None
     presign_enabled: bool = False
@@ -179,6 +182,8 @@ class R2Config:
     @classmethod
     def from_settings(cls, settings: Settings) -> R2Config:
         return cls(fetch_enabled=settings.r2_fetch_enabled, fetch_endpoint=settings.r2_fetch_endpoint,
+                   allow_insecure=settings.r2_allow_insecure, ca_file=settings.r2_ca_file or None,
+                   s3_allow_insecure=settings.r2_s3_allow_insecure,
                    fetch_token=settings.r2_fetch_token, bucket_name=settings.r2_bucket_name,
                    fetch_timeout_seconds=settings.r2_fetch_timeout_seconds,
                    fetch_timeout_folder_seconds=settings.r2_fetch_timeout_folder_seconds,

@@ -299,6 +299,8 @@ class R2Offloader:
         self._timeout = float(r2.fetch_timeout_seconds)
         self._folder_timeout = float(r2.fetch_timeout_folder_seconds)
         self._retention_seconds = float(r2.retention_hours) * 3600.0
+        # Certificate and host name always checked: against R2_CA_FILE when set, else the bundled store.
+        self._verify: bool | str = r2.ca_file or True
         self._copy_store = copy_store
         self._metrics = metrics
         self._presigner = presigner if presigner is not None else build_presigner(r2)
@@ -445,7 +447,7 @@ class R2Offloader:
                    "Accept": "application/json"}
         try:
             response = self._session.post(self._endpoint, data=json.dumps(body), headers=headers, timeout=timeout,
-                                          allow_redirects=False, verify=True, stream=True)
+                                          allow_redirects=False, verify=self._verify, stream=True)
         except requests.Timeout:
             raise R2OffloadError("timeout") from None
         except requests.ConnectionError as exc:

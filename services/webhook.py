@@ -163,7 +163,8 @@ class WebhookSender:
             # No proxy variables, .netrc credentials or CA bundle from the environment: the webhook goes straight
             # to the configured host, verified against the bundled CA store, with no credential we did not choose.
             session.trust_env = False
-            session.verify = True  # explicit: certificate and host name checked (a caller's session may pin a CA)
+            # Certificate and host name always checked: against WEBHOOK_CA_FILE when set, else the bundled store.
+            session.verify = target.ca_file or True
             # No hidden retries: a retry is the delivery loop's decision (and a silent one could deliver twice).
             adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=4)
             session.mount("https://", adapter)

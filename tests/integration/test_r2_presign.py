@@ -56,6 +56,7 @@ def private_bucket_settings(s3_endpoint: str, worker_url: str = "https://worker.
     base = {"R2_FETCH_ENABLED": "true", "R2_FETCH_ENDPOINT": worker_url, "R2_FETCH_TOKEN": TOKEN,
             "R2_BUCKET_NAME": BUCKET, "R2_ACCESS_KEY_ID": "test-key", "R2_SECRET_ACCESS_KEY": "test-secret",
             "R2_S3_ENDPOINT_URL": s3_endpoint, "R2_PRESIGN_TTL_SECONDS": "900",
+            "R2_ALLOW_INSECURE": "true", "R2_S3_ALLOW_INSECURE": "true",  # local Worker and S3 server
             "R2_FETCH_TIMEOUT_SECONDS": "2"}
     base.update(env)
     return Settings.from_env(base)
@@ -169,7 +170,8 @@ def test_a_null_r2_url_without_presigning_falls_back_to_the_source(caplog):
     worker = FakeWorker(lambda request: Answer(body=b'{"success": true, "r2_url": null, "object_key": "k/x"}'))
     try:
         settings = Settings.from_env({"R2_FETCH_ENABLED": "true", "R2_FETCH_ENDPOINT": worker.url,
-                                      "R2_FETCH_TOKEN": TOKEN, "R2_FETCH_TIMEOUT_SECONDS": "2"})
+                                      "R2_ALLOW_INSECURE": "true", "R2_FETCH_TOKEN": TOKEN,
+                                      "R2_FETCH_TIMEOUT_SECONDS": "2"})
         offloader = build_offloader(R2Config.from_settings(settings), MemoryCopyStore())
         [result] = offloader.offload_links("email-null-3", [dropbox_file()])
     finally:

@@ -168,6 +168,7 @@ class FakeClock:
 
 def r2_settings(endpoint: str, **env: str) -> Settings:
     base = {"R2_FETCH_ENABLED": "true", "R2_FETCH_ENDPOINT": endpoint, "R2_FETCH_TOKEN": TOKEN,
+            "R2_ALLOW_INSECURE": "true",  # the fake Worker serves http:// on loopback
             "R2_BUCKET_NAME": "deliveries", "R2_PUBLIC_BASE_URL": "https://files.example",
             "R2_FETCH_TIMEOUT_SECONDS": "1", "R2_FETCH_TIMEOUT_FOLDER_SECONDS": "3"}
     base.update(env)

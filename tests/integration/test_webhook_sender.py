@@ -284,6 +284,15 @@ def test_tls_certificates_are_verified(tls_receiver, make_sender):
     assert receiver.delivered_ids() == ["msg_2"]
 
 
+def test_webhook_ca_file_makes_the_sender_trust_a_private_ca(tls_receiver, make_sender):
+    receiver, ca_file = tls_receiver
+    # Given WEBHOOK_CA_FILE naming the receiver's private CA, and no session of the caller's
+    outcome = make_sender(receiver.url, WEBHOOK_CA_FILE=ca_file).attempt("msg_1", BODY)
+    # Then the certificate is verified against that CA and the webhook is delivered
+    assert outcome.delivered
+    assert receiver.delivered_ids() == ["msg_1"]
+
+
 # --- programming and configuration errors -----------------------------------------------------------------------
 
 
