@@ -169,12 +169,15 @@ SPECS: tuple[Spec, ...] = (
     Spec("WEBHOOK_URL", "webhook_url", http_url, None, "Receiver of the webhooks (a bearer capability: never logged in full).", secret=True),
     Spec("WEBHOOK_SECRET", "webhook_secret", secret_text, None, "Standard Webhooks secret (`whsec_<base64>`); signs each webhook when set.", secret=True),
     Spec("WEBHOOK_ALLOW_INSECURE", "webhook_allow_insecure", parse_bool, False, "Allow an http:// WEBHOOK_URL (local receivers only)."),
+    Spec("WEBHOOK_CA_FILE", "webhook_ca_file", text, None, "PEM bundle of CAs to trust for the webhook's TLS instead of the bundled store."),
     Spec("WEBHOOK_TIMEOUT_SECONDS", "webhook_timeout_seconds", number(0.1, MAX_WEBHOOK_TIMEOUT_SECONDS), 30.0, f"Timeout of one webhook attempt (at most {MAX_WEBHOOK_TIMEOUT_SECONDS}, to fit the shutdown budget)."),
     Spec("WEBHOOK_RETRY_HOURS", "webhook_retry_hours", number(0.0001, 24 * 30), 24.0, "How long a failing webhook is retried before it becomes a dead letter."),
     Spec("WEBHOOK_RETRY_SCHEDULE", "webhook_retry_schedule", seconds_schedule, (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0), "Comma-separated retry delays in seconds; the last repeats.", default_doc="5,30,120,600,1800,3600"),
     # R2 offload
     Spec("R2_FETCH_ENABLED", "r2_fetch_enabled", parse_bool, False, "Copy Dropbox files to R2 through the Worker before the webhook."),
     Spec("R2_FETCH_ENDPOINT", "r2_fetch_endpoint", http_url, None, "URL of the Worker (required when R2_FETCH_ENABLED=true)."),
+    Spec("R2_ALLOW_INSECURE", "r2_allow_insecure", parse_bool, False, "Allow an http:// R2_FETCH_ENDPOINT (local Workers only)."),
+    Spec("R2_CA_FILE", "r2_ca_file", text, None, "PEM bundle of CAs to trust for the Worker's TLS instead of the bundled store."),
     Spec("R2_FETCH_TOKEN", "r2_fetch_token", secret_text, None, "Shared token sent as X-R2-FETCH-TOKEN (required when R2_FETCH_ENABLED=true).", secret=True),
     Spec("R2_BUCKET_NAME", "r2_bucket_name", text, None, "Bucket name sent to the Worker; required for presigning (private bucket)."),
     Spec("R2_FETCH_TIMEOUT_SECONDS", "r2_fetch_timeout_seconds", number(0.1, 3600), 15.0, "Worker call timeout for a file link."),
@@ -188,6 +191,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("R2_SECRET_ACCESS_KEY", "r2_secret_access_key", secret_text, None, "R2 S3 secret key (for presigning).", secret=True),
     Spec("R2_PRESIGN_TTL_SECONDS", "r2_presign_ttl_seconds", integer(1, 7 * 24 * 3600), 86400, "Validity of presigned r2_url links."),
     Spec("R2_S3_ENDPOINT_URL", "r2_s3_endpoint_url", http_url, None, "S3 endpoint for presigning.", default_doc="https://<R2_ACCOUNT_ID>.r2.cloudflarestorage.com"),
+    Spec("R2_S3_ALLOW_INSECURE", "r2_s3_allow_insecure", parse_bool, False, "Allow an http:// R2_S3_ENDPOINT_URL (local S3 servers only)."),
     # Operator surface
     Spec("STATUS_API_TOKEN", "status_api_token", secret_text, None, "Token for /api/status, /metrics and the / page; unset = /api/status is 404.", secret=True),
     Spec("LOG_FORMAT", "log_format", choice("text", "json"), "text", "`json` = one JSON object per line."),
@@ -241,11 +245,14 @@ class Settings:
     webhook_url: str | None = _settings_field("webhook_url")
     webhook_secret: str | None = _settings_field("webhook_secret")
     webhook_allow_insecure: bool = _settings_field("webhook_allow_insecure")
+    webhook_ca_file: str | None = _settings_field("webhook_ca_file")
     webhook_timeout_seconds: float = _settings_field("webhook_timeout_seconds")
     webhook_retry_hours: float = _settings_field("webhook_retry_hours")
     webhook_retry_schedule: tuple[float, ...] = _settings_field("webhook_retry_schedule")
     r2_fetch_enabled: bool = _settings_field("r2_fetch_enabled")
     r2_fetch_endpoint: str | None = _settings_field("r2_fetch_endpoint")
+    r2_allow_insecure: bool = _settings_field("r2_allow_insecure")
+    r2_ca_file: str | None = _settings_field("r2_ca_file")
     r2_fetch_token: str | None = _settings_field("r2_fetch_token")
     r2_bucket_name: str | None = _settings_field("r2_bucket_name")
     r2_fetch_timeout_seconds: float = _settings_field("r2_fetch_timeout_seconds")
@@ -259,6 +266,7 @@ class Settings:
     r2_secret_access_key: str | None = _settings_field("r2_secret_access_key")
     r2_presign_ttl_seconds: int = _settings_field("r2_presign_ttl_seconds")
     r2_s3_endpoint_url: str | None = _settings_field("r2_s3_endpoint_url")
+    r2_s3_allow_insecure: bool = _settings_field("r2_s3_allow_insecure")
     status_api_token: str | None = _settings_field("status_api_token")
     log_format: str = _settings_field("log_format")
     log_level: str = _settings_field("log_level")
@@ -294,7 +302,7 @@ class Settings:
 
     def validate(self) -> None:
         """Cross-field rules: a feature that is on has what it needs."""
-        for rule in (_check_mailbox, _check_webhook, _check_r2_fetch, _check_presign):
+        for rule in (_check_mailbox, _check_outside_urls, _check_webhook, _check_r2_fetch, _check_presign):
             rule(self)
 
     # --- derived values ---------------------------------------------------------------------------------------
@@ -353,13 +361,40 @@ def _check_mailbox(s: Settings) -> None:
         raise ConfigError(missing[0], "required when any of IMAP_SERVER, EMAIL_ADDRESS, EMAIL_PASSWORD is set")
     if s.imap_use_ssl and s.imap_starttls:
         raise ConfigError("IMAP_STARTTLS", "cannot be combined with IMAP_USE_SSL=true (implicit TLS)")
-    if s.imap_ca_file and not os.path.isfile(s.imap_ca_file):
-        raise ConfigError("IMAP_CA_FILE", "file not found")
+    check_ca_file("IMAP_CA_FILE", s.imap_ca_file)
+
+
+# One rule for every URL the service connects to: https:// unless its *_ALLOW_INSECURE twin is true, and a private
+# CA from its *_CA_FILE twin (where one exists). (variable, allow-insecure twin, CA twin, what a local one is).
+OUTSIDE_URLS: tuple[tuple[str, str, str | None, str], ...] = (
+    ("WEBHOOK_URL", "WEBHOOK_ALLOW_INSECURE", "WEBHOOK_CA_FILE", "receiver"),
+    ("R2_FETCH_ENDPOINT", "R2_ALLOW_INSECURE", "R2_CA_FILE", "Worker"),
+    ("R2_S3_ENDPOINT_URL", "R2_S3_ALLOW_INSECURE", None, "S3 server"),
+)
+
+
+def check_outside_url(variable: str, url: str | None, allow_insecure: bool, allow_variable: str,
+                      local_kind: str) -> None:
+    """Refuse a URL the service would connect to without TLS, unless its ``*_ALLOW_INSECURE`` twin allows it."""
+    if url and not allow_insecure and not url.startswith("https://"):
+        raise ConfigError(variable, f"must be https:// (set {allow_variable}=true for a local {local_kind})")
+
+
+def check_ca_file(variable: str, path: str | None) -> None:
+    """A ``*_CA_FILE`` must name an existing file (it replaces the system CA store for that connection)."""
+    if path and not os.path.isfile(path):
+        raise ConfigError(variable, "file not found")
+
+
+def _check_outside_urls(s: Settings) -> None:
+    for variable, allow_variable, ca_variable, local_kind in OUTSIDE_URLS:
+        check_outside_url(variable, getattr(s, SPEC_BY_ENV[variable].attr),
+                          getattr(s, SPEC_BY_ENV[allow_variable].attr), allow_variable, local_kind)
+        if ca_variable is not None:
+            check_ca_file(ca_variable, getattr(s, SPEC_BY_ENV[ca_variable].attr))
 
 
 def _check_webhook(s: Settings) -> None:
-    if s.webhook_url and not s.webhook_allow_insecure and not s.webhook_url.startswith("https://"):
-        raise ConfigError("WEBHOOK_URL", "must be https:// (set WEBHOOK_ALLOW_INSECURE=true for a local receiver)")
     if s.mailbox_configured and s.enable_background_tasks and not s.webhook_url:
         raise ConfigError("WEBHOOK_URL", "required when the mailbox is configured")
     if s.webhook_secret is not None:

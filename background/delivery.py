@@ -16,13 +16,13 @@ import time
 from typing import Any, Callable
 
 from background.lease import LeaseLost, wait_for_ownership
+from config import RetryPolicy, TargetConfig
 from services.state_store import OutboxItem, StateStoreError
 from services.webhook import next_delay, retry_deadline
 
 logger = logging.getLogger(__name__)
 
 CLAIM_BATCH = 1            # one item per claim: a lost lease never leaves claimed-but-unattempted items behind
-DELIVERY_CONCURRENCY = 4   # delivery threads per lease holder: attempts overlap a slow receiver's round trips
 CLAIM_MARGIN_SECONDS = 15  # a claim outlives one attempt's timeout by this much
 IDLE_WAIT_SECONDS = 1.0
 
@@ -32,10 +32,10 @@ def payload_bytes(payload: dict) -> bytes:
 
 
 class DeliveryWorker:
-    def __init__(self, settings, store, lease, guard, sender_factory: Callable[[], Any], *,
+    def __init__(self, target: TargetConfig, store, lease, guard, sender_factory: Callable[[], Any], *,
                  wakeup: threading.Event, flag_wakeup: threading.Event, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self.settings = settings
+        self.target = target
         self.store = store
         self.lease = lease
         self.guard = guard
@@ -94,7 +94,7 @@ class DeliveryWorker:
         while stop_event is None or not stop_event.is_set():
             self.guard.check_local()
             items = self.store.claim_due(self.lease.token, self.clock(), CLAIM_BATCH,
-                                         self.settings.webhook_timeout_seconds + CLAIM_MARGIN_SECONDS)
+                                         self.target.timeout_seconds + CLAIM_MARGIN_SECONDS)
             if not items:
                 return attempted
             for item in items:
@@ -107,10 +107,10 @@ class DeliveryWorker:
         self.guard.check_remote()  # the token is re-checked in the store before every attempt
         self.guard.record_action()
         outcome = self.sender.attempt(item.event_id, payload_bytes(item.payload))
-        return record_outcome(self.settings, self.store, item, outcome, self.clock(), self.rng, self.flag_wakeup)
+        return record_outcome(self.target.retry, self.store, item, outcome, self.clock(), self.rng, self.flag_wakeup)
 
 
-def record_outcome(settings, store, item: OutboxItem, outcome, now: float, rng: random.Random,
+def record_outcome(policy: RetryPolicy, store, item: OutboxItem, outcome, now: float, rng: random.Random,
                    flag_wakeup: threading.Event | None = None) -> str:
     attempt = max(item.attempts, 1)
     if outcome.kind == "delivered":
@@ -123,8 +123,8 @@ def record_outcome(settings, store, item: OutboxItem, outcome, now: float, rng: 
         return "delivered"
     if outcome.kind == "retry":
         first = item.first_attempt_at or now
-        delay = next_delay(attempt, settings.webhook_retry_schedule, outcome.retry_after, rng)
-        if now + delay <= retry_deadline(first, settings):
+        delay = next_delay(attempt, policy.schedule, outcome.retry_after, rng)
+        if now + delay <= retry_deadline(first, policy):
             store.reschedule(item.event_id, now + delay, outcome.error or "retry", outcome.status)
             logger.warning("WEBHOOK: retry %s attempt=%d error=%s status=%s next in %.1fs", item.event_id, attempt,
                            outcome.error, outcome.status, delay)
@@ -167,5 +167,5 @@ def deliver_single(runtime, result) -> dict:
         return {"event_id": result.event_id, "outcome": "already_known",
                 "status": existing.status if existing else None}
     outcome = runtime.sender.attempt(result.event_id, payload_bytes(result.payload))
-    recorded = record_outcome(runtime.settings, store, item, outcome, time.time(), random.Random())
+    recorded = record_outcome(runtime.target.retry, store, item, outcome, time.time(), random.Random())
     return {"event_id": result.event_id, "outcome": recorded, "status": outcome.status}

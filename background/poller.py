@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from background.lease import LeaseLost, wait_for_ownership
+from config import MailboxConfig
 from log_setup import mask_address
 from services.imap_mailbox import ImapAuthError, ImapError, ImapMessageGone, MailboxClient
 from services.state_store import OutboxItem, StateStoreError
@@ -45,10 +46,10 @@ def backoff_delay(attempt: int, cap: float, rng: random.Random, base: float = 1.
 class MailboxPoller:
     """The poller thread's body (``run(stop_event)``) and its unit of work (``run_cycle``)."""
 
-    def __init__(self, settings, store, lease, guard, status, *, offloader_factory: Callable[[], Any],
+    def __init__(self, config: MailboxConfig, store, lease, guard, status, *, offloader_factory: Callable[[], Any],
                  delivery_wakeup: threading.Event, flag_wakeup: threading.Event,
                  client_factory: Callable[..., MailboxClient] = MailboxClient, rng: random.Random | None = None):
-        self.settings = settings
+        self.config = config
         self.store = store
         self.lease = lease
         self.guard = guard
@@ -58,7 +59,7 @@ class MailboxPoller:
         self.flag_wakeup = flag_wakeup
         self.client_factory = client_factory
         self.rng = rng or random.Random()
-        self.mailbox = settings.imap_mailbox
+        self.mailbox = config.folder  # the state store's key for this mailbox's checkpoint and flag queue
         self._failures = 0
         self._auth_streak = False
 
@@ -75,13 +76,13 @@ class MailboxPoller:
 
     def _session(self, stop_event: threading.Event) -> float:
         """One IMAP session; returns the backoff to wait before the next one (0 = none)."""
-        client = self.client_factory(self.settings, guard=self.guard)
+        client = self.client_factory(self.config, guard=self.guard)
         try:
             self.guard.check_remote()
             client.connect()
             state = client.select(self.mailbox)
             self._on_connected(state)
-            use_idle = self.settings.imap_use_idle and client.has_idle()
+            use_idle = self.config.use_idle and client.has_idle()
             while not stop_event.is_set():
                 self.run_cycle(client, state)
                 self._wait_for_work(client, state, use_idle, stop_event)
@@ -121,12 +122,12 @@ class MailboxPoller:
 
     def _on_connected(self, state) -> None:
         if self._auth_streak:
-            logger.info("IMAP: login succeeded again for %s", self.settings.email_address)
+            logger.info("IMAP: login succeeded again for %s", self.config.user)
         self._auth_streak = False
         self.status.update(state="polling", imap="ok", uidvalidity=state.uidvalidity)
 
     def _backoff(self) -> float:
-        delay = backoff_delay(self._failures, self.settings.imap_reconnect_max_seconds, self.rng)
+        delay = backoff_delay(self._failures, self.config.reconnect_max_seconds, self.rng)
         logger.warning("IMAP: reconnect attempt %d in %.1fs", self._failures, delay)
         return delay
 
@@ -134,7 +135,7 @@ class MailboxPoller:
 
     def _wait_for_work(self, client: MailboxClient, state, use_idle: bool, stop_event: threading.Event) -> None:
         """Until the next reconciliation cycle: IDLE (or sleep), applying flag requests as they come."""
-        deadline = time.monotonic() + self.settings.email_polling_interval_seconds
+        deadline = time.monotonic() + self.config.poll_interval_seconds
         while not stop_event.is_set() and time.monotonic() < deadline:
             if self.flag_wakeup.is_set():
                 self.flag_wakeup.clear()
@@ -226,7 +227,7 @@ class MailboxPoller:
         uidnext = state.uidnext
         self.guard.check_remote()
         candidates = sorted(uid for uid in client.search_uids(criteria) if uid < uidnext)
-        cutoff = datetime.now(timezone.utc) - timedelta(hours=self.settings.first_start_max_age_hours)
+        cutoff = datetime.now(timezone.utc) - timedelta(hours=self.config.first_start_max_age_hours)
         handled = 0
         for start in range(0, len(candidates), BATCH_SIZE):
             self.guard.check_remote()
@@ -259,7 +260,7 @@ class MailboxPoller:
         if passed_over:
             self.store.incr("emails_skipped", passed_over, label="older_than_first_start_window")
             logger.info("IMAP: passed over %d unseen messages older than %gh (FIRST_START_MAX_AGE_HOURS)",
-                        passed_over, self.settings.first_start_max_age_hours)
+                        passed_over, self.config.first_start_max_age_hours)
         return handled
 
     def _process_message(self, client: MailboxClient, state, meta) -> None:
@@ -287,8 +288,8 @@ class MailboxPoller:
                        else received_at_from_date_header(parsed.date_header))
         try:
             result = process_email(parsed, received_at=received_at,
-                                   sender_allowlist=self.settings.sender_allowlist,
-                                   allow_without_links=self.settings.allow_webhook_without_links,
+                                   sender_allowlist=self.config.sender_allowlist,
+                                   allow_without_links=self.config.allow_without_links,
                                    offloader=self.offloader_factory())
         except (LeaseLost, StateStoreError):
             raise
@@ -387,7 +388,7 @@ class MailboxPoller:
         if not requests_:
             return 0
         flags = [DONE_KEYWORD] if state.keywords_allowed else []
-        if self.settings.mark_as_read:
+        if self.config.mark_as_read:
             flags.append("\\Seen")
         uids: list[int] = []
         for request in requests_:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from config import MailboxConfig, ServiceConfig, TargetConfig
 from settings import Settings
 from timestamps import iso_utc
 
@@ -102,6 +103,8 @@ class ServiceRuntime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # The typed values every adapter takes (one mailbox and one target today), built once.
+        self.config = ServiceConfig.from_settings(settings)
         self.version = settings.render_git_commit or PACKAGE_VERSION
         self.instance = InstanceInfo(socket.gethostname(), os.getpid(), time.time(), self.version)
         self.poller_status = PollerStatus(mailbox=settings.imap_mailbox)
@@ -112,6 +115,22 @@ class ServiceRuntime:
         self._sender: WebhookSender | None = None
         self.background: BackgroundServices | None = None  # once started
         self.background_failed = False
+
+    # --- the mailbox and target the background work uses (the first, and today only, of each) --------------
+
+    @property
+    def mailbox(self) -> MailboxConfig:
+        if not self.config.mailboxes:
+            raise LookupError("no mailbox is configured (IMAP_SERVER, EMAIL_ADDRESS, EMAIL_PASSWORD)")
+        return self.config.mailboxes[0]
+
+    @property
+    def target(self) -> TargetConfig:
+        if not self.config.targets:
+            from services.webhook import WebhookError
+
+            raise WebhookError("WEBHOOK_URL is not set")
+        return self.config.targets[0]
 
     # --- lazily built adapters ----------------------------------------------------------------------------
 
@@ -141,7 +160,7 @@ class ServiceRuntime:
             if self._offloader is None:
                 from services.r2_offload import build_offloader
 
-                self._offloader = build_offloader(self.settings, self.store, metrics=self.store)
+                self._offloader = build_offloader(self.config.r2, self.store, metrics=self.store)
             return self._offloader
 
     @property
@@ -150,7 +169,7 @@ class ServiceRuntime:
             if self._sender is None:
                 from services.webhook import WebhookSender
 
-                self._sender = WebhookSender(self.settings, version=self.version)
+                self._sender = WebhookSender(self.target, version=self.version)
             return self._sender
 
     # --- background lifecycle -----------------------------------------------------------------------------

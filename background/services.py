@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from background.delivery import DELIVERY_CONCURRENCY, DeliveryWorker
+from background.delivery import DeliveryWorker
 from background.health import HealthTimings, observed_view
 from background.lease import LeaseKeeper, OwnershipGuard, make_lease
 from background.poller import MailboxPoller
@@ -37,14 +37,15 @@ class BackgroundServices:
         self.keeper = LeaseKeeper(self.lease, settings)
         self.delivery_wakeup = threading.Event()
         self.flag_wakeup = threading.Event()
-        self.poller = MailboxPoller(settings, self.store, self.lease, self.guard, runtime.poller_status,
+        mailbox, target = runtime.mailbox, runtime.target
+        self.poller = MailboxPoller(mailbox, self.store, self.lease, self.guard, runtime.poller_status,
                                     offloader_factory=lambda: runtime.offloader,
                                     delivery_wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup)
         self.deliveries = [
-            DeliveryWorker(settings, self.store, self.lease, self.guard,
-                           lambda: WebhookSender(settings, version=runtime.version),
+            DeliveryWorker(target, self.store, self.lease, self.guard,
+                           lambda: WebhookSender(target, version=runtime.version),
                            wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup)
-            for _ in range(DELIVERY_CONCURRENCY)]
+            for _ in range(target.concurrency)]
         self.observer = StatusObserver(self)
         self._stop_workers = threading.Event()
         self._stop_keeper = threading.Event()

@@ -273,6 +273,7 @@ class Cluster:
             overrides.update({
                 "R2_FETCH_ENABLED": "true",
                 "R2_FETCH_ENDPOINT": self.worker.url,
+                "R2_ALLOW_INSECURE": "true",  # Miniflare serves http:// on loopback
                 "R2_FETCH_TOKEN": self.worker.token,
                 "R2_BUCKET_NAME": "render-signal",
                 "R2_FETCH_TIMEOUT_SECONDS": "2",

@@ -27,6 +27,8 @@ from imapclient import exceptions as imapclient_errors
 from imapclient import tls as imapclient_tls
 from imapclient.response_parser import parse_response
 
+from config import MailboxConfig, TlsMode
+
 logger = logging.getLogger(__name__)
 
 # Logout on close() gets at most this long (or IMAP_TIMEOUT_SECONDS if shorter): closing must be quick.
@@ -204,21 +206,22 @@ class _ServerBye(Exception):
 # --- the client -----------------------------------------------------------------------------------------------
 
 class MailboxClient:
-    """One IMAP connection for the poller. Not thread-safe; use it from one thread.
+    """One IMAP connection to the mailbox ``mailbox`` describes, for the poller. Not thread-safe; use it from one
+    thread.
 
     ``guard`` (optional) is an object with ``check_local()``; it is called before every IMAP command and
     whatever it raises (the lease's ``LeaseLost``) propagates unchanged. ``idle_alive_after`` is how long the
-    server may stay silent during IDLE before ``idle_wait`` checks it is alive (default
-    ``EMAIL_POLLING_INTERVAL_SECONDS``).
+    server may stay silent during IDLE before ``idle_wait`` checks it is alive (default: the mailbox's poll
+    interval, ``EMAIL_POLLING_INTERVAL_SECONDS``).
     """
 
-    def __init__(self, settings: Any, guard: LocalGuard | None = None, *,
+    def __init__(self, mailbox: MailboxConfig, guard: LocalGuard | None = None, *,
                  idle_alive_after: float | None = None) -> None:
-        self._settings = settings
+        self._mailbox = mailbox
         self._guard = guard
-        self._timeout = float(settings.imap_timeout_seconds)
+        self._timeout = float(mailbox.timeout_seconds)
         if idle_alive_after is None:
-            idle_alive_after = getattr(settings, "email_polling_interval_seconds", 30.0)
+            idle_alive_after = mailbox.poll_interval_seconds
         self._idle_alive_after = float(idle_alive_after)
         self._idle_heard_at = 0.0
         self._offers_idle: bool | None = None
@@ -252,12 +255,12 @@ class MailboxClient:
 
     def connect(self) -> None:
         """Open the connection, secure it (implicit TLS or STARTTLS unless plain was asked for) and log in."""
-        settings = self._settings
-        if not settings.imap_server or not settings.email_address or settings.email_password is None:
+        mailbox = self._mailbox
+        if not mailbox.server or not mailbox.user or mailbox.password is None:
             raise ImapError("IMAP: IMAP_SERVER, EMAIL_ADDRESS and EMAIL_PASSWORD must be set", "connect")
         self.close()
-        host, port = settings.imap_server, settings.imap_port
-        use_ssl, starttls = bool(settings.imap_use_ssl), bool(settings.imap_starttls) and not settings.imap_use_ssl
+        host, port = mailbox.server, mailbox.port
+        use_ssl, starttls = mailbox.tls is TlsMode.IMPLICIT, mailbox.tls is TlsMode.STARTTLS
         context = self._tls_context() if (use_ssl or starttls) else None
         if not use_ssl and not starttls:
             logger.warning("IMAP: plain-text connection to %s:%s (no TLS): the password and mail cross the "
@@ -277,7 +280,7 @@ class MailboxClient:
                 if b"STARTTLS" not in self._call("tls", client.capabilities):
                     raise ImapConnectionError(f"IMAP: {host}:{port} does not offer STARTTLS", "tls")
                 self._call("tls", client.starttls, context)
-            self._call("login", client.login, settings.email_address, settings.email_password)
+            self._call("login", client.login, mailbox.user, mailbox.password)
         except BaseException:
             self.close()  # a half-open session (no TLS yet, or not logged in) is never left behind
             raise
@@ -301,7 +304,7 @@ class MailboxClient:
     def _tls_context(self) -> ssl.SSLContext:
         # Certificate and host name verification on; IMAP_CA_FILE replaces the system store when set.
         try:
-            return ssl.create_default_context(cafile=self._settings.imap_ca_file or None)
+            return ssl.create_default_context(cafile=self._mailbox.ca_file or None)
         except (OSError, ssl.SSLError) as exc:
             raise ImapConnectionError(f"IMAP: cannot load IMAP_CA_FILE: {exc}", "tls") from exc
 
@@ -558,8 +561,8 @@ class MailboxClient:
 
     def _translate(self, op: str, exc: BaseException) -> BaseException:
         """Library/socket/TLS error → this module's error; the connection is closed unless still usable."""
-        settings = self._settings
-        where = f"{settings.imap_server}:{settings.imap_port}"
+        mailbox = self._mailbox
+        where = f"{mailbox.server}:{mailbox.port}"
         if isinstance(exc, ImapError):
             return exc
         if _is_timeout(exc):
@@ -567,7 +570,7 @@ class MailboxClient:
             self._abandon()
             return ImapTimeout(op, self._timeout)
         if isinstance(exc, imapclient_errors.LoginError):
-            return ImapAuthError(self._scrub(f"IMAP: login failed for user {settings.email_address} at {where}: "
+            return ImapAuthError(self._scrub(f"IMAP: login failed for user {mailbox.user} at {where}: "
                                              f"{_reason(exc)}"), op)
         if isinstance(exc, ssl.SSLCertVerificationError):
             self._abandon()
@@ -581,7 +584,7 @@ class MailboxClient:
         return exc  # a programming error: let it surface as it is
 
     def _scrub(self, text: str) -> str:
-        password = self._settings.email_password
+        password = self._mailbox.password
         return text.replace(password, "***") if password else text
 
     def _abandon(self) -> None:

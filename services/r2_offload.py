@@ -29,7 +29,7 @@ from email_processing.links import LinkLike, host_matches, is_dropbox_folder
 from email_processing.orchestrator import NullOffloader, OffloadedLink, source_only
 
 if TYPE_CHECKING:
-    from settings import Settings
+    from config import R2Config
 
 logger = logging.getLogger(__name__)
 
@@ -234,13 +234,13 @@ class S3Presigner:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "S3Presigner":
-        endpoint, key_id, secret = settings.s3_endpoint, settings.r2_access_key_id, settings.r2_secret_access_key
+    def from_config(cls, r2: R2Config) -> "S3Presigner":
+        endpoint, key_id, secret = r2.s3_endpoint, r2.access_key_id, r2.secret_access_key
         # presign_enabled implies the credentials and endpoint; Settings.validate refuses presigning without
         # R2_BUCKET_NAME (CONFIG: R2_BUCKET_NAME at start-up).
-        assert endpoint and key_id and secret and settings.r2_bucket_name, "presigning is not configured"
+        assert endpoint and key_id and secret and r2.bucket_name, "presigning is not configured"
         return cls(endpoint_url=endpoint, access_key_id=key_id, secret_access_key=secret,
-                   bucket=settings.r2_bucket_name, ttl_seconds=settings.r2_presign_ttl_seconds)
+                   bucket=r2.bucket_name, ttl_seconds=r2.presign_ttl_seconds)
 
     def _s3(self) -> Any:
         with self._lock:
@@ -266,9 +266,9 @@ class S3Presigner:
         return url
 
 
-def build_presigner(settings: Settings) -> NullPresigner | S3Presigner:
-    """``S3Presigner`` when ``settings.presign_enabled`` (private bucket with S3 credentials), else the null one."""
-    return S3Presigner.from_settings(settings) if settings.presign_enabled else NullPresigner()
+def build_presigner(r2: R2Config) -> NullPresigner | S3Presigner:
+    """``S3Presigner`` when ``r2.presign_enabled`` (private bucket with S3 credentials), else the null one."""
+    return S3Presigner.from_config(r2) if r2.presign_enabled else NullPresigner()
 
 
 # --- the offloaders ---------------------------------------------------------------------------------------------
@@ -288,23 +288,25 @@ class _Outcome:
 class R2Offloader:
     """Copies Dropbox links to R2 through the Worker; see the module docstring for the guarantees."""
 
-    def __init__(self, settings: Settings, copy_store: R2CopyStore | None, metrics: Metrics | None = None, *,
+    def __init__(self, r2: R2Config, copy_store: R2CopyStore | None, metrics: Metrics | None = None, *,
                  session: requests.Session | None = None, presigner: Any = None,
                  clock: Callable[[], float] = time.monotonic, max_parallel: int = MAX_PARALLEL_LINKS,
                  budget_grace_seconds: float = EMAIL_BUDGET_GRACE_SECONDS) -> None:
-        assert settings.r2_fetch_endpoint, "Settings.validate requires R2_FETCH_ENDPOINT with R2_FETCH_ENABLED"
-        self._endpoint: str = settings.r2_fetch_endpoint
-        self._token = settings.r2_fetch_token
-        self._bucket = settings.r2_bucket_name
-        self._timeout = float(settings.r2_fetch_timeout_seconds)
-        self._folder_timeout = float(settings.r2_fetch_timeout_folder_seconds)
-        self._retention_seconds = float(settings.r2_retention_hours) * 3600.0
+        assert r2.fetch_endpoint, "Settings.validate requires R2_FETCH_ENDPOINT with R2_FETCH_ENABLED"
+        self._endpoint: str = r2.fetch_endpoint
+        self._token = r2.fetch_token
+        self._bucket = r2.bucket_name
+        self._timeout = float(r2.fetch_timeout_seconds)
+        self._folder_timeout = float(r2.fetch_timeout_folder_seconds)
+        self._retention_seconds = float(r2.retention_hours) * 3600.0
+        # Certificate and host name always checked: against R2_CA_FILE when set, else the bundled store.
+        self._verify: bool | str = r2.ca_file or True
         self._copy_store = copy_store
         self._metrics = metrics
-        self._presigner = presigner if presigner is not None else build_presigner(settings)
+        self._presigner = presigner if presigner is not None else build_presigner(r2)
         self._max_parallel = max(1, int(max_parallel))
         self._budget_grace = float(budget_grace_seconds)
-        self.breaker = CircuitBreaker(settings.r2_circuit_failures, settings.r2_circuit_cooldown_seconds, clock)
+        self.breaker = CircuitBreaker(r2.circuit_failures, r2.circuit_cooldown_seconds, clock)
         self._session = session if session is not None else self._new_session()
 
     def _new_session(self) -> requests.Session:
@@ -445,7 +447,7 @@ class R2Offloader:
                    "Accept": "application/json"}
         try:
             response = self._session.post(self._endpoint, data=json.dumps(body), headers=headers, timeout=timeout,
-                                          allow_redirects=False, verify=True, stream=True)
+                                          allow_redirects=False, verify=self._verify, stream=True)
         except requests.Timeout:
             raise R2OffloadError("timeout") from None
         except requests.ConnectionError as exc:
@@ -588,17 +590,19 @@ def _safe_host(url: str) -> str:
         return "-"
 
 
-def build_offloader(settings: Settings, copy_store: R2CopyStore | None,
+def build_offloader(r2: R2Config | None, copy_store: R2CopyStore | None,
                     metrics: Metrics | None = None) -> NullOffloader | R2Offloader:
-    """The offloader the settings ask for: ``NullOffloader`` unless R2_FETCH_ENABLED=true."""
-    if not settings.r2_fetch_enabled:
-        if settings.r2_fetch_endpoint:
+    """The offloader ``r2`` asks for: ``NullOffloader`` when there is none or R2_FETCH_ENABLED is not true."""
+    if r2 is None:
+        return NullOffloader()
+    if not r2.fetch_enabled:
+        if r2.fetch_endpoint:
             logger.info("R2_TRANSFER: R2 offload is off (R2_FETCH_ENDPOINT is set but R2_FETCH_ENABLED is not true); "
                         "webhooks carry the source URLs")
         return NullOffloader()
-    offloader = R2Offloader(settings, copy_store, metrics)
-    presign = settings.presign_enabled
+    offloader = R2Offloader(r2, copy_store, metrics)
+    presign = r2.presign_enabled
     logger.info("R2_TRANSFER: R2 offload on worker=%s timeout=%.0fs folder_timeout=%.0fs presign=%s",
-                endpoint_origin(settings.r2_fetch_endpoint), settings.r2_fetch_timeout_seconds,
-                settings.r2_fetch_timeout_folder_seconds, presign)
+                endpoint_origin(r2.fetch_endpoint), r2.fetch_timeout_seconds,
+                r2.fetch_timeout_folder_seconds, presign)
     return offloader

@@ -27,7 +27,7 @@ from requests.adapters import HTTPAdapter
 from standardwebhooks.webhooks import Webhook
 
 if TYPE_CHECKING:
-    from settings import Settings
+    from config import RetryPolicy, TargetConfig
 
 DEFAULT_VERSION = "dev"
 EXCERPT_CHARS = 500
@@ -122,10 +122,10 @@ def next_delay(attempt_number: int, schedule: tuple[float, ...], retry_after: fl
     return delay
 
 
-def retry_deadline(first_attempt_at: float, settings: "Settings") -> float:
+def retry_deadline(first_attempt_at: float, policy: "RetryPolicy") -> float:
     """Epoch seconds after which a failing item stops being retried and becomes a dead letter
     (reason ``retries_exhausted``)."""
-    return first_attempt_at + settings.webhook_retry_hours * 3600.0
+    return policy.deadline(first_attempt_at)
 
 
 def classify_status(status: int) -> tuple[OutcomeKind, str | None]:
@@ -139,22 +139,23 @@ def classify_status(status: int) -> tuple[OutcomeKind, str | None]:
 
 
 class WebhookSender:
-    """Makes single webhook attempts to ``settings.webhook_url`` over one pooled ``requests.Session``.
+    """Makes single webhook attempts to one target (``TargetConfig``) over one pooled ``requests.Session``.
 
     A session is not documented as thread-safe: use one sender per delivery thread.
     """
 
-    def __init__(self, settings: "Settings", session: requests.Session | None = None,
+    def __init__(self, target: "TargetConfig", session: requests.Session | None = None,
                  version: str | None = None) -> None:
-        if not settings.webhook_url:
+        if not target.url:
             raise WebhookError("WEBHOOK_URL is not set")
-        parts = urlsplit(settings.webhook_url)
+        parts = urlsplit(target.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise WebhookError(f"WEBHOOK_URL is not an http(s) URL: {redact_url(settings.webhook_url)}")
-        self._url = settings.webhook_url
-        self._timeout = (settings.webhook_timeout_seconds, settings.webhook_timeout_seconds)
-        self._signer = Webhook(settings.webhook_secret) if settings.webhook_secret else None
-        raw_version = version or (settings.render_git_commit or "")[:12] or DEFAULT_VERSION
+            raise WebhookError(f"WEBHOOK_URL is not an http(s) URL: {redact_url(target.url)}")
+        self._url = target.url
+        self._timeout = (target.timeout_seconds, target.timeout_seconds)
+        self._signer = Webhook(target.secret) if target.secret else None
+        self._extra_headers = dict(target.headers)
+        raw_version = version or DEFAULT_VERSION
         self.user_agent = f"render-signal/{_VERSION_UNSAFE.sub('', raw_version) or DEFAULT_VERSION}"
         self._owns_session = session is None
         if session is None:
@@ -162,7 +163,8 @@ class WebhookSender:
             # No proxy variables, .netrc credentials or CA bundle from the environment: the webhook goes straight
             # to the configured host, verified against the bundled CA store, with no credential we did not choose.
             session.trust_env = False
-            session.verify = True  # explicit: certificate and host name checked (a caller's session may pin a CA)
+            # Certificate and host name always checked: against WEBHOOK_CA_FILE when set, else the bundled store.
+            session.verify = target.ca_file or True
             # No hidden retries: a retry is the delivery loop's decision (and a silent one could deliver twice).
             adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=4)
             session.mount("https://", adapter)
@@ -178,7 +180,9 @@ class WebhookSender:
         """The request headers of one attempt; ``webhook-signature`` only when a secret is configured."""
         if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
             raise WebhookError("event_id must be 1-256 printable ASCII characters without spaces")
+        # The target's extra headers first, so that none of them can replace a Standard Webhooks header.
         headers = {
+            **self._extra_headers,
             "Content-Type": "application/json",
             "User-Agent": self.user_agent,
             "webhook-id": event_id,

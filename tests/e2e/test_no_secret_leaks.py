@@ -112,6 +112,7 @@ def test_no_secret_and_no_unmasked_correspondent_reaches_any_log_line_or_http_an
     env = {**imap_account.settings_env(), "REDIS_URL": password_redis.url, "WEBHOOK_URL": receiver.url,
            "WEBHOOK_ALLOW_INSECURE": "true", "WEBHOOK_SECRET": WEBHOOK_SECRET, "WEBHOOK_RETRY_SCHEDULE": "0.5",
            "R2_FETCH_ENABLED": "true", "R2_FETCH_ENDPOINT": worker.url, "R2_FETCH_TOKEN": R2_TOKEN,
+           "R2_ALLOW_INSECURE": "true",
            "R2_BUCKET_NAME": "renders", "STATUS_API_TOKEN": STATUS_TOKEN, "LOG_LEVEL": "debug",
            "REDIS_LOCK_TTL_SECONDS": "3", "EMAIL_POLLING_INTERVAL_SECONDS": "1", "IMAP_TIMEOUT_SECONDS": "2",
            "HEARTBEAT_INTERVAL_SECONDS": "1"}

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from config import MailboxConfig
 from harness.dovecot import DONE_KEYWORD, sample_message
 from harness.ports import free_port
 from services.imap_mailbox import (
@@ -91,15 +92,16 @@ an inline file is still a file\r
 """
 
 
-def make_settings(account, mode: str = "ssl", timeout: float = 10, **changes) -> Settings:
+def make_mailbox(account, mode: str = "ssl", timeout: float = 10, **changes) -> MailboxConfig:
+    """The MailboxConfig of the test account's environment (``changes`` are Settings fields, e.g. imap_port)."""
     env = {**account.settings_env(mode), "ENABLE_BACKGROUND_TASKS": "false", "IMAP_TIMEOUT_SECONDS": str(timeout)}
     settings = Settings.from_env(env)
-    return settings.replace(**changes) if changes else settings
+    return MailboxConfig.from_settings(settings.replace(**changes) if changes else settings)
 
 
 @pytest.fixture
 def mailbox(imap_account):
-    client = MailboxClient(make_settings(imap_account))
+    client = MailboxClient(make_mailbox(imap_account))
     client.connect()
     yield client
     client.close()
@@ -123,7 +125,7 @@ class CountingGuard:
 # --- connection and TLS ---------------------------------------------------------------------------------------
 
 def test_it_connects_over_imaps_verifying_the_configured_ca(imap_account):
-    with MailboxClient(make_settings(imap_account, "ssl")) as client:
+    with MailboxClient(make_mailbox(imap_account, "ssl")) as client:
         client.connect()
         assert client.connected and client.has_idle()
         assert "IMAP4REV1" in client.capabilities()
@@ -132,7 +134,7 @@ def test_it_connects_over_imaps_verifying_the_configured_ca(imap_account):
 
 def test_it_connects_with_starttls(imap_account, caplog):
     caplog.set_level(logging.INFO, logger="services.imap_mailbox")
-    with MailboxClient(make_settings(imap_account, "starttls")) as client:
+    with MailboxClient(make_mailbox(imap_account, "starttls")) as client:
         client.connect()
         assert client.select("INBOX").uidnext == 1
     assert "STARTTLS" in caplog.text
@@ -141,7 +143,7 @@ def test_it_connects_with_starttls(imap_account, caplog):
 
 def test_a_plain_connection_works_and_warns_at_connect(imap_account, caplog):
     caplog.set_level(logging.WARNING, logger="services.imap_mailbox")
-    with MailboxClient(make_settings(imap_account, "plain")) as client:
+    with MailboxClient(make_mailbox(imap_account, "plain")) as client:
         client.connect()
         client.select("INBOX")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -151,7 +153,7 @@ def test_a_plain_connection_works_and_warns_at_connect(imap_account, caplog):
 
 def test_imaps_without_the_ca_file_fails_certificate_verification(imap_account):
     # The system store does not trust the throw-away CA: verification is on by default.
-    client = MailboxClient(make_settings(imap_account, "ssl", imap_ca_file=None))
+    client = MailboxClient(make_mailbox(imap_account, "ssl", imap_ca_file=None))
     with pytest.raises(ImapConnectionError, match="not trusted") as caught:
         client.connect()
     assert caught.value.op == "tls"
@@ -161,7 +163,7 @@ def test_imaps_without_the_ca_file_fails_certificate_verification(imap_account):
 def test_a_wrong_password_raises_auth_error_naming_server_and_user_never_the_password(imap_account, caplog):
     caplog.set_level(logging.DEBUG)  # every logger, imapclient's protocol trace included
     secret = "Wrong-Secret-5f1c9a"
-    client = MailboxClient(make_settings(imap_account, "ssl", email_password=secret))
+    client = MailboxClient(make_mailbox(imap_account, "ssl", email_password=secret))
     with pytest.raises(ImapAuthError) as caught:
         client.connect()
     message = str(caught.value)
@@ -173,14 +175,14 @@ def test_a_wrong_password_raises_auth_error_naming_server_and_user_never_the_pas
 
 
 def test_a_refused_connection_raises_connection_error(imap_account):
-    client = MailboxClient(make_settings(imap_account, "plain", imap_port=free_port()))
+    client = MailboxClient(make_mailbox(imap_account, "plain", imap_port=free_port()))
     with pytest.raises(ImapConnectionError) as caught:
         client.connect()
     assert caught.value.op == "connect"
 
 
 def test_verbs_on_a_closed_client_raise_and_close_never_raises(imap_account):
-    client = MailboxClient(make_settings(imap_account))
+    client = MailboxClient(make_mailbox(imap_account))
     client.close()
     with pytest.raises(ImapConnectionError):
         client.select("INBOX")
@@ -194,7 +196,7 @@ def test_verbs_on_a_closed_client_raise_and_close_never_raises(imap_account):
 def test_the_guard_is_checked_before_every_command_and_its_error_propagates(imap_account, dovecot_server):
     dovecot_server.append(imap_account.user, sample_message(1))
     guard = CountingGuard()
-    client = MailboxClient(make_settings(imap_account), guard=guard)
+    client = MailboxClient(make_mailbox(imap_account), guard=guard)
     try:
         client.connect()
         after_connect = guard.calls
@@ -354,7 +356,7 @@ def test_idle_wait_returns_exists_soon_after_an_append_from_another_connection(m
 def test_short_quiet_idle_waits_cost_no_round_trip_until_the_alive_check_is_due(imap_account, dovecot_server):
     # The guard is consulted before every command sent, so it counts DONE/IDLE round trips.
     guard = CountingGuard()
-    client = MailboxClient(make_settings(imap_account), guard=guard, idle_alive_after=0.6)
+    client = MailboxClient(make_mailbox(imap_account), guard=guard, idle_alive_after=0.6)
     client.connect()
     try:
         client.select("INBOX")
@@ -385,7 +387,7 @@ def test_a_connection_lost_during_idle_raises_connection_error_promptly(private_
     import psutil
 
     account = private_dovecot.new_account()
-    client = MailboxClient(make_settings(account, "plain"))
+    client = MailboxClient(make_mailbox(account, "plain"))
     # Given an idling session whose server process dies (EOF without a word)
     client.connect()
     client.select("INBOX")
@@ -432,7 +434,7 @@ def test_a_server_paused_during_fetch_times_out_with_the_exact_log_line(stalled,
     server, account = stalled
     caplog.set_level(logging.WARNING, logger="services.imap_mailbox")
     uid = server.append(account.user, sample_message(1))
-    client = MailboxClient(make_settings(account, timeout=1))
+    client = MailboxClient(make_mailbox(account, timeout=1))
     client.connect()
     client.select("INBOX")
     server.pause()
@@ -453,7 +455,7 @@ def test_a_server_paused_during_idle_wait_times_out_in_idle(stalled, caplog):
     server, account = stalled
     caplog.set_level(logging.WARNING, logger="services.imap_mailbox")
     # a reconciliation interval of 1 s: idle_wait checks liveness after 1 s of silence
-    client = MailboxClient(make_settings(account, timeout=1, email_polling_interval_seconds=1.0))
+    client = MailboxClient(make_mailbox(account, timeout=1, email_polling_interval_seconds=1.0))
     client.connect()
     client.select("INBOX")
     client.idle_start()
@@ -471,7 +473,7 @@ def test_a_server_paused_during_idle_wait_times_out_in_idle(stalled, caplog):
 @pytest.mark.timeout(30)
 def test_a_paused_server_times_out_idle_done(stalled):
     server, account = stalled
-    client = MailboxClient(make_settings(account, timeout=1))
+    client = MailboxClient(make_mailbox(account, timeout=1))
     client.connect()
     client.select("INBOX")
     client.idle_start()
@@ -489,12 +491,12 @@ def test_connecting_to_a_listener_that_never_speaks_tls_times_out(imap_account, 
         listener.bind(("127.0.0.1", 0))
         listener.listen(4)  # the kernel completes the TCP handshake; nobody ever answers
         port = listener.getsockname()[1]
-        client = MailboxClient(make_settings(imap_account, "ssl", timeout=1, imap_port=port))
+        client = MailboxClient(make_mailbox(imap_account, "ssl", timeout=1, imap_port=port))
         started = time.monotonic()
         with pytest.raises(ImapTimeout) as caught:
             client.connect()
         elapsed = time.monotonic() - started
-        plain = MailboxClient(make_settings(imap_account, "plain", timeout=1, imap_port=port))
+        plain = MailboxClient(make_mailbox(imap_account, "plain", timeout=1, imap_port=port))
         with pytest.raises(ImapTimeout) as caught_plain:
             plain.connect()  # no greeting either
     assert caught.value.op == "tls" and elapsed < 3
@@ -507,10 +509,10 @@ def test_connecting_to_a_paused_server_times_out(stalled):
     server, account = stalled
     server.pause()
     with pytest.raises(ImapTimeout) as caught:
-        MailboxClient(make_settings(account, "ssl", timeout=1)).connect()
+        MailboxClient(make_mailbox(account, "ssl", timeout=1)).connect()
     assert caught.value.op == "tls"
     with pytest.raises(ImapTimeout) as caught:
-        MailboxClient(make_settings(account, "plain", timeout=1)).connect()
+        MailboxClient(make_mailbox(account, "plain", timeout=1)).connect()
     assert caught.value.op == "connect"
 
 
@@ -519,8 +521,8 @@ def test_connecting_to_a_paused_server_times_out(stalled):
 def test_thread_count_is_unchanged_over_three_pause_resume_rounds_of_fetch_and_idle(stalled):
     server, account = stalled
     uid = server.append(account.user, sample_message(1))
-    settings = make_settings(account, timeout=1)
-    client = MailboxClient(settings, idle_alive_after=0.5)
+    mailbox = make_mailbox(account, timeout=1)
+    client = MailboxClient(mailbox, idle_alive_after=0.5)
     threads_before = threading.active_count()
     for _ in range(3):
         client.connect()
@@ -549,7 +551,7 @@ def test_thread_count_is_unchanged_over_three_pause_resume_rounds_of_fetch_and_i
 
 @pytest.mark.slow
 def test_checkpoint_and_unseen_not_done_searches_stay_fast_on_10000_done_messages(done_mailbox_10k):
-    client = MailboxClient(make_settings(done_mailbox_10k.account))
+    client = MailboxClient(make_mailbox(done_mailbox_10k.account))
     client.connect()
     try:
         state = client.select("INBOX")

@@ -246,7 +246,7 @@ def test_a_cycle_over_ten_thousand_done_messages_stays_fast(imap_account, webhoo
     latency = time.monotonic() - t0
     # And one reconciliation cycle (checkpoint search) on the 10,000-message mailbox is quick
     background = pipeline.background
-    client = MailboxClient(pipeline.settings, guard=background.guard)
+    client = MailboxClient(background.poller.config, guard=background.guard)
     client.connect()
     try:
         state = client.select("INBOX")

@@ -54,6 +54,7 @@ def test_an_email_with_two_dropbox_links_yields_a_webhook_whose_r2_urls_serve_th
     # Given the real Worker on Miniflare, with Dropbox's hosts answered by a local source server
     worker = worker_on_miniflare(dropbox_source)
     env = service_env(imap_account, webhook_receiver, R2_FETCH_ENABLED="true", R2_FETCH_ENDPOINT=worker.url,
+                      R2_ALLOW_INSECURE="true",
                       R2_FETCH_TOKEN=worker.token, R2_BUCKET_NAME="render-signal-test",
                       R2_PUBLIC_BASE_URL=worker.public_base_url, R2_FETCH_TIMEOUT_SECONDS="20")
     pipeline = pipeline_factory(env)

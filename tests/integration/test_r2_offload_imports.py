@@ -13,6 +13,7 @@ from pathlib import Path
 
 import requests
 
+from config import R2Config
 from email_processing.links import DeliveryLink
 from services.r2_offload import (
     R2Offloader,
@@ -92,8 +93,8 @@ def success_body(key: str = "dropbox/00000000/11111111/Project_Files.zip") -> by
 
 
 def make_offloader(session: FakeSession, store=None, metrics=None, **env: str) -> R2Offloader:
-    return R2Offloader(r2_settings(**env), store if store is not None else MemoryCopyStore(), metrics,
-                       session=session)
+    return R2Offloader(R2Config.from_settings(r2_settings(**env)), store if store is not None else MemoryCopyStore(),
+                       metrics, session=session)
 
 
 def fallback_records(caplog) -> list[logging.LogRecord]:
@@ -107,14 +108,15 @@ def test_boto3_is_not_imported_unless_presigning_is_on():
     # A fresh interpreter: boto3 may already be loaded in this one by the presign tests.
     code = (
         "import sys\n"
+        "from config import R2Config\n"
         "from settings import Settings\n"
         "from services.r2_offload import build_offloader\n"
         "env = {'R2_FETCH_ENABLED': 'true', 'R2_FETCH_ENDPOINT': 'https://w.example/', 'R2_FETCH_TOKEN': 't'}\n"
-        "build_offloader(Settings.from_env(env), None).close()\n"
+        "build_offloader(R2Config.from_settings(Settings.from_env(env)), None).close()\n"
         "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules, 'boto3 imported'\n"
         "env.update({'R2_ACCESS_KEY_ID': 'a', 'R2_SECRET_ACCESS_KEY': 's', 'R2_ACCOUNT_ID': 'acc',"
         " 'R2_BUCKET_NAME': 'b'})\n"
-        "build_offloader(Settings.from_env(env), None).close()\n"
+        "build_offloader(R2Config.from_settings(Settings.from_env(env)), None).close()\n"
         "assert 'boto3' not in sys.modules, 'boto3 imported before the first presign'\n"
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30)

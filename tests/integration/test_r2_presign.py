@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from config import R2Config
 from email_processing.orchestrator import OffloadedLink
 from services.r2_offload import R2Offloader, S3Presigner, build_offloader, build_presigner
 from settings import Settings
@@ -55,6 +56,7 @@ def private_bucket_settings(s3_endpoint: str, worker_url: str = "https://worker.
     base = {"R2_FETCH_ENABLED": "true", "R2_FETCH_ENDPOINT": worker_url, "R2_FETCH_TOKEN": TOKEN,
             "R2_BUCKET_NAME": BUCKET, "R2_ACCESS_KEY_ID": "test-key", "R2_SECRET_ACCESS_KEY": "test-secret",
             "R2_S3_ENDPOINT_URL": s3_endpoint, "R2_PRESIGN_TTL_SECONDS": "900",
+            "R2_ALLOW_INSECURE": "true", "R2_S3_ALLOW_INSECURE": "true",  # local Worker and S3 server
             "R2_FETCH_TIMEOUT_SECONDS": "2"}
     base.update(env)
     return Settings.from_env(base)
@@ -66,7 +68,7 @@ def test_a_presigned_url_serves_the_object_bytes(s3, s3_endpoint):
     settings = private_bucket_settings(s3_endpoint)
     assert settings.presign_enabled
     # When it is presigned
-    url = build_presigner(settings).presign("dropbox/0a1b2c3d/4e5f6071/report.pdf", "https://unused.example/x")
+    url = build_presigner(R2Config.from_settings(settings)).presign("dropbox/0a1b2c3d/4e5f6071/report.pdf", "https://unused.example/x")
     # Then the URL is path-style on the S3 endpoint, SigV4, valid for R2_PRESIGN_TTL_SECONDS, and serves the bytes
     parts = urlsplit(url)
     assert f"{parts.scheme}://{parts.netloc}" == s3_endpoint
@@ -91,7 +93,7 @@ def test_an_offloaded_link_of_a_private_bucket_carries_a_presigned_url(s3, s3_en
     worker = FakeWorker(store_and_answer)
     store = MemoryCopyStore()
     try:
-        offloader = build_offloader(private_bucket_settings(s3_endpoint, worker.url), store)
+        offloader = build_offloader(R2Config.from_settings(private_bucket_settings(s3_endpoint, worker.url)), store)
         link = dropbox_file()
         # When the email's link is offloaded (twice: the second time from the reuse record)
         [first] = offloader.offload_links("email-private", [link])
@@ -118,7 +120,7 @@ def test_presigning_failure_falls_back_to_the_source_url(s3_endpoint, caplog):
     try:
         settings = dataclasses.replace(private_bucket_settings(s3_endpoint, worker.url),
                                        r2_s3_endpoint_url="https://bad endpoint")
-        offloader = R2Offloader(settings, MemoryCopyStore())
+        offloader = R2Offloader(R2Config.from_settings(settings), MemoryCopyStore())
         link = dropbox_file()
         # When
         result = offloader.offload_links("email-nopresign", [link])
@@ -135,7 +137,7 @@ def test_a_public_bucket_keeps_the_workers_url(s3_endpoint):
     settings = private_bucket_settings(s3_endpoint, R2_PUBLIC_BASE_URL="https://files.example")
     # Then the presigner is the null one, which leaves r2_url alone
     assert not settings.presign_enabled
-    presigner = build_presigner(settings)
+    presigner = build_presigner(R2Config.from_settings(settings))
     assert not isinstance(presigner, S3Presigner)
     assert presigner.presign("k", "https://files.example/k") == "https://files.example/k"
 
@@ -151,7 +153,7 @@ def test_a_private_bucket_worker_answering_a_null_r2_url_gets_a_presigned_url(s3
     worker = FakeWorker(store_and_answer_null)
     store = MemoryCopyStore()
     try:
-        offloader = build_offloader(private_bucket_settings(s3_endpoint, worker.url), store)
+        offloader = build_offloader(R2Config.from_settings(private_bucket_settings(s3_endpoint, worker.url)), store)
         link = dropbox_file()
         [first] = offloader.offload_links("email-null-1", [link])
         [second] = offloader.offload_links("email-null-2", [link])
@@ -168,8 +170,10 @@ def test_a_null_r2_url_without_presigning_falls_back_to_the_source(caplog):
     worker = FakeWorker(lambda request: Answer(body=b'{"success": true, "r2_url": null, "object_key": "k/x"}'))
     try:
         settings = Settings.from_env({"R2_FETCH_ENABLED": "true", "R2_FETCH_ENDPOINT": worker.url,
-                                      "R2_FETCH_TOKEN": TOKEN, "R2_FETCH_TIMEOUT_SECONDS": "2"})
-        [result] = build_offloader(settings, MemoryCopyStore()).offload_links("email-null-3", [dropbox_file()])
+                                      "R2_ALLOW_INSECURE": "true", "R2_FETCH_TOKEN": TOKEN,
+                                      "R2_FETCH_TIMEOUT_SECONDS": "2"})
+        offloader = build_offloader(R2Config.from_settings(settings), MemoryCopyStore())
+        [result] = offloader.offload_links("email-null-3", [dropbox_file()])
     finally:
         worker.stop()
     assert result.r2_url is None

@@ -20,6 +20,7 @@ from typing import Callable
 
 import pytest
 
+from config import R2Config
 from email_processing.links import DeliveryLink
 from email_processing.orchestrator import OffloadedLink
 from services.r2_offload import R2Offloader, build_offloader
@@ -167,6 +168,7 @@ class FakeClock:
 
 def r2_settings(endpoint: str, **env: str) -> Settings:
     base = {"R2_FETCH_ENABLED": "true", "R2_FETCH_ENDPOINT": endpoint, "R2_FETCH_TOKEN": TOKEN,
+            "R2_ALLOW_INSECURE": "true",  # the fake Worker serves http:// on loopback
             "R2_BUCKET_NAME": "deliveries", "R2_PUBLIC_BASE_URL": "https://files.example",
             "R2_FETCH_TIMEOUT_SECONDS": "1", "R2_FETCH_TIMEOUT_FOLDER_SECONDS": "3"}
     base.update(env)
@@ -175,8 +177,8 @@ def r2_settings(endpoint: str, **env: str) -> Settings:
 
 def offloader_for(endpoint: str, store: MemoryCopyStore | None = None, **kwargs) -> R2Offloader:
     env = kwargs.pop("env", {})
-    return R2Offloader(r2_settings(endpoint, **env), store if store is not None else MemoryCopyStore(),
-                       **kwargs)
+    return R2Offloader(R2Config.from_settings(r2_settings(endpoint, **env)),
+                       store if store is not None else MemoryCopyStore(), **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -495,7 +497,7 @@ def test_the_total_r2_time_of_an_email_is_bounded_however_many_links_it_has(fake
 def test_build_offloader_wires_a_working_client_from_settings(fake_worker):
     # Given settings with R2 on
     worker = fake_worker(worker_success)
-    offloader = build_offloader(r2_settings(worker.url), MemoryCopyStore())
+    offloader = build_offloader(R2Config.from_settings(r2_settings(worker.url)), MemoryCopyStore())
     try:
         # When / Then the built offloader copies links through the Worker
         [link] = offloader.offload_links("email-built", [dropbox_file()])

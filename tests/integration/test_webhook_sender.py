@@ -15,6 +15,7 @@ import requests
 import standardwebhooks
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from config import TargetConfig
 from harness.receiver import Answer
 from services.webhook import (
     EXCERPT_CHARS,
@@ -42,13 +43,21 @@ def settings_for(url: str, **extra: str) -> Settings:
     return Settings.from_env({"WEBHOOK_URL": url, "WEBHOOK_ALLOW_INSECURE": "true", **extra})
 
 
+def target_for(url: str, **extra: str) -> TargetConfig:
+    return TargetConfig.from_settings(settings_for(url, **extra))
+
+
 @pytest.fixture
 def make_sender():
     senders: list[WebhookSender] = []
 
     def make(url: str, session: requests.Session | None = None, version: str | None = None,
              **extra: str) -> WebhookSender:
-        sender = WebhookSender(settings_for(url, **extra), session=session, version=version)
+        settings = settings_for(url, **extra)
+        # Without an explicit version the sender used to fall back to RENDER_GIT_COMMIT's first 12 characters
+        # itself; it no longer sees the settings, so that fallback is made here (the service always passes one).
+        version = version or (settings.render_git_commit or "")[:12] or None
+        sender = WebhookSender(TargetConfig.from_settings(settings), session=session, version=version)
         senders.append(sender)
         return sender
 
@@ -273,6 +282,15 @@ def test_tls_certificates_are_verified(tls_receiver, make_sender):
     assert (untrusted.kind, untrusted.error) == ("retry", "tls_error")
     assert trusted.delivered
     assert receiver.delivered_ids() == ["msg_2"]
+
+
+def test_webhook_ca_file_makes_the_sender_trust_a_private_ca(tls_receiver, make_sender):
+    receiver, ca_file = tls_receiver
+    # Given WEBHOOK_CA_FILE naming the receiver's private CA, and no session of the caller's
+    outcome = make_sender(receiver.url, WEBHOOK_CA_FILE=ca_file).attempt("msg_1", BODY)
+    # Then the certificate is verified against that CA and the webhook is delivered
+    assert outcome.delivered
+    assert receiver.delivered_ids() == ["msg_1"]
 
 
 # --- programming and configuration errors -----------------------------------------------------------------------

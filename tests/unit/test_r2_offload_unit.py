@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from config import R2Config
 from email_processing import orchestrator
 from email_processing.links import DeliveryLink
 from email_processing.orchestrator import OffloadedLink
@@ -104,8 +105,8 @@ def success_body(key: str = "dropbox/00000000/11111111/Project_Files.zip") -> by
 
 
 def make_offloader(session: FakeSession, store=None, metrics=None, **env: str) -> R2Offloader:
-    return R2Offloader(r2_settings(**env), store if store is not None else MemoryCopyStore(), metrics,
-                       session=session)
+    return R2Offloader(R2Config.from_settings(r2_settings(**env)), store if store is not None else MemoryCopyStore(),
+                       metrics, session=session)
 
 
 def fallback_records(caplog) -> list[logging.LogRecord]:
@@ -189,8 +190,8 @@ def test_endpoint_origin_drops_path_query_and_credentials():
 def test_production_default_timeouts_are_15_s_for_files_and_120_s_for_folders():
     settings = Settings.from_env({})
     assert (settings.r2_fetch_timeout_seconds, settings.r2_fetch_timeout_folder_seconds) == (15.0, 120.0)
-    offloader = R2Offloader(settings.replace(r2_fetch_enabled=True, r2_fetch_endpoint="https://w.example/",
-                                             r2_fetch_token=TOKEN), None, session=FakeSession())
+    enabled = settings.replace(r2_fetch_enabled=True, r2_fetch_endpoint="https://w.example/", r2_fetch_token=TOKEN)
+    offloader = R2Offloader(R2Config.from_settings(enabled), None, session=FakeSession())
     assert offloader.timeout_for("https://www.dropbox.com/scl/fo/x/AAA?rlkey=k&dl=1") == 120.0
     assert offloader.timeout_for("https://www.dropbox.com/sh/x/AAA?dl=1") == 120.0
     assert offloader.timeout_for("https://www.dropbox.com/scl/fi/x/a.zip?rlkey=k&dl=1") == 15.0
@@ -278,14 +279,14 @@ def test_a_success_resets_the_consecutive_failure_count():
 
 def test_r2_is_off_without_the_flag_and_an_endpoint_alone_is_reported_once_at_info(caplog):
     caplog.set_level(logging.INFO, logger="services.r2_offload")
-    offloader = build_offloader(Settings.from_env({"R2_FETCH_ENDPOINT": "https://worker.example/secret"}), None,
-                                )
+    endpoint_only = Settings.from_env({"R2_FETCH_ENDPOINT": "https://worker.example/secret"})
+    offloader = build_offloader(R2Config.from_settings(endpoint_only), None)
     assert isinstance(offloader, NullOffloader) and isinstance(offloader, orchestrator.NullOffloader)
     off = [r for r in caplog.records if "R2 offload is off" in r.getMessage()]
     assert len(off) == 1 and off[0].levelno == logging.INFO
     assert "secret" not in off[0].getMessage()
     caplog.clear()
-    assert isinstance(build_offloader(Settings.from_env({}), None), NullOffloader)
+    assert isinstance(build_offloader(R2Config.from_settings(Settings.from_env({})), None), NullOffloader)
     assert not caplog.records
 
 
@@ -299,8 +300,8 @@ def test_null_offloader_keeps_every_source_url_without_logging(caplog):
 
 def test_enabled_r2_builds_the_worker_client_with_a_null_presigner_for_public_buckets(caplog):
     caplog.set_level(logging.INFO, logger="services.r2_offload")
-    offloader = build_offloader(r2_settings(R2_PUBLIC_BASE_URL="https://files.example"), MemoryCopyStore(),
-                                )
+    offloader = build_offloader(R2Config.from_settings(r2_settings(R2_PUBLIC_BASE_URL="https://files.example")),
+                                MemoryCopyStore())
     try:
         assert isinstance(offloader, R2Offloader)
         assert isinstance(offloader._presigner, NullPresigner)

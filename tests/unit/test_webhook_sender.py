@@ -13,6 +13,7 @@ import pytest
 import requests
 import standardwebhooks
 
+from config import RetryPolicy, TargetConfig
 from services.webhook import (
     JITTER_FRACTION,
     MAX_RETRY_AFTER_SECONDS,
@@ -39,13 +40,17 @@ def settings_for(url: str, **extra: str) -> Settings:
     return Settings.from_env({"WEBHOOK_URL": url, "WEBHOOK_ALLOW_INSECURE": "true", **extra})
 
 
+def target_for(url: str, **extra: str) -> TargetConfig:
+    return TargetConfig.from_settings(settings_for(url, **extra))
+
+
 @pytest.fixture
 def make_sender():
     senders: list[WebhookSender] = []
 
     def make(url: str, session: requests.Session | None = None, version: str | None = None,
              **extra: str) -> WebhookSender:
-        sender = WebhookSender(settings_for(url, **extra), session=session, version=version)
+        sender = WebhookSender(target_for(url, **extra), session=session, version=version)
         senders.append(sender)
         return sender
 
@@ -58,7 +63,7 @@ def make_sender():
 
 
 def test_a_body_that_cannot_be_signed_is_a_programming_error():
-    sender = WebhookSender(settings_for("http://127.0.0.1:9/hook/x", WEBHOOK_SECRET=new_secret()))
+    sender = WebhookSender(target_for("http://127.0.0.1:9/hook/x", WEBHOOK_SECRET=new_secret()))
     try:
         with pytest.raises(WebhookError, match="UTF-8"):
             sender.attempt("msg_1", b"\xff\xfe")
@@ -70,7 +75,7 @@ def test_a_body_that_cannot_be_signed_is_a_programming_error():
 
 @pytest.mark.parametrize("event_id", ["", "msg 1", "msg\r\nX-Injected: 1", "é"])
 def test_a_malformed_event_id_is_a_programming_error(event_id):
-    sender = WebhookSender(settings_for("http://127.0.0.1:9/hook/x"))
+    sender = WebhookSender(target_for("http://127.0.0.1:9/hook/x"))
     try:
         with pytest.raises(WebhookError):
             sender.attempt(event_id, BODY)
@@ -80,12 +85,13 @@ def test_a_malformed_event_id_is_a_programming_error(event_id):
 
 def test_a_sender_without_url_is_a_configuration_error():
     with pytest.raises(WebhookError, match="WEBHOOK_URL"):
-        WebhookSender(Settings())
+        WebhookSender(TargetConfig.from_settings(Settings()))
 
 
 def test_an_explicit_timestamp_is_signed_as_given():
     secret = new_secret()
-    sender = WebhookSender(Settings().replace(webhook_url="https://hook.example/abc", webhook_secret=secret))
+    sender = WebhookSender(TargetConfig.from_settings(
+        Settings().replace(webhook_url="https://hook.example/abc", webhook_secret=secret)))
     try:
         stamp = int(time.time()) - 10
         headers = sender.signed_headers("msg_1", BODY, stamp)
@@ -131,7 +137,7 @@ def test_redact_url_keeps_only_scheme_and_host():
     assert redact_url("http://127.0.0.1:5000") == "http://127.0.0.1:5000/…"
     assert redact_url(None) == "(none)"
     assert redact_url("not a url") == "(invalid url)"
-    sender = WebhookSender(settings_for("http://127.0.0.1:9/hook/topsecret"))
+    sender = WebhookSender(target_for("http://127.0.0.1:9/hook/topsecret"))
     sender.close()
     assert "topsecret" not in sender.target and "topsecret" not in repr(sender.__dict__.get("_signer"))
 
@@ -162,5 +168,6 @@ def test_the_default_schedule_is_the_documented_one():
 
 def test_the_retry_deadline_is_retry_hours_after_the_first_attempt():
     first = 1_700_000_000.0
-    assert retry_deadline(first, Settings()) == first + 24 * 3600
-    assert retry_deadline(first, Settings.from_env({"WEBHOOK_RETRY_HOURS": "0.5"})) == first + 1800
+    assert retry_deadline(first, RetryPolicy.from_settings(Settings())) == first + 24 * 3600
+    half_an_hour = RetryPolicy.from_settings(Settings.from_env({"WEBHOOK_RETRY_HOURS": "0.5"}))
+    assert retry_deadline(first, half_an_hour) == first + 1800
