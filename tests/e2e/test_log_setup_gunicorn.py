@@ -3,40 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import re
-import sys
-
-import pytest
-
-import log_setup
-
-OWN = "Inbox@Render-Signal.test"
-PASSWORD = "imap-pw-Lr08-secret"
-TEXT_LINE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) \[\d+\] "
-                       r"[\w.]+: ")
-
-
-@pytest.fixture(autouse=True)
-def clean_registry(monkeypatch):
-    """Secrets and own addresses are process-global: start each test empty and restore afterwards."""
-    monkeypatch.setattr(log_setup, "_secrets", ())
-    monkeypatch.setattr(log_setup, "_own_addresses", frozenset())
-
-
-def record(message: str, *args, level: int = logging.INFO, name: str = "background.poller",
-           exc_info=None) -> logging.LogRecord:
-    return logging.getLogger(name).makeRecord(name, level, __file__, 1, message, args, exc_info)
-
-
-def raised(message: str):
-    try:
-        raise RuntimeError(message)
-    except RuntimeError:
-        return sys.exc_info()
-
-
-# --- format -----------------------------------------------------------------------------------------------------------
 
 
 def test_under_gunicorn_with_log_format_json_every_line_is_one_json_object(service_factory):

@@ -7,49 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from flask import Flask
 
-from email_processing.cli import process_email_command
-from settings import Settings
+from tests.unit.test_cli_process_email import CORPUS, WITH_LINK, FakeService  # noqa: F401 - shared with the unit half
 
 ROOT = Path(__file__).resolve().parents[2]
-CORPUS = Path(__file__).resolve().parents[1] / "corpus"
-WITH_LINK = CORPUS / "synthetic" / "dropbox_scl_fi_notification.eml"
-WITHOUT_LINK = CORPUS / "real" / "mailgun-flanker" / "no-ctype.eml"
-
-
-class FakeService:
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.offloader = SimpleNamespace(offload_links=self._offload)
-        self.offloaded: list[str] = []
-        self.delivered: list = []
-
-    def _offload(self, email_id, links):
-        from email_processing.orchestrator import OffloadedLink
-
-        self.offloaded.append(email_id)
-        return [OffloadedLink(link.provider, link.raw_url, link.direct_url, "https://r2.example/x", "x.zip")
-                for link in links]
-
-    def deliver_one(self, result):
-        self.delivered.append(result)
-        return {"outcome": "delivered", "status": 200}
-
-
-def make_app(service: FakeService | None) -> Flask:
-    app = Flask("test_cli")
-    if service is not None:
-        app.extensions["render_signal"] = service
-    app.cli.add_command(process_email_command)
-    return app
-
-
-def invoke(app: Flask, *args: str):
-    return app.test_cli_runner().invoke(args=["process-email", *args])
 
 
 @pytest.mark.timeout(30)

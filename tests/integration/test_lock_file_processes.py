@@ -9,8 +9,7 @@ import pytest
 
 from background.lease import FILE_LOCK_WARNING
 from harness.lease_child import Contender, overlaps, spawn, wait_for
-
-RETRY = 0.2
+from tests.unit.test_lock_file import RETRY  # noqa: F401 - shared with the unit half
 
 
 @pytest.fixture

@@ -9,18 +9,12 @@ from typing import Callable
 import pytest
 
 from harness.ports import free_port
-from services.state_store import OutboxItem, StateStore, StateStoreError, open_state_store
+from services.state_store import StateStore, StateStoreError, open_state_store
 from settings import Settings
+from tests.unit.test_state_store_faults import FAIL_FAST_BOUND, REDIS_TIMEOUT, an_item  # noqa: F401 - shared with the unit half
 
-REDIS_TIMEOUT = 0.5
-FAIL_FAST_BOUND = 5.0   # generous: the budget is one REDIS_TIMEOUT_SECONDS per call, with no hidden retries
 # redis-py's default retries (3, with backoff) would take >= 4 timeouts; one timeout plus slack proves there are none.
 ONE_TIMEOUT_BOUND = 2 * REDIS_TIMEOUT + 0.5
-
-
-def an_item(n: int) -> OutboxItem:
-    return OutboxItem(event_id=f"msg_f{n}", email_id=f"f{n}", payload={"n": n}, mailbox="INBOX", uidvalidity=1,
-                      uid=n, message_id=None)
 
 
 def operations(store: StateStore) -> dict[str, Callable[[], object]]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import functools
 import json
-import secrets
 import threading
 import time
 
@@ -22,29 +20,13 @@ from services.webhook import (
     WebhookSender,
     classify_status,
 )
-from settings import Settings
+from tests.unit.test_webhook_sender import BODY, new_secret, settings_for  # noqa: F401 - shared with the unit half
 
-DEFAULT_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
-BODY = json.dumps({"event_id": "msg_abc123", "subject": "Fichiers prêts", "links": ["https://x.example/f"]},
-                  ensure_ascii=False).encode("utf-8")
 
 @pytest.fixture
 def make_webhook_receiver(make_webhook_receiver):
     """This file posts placeholder bodies (``msg_1``, ``{"k": 1}``), not webhooks: no payload contract here."""
     return functools.partial(make_webhook_receiver, contract=False)
-
-
-
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-
-
-def settings_for(url: str, **extra: str) -> Settings:
-    return Settings.from_env({"WEBHOOK_URL": url, "WEBHOOK_ALLOW_INSECURE": "true", **extra})
-
-
-def target_for(url: str, **extra: str) -> TargetConfig:
-    return TargetConfig.from_settings(settings_for(url, **extra))
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from email_processing import cli
 from email_processing.cli import process_email_command
 from settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 WITH_LINK = CORPUS / "synthetic" / "dropbox_scl_fi_notification.eml"
 WITHOUT_LINK = CORPUS / "real" / "mailgun-flanker" / "no-ctype.eml"

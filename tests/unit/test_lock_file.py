@@ -10,31 +10,9 @@ import pytest
 
 from background import lease as lease_module
 from background.lease import FILE_LOCK_WARNING, FileLease, LeaseKeeper, LeaseLost, make_lease
-from harness.lease_child import Contender, spawn
 from settings import Settings
 
 RETRY = 0.2
-
-
-@pytest.fixture
-def contenders(tmp_path):
-    started: list[Contender] = []
-
-    def start(name: str, lock_file: str) -> Contender:
-        child = spawn(name, str(tmp_path), "--lock-file", lock_file, "--retry", str(RETRY))
-        started.append(child)
-        return child
-
-    try:
-        yield start
-    finally:
-        for child in started:
-            child.stop()
-
-
-def holder_among(children: list[Contender]) -> Contender | None:
-    holders = [c for c in children if c.acquisitions()]
-    return holders[0] if len(holders) == 1 else None
 
 
 def test_make_lease_without_redis_uses_the_file_lock_under_the_state_dir_and_warns_once(tmp_path, monkeypatch, caplog):

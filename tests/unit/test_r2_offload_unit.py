@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import threading
-from pathlib import Path
 
 import pytest
 import requests
@@ -32,7 +31,6 @@ from services.r2_offload import (
 )
 from settings import Settings
 
-REPO = Path(__file__).resolve().parents[2]
 TOKEN = "unit-token-7f3a9c2e5b1d"
 FILE_RAW = "https://www.dropbox.com/scl/fi/aaaaaaaaaaaaaaaaaaaaa/Project%20Files.zip?rlkey=bbbbbbbbbbbbbbbbbbbbbbbbb&dl=0"
 FILE_LINK = DeliveryLink("dropbox", FILE_RAW, FILE_RAW.replace("dl=0", "dl=1"))

@@ -4,42 +4,20 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Callable
 
 import pytest
 
-from services.state_store import OutboxItem, StateStore, StateStoreError, open_state_store
+from services.state_store import OutboxItem, StateStoreError, open_state_store
 from settings import Settings
 
 REDIS_TIMEOUT = 0.5
 FAIL_FAST_BOUND = 5.0   # generous: the budget is one REDIS_TIMEOUT_SECONDS per call, with no hidden retries
 # redis-py's default retries (3, with backoff) would take >= 4 timeouts; one timeout plus slack proves there are none.
-ONE_TIMEOUT_BOUND = 2 * REDIS_TIMEOUT + 0.5
 
 
 def an_item(n: int) -> OutboxItem:
     return OutboxItem(event_id=f"msg_f{n}", email_id=f"f{n}", payload={"n": n}, mailbox="INBOX", uidvalidity=1,
                       uid=n, message_id=None)
-
-
-def operations(store: StateStore) -> dict[str, Callable[[], object]]:
-    """One call of each kind: plain command, Lua script, pipeline."""
-    now = time.time()
-    return {
-        "ping": store.ping,
-        "get_checkpoint": lambda: store.get_checkpoint("INBOX", 1),
-        "enqueue": lambda: store.enqueue(an_item(99)),
-        "claim_due": lambda: store.claim_due("w", now, 5, 30),
-        "mark_delivered": lambda: store.mark_delivered("msg_f1", 200, now),
-        "outbox_stats": lambda: store.outbox_stats(now),
-        "record_recent": lambda: store.record_recent({"n": 1}),
-        "counters": store.counters,
-    }
-
-
-def redis_store(url: str) -> StateStore:
-    settings = Settings.from_env({"REDIS_URL": url, "REDIS_TIMEOUT_SECONDS": str(REDIS_TIMEOUT)})
-    return open_state_store(settings)
 
 
 @pytest.mark.timeout(30)
