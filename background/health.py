@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from config import DEFAULT_ID  # the mailbox and the webhook target today's environment variables describe
 from timestamps import epoch_of
-
-DEFAULT_ID = "default"              # the mailbox and the webhook target today's environment variables describe
 
 OUTBOX_BACKLOG_ITEMS = 100          # more pending than this is a backlog …
 OUTBOX_BACKLOG_AGE_SECONDS = 900    # … and so is a pending item older than this
