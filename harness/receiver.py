@@ -433,7 +433,7 @@ class WebhookReceiver:
 
     def _record(self, event: dict[str, Any]) -> None:
         if self.contract and event["method"] == "POST" and event["path"] == self.path:
-            event["contract_error"] = _contract_error(event["body"])
+            event["contract_error"] = _contract_error(event["headers"], event["body"])
         with self._cond:
             self._events.append(event)
             self._cond.notify_all()
@@ -474,13 +474,19 @@ class WebhookReceiver:
         return None
 
 
-def _contract_error(body: bytes) -> str | None:
+def _contract_error(headers: Mapping[str, str], body: bytes) -> str | None:
+    """Why a webhook breaks the contract: its body (the schema), or a ``webhook-id`` that is not its ``event_id``."""
     from harness.contract import WebhookContractError, validate_webhook_body
 
     try:
         validate_webhook_body(body)
     except WebhookContractError as exc:
         return str(exc)
+    event_id = json.loads(body)["event_id"]
+    if headers.get("webhook-id") != event_id:
+        return f"webhook-id header {headers.get('webhook-id')!r} is not the body's event_id {event_id!r}"
+    if not headers.get("content-type", "").startswith("application/json"):
+        return f"content-type {headers.get('content-type')!r} is not application/json"
     return None
 
 

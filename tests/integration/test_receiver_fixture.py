@@ -226,15 +226,27 @@ def test_a_receiver_refuses_a_webhook_body_that_breaks_the_payload_contract():
     receiver = WebhookReceiver().start()
     try:
         example = (Path(REPO) / "docs" / "webhook-payload.v1.example.json").read_bytes()
-        # When a valid body arrives, then one with an unplanned field
-        assert post(receiver.url, "msg_" + "a" * 32, example).status_code == 200
+        event_id = json.loads(example)["event_id"]
+        # When a valid webhook arrives, then one whose body has an unplanned field
+        assert post(receiver.url, event_id, example).status_code == 200
         assert receiver.wait_for(1, timeout=2) and receiver.contract_violations() == []
         broken = json.dumps({**json.loads(example), "unplanned": 1}).encode()
-        assert post(receiver.url, "msg_" + "b" * 32, broken).status_code == 200
-        # Then every read of what was delivered fails, naming the event and the schema
+        assert post(receiver.url, event_id, broken).status_code == 200
+        # Then every read of what was delivered fails, naming the schema and the field
         with pytest.raises(AssertionError, match="webhook-payload.schema.json"):
             receiver.wait_for(2, timeout=2)
-        with pytest.raises(AssertionError, match="msg_b"):
+        with pytest.raises(AssertionError, match="unplanned"):
             receiver.delivered()
+    finally:
+        receiver.stop()
+
+
+def test_a_receiver_refuses_a_webhook_whose_id_header_is_not_its_event_id():
+    receiver = WebhookReceiver().start()
+    try:
+        example = (Path(REPO) / "docs" / "webhook-payload.v1.example.json").read_bytes()
+        assert post(receiver.url, "msg_" + "0" * 32, example).status_code == 200
+        with pytest.raises(AssertionError, match="is not the body's event_id"):
+            receiver.wait_for(1, timeout=2)
     finally:
         receiver.stop()
