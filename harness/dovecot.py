@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from harness.binaries import SEARCH_PATH
-from harness.ports import free_port, wait_until
+from harness.ports import free_port, read_log, wait_until
 
 HOST = "127.0.0.1"
 DONE_KEYWORD = "$RenderSignalDone"
@@ -514,11 +514,7 @@ class DovecotServer:
         subprocess.run([doveadm, "-c", self.conf_path, "kick", user], check=True, capture_output=True, timeout=10)
 
     def log_text(self) -> str:
-        try:
-            with open(self.log_path, "rb") as handle:
-                return handle.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
 
 @dataclass(frozen=True)

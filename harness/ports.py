@@ -30,6 +30,15 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subpr
     raise RuntimeError(f"{what} not ready after {timeout}s:\n{_tail(log_path)}")
 
 
+def read_log(path: str) -> str:
+    """A server's whole log file as text ("" while it does not exist yet)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def _tail(path: str | None, limit: int = 4000) -> str:
     if not path:
         return ""

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import requests
 
-from harness.ports import free_port, wait_until
+from harness.ports import free_port, read_log, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
@@ -67,11 +67,7 @@ class ServiceProcess:
         return requests.get(self.url + path, **kwargs)
 
     def log_text(self) -> str:
-        try:
-            with open(self.log_path, "rb") as handle:
-                return handle.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def wait_for_log(self, substring: str, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
