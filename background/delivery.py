@@ -18,7 +18,7 @@ from typing import Any, Callable
 from background.lease import LeaseLost, wait_for_ownership
 from config import RetryPolicy, TargetConfig
 from services.state_store import OutboxItem, StateStoreError
-from services.webhook import next_delay, retry_deadline
+from services.webhook import next_delay
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def record_outcome(policy: RetryPolicy, store, item: OutboxItem, outcome, now: f
     if outcome.kind == "retry":
         first = item.first_attempt_at or now
         delay = next_delay(attempt, policy.schedule, outcome.retry_after, rng)
-        if now + delay <= retry_deadline(first, policy):
+        if now + delay <= policy.deadline(first):
             store.reschedule(item.event_id, now + delay, outcome.error or "retry", outcome.status)
             logger.warning("WEBHOOK: retry %s attempt=%d error=%s status=%s next in %.1fs", item.event_id, attempt,
                            outcome.error, outcome.status, delay)

@@ -5,7 +5,7 @@ Standard Webhooks headers (``webhook-id``, ``webhook-timestamp`` and, with ``WEB
 ``webhook-signature``), and classifies the answer as ``delivered`` (2xx), ``retry`` (connection error, timeout,
 408, 429, 5xx) or ``permanent`` (3xx, which is never followed, and the other 4xx). It never raises for what the
 network or the receiver does; ``WebhookError`` is only for programming and configuration errors. Pure helpers
-decide when to try again (``next_delay``) and when to give up (``retry_deadline``). Logging the
+decide when to try again (``next_delay``) and when to give up (``RetryPolicy.deadline``). Logging the
 delivered/retry/dead-letter lines is the delivery loop's job; this module only offers ``redact_url`` for them,
 because the URL is a bearer capability and is never logged in full.
 """
@@ -27,7 +27,7 @@ from requests.adapters import HTTPAdapter
 from standardwebhooks.webhooks import Webhook
 
 if TYPE_CHECKING:
-    from config import RetryPolicy, TargetConfig
+    from config import TargetConfig
 
 DEFAULT_VERSION = "dev"
 EXCERPT_CHARS = 500
@@ -120,12 +120,6 @@ def next_delay(attempt_number: int, schedule: tuple[float, ...], retry_after: fl
     if retry_after is not None:
         delay = max(delay, min(max(retry_after, 0.0), MAX_RETRY_AFTER_SECONDS))
     return delay
-
-
-def retry_deadline(first_attempt_at: float, policy: "RetryPolicy") -> float:
-    """Epoch seconds after which a failing item stops being retried and becomes a dead letter
-    (reason ``retries_exhausted``)."""
-    return policy.deadline(first_attempt_at)
 
 
 def classify_status(status: int) -> tuple[OutcomeKind, str | None]:

@@ -23,7 +23,6 @@ from services.webhook import (
     next_delay,
     parse_retry_after,
     redact_url,
-    retry_deadline,
 )
 from settings import Settings
 
@@ -168,6 +167,6 @@ def test_the_default_schedule_is_the_documented_one():
 
 def test_the_retry_deadline_is_retry_hours_after_the_first_attempt():
     first = 1_700_000_000.0
-    assert retry_deadline(first, RetryPolicy.from_settings(Settings())) == first + 24 * 3600
+    assert RetryPolicy.from_settings(Settings()).deadline(first) == first + 24 * 3600
     half_an_hour = RetryPolicy.from_settings(Settings.from_env({"WEBHOOK_RETRY_HOURS": "0.5"}))
-    assert retry_deadline(first, half_an_hour) == first + 1800
+    assert half_an_hour.deadline(first) == first + 1800
