@@ -74,6 +74,13 @@ class MailboxConfig:
         check_id("mailbox", self.id)
 
     @property
+    def state_key(self) -> str:
+        """The state store's name for this mailbox's checkpoints and flag requests: the folder for mailbox
+        ``default`` (the keys every earlier release wrote, unchanged), ``<id>:<folder>`` for any other mailbox, so
+        two mailboxes with the same folder name never share state."""
+        return self.folder if self.id == DEFAULT_ID else f"{self.id}:{self.folder}"
+
+    @property
     def password(self) -> str | None:
         """The password of a password login (None for other kinds of credentials)."""
         return self.credentials.password if isinstance(self.credentials, PasswordCredentials) else None
@@ -221,6 +228,10 @@ class ServiceConfig:
             duplicates = sorted({value for value in ids if ids.count(value) > 1})
             if duplicates:
                 raise ValueError(f"{kind} ids must be unique: {', '.join(duplicates)}")
+        keys = [mailbox.state_key for mailbox in self.mailboxes]
+        clashes = sorted({key for key in keys if keys.count(key) > 1})
+        if clashes:  # only a default folder literally named "<other id>:<its folder>" can do this
+            raise ValueError(f"mailboxes would share state under {', '.join(clashes)}: rename the folder or the id")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceConfig:

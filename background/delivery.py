@@ -142,7 +142,7 @@ def record_outcome(policy: RetryPolicy, store, item: OutboxItem, outcome, now: f
 
 
 def _record_recent(store, item: OutboxItem, outcome: str) -> None:
-    from background.poller import recent_entry
+    from background.ingest import recent_entry
 
     try:
         store.record_recent(recent_entry(item.payload, outcome))
@@ -150,22 +150,15 @@ def _record_recent(store, item: OutboxItem, outcome: str) -> None:
         logger.warning("WEBHOOK: could not record %s in the recent history", item.event_id)
 
 
-def deliver_single(runtime, result) -> dict:
-    """``process-email`` without --dry-run: queue the email durably, then make the first attempt now.
-
-    The item is queued with its first due time an hour away, so a running delivery loop cannot claim it while
-    this command attempts it; a failed attempt is rescheduled on the normal schedule and the service's delivery
-    loop takes it from there (same ``webhook-id``).
-    """
-    store = runtime.store
-    now = time.time()
-    item = OutboxItem(event_id=result.event_id, email_id=result.email_id, payload=result.payload, mailbox="(cli)",
-                      uidvalidity=0, uid=0, message_id=result.payload.get("message_id"), created_at=now,
-                      next_attempt_at=now + 3600, attempts=1, first_attempt_at=now)
-    if not store.enqueue(item):
-        existing = store.get_item(result.event_id)
-        return {"event_id": result.event_id, "outcome": "already_known",
-                "status": existing.status if existing else None}
-    outcome = runtime.sender.attempt(result.event_id, payload_bytes(result.payload))
-    recorded = record_outcome(runtime.target.retry, store, item, outcome, time.time(), random.Random())
-    return {"event_id": result.event_id, "outcome": recorded, "status": outcome.status}
+def deliver_now(store, target: TargetConfig, sender, ingested) -> dict:
+    """``process-email`` without --dry-run: the first attempt of what ``Ingest.ingest(attempt_now=True)`` queued
+    (an email already known reports its item's status instead). A failed attempt is rescheduled on the normal
+    schedule and the service's delivery loop takes it from there (same ``webhook-id``)."""
+    event_id = ingested.result.event_id
+    if not ingested.items:
+        existing = store.get_item(event_id)
+        return {"event_id": event_id, "outcome": "already_known", "status": existing.status if existing else None}
+    item = ingested.items[0]  # one target today (the environment's)
+    outcome = sender.attempt(item.event_id, payload_bytes(item.payload))
+    recorded = record_outcome(target.retry, store, item, outcome, time.time(), random.Random())
+    return {"event_id": item.event_id, "outcome": recorded, "status": outcome.status}

@@ -18,12 +18,11 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+from background.ingest import Ingest, IngestPolicy, Where
 from background.lease import LeaseLost, wait_for_ownership
-from config import MailboxConfig
-from log_setup import mask_address
+from config import DEFAULT_ID, MailboxConfig
 from services.imap_mailbox import ImapAuthError, ImapError, ImapMessageGone, MailboxClient
-from services.state_store import OutboxItem, StateStoreError
-from timestamps import utc_now
+from services.state_store import StateStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +47,7 @@ class MailboxPoller:
 
     def __init__(self, config: MailboxConfig, store, lease, guard, status, *, offloader_factory: Callable[[], Any],
                  delivery_wakeup: threading.Event, flag_wakeup: threading.Event,
+                 target_ids: tuple[str, ...] = (DEFAULT_ID,),
                  client_factory: Callable[..., MailboxClient] = MailboxClient, rng: random.Random | None = None):
         self.config = config
         self.store = store
@@ -59,7 +59,9 @@ class MailboxPoller:
         self.flag_wakeup = flag_wakeup
         self.client_factory = client_factory
         self.rng = rng or random.Random()
-        self.mailbox = config.folder  # the state store's key for this mailbox's checkpoint and flag queue
+        self.state_key = config.state_key  # the state store's key for this mailbox's checkpoint and flag queue
+        self.ingest = Ingest(store, IngestPolicy.for_mailbox(config), target_ids,
+                             offloader_factory=offloader_factory, on_queued=delivery_wakeup.set)
         self._failures = 0
         self._auth_streak = False
 
@@ -80,7 +82,7 @@ class MailboxPoller:
         try:
             self.guard.check_remote()
             client.connect()
-            state = client.select(self.mailbox)
+            state = client.select(self.config.folder)
             self._on_connected(state)
             use_idle = self.config.use_idle and client.has_idle()
             while not stop_event.is_set():
@@ -172,7 +174,7 @@ class MailboxPoller:
         return new_mail
 
     def _new_mail_waiting(self, client: MailboxClient, state) -> bool:
-        checkpoint = self.store.get_checkpoint(self.mailbox, state.uidvalidity)
+        checkpoint = self.store.get_checkpoint(self.state_key, state.uidvalidity)
         if checkpoint is None:
             return False
         client.noop()
@@ -188,7 +190,7 @@ class MailboxPoller:
         # Dovecot (like other servers) shows mail appended by another session only once one of our commands has
         # ended: a NOOP first, so the search below sees everything that arrived before this cycle.
         client.noop()
-        checkpoint = self.store.get_checkpoint(self.mailbox, state.uidvalidity)
+        checkpoint = self.store.get_checkpoint(self.state_key, state.uidvalidity)
         if checkpoint is None:
             handled = self._first_pass(client, state)
         else:
@@ -202,7 +204,7 @@ class MailboxPoller:
                 checkpoint = uids[-1]
         self._failures = 0
         self.status.update(state="polling", imap="ok", last_success_at=time.time(), consecutive_errors=0,
-                           last_uid=self.store.get_checkpoint(self.mailbox, state.uidvalidity))
+                           last_uid=self.store.get_checkpoint(self.state_key, state.uidvalidity))
         if handled:
             self.apply_flags(client, state)
         return handled
@@ -215,14 +217,14 @@ class MailboxPoller:
         delivered is sent again. Either way unseen messages older than FIRST_START_MAX_AGE_HOURS are passed over,
         and the checkpoint becomes UIDNEXT - 1 so every later UID is processed whatever its flags.
         """
-        changed = self.store.has_any_checkpoint(self.mailbox)
+        changed = self.store.has_any_checkpoint(self.state_key)
         if changed:
             logger.warning("IMAP: UIDVALIDITY of %s is now %s: matching messages by Message-ID",
-                           self.mailbox, state.uidvalidity)
+                           self.state_key, state.uidvalidity)
             criteria = ["UNKEYWORD", DONE_KEYWORD]
         else:
             logger.info("IMAP: first start on %s (UIDVALIDITY %s): processing unseen messages",
-                        self.mailbox, state.uidvalidity)
+                        self.state_key, state.uidvalidity)
             criteria = ["UNSEEN", "UNKEYWORD", DONE_KEYWORD]
         uidnext = state.uidnext
         self.guard.check_remote()
@@ -233,7 +235,7 @@ class MailboxPoller:
             self.guard.check_remote()
             handled += self._process_batch(client, state, candidates[start:start + BATCH_SIZE], too_old=cutoff,
                                            advance_checkpoint=False)
-        self.store.set_checkpoint(self.mailbox, state.uidvalidity, max(uidnext - 1, 0))
+        self.store.set_checkpoint(self.state_key, state.uidvalidity, max(uidnext - 1, 0))
         return handled
 
     def _process_batch(self, client: MailboxClient, state, uids: list[int], too_old: datetime | None = None,
@@ -245,7 +247,7 @@ class MailboxPoller:
             meta = metas.get(uid)
             if meta is None:  # expunged between SEARCH and FETCH
                 if advance_checkpoint:
-                    self.store.set_checkpoint(self.mailbox, state.uidvalidity, uid)
+                    self.store.set_checkpoint(self.state_key, state.uidvalidity, uid)
                 continue
             if too_old is not None and meta.internaldate is not None and meta.internaldate < too_old:
                 passed_over += 1
@@ -256,7 +258,7 @@ class MailboxPoller:
                 except ImapMessageGone:
                     logger.info("IMAP: uid %s was expunged before it could be read; moving on", uid)
             if advance_checkpoint:
-                self.store.set_checkpoint(self.mailbox, state.uidvalidity, uid)
+                self.store.set_checkpoint(self.state_key, state.uidvalidity, uid)
         if passed_over:
             self.store.incr("emails_skipped", passed_over, label="older_than_first_start_window")
             logger.info("IMAP: passed over %d unseen messages older than %gh (FIRST_START_MAX_AGE_HOURS)",
@@ -264,89 +266,25 @@ class MailboxPoller:
         return handled
 
     def _process_message(self, client: MailboxClient, state, meta) -> None:
-        from email_processing.orchestrator import process_email
         from email_processing.parsing import parse_message
-        from email_processing.payload import email_id_for, format_received_at, received_at_from_date_header
+        from email_processing.payload import format_received_at, received_at_from_date_header
 
+        where = Where(state.uidvalidity, meta.uid)
         header_view = parse_message(meta.header_bytes)
-        if header_view.message_id:
-            email_id = email_id_for(header_view)
-            if self._already_done(email_id, state, meta, header_view.message_id):
-                return
-        self.store.incr("emails_seen")
+        if header_view.message_id and self.ingest.known(self.ingest.email_id(header_view), where,
+                                                         header_view.message_id):
+            return
+        self.ingest.count_seen()
         try:
             parsed = self._fetch_and_parse(client, meta)
         except (ImapError, LeaseLost, StateStoreError):
             raise
         except Exception as exc:  # the parser promises not to raise; if it does, park this one email
-            self._park(state, meta, header_view, f"parse_failed: {type(exc).__name__}")
-            return
-        email_id = email_id_for(parsed)
-        if not header_view.message_id and self._already_done(email_id, state, meta, None):
+            self.ingest.park(header_view, where, f"parse_failed: {type(exc).__name__}")
             return
         received_at = (format_received_at(meta.internaldate) if meta.internaldate
                        else received_at_from_date_header(parsed.date_header))
-        try:
-            result = process_email(parsed, received_at=received_at,
-                                   sender_allowlist=self.config.sender_allowlist,
-                                   allow_without_links=self.config.allow_without_links,
-                                   offloader=self.offloader_factory())
-        except (LeaseLost, StateStoreError):
-            raise
-        except Exception as exc:
-            logger.error("BG_POLLER: processing failed for uid %s", meta.uid, exc_info=True)
-            self._park(state, meta, parsed, f"processing_failed: {type(exc).__name__}")
-            return
-        if parsed.html_truncated:
-            self.store.incr("html_truncations")
-        if result.decision == "skip":
-            self._record_skip(state, meta, parsed, email_id, result)
-        else:
-            self._enqueue(state, meta, parsed, email_id, result)
-
-    def _record_skip(self, state, meta, parsed, email_id: str, result) -> None:
-        self.store.mark_done(email_id, f"skipped:{result.reason}")
-        self.store.incr("emails_skipped", label=result.reason)
-        self.store.queue_flag(self.mailbox, state.uidvalidity, meta.uid, parsed.message_id)
-        self.store.record_recent(recent_entry(result.payload, f"skipped: {result.reason}"))
-        logger.info("BG_POLLER: skipped uid %s from %s (%s)", meta.uid, mask_address(parsed.sender_email),
-                    result.reason)
-
-    def _enqueue(self, state, meta, parsed, email_id: str, result) -> None:
-        from email_processing.payload import event_id_for
-
-        item = OutboxItem(event_id=event_id_for(email_id), email_id=email_id, payload=result.payload,
-                          mailbox=self.mailbox, uidvalidity=state.uidvalidity, uid=meta.uid,
-                          message_id=parsed.message_id, created_at=time.time(), next_attempt_at=time.time())
-        if self.store.enqueue(item):
-            self.store.incr("emails_processed")
-            self.delivery_wakeup.set()
-            logger.info("BG_POLLER: queued %s (uid %s, %d links)", item.event_id, meta.uid,
-                        len(result.payload.get("delivery_links") or []))
-
-    def _already_done(self, email_id: str, state, meta, message_id: str | None) -> bool:
-        outcome = self.store.get_done(email_id)
-        if outcome is None:
-            return False
-        if outcome != "enqueued":
-            # Done before (e.g. a retry after a crash, or the same Message-ID again): make sure it is flagged.
-            self.store.queue_flag(self.mailbox, state.uidvalidity, meta.uid, message_id)
-        return True
-
-    def _park(self, state, meta, parsed, reason: str) -> None:
-        """Record an email the pipeline could not handle as a dead letter, so it is visible and replayable."""
-        from email_processing.payload import email_id_for, event_id_for
-
-        email_id = email_id_for(parsed)
-        event_id = event_id_for(email_id)
-        self.store.incr("parse_failures")
-        stub = {"event_id": event_id, "subject": parsed.subject}
-        item = OutboxItem(event_id=event_id, email_id=email_id, payload=stub,
-                          mailbox=self.mailbox, uidvalidity=state.uidvalidity, uid=meta.uid,
-                          message_id=parsed.message_id, created_at=time.time(), next_attempt_at=time.time() + 10 ** 9)
-        self.store.enqueue(item)
-        self.store.dead_letter(event_id, reason.split(":")[0], None, reason)
-        logger.error("BG_POLLER: parked uid %s as a dead letter (%s)", meta.uid, reason)
+        self.ingest.ingest(parsed, received_at=received_at, where=where)
 
     def _fetch_and_parse(self, client: MailboxClient, meta):
         from email_processing.html_text import HTML_CAP_BYTES
@@ -384,7 +322,7 @@ class MailboxPoller:
         return applied
 
     def _apply_flag_batch(self, client: MailboxClient, state) -> int:
-        requests_ = self.store.pending_flags(self.mailbox, FLAG_BATCH)
+        requests_ = self.store.pending_flags(self.state_key, FLAG_BATCH)
         if not requests_:
             return 0
         flags = [DONE_KEYWORD] if state.keywords_allowed else []
@@ -407,14 +345,3 @@ class MailboxPoller:
 
 def _is_new_mail(response: Any) -> bool:
     return isinstance(response, tuple) and len(response) >= 2 and response[1] in (b"EXISTS", "EXISTS")
-
-
-def recent_entry(payload: dict, outcome: str) -> dict:
-    return {
-        "at": utc_now(),
-        "sender": mask_address(payload.get("sender_email") or ""),
-        "subject": (payload.get("subject") or "")[:80],
-        "links": [link.get("provider") for link in payload.get("delivery_links") or []],
-        "event_id": payload.get("event_id"),
-        "outcome": outcome,
-    }

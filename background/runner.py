@@ -236,9 +236,18 @@ class ServiceRuntime:
         background = self.background
         return self.background_failed or (background is not None and background.dead())
 
-    def deliver_one(self, result) -> dict:
-        """Run the delivery of one processed email now (the ``process-email`` command without --dry-run)."""
-        from background.delivery import deliver_single
+    def ingest_saved(self, parsed, received_at: str):
+        """``process-email`` without --dry-run: ingest one saved email (mailbox ``default``) for its first attempt
+        now; returns the ``background.ingest.Ingested``."""
+        from background.ingest import Ingest, IngestPolicy
 
-        return deliver_single(self, result)
+        settings = self.settings
+        policy = IngestPolicy.saved_email(settings.sender_allowlist, settings.allow_webhook_without_links)
+        ingest = Ingest(self.store, policy, (self.target.id,), offloader_factory=lambda: self.offloader)
+        return ingest.ingest(parsed, received_at=received_at, attempt_now=True)
 
+    def deliver_now(self, ingested) -> dict:
+        """The first attempt of what ``ingest_saved`` queued."""
+        from background.delivery import deliver_now
+
+        return deliver_now(self.store, self.target, self.sender, ingested)

@@ -3,8 +3,9 @@
 Dry run: parse, decide and print the webhook payload as JSON on stdout (always, skipped emails too) and the decision
 on stderr (``decision: send`` / ``decision: skip reason=<reason>``); no R2, no webhook, no mailbox. Exit 0. Exit 2
 with one line on stderr only when the file cannot be read or is larger than ``MAX_EML_BYTES`` (64 MiB). Without
-``--dry-run`` the wired service (``current_app.extensions["render_signal"]``: ``settings``, ``offloader``,
-``deliver_one(result) -> dict``) offloads the links and delivers the webhook; its outcome is printed on stderr.
+``--dry-run`` the wired service (``current_app.extensions["render_signal"]``: ``ingest_saved(parsed, received_at)``
+and ``deliver_now(ingested) -> dict``, background/ingest.py) records the email as the poller would (mailbox
+``default``), offloads the links and makes the first delivery attempt; its outcome is printed on stderr.
 A saved file has no IMAP INTERNALDATE, so ``received_at`` comes from its Date header (now, when that is invalid).
 """
 
@@ -112,19 +113,27 @@ def _run(raw: bytes, dry_run: bool, service: Any | None) -> None:
     if not dry_run and service is None:
         _fail(EXIT_DELIVERY_FAILED, "process-email: the service is not wired here; run it as "
                                     "`flask --app app process-email PATH` or use --dry-run")
-    settings = _settings(service)
     parsed = parse_message(raw)
     received_at = received_at_from_date_header(parsed.date_header)
-    offloader = NullOffloader() if dry_run or service is None else service.offloader
-    result = process_email(parsed, received_at=received_at, sender_allowlist=settings.sender_allowlist,
-                           allow_without_links=settings.allow_webhook_without_links, offloader=offloader)
-    _print_payload(result)
-    click.echo(_decision_line(result), err=True)
-    if dry_run or result.decision != "send":
+    if dry_run or service is None:
+        settings = _settings(service)
+        result = process_email(parsed, received_at=received_at, sender_allowlist=settings.sender_allowlist,
+                               allow_without_links=settings.allow_webhook_without_links, offloader=NullOffloader())
+        _print_payload(result)
+        click.echo(_decision_line(result), err=True)
         return
-    assert service is not None  # refused on entry without --dry-run
     try:
-        outcome = service.deliver_one(result)
+        ingested = service.ingest_saved(parsed, received_at)
+    except Exception as exc:
+        _fail(EXIT_DELIVERY_FAILED, f"process-email: could not queue the email ({type(exc).__name__})")
+    if ingested.result is None:  # parked: the pipeline failed on it; it is a dead letter now
+        _fail(EXIT_DELIVERY_FAILED, "process-email: the email could not be processed; it is kept as a dead letter")
+    _print_payload(ingested.result)
+    click.echo(_decision_line(ingested.result), err=True)
+    if ingested.result.decision != "send":
+        return
+    try:
+        outcome = service.deliver_now(ingested)
     except Exception as exc:
         _fail(EXIT_DELIVERY_FAILED, f"process-email: delivery failed ({type(exc).__name__})")
     click.echo("delivery: " + json.dumps(outcome, default=str, sort_keys=True), err=True)

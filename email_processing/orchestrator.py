@@ -12,10 +12,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence
 
+from config import DEFAULT_ID
 from email_processing.html_text import html_to_text_and_hrefs
+from email_processing.identity import email_id_for, event_id_for
 from email_processing.links import DeliveryLink, LinkLike, extract_delivery_links
 from email_processing.parsing import ParsedEmail
-from email_processing.payload import build_payload, email_id_for, event_id_for
+from email_processing.payload import build_payload
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +80,10 @@ def sender_allowed(sender_email: str, allowlist: Sequence[str]) -> bool:
 
 
 def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Sequence[str],
-                  allow_without_links: bool, offloader: Offloader) -> ProcessResult:
-    """Decide send/skip for one email and build its webhook payload (offloading links to R2 only when sending)."""
-    email_id = email_id_for(parsed)
+                  allow_without_links: bool, offloader: Offloader, mailbox_id: str = DEFAULT_ID) -> ProcessResult:
+    """Decide send/skip for one email of mailbox ``mailbox_id`` and build its webhook payload for target
+    ``default`` (offloading links to R2 only when sending)."""
+    email_id = email_id_for(parsed, mailbox_id)
     html_text, hrefs = html_to_text_and_hrefs(parsed.html) if parsed.html else ("", [])
     found = extract_delivery_links("\n".join((parsed.text_plain, html_text)), hrefs)
 
@@ -95,7 +98,7 @@ def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Se
     else:
         links = tuple(source_only(link) for link in found)
 
-    payload = build_payload(parsed, links, received_at, html_text=html_text)
+    payload = build_payload(parsed, links, received_at, html_text=html_text, email_id=email_id)
     decision: Literal["send", "skip"] = "skip" if reason else "send"
     logger.debug("ORCHESTRATOR: %s decision=%s reason=%s links=%s", email_id, decision, reason, len(links))
     return ProcessResult(decision=decision, reason=reason, payload=payload, email_id=email_id,

@@ -10,31 +10,17 @@ the parser's HTML/text caps).
 from __future__ import annotations
 
 import codecs
-import hashlib
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Iterable
 
+from email_processing.identity import email_id_for, event_id_for
 from email_processing.links import LinkLike
 from email_processing.parsing import ParsedEmail
 from timestamps import format_utc
 
 CONTENT_CAP_BYTES = 1_048_576
 PREVIEW_CHARS = 200
-
-
-def email_id_for(parsed: ParsedEmail) -> str:
-    """First 32 hex chars of SHA-256 of the lower-cased Message-ID, else of Date, From, Subject and body head."""
-    if parsed.message_id:
-        material = parsed.message_id.strip().strip("<>").lower().encode("utf-8", "surrogatepass")
-    else:
-        header_part = "\n".join((parsed.date_header or "", parsed.from_header, parsed.subject))
-        material = header_part.encode("utf-8", "surrogatepass") + b"\n" + parsed.body_head[:1024]
-    return hashlib.sha256(material).hexdigest()[:32]
-
-
-def event_id_for(email_id: str) -> str:
-    return "msg_" + email_id
 
 
 def format_received_at(moment: datetime) -> str:
@@ -92,14 +78,17 @@ def _link_entry(link: Any) -> dict[str, Any]:
 
 
 def build_payload(parsed: ParsedEmail, links: Iterable[LinkLike], received_at: str, *,
-                  html_text: str | None = None) -> dict[str, Any]:
-    """The webhook body. ``html_text``: the HTML's text when the caller already has it (else derived here)."""
+                  html_text: str | None = None, email_id: str | None = None) -> dict[str, Any]:
+    """The webhook body for target ``default`` (``for_target`` gives another target's). ``html_text``: the HTML's
+    text when the caller already has it (else derived here); ``email_id``: the email's id (else that of mailbox
+    ``default``)."""
     if html_text is None:
         from email_processing.html_text import html_to_text_and_hrefs
 
         html_text = html_to_text_and_hrefs(parsed.html)[0] if parsed.html else ""
     content, truncated = email_content_for(parsed, html_text)
-    email_id = email_id_for(parsed)
+    if email_id is None:
+        email_id = email_id_for(parsed)
     return {
         "microsoft_graph_email_id": email_id,
         "subject": parsed.subject,
@@ -114,3 +103,8 @@ def build_payload(parsed: ParsedEmail, links: Iterable[LinkLike], received_at: s
         "received_at": received_at,
         "event_id": event_id_for(email_id),
     }
+
+
+def for_target(payload: dict[str, Any], target_id: str) -> dict[str, Any]:
+    """The body as sent to target ``target_id``: the same fields, the event id of that target."""
+    return {**payload, "event_id": event_id_for(payload["microsoft_graph_email_id"], target_id)}

@@ -11,6 +11,10 @@ Retention (``STATE_RETENTION_DAYS``): delivered and dead outbox items, done-reco
 history are dropped after that long; R2 reuse records and the status document after their own TTL. Pending items
 and checkpoints never expire. Redis expires keys by itself; SQLite deletes in ``trim(now)``, which the store also
 runs by itself from ``claim_due`` at most every ``AUTO_TRIM_INTERVAL_SECONDS``.
+
+The schema's versions and migration steps are in ``services/state_migrations.py``; a store brings itself to the
+current version (additive steps only) when opened (SQLite) or on its first write (Redis). An item of uid 0
+(``process-email``) came from no IMAP message and queues no flag request when it is done.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
 
+from config import DEFAULT_ID
 from settings import Settings
 
 RECENT_KEEP = 100           # record_recent keeps this many entries (newest first)
@@ -36,10 +41,10 @@ class StateStoreError(Exception):
 
 @dataclass
 class OutboxItem:
-    event_id: str            # "msg_" + email_id; the webhook-id
+    event_id: str            # the webhook-id: "msg_<email_id>" (target default) or "msg_<email_id>_<target_id>"
     email_id: str
     payload: dict            # the webhook body
-    mailbox: str
+    mailbox: str             # the state key of its mailbox (where its flag request goes): MailboxConfig.state_key
     uidvalidity: int
     uid: int
     message_id: str | None
@@ -57,6 +62,8 @@ class OutboxItem:
     dead_at: float | None = None
     claimed_until: float | None = None
     claim_owner: str | None = None
+    mailbox_id: str = DEFAULT_ID   # the mailbox it came from (process-email: default)
+    target_id: str = DEFAULT_ID    # the target it is delivered to
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,9 @@ class StateStore(Protocol):
     def record_recent(self, entry: dict) -> None: ...
     def recent(self, limit: int = 20) -> list[dict]: ...
     def trim(self, now: float) -> None: ...
+    def schema_version(self) -> int: ...
+    def pending_owners(self) -> dict[str, dict[str, int]]: ...
+    def flag_keys(self) -> dict[str, int]: ...
     def close(self) -> None: ...
 
 

@@ -6,7 +6,7 @@ a future incompatible layout gets a new prefix and can live beside this one duri
 ==================================  =========  ==================================================  =================
 key                                 type       content                                             expiry
 ==================================  =========  ==================================================  =================
-P checkpoint:<mailbox>              hash       uidvalidity -> last UID handled                     never
+P checkpoint:<mailbox state key>    hash       uidvalidity -> last UID handled                     never
 P done:<email_id>                   string     "enqueued" | "delivered" | "skipped:<r>" | "dead:<r>"  retention
 P item:<event_id>                   hash       one outbox item (fields of ``OutboxItem``;          pending: never;
                                                ``payload`` is JSON; ``pending_since``)             delivered/dead:
@@ -16,12 +16,18 @@ P outbox:pending                    zset       pending event ids, score = when c
 P outbox:pending_since              zset       pending event ids, score = enqueued/replayed at     (same)
 P outbox:delivered                  zset       delivered event ids, score = delivered_at           trimmed to
 P outbox:dead                       zset       dead event ids, score = dead_at                     retention by score
-P flags:<mailbox>                   zset       "<uidvalidity>:<uid>:<message_id>", score = queued  key: retention
+P flags:<mailbox state key>         zset       "<uidvalidity>:<uid>:<message_id>", score = queued  key: retention
 P r2:<sha256 of source URL>         string     JSON reuse record                                   its own TTL
 P counters                          hash       "<name>" or "<name>:<label>" -> integer             never (bounded)
 P status                            string     JSON status document with ``published_at``          its own TTL
 P recent                            list       JSON entries, newest first, at most 100             retention
+P schema_version                    string     the schema version (services/state_migrations.py)   never
+P schema_oldest_reader              string     the oldest schema version that can work on it       never
 ==================================  =========  ==================================================  =================
+
+A mailbox's state key is ``MailboxConfig.state_key``: its folder name for mailbox ``default`` (the version 1 keys,
+unchanged), ``<mailbox_id>:<folder>`` for any other. Item hashes name ``mailbox_id`` and ``target_id`` (absent in
+items written before schema version 2: ``default``). An item of uid 0 queues no flag request.
 
 Every change that touches more than one key runs in one Lua script (registered with ``register_script``, run with
 EVALSHA) or a MULTI/EXEC pipeline, so a crash or a dropped connection never leaves half a transition. The scripts
@@ -39,11 +45,14 @@ from typing import Any
 
 import redis
 
+from config import DEFAULT_ID
+from services.state_migrations import OLDEST_READER, SCHEMA_VERSION, SchemaTooNew, check_readable
 from services.state_store import (
     DEAD_RECENT_COUNT,
     RECENT_KEEP,
     FlagRequest,
     OutboxItem,
+    StateStoreError,
     bounded,
     check_counter_name,
     check_status,
@@ -61,7 +70,7 @@ _errors = translating(redis.RedisError, OSError)
 _INT_FIELDS = ("uidvalidity", "uid", "attempts", "last_status")
 _FLOAT_FIELDS = ("next_attempt_at", "created_at", "first_attempt_at", "delivered_at", "dead_at", "claimed_until")
 _STR_FIELDS = ("event_id", "email_id", "mailbox", "message_id", "status", "last_error", "dead_reason",
-               "response_excerpt", "claim_owner")
+               "response_excerpt", "claim_owner", "mailbox_id", "target_id")
 
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -108,9 +117,11 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[5])
 redis.call('SET', ARGV[6] .. 'done:' .. f[1], 'delivered', 'PX', ARGV[4])
-local flags = ARGV[6] .. 'flags:' .. f[2]
-redis.call('ZADD', flags, 'NX', ARGV[2], f[3] .. ':' .. f[4] .. ':' .. (f[5] or ''))
-redis.call('PEXPIRE', flags, ARGV[4])
+if f[4] ~= '0' then
+  local flags = ARGV[6] .. 'flags:' .. f[2]
+  redis.call('ZADD', flags, 'NX', ARGV[2], f[3] .. ':' .. f[4] .. ':' .. (f[5] or ''))
+  redis.call('PEXPIRE', flags, ARGV[4])
+end
 redis.call('HINCRBY', KEYS[5], 'webhooks_delivered', 1)
 return 1
 """
@@ -144,9 +155,11 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[8])
 redis.call('SET', ARGV[9] .. 'done:' .. f[1], 'dead:' .. ARGV[3], 'PX', ARGV[7])
-local flags = ARGV[9] .. 'flags:' .. f[2]
-redis.call('ZADD', flags, 'NX', ARGV[2], f[3] .. ':' .. f[4] .. ':' .. (f[5] or ''))
-redis.call('PEXPIRE', flags, ARGV[7])
+if f[4] ~= '0' then
+  local flags = ARGV[9] .. 'flags:' .. f[2]
+  redis.call('ZADD', flags, 'NX', ARGV[2], f[3] .. ':' .. f[4] .. ':' .. (f[5] or ''))
+  redis.call('PEXPIRE', flags, ARGV[7])
+end
 redis.call('HINCRBY', KEYS[5], 'dead_letters', 1)
 return 1
 """
@@ -173,6 +186,18 @@ for _, id in ipairs(ids) do
   end
 end
 return n
+"""
+
+# KEYS: schema_version, schema_oldest_reader.  ARGV: this release's version, its oldest reader.
+# Returns the stored version and oldest reader before the call; records ours when the stored one is older.
+_MIGRATE = """
+local version = tonumber(redis.call('GET', KEYS[1]) or '1')
+local oldest = tonumber(redis.call('GET', KEYS[2]) or '1')
+if version <= tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+return {version, oldest}
 """
 
 # KEYS: checkpoint hash.  ARGV: uidvalidity, uid
@@ -234,6 +259,9 @@ def item_from_fields(fields: dict[str, str]) -> OutboxItem:
         if name in fields:
             values[name] = fields[name]
     values.setdefault("message_id", None)
+    # Items written before schema version 2 name neither: they belong to mailbox and target default.
+    values["mailbox_id"] = values.get("mailbox_id") or DEFAULT_ID
+    values["target_id"] = values.get("target_id") or DEFAULT_ID
     return OutboxItem(**values)
 
 
@@ -277,6 +305,10 @@ class RedisStateStore:
         self._replay = client.register_script(_REPLAY)
         self._set_checkpoint = client.register_script(_SET_CHECKPOINT)
         self._outbox_stats = client.register_script(_OUTBOX_STATS)
+        self._migrate_script = client.register_script(_MIGRATE)
+        self._schema_version_key = prefix + "schema_version"
+        self._schema_oldest_reader_key = prefix + "schema_oldest_reader"
+        self._schema_checked = False
 
     def _item_key(self, event_id: str) -> str:
         return f"{self._p}item:{event_id}"
@@ -287,6 +319,28 @@ class RedisStateStore:
     @_errors
     def ping(self) -> None:
         self._client.ping()
+
+    # --- schema version ----------------------------------------------------------------------------------------
+
+    def _ensure_schema(self) -> None:
+        """Record this release's schema version once (opening does no I/O; the first write does this). Every
+        step of services/state_migrations.py is additive for Redis, so recording the version is the migration."""
+        if self._schema_checked:
+            return
+        version, oldest = self._migrate_script(keys=[self._schema_version_key, self._schema_oldest_reader_key],
+                                               args=[SCHEMA_VERSION, OLDEST_READER])
+        try:
+            check_readable(int(version), int(oldest))
+        except SchemaTooNew as exc:
+            raise StateStoreError(f"redis: {exc}") from exc
+        if int(version) < SCHEMA_VERSION:
+            logger.info("STATE: Redis state migrated from schema version %s to %d", version, SCHEMA_VERSION)
+        self._schema_checked = True
+
+    @_errors
+    def schema_version(self) -> int:
+        self._ensure_schema()
+        return int(self._client.get(self._schema_version_key) or 1)
 
     # --- checkpoints -------------------------------------------------------------------------------------------
 
@@ -317,6 +371,7 @@ class RedisStateStore:
 
     @_errors
     def enqueue(self, item: OutboxItem) -> bool:
+        self._ensure_schema()
         now = now_or_clock(None)
         stored = OutboxItem(**{**item.__dict__, "status": "pending", "in_flight": False,
                                "created_at": item.created_at or now, "claimed_until": None, "claim_owner": None})
@@ -332,6 +387,7 @@ class RedisStateStore:
 
     @_errors
     def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float) -> list[OutboxItem]:
+        self._ensure_schema()
         if limit <= 0:
             return []
         rows = self._claim(keys=[self._pending, self._pending_since, self._counters],
@@ -403,7 +459,37 @@ class RedisStateStore:
                              "at": float(at)} for event_id, reason, code, at in recent],
         }
 
+    @_errors
+    def pending_owners(self) -> dict[str, dict[str, int]]:
+        """How many pending items each mailbox id and each target id has (reads every pending item's two fields;
+        the pending set is small in a working service)."""
+        mailboxes: dict[str, int] = {}
+        targets: dict[str, int] = {}
+        ids = self._client.zrange(self._pending, 0, -1)
+        for start in range(0, len(ids), 500):
+            pipe = self._client.pipeline(transaction=False)
+            for event_id in ids[start:start + 500]:
+                pipe.hmget(self._item_key(event_id), "status", "mailbox_id", "target_id")
+            for status, mailbox_id, target_id in pipe.execute():
+                if status != "pending":
+                    continue
+                mailboxes[mailbox_id or DEFAULT_ID] = mailboxes.get(mailbox_id or DEFAULT_ID, 0) + 1
+                targets[target_id or DEFAULT_ID] = targets.get(target_id or DEFAULT_ID, 0) + 1
+        return {"mailboxes": mailboxes, "targets": targets}
+
     # --- IMAP flag requests ------------------------------------------------------------------------------------
+
+    @_errors
+    def flag_keys(self) -> dict[str, int]:
+        """How many flag requests wait under each mailbox state key."""
+        keys = list(self._client.scan_iter(match=f"{self._p}flags:*", count=100))
+        if not keys:
+            return {}
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.zcard(key)
+        prefix = len(f"{self._p}flags:")
+        return {key[prefix:]: int(n) for key, n in zip(keys, pipe.execute(), strict=True) if n}
 
     @_errors
     def queue_flag(self, mailbox: str, uidvalidity: int, uid: int, message_id: str | None) -> None:

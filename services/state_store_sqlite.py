@@ -21,6 +21,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from services.state_migrations import OLDEST_READER, SCHEMA_VERSION, SchemaTooNew, check_readable, steps_after
 from services.state_store import (
     AUTO_TRIM_INTERVAL_SECONDS,
     DEAD_RECENT_COUNT,
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 DB_FILE_NAME = "state.sqlite3"
 DEFAULT_BUSY_TIMEOUT_SECONDS = 10.0
-SCHEMA_VERSION = "1"
 _errors = translating(sqlite3.Error, OSError)
 
 _SCHEMA = """
@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS recent (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL
 _ITEM_COLUMNS = ("event_id", "email_id", "payload", "mailbox", "uidvalidity", "uid", "message_id", "status",
                  "attempts", "next_attempt_at", "created_at", "first_attempt_at", "last_error", "last_status",
                  "dead_reason", "response_excerpt", "delivered_at", "dead_at", "in_flight", "claimed_until",
-                 "claim_owner")
+                 "claim_owner", "mailbox_id", "target_id")
 _SELECT_ITEM = f"SELECT {', '.join(_ITEM_COLUMNS)} FROM outbox"
 _COUNTER_UPSERT = ("INSERT INTO counters (name, labelled, label, value) VALUES (?, ?, ?, ?) "
                    "ON CONFLICT (name, labelled, label) DO UPDATE SET value = value + excluded.value")
@@ -89,6 +89,9 @@ _DONE_UPSERT = ("INSERT INTO done (email_id, outcome, expires_at) VALUES (?, ?, 
                 "ON CONFLICT (email_id) DO UPDATE SET outcome = excluded.outcome, expires_at = excluded.expires_at")
 _FLAG_INSERT = ("INSERT INTO flags (mailbox, uidvalidity, uid, message_id, requested_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (mailbox, uidvalidity, uid) DO NOTHING")
+# _SCHEMA is the layout of version 1; services/state_migrations.py's steps bring it (and any older file) up to date.
+_META_GET = "SELECT value FROM meta WHERE key = ?"
+_META_SET = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 
 def state_db_path(settings: Settings) -> str:
@@ -145,10 +148,28 @@ class SqliteStateStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        if version != SCHEMA_VERSION:
-            raise StateStoreError(f"sqlite: {self.path} has schema version {version}, expected {SCHEMA_VERSION}")
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1')")
+            self._migrate(conn)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the file to SCHEMA_VERSION, in the caller's transaction (one worker migrates, the others wait)."""
+        version = int(conn.execute(_META_GET, ("schema_version",)).fetchone()[0])
+        oldest_row = conn.execute(_META_GET, ("oldest_reader",)).fetchone()
+        try:
+            check_readable(version, int(oldest_row[0]) if oldest_row else 1)
+        except SchemaTooNew as exc:
+            raise StateStoreError(f"sqlite: {self.path}: {exc}") from exc
+        for step in steps_after(version):
+            for statement in step.sqlite:
+                conn.execute(statement)
+            conn.execute(_META_SET, ("schema_version", str(step.version)))
+            logger.info("STATE: %s migrated to schema version %d (%s)", self.path, step.version, step.summary)
+        if version <= SCHEMA_VERSION:
+            conn.execute(_META_SET, ("oldest_reader", str(OLDEST_READER)))
+
+    @_errors
+    def schema_version(self) -> int:
+        return int(self._conn().execute(_META_GET, ("schema_version",)).fetchone()[0])
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -241,12 +262,13 @@ class SqliteStateStore:
             cursor = conn.execute(
                 "INSERT INTO outbox (event_id, email_id, payload, mailbox, uidvalidity, uid, message_id, status, "
                 "attempts, next_attempt_at, created_at, first_attempt_at, last_error, last_status, in_flight, "
-                "due_at, pending_since) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, 0, ?, ?) "
+                "due_at, pending_since, mailbox_id, target_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) "
                 "ON CONFLICT (event_id) DO NOTHING",
                 (item.event_id, item.email_id, dumps(item.payload), item.mailbox, int(item.uidvalidity),
                  int(item.uid), item.message_id, int(item.attempts), float(item.next_attempt_at),
                  float(item.created_at or now), item.first_attempt_at, item.last_error, item.last_status,
-                 float(item.next_attempt_at), now))
+                 float(item.next_attempt_at), now, item.mailbox_id, item.target_id))
             if cursor.rowcount == 0:
                 return False
             conn.execute(_DONE_UPSERT, (item.email_id, "enqueued", self._expires(now)))
@@ -294,7 +316,8 @@ class SqliteStateStore:
                      "pending_since = NULL, expires_at = ? WHERE event_id = ?",
                      (*values, self._expires(at), event_id))
         conn.execute(_DONE_UPSERT, (email_id, outcome, self._expires(at)))
-        conn.execute(_FLAG_INSERT, (mailbox, uidvalidity, uid, message_id, at))
+        if uid:  # uid 0: not from IMAP (process-email), nothing to flag
+            conn.execute(_FLAG_INSERT, (mailbox, uidvalidity, uid, message_id, at))
         conn.execute(_COUNTER_UPSERT, (counter, 0, "", 1))
         return True
 
@@ -378,7 +401,23 @@ class SqliteStateStore:
                             for event_id, reason, code, at in recent],
         }
 
+    @_errors
+    def pending_owners(self) -> dict[str, dict[str, int]]:
+        """How many pending items each mailbox id and each target id has."""
+        with self._read() as conn:
+            mailboxes = conn.execute("SELECT mailbox_id, count(*) FROM outbox WHERE status = 'pending' "
+                                     "GROUP BY mailbox_id").fetchall()
+            targets = conn.execute("SELECT target_id, count(*) FROM outbox WHERE status = 'pending' "
+                                   "GROUP BY target_id").fetchall()
+        return {"mailboxes": {name: int(n) for name, n in mailboxes}, "targets": {name: int(n) for name, n in targets}}
+
     # --- IMAP flag requests ------------------------------------------------------------------------------------
+
+    @_errors
+    def flag_keys(self) -> dict[str, int]:
+        """How many flag requests wait under each mailbox state key."""
+        rows = self._conn().execute("SELECT mailbox, count(*) FROM flags GROUP BY mailbox").fetchall()
+        return {key: int(n) for key, n in rows}
 
     @_errors
     def queue_flag(self, mailbox: str, uidvalidity: int, uid: int, message_id: str | None) -> None:

@@ -1,7 +1,8 @@
 """The service started on the state the previous release wrote (tests/golden_state/): every pending item is
 delivered once with its old event id, nothing delivered is sent again, dead letters stay dead, the checkpoint holds.
 
-Issue 14 and later issues add migration steps; each one extends this test instead of writing its own.
+Issue 14 and later issues add migration steps; each one extends this test instead of writing its own. Step 2
+(issue 14): outbox items name their mailbox and target; the old ones read as ``default``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from harness.pipeline import service_env
 from harness.redis_server import RedisServer
+from services.state_migrations import SCHEMA_VERSION
 from services.state_store import dumps, open_state_store
 from services.state_store_sqlite import DB_FILE_NAME
 from settings import Settings
@@ -78,5 +80,11 @@ def test_the_previous_releases_pending_items_are_delivered_once_with_their_event
         # and the checkpoint of the old mailbox state holds
         for checkpoint in MANIFEST["checkpoints"]:
             assert store.get_checkpoint(checkpoint["mailbox"], checkpoint["uidvalidity"]) == checkpoint["last_uid"]
+        # Migration step 2 (issue 14): the state is at the current schema version, and every old item belongs to
+        # mailbox default and target default
+        assert store.schema_version() == SCHEMA_VERSION
+        for listed in pending + MANIFEST["outbox"]["delivered"] + MANIFEST["outbox"]["dead"]:
+            item = store.get_item(listed["event_id"])
+            assert (item.mailbox_id, item.target_id) == ("default", "default"), listed["event_id"]
     finally:
         store.close()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Any
 
-from background.poller import recent_entry
+from background.ingest import recent_entry
 from background.runner import InstanceInfo, PollerStatus
 from email_processing.orchestrator import NullOffloader, OffloadedLink, process_email
 from email_processing.parsing import parse_message

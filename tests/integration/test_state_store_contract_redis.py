@@ -37,6 +37,13 @@ from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract 
     test_reschedule_keeps_the_item_pending_until_its_next_attempt,
     test_threads_enqueueing_the_same_items_create_each_once,
 )
+from tests.unit.test_state_store_mailboxes import (  # noqa: F401 - several mailboxes and targets, again on Redis
+    test_an_item_from_no_imap_message_queues_no_flag_request,
+    test_items_name_their_mailbox_and_target_and_default_to_default,
+    test_pending_work_is_counted_per_mailbox_and_target,
+    test_the_store_records_the_schema_version_it_writes,
+    test_two_mailboxes_with_the_same_folder_keep_separate_state,
+)
 
 pytestmark = pytest.mark.redis
 

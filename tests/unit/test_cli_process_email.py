@@ -9,8 +9,10 @@ from types import SimpleNamespace
 
 from flask import Flask
 
+from background.ingest import Ingest, IngestPolicy
 from email_processing import cli
 from email_processing.cli import process_email_command
+from services.state_store_sqlite import SqliteStateStore
 from settings import Settings
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
@@ -19,8 +21,11 @@ WITHOUT_LINK = CORPUS / "real" / "mailgun-flanker" / "no-ctype.eml"
 
 
 class FakeService:
-    def __init__(self, settings: Settings):
+    """The wired service's face towards the command: the real ingest on a real SQLite store, a fake delivery."""
+
+    def __init__(self, settings: Settings, store=None):
         self.settings = settings
+        self.store = store
         self.offloader = SimpleNamespace(offload_links=self._offload)
         self.offloaded: list[str] = []
         self.delivered: list = []
@@ -32,8 +37,13 @@ class FakeService:
         return [OffloadedLink(link.provider, link.raw_url, link.direct_url, "https://r2.example/x", "x.zip")
                 for link in links]
 
-    def deliver_one(self, result):
-        self.delivered.append(result)
+    def ingest_saved(self, parsed, received_at):
+        policy = IngestPolicy.saved_email(self.settings.sender_allowlist, self.settings.allow_webhook_without_links)
+        ingest = Ingest(self.store, policy, ("default",), offloader_factory=lambda: self.offloader)
+        return ingest.ingest(parsed, received_at=received_at, attempt_now=True)
+
+    def deliver_now(self, ingested):
+        self.delivered.append(ingested.result)
         return {"outcome": "delivered", "status": 200}
 
 
@@ -80,20 +90,30 @@ def test_without_the_app_extension_dry_run_reads_settings_from_the_environment(m
     assert (result.exit_code, result.stderr) == (0, "decision: send\n")
 
 
-def test_without_dry_run_it_offloads_and_delivers_through_the_service():
-    service = FakeService(Settings())
+def _store(tmp_path):
+    return SqliteStateStore(str(tmp_path / "state.sqlite3"), retention_seconds=3600)
+
+
+def test_without_dry_run_it_offloads_and_delivers_through_the_service(tmp_path):
+    service = FakeService(Settings(), _store(tmp_path))
     result = invoke(make_app(service), str(WITH_LINK))
     assert result.exit_code == 0
-    assert json.loads(result.stdout)["delivery_links"][0]["r2_url"] == "https://r2.example/x"
+    payload = json.loads(result.stdout)
+    assert payload["delivery_links"][0]["r2_url"] == "https://r2.example/x"
     assert len(service.offloaded) == 1
     assert [r.decision for r in service.delivered] == ["send"]
     assert result.stderr.splitlines() == ["decision: send", 'delivery: {"outcome": "delivered", "status": 200}']
+    # queued as an item of mailbox default, attempted once, with no IMAP message behind it
+    item = service.store.get_item(payload["event_id"])
+    assert (item.mailbox_id, item.target_id, item.uid, item.attempts) == ("default", "default", 0, 1)
 
 
-def test_without_dry_run_a_skip_is_not_delivered():
-    service = FakeService(Settings())
+def test_without_dry_run_a_skip_is_recorded_and_not_delivered(tmp_path):
+    service = FakeService(Settings(), _store(tmp_path))
     result = invoke(make_app(service), str(WITHOUT_LINK))
     assert (result.exit_code, service.delivered, service.offloaded) == (0, [], [])
+    assert service.store.counters()["emails_skipped"] == {"no_delivery_links": 1}
+    assert service.store.recent()[0]["outcome"] == "skipped: no_delivery_links"
 
 
 def test_a_missing_file_exits_2_with_one_line(tmp_path):

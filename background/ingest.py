@@ -1,0 +1,175 @@
+"""Ingest one email: deduplicate, decide, enqueue (one item per target) or record the skip, park what fails.
+
+Used by the mailbox poller (which keeps the IMAP session, IDLE and flags) and by ``process-email`` (a saved email
+belongs to mailbox ``default`` under the state key ``(cli)``, uid 0: it queues no flag request). Everything an email
+leaves behind is written here: its done record, its outbox items, its counters and its history entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from background.lease import LeaseLost
+from config import DEFAULT_ID, MailboxConfig
+from email_processing.identity import email_id_for, event_id_for
+from email_processing.orchestrator import Offloader, ProcessResult, process_email
+from email_processing.parsing import ParsedEmail
+from email_processing.payload import for_target
+from log_setup import mask_address
+from services.state_store import OutboxItem, StateStoreError
+from timestamps import utc_now
+
+logger = logging.getLogger(__name__)
+
+CLI_STATE_KEY = "(cli)"
+PARKED_DUE_IN_SECONDS = 10 ** 9   # a parked email is a dead letter at once; its due time is never reached
+ATTEMPTED_NOW_DUE_IN_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class IngestPolicy:
+    """What ingest needs to know of the mailbox an email came from."""
+
+    mailbox_id: str
+    state_key: str
+    sender_allowlist: tuple[str, ...] = ()
+    allow_without_links: bool = False
+
+    @classmethod
+    def for_mailbox(cls, mailbox: MailboxConfig) -> IngestPolicy:
+        return cls(mailbox.id, mailbox.state_key, mailbox.sender_allowlist, mailbox.allow_without_links)
+
+    @classmethod
+    def saved_email(cls, sender_allowlist: tuple[str, ...], allow_without_links: bool) -> IngestPolicy:
+        """``process-email``: mailbox ``default``, no IMAP message behind it."""
+        return cls(DEFAULT_ID, CLI_STATE_KEY, tuple(sender_allowlist), allow_without_links)
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where in the mailbox the email is (uid 0: not from IMAP)."""
+
+    uidvalidity: int = 0
+    uid: int = 0
+
+
+@dataclass(frozen=True)
+class Ingested:
+    outcome: Literal["queued", "known", "skipped", "parked"]
+    result: ProcessResult | None = None
+    items: tuple[OutboxItem, ...] = ()
+
+
+class Ingest:
+    """Ingests the emails of one mailbox into the store, for the given targets."""
+
+    def __init__(self, store, policy: IngestPolicy, target_ids: tuple[str, ...], *,
+                 offloader_factory: Callable[[], Offloader], on_queued: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.policy = policy
+        self.target_ids = target_ids or (DEFAULT_ID,)
+        self.offloader_factory = offloader_factory
+        self.on_queued = on_queued
+        self.clock = clock
+
+    def email_id(self, parsed: ParsedEmail) -> str:
+        return email_id_for(parsed, self.policy.mailbox_id)
+
+    def known(self, email_id: str, where: Where, message_id: str | None) -> bool:
+        """True when the email was ingested before; then, if it is done, make sure it is flagged."""
+        outcome = self.store.get_done(email_id)
+        if outcome is None:
+            return False
+        if outcome != "enqueued" and where.uid:
+            # Done before (e.g. a retry after a crash, or the same Message-ID again): make sure it is flagged.
+            self.store.queue_flag(self.policy.state_key, where.uidvalidity, where.uid, message_id)
+        return True
+
+    def count_seen(self) -> None:
+        self.store.incr("emails_seen")
+
+    def ingest(self, parsed: ParsedEmail, *, received_at: str, where: Where = Where(),
+               attempt_now: bool = False) -> Ingested:
+        """Decide and record one parsed email. ``attempt_now``: the caller makes the first attempt itself, so the
+        items are queued as attempted once, with their next due time an hour away (no delivery loop claims them
+        meanwhile; a failed attempt reschedules them on the normal schedule)."""
+        email_id = self.email_id(parsed)
+        if not parsed.message_id and self.known(email_id, where, None):
+            return Ingested("known")
+        try:
+            result = process_email(parsed, received_at=received_at, sender_allowlist=self.policy.sender_allowlist,
+                                   allow_without_links=self.policy.allow_without_links,
+                                   offloader=self.offloader_factory(), mailbox_id=self.policy.mailbox_id)
+        except (LeaseLost, StateStoreError):
+            raise
+        except Exception as exc:  # the orchestrator promises not to raise; if it does, park this one email
+            logger.error("BG_POLLER: processing failed for uid %s", where.uid, exc_info=True)
+            self.park(parsed, where, f"processing_failed: {type(exc).__name__}")
+            return Ingested("parked")
+        if parsed.html_truncated:
+            self.store.incr("html_truncations")
+        if result.decision == "skip":
+            self._record_skip(result, where, parsed)
+            return Ingested("skipped", result)
+        items = self._enqueue(result, where, parsed, attempt_now)
+        return Ingested("queued" if items else "known", result, items)
+
+    def _record_skip(self, result: ProcessResult, where: Where, parsed: ParsedEmail) -> None:
+        self.store.mark_done(result.email_id, f"skipped:{result.reason}")
+        self.store.incr("emails_skipped", label=result.reason)
+        if where.uid:
+            self.store.queue_flag(self.policy.state_key, where.uidvalidity, where.uid, parsed.message_id)
+        self.store.record_recent(recent_entry(result.payload, f"skipped: {result.reason}"))
+        logger.info("BG_POLLER: skipped uid %s from %s (%s)", where.uid, mask_address(parsed.sender_email),
+                    result.reason)
+
+    def _enqueue(self, result: ProcessResult, where: Where, parsed: ParsedEmail,
+                 attempt_now: bool) -> tuple[OutboxItem, ...]:
+        now = self.clock()
+        first_due_in = ATTEMPTED_NOW_DUE_IN_SECONDS if attempt_now else 0.0
+        queued = []
+        for target_id in self.target_ids:
+            item = OutboxItem(event_id=event_id_for(result.email_id, target_id), email_id=result.email_id,
+                              payload=for_target(result.payload, target_id), mailbox=self.policy.state_key,
+                              uidvalidity=where.uidvalidity, uid=where.uid, message_id=parsed.message_id,
+                              created_at=now, next_attempt_at=now + first_due_in,
+                              attempts=1 if attempt_now else 0, first_attempt_at=now if attempt_now else None,
+                              mailbox_id=self.policy.mailbox_id, target_id=target_id)
+            if self.store.enqueue(item):
+                queued.append(item)
+                logger.info("BG_POLLER: queued %s (uid %s, %d links)", item.event_id, where.uid,
+                            len(result.payload.get("delivery_links") or []))
+        if queued:
+            self.store.incr("emails_processed")
+            self.on_queued()
+        return tuple(queued)
+
+    def park(self, parsed: ParsedEmail, where: Where, reason: str) -> None:
+        """Record an email the pipeline could not handle as a dead letter, so it is visible and replayable."""
+        email_id = self.email_id(parsed)
+        event_id = event_id_for(email_id)
+        self.store.incr("parse_failures")
+        stub = {"event_id": event_id, "subject": parsed.subject}
+        now = self.clock()
+        item = OutboxItem(event_id=event_id, email_id=email_id, payload=stub, mailbox=self.policy.state_key,
+                          uidvalidity=where.uidvalidity, uid=where.uid, message_id=parsed.message_id,
+                          created_at=now, next_attempt_at=now + PARKED_DUE_IN_SECONDS,
+                          mailbox_id=self.policy.mailbox_id)
+        self.store.enqueue(item)
+        self.store.dead_letter(event_id, reason.split(":")[0], None, reason)
+        logger.error("BG_POLLER: parked uid %s as a dead letter (%s)", where.uid, reason)
+
+
+def recent_entry(payload: dict[str, Any], outcome: str) -> dict[str, Any]:
+    return {
+        "at": utc_now(),
+        "sender": mask_address(payload.get("sender_email") or ""),
+        "subject": (payload.get("subject") or "")[:80],
+        "links": [link.get("provider") for link in payload.get("delivery_links") or []],
+        "event_id": payload.get("event_id"),
+        "outcome": outcome,
+    }

@@ -1,0 +1,61 @@
+"""The state schema's versions and the steps between them, for both backends of the state store.
+
+Each step is additive: it adds columns, keys or fields with defaults and never renames, drops or rewrites what a
+previous release reads, so the previous release keeps working on migrated state while Render runs old and new
+instances side by side during a deploy (``OLDEST_READER``: the oldest schema whose code may still work on state at
+``SCHEMA_VERSION``). A store records its version (SQLite ``meta.schema_version``, Redis
+``render_signal:v1:schema_version``) and its oldest reader; opening state written by a newer release is refused
+only when that release says this one can no longer read it.
+
+Version 1 is the layout issues 2-13 wrote. Version 2 (issue 14): outbox items name their mailbox id and target id
+(``mailbox_id``, ``target_id``; items written before read as ``default``). The keys of mailbox ``default``
+(checkpoints and flag requests under its folder name, done records under the email id) are those of version 1
+unchanged, so nothing is rewritten; any other mailbox's keys carry its id (``MailboxConfig.state_key``).
+Pure: the backends run the statements and record the versions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 2
+OLDEST_READER = 1
+FIRST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Step:
+    """What brings state from ``version - 1`` to ``version``. ``sqlite``: statements run in one transaction.
+    ``redis_note``: what the step means for Redis (the Redis layout only ever gains keys and hash fields that
+    readers default, so its steps change no key)."""
+
+    version: int
+    summary: str
+    sqlite: tuple[str, ...]
+    redis_note: str
+
+
+STEPS: tuple[Step, ...] = (
+    Step(2, "outbox items name their mailbox id and target id",
+         sqlite=("ALTER TABLE outbox ADD COLUMN mailbox_id TEXT NOT NULL DEFAULT 'default'",
+                 "ALTER TABLE outbox ADD COLUMN target_id TEXT NOT NULL DEFAULT 'default'",
+                 "CREATE INDEX IF NOT EXISTS outbox_pending_owner ON outbox (mailbox_id, target_id) "
+                 "WHERE status = 'pending'"),
+         redis_note="item hashes gain mailbox_id and target_id; a hash without them reads as 'default'"),
+)
+
+
+class SchemaTooNew(Exception):
+    """The state was written by a release whose layout this one cannot read."""
+
+
+def steps_after(version: int) -> tuple[Step, ...]:
+    """The steps to run, in order, on state at ``version``."""
+    return tuple(step for step in STEPS if step.version > version)
+
+
+def check_readable(stored_version: int, stored_oldest_reader: int) -> None:
+    """Refuse state this release cannot work on (``SchemaTooNew``); newer additive state is fine."""
+    if stored_version > SCHEMA_VERSION and stored_oldest_reader > SCHEMA_VERSION:
+        raise SchemaTooNew(f"the state has schema version {stored_version}, readable from version "
+                           f"{stored_oldest_reader}; this release reads version {SCHEMA_VERSION}")
