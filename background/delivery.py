@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable
 
 from background.lease import LeaseLost, wait_for_ownership
+from background.stranded import TARGET_REMOVED
 from config import RetryPolicy, TargetConfig
 from services.state_store import OutboxItem, StateStoreError
 from services.webhook import next_delay
@@ -105,6 +106,13 @@ class DeliveryWorker:
     def deliver(self, item: OutboxItem) -> str:
         """One attempt for a claimed item; records the outcome. Returns delivered | retry | dead."""
         self.guard.check_remote()  # the token is re-checked in the store before every attempt
+        if item.target_id != self.target.id:
+            # One target is configured today: an item for any other one belongs to a target that was removed.
+            self.store.dead_letter(item.event_id, TARGET_REMOVED, None, f"target {item.target_id} is not configured",
+                                   now=self.clock())
+            logger.error("WEBHOOK: dead letter %s reason=%s (target %s)", item.event_id, TARGET_REMOVED,
+                         item.target_id)
+            return "dead"
         self.guard.record_action()
         outcome = self.sender.attempt(item.event_id, payload_bytes(item.payload))
         return record_outcome(self.target.retry, self.store, item, outcome, self.clock(), self.rng, self.flag_wakeup)

@@ -44,6 +44,10 @@ from tests.unit.test_state_store_mailboxes import (  # noqa: F401 - several mail
     test_the_store_records_the_schema_version_it_writes,
     test_two_mailboxes_with_the_same_folder_keep_separate_state,
 )
+from tests.unit.test_stranded import (  # noqa: F401 - removed targets' items, again on Redis
+    test_a_removed_targets_pending_items_become_replayable_dead_letters,
+    test_with_no_target_configured_nothing_is_dead_lettered,
+)
 
 pytestmark = pytest.mark.redis
 
