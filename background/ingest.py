@@ -75,6 +75,7 @@ class Ingest:
         self.offloader_factory = offloader_factory
         self.on_queued = on_queued
         self.clock = clock
+        self._labels = {"mailbox": policy.mailbox_id}  # every counter of an email names its mailbox
 
     def email_id(self, parsed: ParsedEmail) -> str:
         return email_id_for(parsed, self.policy.mailbox_id)
@@ -90,7 +91,7 @@ class Ingest:
         return True
 
     def count_seen(self) -> None:
-        self.store.incr("emails_seen")
+        self.store.incr("emails_seen", labels=self._labels)
 
     def ingest(self, parsed: ParsedEmail, *, received_at: str, where: Where = Where(),
                attempt_now: bool = False) -> Ingested:
@@ -111,7 +112,7 @@ class Ingest:
             self.park(parsed, where, f"processing_failed: {type(exc).__name__}")
             return Ingested("parked")
         if parsed.html_truncated:
-            self.store.incr("html_truncations")
+            self.store.incr("html_truncations", labels=self._labels)
         if result.decision == "skip":
             self._record_skip(result, where, parsed)
             return Ingested("skipped", result)
@@ -120,7 +121,7 @@ class Ingest:
 
     def _record_skip(self, result: ProcessResult, where: Where, parsed: ParsedEmail) -> None:
         self.store.mark_done(result.email_id, f"skipped:{result.reason}")
-        self.store.incr("emails_skipped", label=result.reason)
+        self.store.incr("emails_skipped", label=result.reason, labels=self._labels)
         if where.uid:
             self.store.queue_flag(self.policy.state_key, where.uidvalidity, where.uid, parsed.message_id)
         self.store.record_recent(recent_entry(result.payload, f"skipped: {result.reason}"))
@@ -144,7 +145,7 @@ class Ingest:
                 logger.info("BG_POLLER: queued %s (uid %s, %d links)", item.event_id, where.uid,
                             len(result.payload.get("delivery_links") or []))
         if queued:
-            self.store.incr("emails_processed")
+            self.store.incr("emails_processed", labels=self._labels)
             self.on_queued()
         return tuple(queued)
 
@@ -152,7 +153,7 @@ class Ingest:
         """Record an email the pipeline could not handle as a dead letter, so it is visible and replayable."""
         email_id = self.email_id(parsed)
         event_id = event_id_for(email_id)
-        self.store.incr("parse_failures")
+        self.store.incr("parse_failures", labels=self._labels)
         stub = {"event_id": event_id, "subject": parsed.subject}
         now = self.clock()
         item = OutboxItem(event_id=event_id, email_id=email_id, payload=stub, mailbox=self.policy.state_key,

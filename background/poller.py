@@ -260,7 +260,8 @@ class MailboxPoller:
             if advance_checkpoint:
                 self.store.set_checkpoint(self.state_key, state.uidvalidity, uid)
         if passed_over:
-            self.store.incr("emails_skipped", passed_over, label="older_than_first_start_window")
+            self.store.incr("emails_skipped", passed_over, label="older_than_first_start_window",
+                            labels={"mailbox": self.config.id})
             logger.info("IMAP: passed over %d unseen messages older than %gh (FIRST_START_MAX_AGE_HOURS)",
                         passed_over, self.config.first_start_max_age_hours)
         return handled

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, TypeVar, runtime_checkable
 
 from config import DEFAULT_ID
 from settings import Settings
@@ -102,8 +103,10 @@ class StateStore(Protocol):
     def clear_flag(self, request: FlagRequest) -> None: ...
     def get_r2_copy(self, source_url: str) -> dict | None: ...
     def put_r2_copy(self, source_url: str, record: dict, ttl_seconds: float) -> None: ...
-    def incr(self, name: str, amount: int = 1, label: str | None = None) -> None: ...
+    def incr(self, name: str, amount: int = 1, label: str | None = None,
+             labels: Mapping[str, str] | None = None) -> None: ...
     def counters(self) -> dict[str, int | dict[str, int]]: ...
+    def counter_series(self) -> list[tuple[str, dict[str, str], int]]: ...
     def publish_status(self, doc: dict, ttl_seconds: float) -> None: ...
     def read_status(self) -> dict | None: ...
     def record_recent(self, entry: dict) -> None: ...
@@ -176,27 +179,62 @@ def check_status(status: str) -> None:
         raise ValueError(f"unknown outbox status {status!r}")
 
 
+LABEL_NAME = re.compile(r"[a-z][a-z_]{0,31}")
+LABEL_VALUE = re.compile(r"[^,=\r\n]{0,200}")  # may hold spaces and ':'
+
+
 def check_counter_name(name: str) -> None:
-    # ':' separates name and label in the Redis counters hash.
+    # ':' separates name and labels in a counter key.
     if not name or ":" in name:
         raise ValueError(f"bad counter name {name!r}")
 
 
-def fold_counters(rows: list[tuple[str, str | None, int]]) -> dict[str, int | dict[str, int]]:
-    """(name, label or None, value) rows → {name: int} or {name: {label: int}}.
+def counter_labels(label: str | None, labels: Mapping[str, str] | None) -> dict[str, str]:
+    """``incr``'s labels: ``labels`` plus ``label`` as the ``reason`` (the one label every release had)."""
+    merged = dict(labels or {})
+    if label is not None:
+        merged["reason"] = label
+    for key, value in merged.items():
+        if not LABEL_NAME.fullmatch(key) or not LABEL_VALUE.fullmatch(str(value)):
+            raise ValueError(f"bad counter label {key}={value!r}")
+    return {key: str(value) for key, value in merged.items()}
 
-    A name should be either labelled or not; if both were used, the unlabelled value appears under label "".
+
+def counter_label_part(labels: Mapping[str, str]) -> str:
+    """The pinned key format of a counter's labels: ``k=v`` pairs joined by ``,``, sorted by label name ('' for
+    none). A counter's key is ``<name>`` or ``<name>:<label part>`` (the Redis hash field; SQLite's columns)."""
+    return ",".join(f"{key}={labels[key]}" for key in sorted(labels))
+
+
+def parse_label_part(part: str) -> dict[str, str]:
+    """The inverse of ``counter_label_part``. A part without ``=`` was written by schema version 1, whose only
+    label was the reason."""
+    if not part:
+        return {}
+    if "=" not in part:
+        return {"reason": part}
+    return dict(pair.split("=", 1) for pair in part.split(","))
+
+
+def fold_series(series: list[tuple[str, dict[str, str], int]]) -> dict[str, int | dict[str, int]]:
+    """The counters by reason only (summed over every other label): ``{name: int}`` or ``{name: {reason: int}}``.
+
+    A name should be either counted with a reason or without; if both were, the one without is under reason "".
     """
     result: dict[str, Any] = {}
-    for name, label, value in sorted(rows, key=lambda row: row[1] is not None):
-        if label is None:
-            result[name] = int(value)
-            continue
+    for name, labels, value in sorted(series, key=lambda row: "reason" in row[1]):
+        reason = labels.get("reason")
         current = result.get(name)
+        if reason is None:
+            if isinstance(current, dict):
+                current[""] = current.get("", 0) + int(value)
+            else:
+                result[name] = (current or 0) + int(value)
+            continue
         if not isinstance(current, dict):
             current = {} if current is None else {"": current}
             result[name] = current
-        current[label] = int(value)
+        current[reason] = current.get(reason, 0) + int(value)
     return result
 
 

@@ -18,7 +18,8 @@ P outbox:delivered                  zset       delivered event ids, score = deli
 P outbox:dead                       zset       dead event ids, score = dead_at                     retention by score
 P flags:<mailbox state key>         zset       "<uidvalidity>:<uid>:<message_id>", score = queued  key: retention
 P r2:<sha256 of source URL>         string     JSON reuse record                                   its own TTL
-P counters                          hash       "<name>" or "<name>:<label>" -> integer             never (bounded)
+P counters                          hash       "<name>" or "<name>:<k>=<v>,<k>=<v>" (label names   never (bounded)
+                                               sorted; a v1 "<name>:<v>" is reason=<v>) -> integer
 P status                            string     JSON status document with ``published_at``          its own TTL
 P recent                            list       JSON entries, newest first, at most 100             retention
 P schema_version                    string     the schema version (services/state_migrations.py)   never
@@ -41,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 import redis
 
@@ -56,9 +57,12 @@ from services.state_store import (
     bounded,
     check_counter_name,
     check_status,
+    counter_label_part,
+    counter_labels,
     dumps,
-    fold_counters,
+    fold_series,
     now_or_clock,
+    parse_label_part,
     translating,
 )
 
@@ -108,7 +112,7 @@ return out
 # ARGV: event_id, now, http status, retention ms, delivered cutoff, prefix
 _MARK_DELIVERED = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
-local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id')
+local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id', 'target_id')
 redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', ARGV[2], 'last_status', ARGV[3], 'in_flight', '0')
 redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -122,7 +126,7 @@ if f[4] ~= '0' then
   redis.call('ZADD', flags, 'NX', ARGV[2], f[3] .. ':' .. f[4] .. ':' .. (f[5] or ''))
   redis.call('PEXPIRE', flags, ARGV[4])
 end
-redis.call('HINCRBY', KEYS[5], 'webhooks_delivered', 1)
+redis.call('HINCRBY', KEYS[5], 'webhooks_delivered:target=' .. (f[6] or 'default'), 1)
 return 1
 """
 
@@ -134,7 +138,7 @@ if ARGV[4] == '' then redis.call('HDEL', KEYS[1], 'last_status')
 else redis.call('HSET', KEYS[1], 'last_status', ARGV[4]) end
 redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('HINCRBY', KEYS[3], 'webhook_retries', 1)
+redis.call('HINCRBY', KEYS[3], 'webhook_retries:target=' .. (redis.call('HGET', KEYS[1], 'target_id') or 'default'), 1)
 return 1
 """
 
@@ -142,7 +146,7 @@ return 1
 # ARGV: event_id, now, reason, http status or '', excerpt, has excerpt '1'/'0', retention ms, dead cutoff, prefix
 _DEAD_LETTER = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
-local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id')
+local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id', 'target_id')
 redis.call('HSET', KEYS[1], 'status', 'dead', 'dead_reason', ARGV[3], 'dead_at', ARGV[2], 'in_flight', '0')
 if ARGV[4] == '' then redis.call('HDEL', KEYS[1], 'last_status')
 else redis.call('HSET', KEYS[1], 'last_status', ARGV[4]) end
@@ -160,7 +164,7 @@ if f[4] ~= '0' then
   redis.call('ZADD', flags, 'NX', ARGV[2], f[3] .. ':' .. f[4] .. ':' .. (f[5] or ''))
   redis.call('PEXPIRE', flags, ARGV[7])
 end
-redis.call('HINCRBY', KEYS[5], 'dead_letters', 1)
+redis.call('HINCRBY', KEYS[5], 'dead_letters:target=' .. (f[6] or 'default'), 1)
 return 1
 """
 
@@ -532,17 +536,23 @@ class RedisStateStore:
     # --- counters ----------------------------------------------------------------------------------------------
 
     @_errors
-    def incr(self, name: str, amount: int = 1, label: str | None = None) -> None:
+    def incr(self, name: str, amount: int = 1, label: str | None = None,
+             labels: Mapping[str, str] | None = None) -> None:
         check_counter_name(name)
-        self._client.hincrby(self._counters, name if label is None else f"{name}:{label}", int(amount))
+        part = counter_label_part(counter_labels(label, labels))
+        self._client.hincrby(self._counters, f"{name}:{part}" if part else name, int(amount))
 
     @_errors
-    def counters(self) -> dict[str, int | dict[str, int]]:
-        rows: list[tuple[str, str | None, int]] = []
+    def counter_series(self) -> list[tuple[str, dict[str, str], int]]:
+        """Every counter with its labels (``services.state_store.counter_label_part`` is the key format)."""
+        series = []
         for field_name, value in self._client.hgetall(self._counters).items():
-            name, separator, label = field_name.partition(":")
-            rows.append((name, label if separator else None, int(value)))
-        return fold_counters(rows)
+            name, _, part = field_name.partition(":")
+            series.append((name, parse_label_part(part), int(value)))
+        return series
+
+    def counters(self) -> dict[str, int | dict[str, int]]:
+        return fold_series(self.counter_series())
 
     # --- status and recent history -----------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from services.state_migrations import OLDEST_READER, SCHEMA_VERSION, SchemaTooNew, check_readable, steps_after
 from services.state_store import (
@@ -32,9 +32,12 @@ from services.state_store import (
     bounded,
     check_counter_name,
     check_status,
+    counter_label_part,
+    counter_labels,
     dumps,
-    fold_counters,
+    fold_series,
     now_or_clock,
+    parse_label_part,
     translating,
 )
 from settings import Settings
@@ -307,18 +310,18 @@ class SqliteStateStore:
 
     def _finish(self, conn: sqlite3.Connection, event_id: str, assignments: str, values: tuple,
                 outcome: str, counter: str, at: float) -> bool:
-        row = conn.execute("SELECT email_id, mailbox, uidvalidity, uid, message_id FROM outbox "
+        row = conn.execute("SELECT email_id, mailbox, uidvalidity, uid, message_id, target_id FROM outbox "
                            "WHERE event_id = ? AND status = 'pending'", (event_id,)).fetchone()
         if row is None:
             return False
-        email_id, mailbox, uidvalidity, uid, message_id = row
+        email_id, mailbox, uidvalidity, uid, message_id, target_id = row
         conn.execute(f"UPDATE outbox SET {assignments}, in_flight = 0, claimed_until = NULL, claim_owner = NULL, "
                      "pending_since = NULL, expires_at = ? WHERE event_id = ?",
                      (*values, self._expires(at), event_id))
         conn.execute(_DONE_UPSERT, (email_id, outcome, self._expires(at)))
         if uid:  # uid 0: not from IMAP (process-email), nothing to flag
             conn.execute(_FLAG_INSERT, (mailbox, uidvalidity, uid, message_id, at))
-        conn.execute(_COUNTER_UPSERT, (counter, 0, "", 1))
+        conn.execute(_COUNTER_UPSERT, (counter, 1, counter_label_part({"target": target_id}), 1))
         return True
 
     @_errors
@@ -336,7 +339,8 @@ class SqliteStateStore:
                 (next_attempt_at, next_attempt_at, bounded(error), status, event_id))
             if cursor.rowcount == 0:
                 return False
-            conn.execute(_COUNTER_UPSERT, ("webhook_retries", 0, "", 1))
+            (target_id,) = conn.execute("SELECT target_id FROM outbox WHERE event_id = ?", (event_id,)).fetchone()
+            conn.execute(_COUNTER_UPSERT, ("webhook_retries", 1, counter_label_part({"target": target_id}), 1))
             return True
 
     @_errors
@@ -458,15 +462,22 @@ class SqliteStateStore:
     # --- counters ----------------------------------------------------------------------------------------------
 
     @_errors
-    def incr(self, name: str, amount: int = 1, label: str | None = None) -> None:
+    def incr(self, name: str, amount: int = 1, label: str | None = None,
+             labels: Mapping[str, str] | None = None) -> None:
         check_counter_name(name)
+        part = counter_label_part(counter_labels(label, labels))
         with self._write() as conn:
-            conn.execute(_COUNTER_UPSERT, (name, 0 if label is None else 1, label or "", int(amount)))
+            conn.execute(_COUNTER_UPSERT, (name, 1 if part else 0, part, int(amount)))
 
     @_errors
-    def counters(self) -> dict[str, int | dict[str, int]]:
+    def counter_series(self) -> list[tuple[str, dict[str, str], int]]:
+        """Every counter with its labels (``services.state_store.counter_label_part`` is the key format)."""
         rows = self._conn().execute("SELECT name, labelled, label, value FROM counters").fetchall()
-        return fold_counters([(name, label if labelled else None, value) for name, labelled, label, value in rows])
+        return [(name, parse_label_part(label) if labelled else {}, int(value))
+                for name, labelled, label, value in rows]
+
+    def counters(self) -> dict[str, int | dict[str, int]]:
+        return fold_series(self.counter_series())
 
     # --- status and recent history -----------------------------------------------------------------------------
 

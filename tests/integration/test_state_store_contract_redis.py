@@ -39,6 +39,7 @@ from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract 
 )
 from tests.unit.test_state_store_mailboxes import (  # noqa: F401 - several mailboxes and targets, again on Redis
     test_an_item_from_no_imap_message_queues_no_flag_request,
+    test_counters_take_several_labels_in_one_key_format,
     test_items_name_their_mailbox_and_target_and_default_to_default,
     test_pending_work_is_counted_per_mailbox_and_target,
     test_the_store_records_the_schema_version_it_writes,

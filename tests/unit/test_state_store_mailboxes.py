@@ -97,3 +97,42 @@ def test_pending_work_is_counted_per_mailbox_and_target(store: StateStore) -> No
 def test_the_store_records_the_schema_version_it_writes(store: StateStore) -> None:
     store.enqueue(_item_of(_mailbox("default"), 1))
     assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_counters_take_several_labels_in_one_key_format(store: StateStore) -> None:
+    store.incr("emails_seen", labels={"mailbox": "default"})
+    store.incr("emails_seen", 2, labels={"mailbox": "work"})
+    store.incr("emails_skipped", label="no_delivery_links", labels={"mailbox": "work"})
+    store.incr("emails_skipped", 3, labels={"reason": "no_delivery_links", "mailbox": "work"})  # same series
+    work = _mailbox("work")
+    delivered, retried = _item_of(work, 1, target_id="crm"), _item_of(work, 2)
+    retried = OutboxItem(**{**retried.__dict__, "event_id": event_id_for("d" * 32), "email_id": "d" * 32})
+    store.enqueue(delivered)
+    store.enqueue(retried)
+    store.mark_delivered(delivered.event_id, 200, time.time())
+    store.reschedule(retried.event_id, time.time() + 60, "timeout", None)
+    series = sorted((name, sorted(labels.items()), value) for name, labels, value in store.counter_series())
+    assert series == [
+        ("emails_seen", [("mailbox", "default")], 1),
+        ("emails_seen", [("mailbox", "work")], 2),
+        ("emails_skipped", [("mailbox", "work"), ("reason", "no_delivery_links")], 4),
+        ("webhook_retries", [("target", "default")], 1),
+        ("webhooks_delivered", [("target", "crm")], 1),
+    ]
+    # The view by reason sums over every other label
+    assert store.counters() == {"emails_seen": 3, "emails_skipped": {"no_delivery_links": 4},
+                                "webhook_retries": 1, "webhooks_delivered": 1}
+    with pytest.raises(ValueError):
+        store.incr("emails_seen", labels={"mailbox": "a,b"})
+    with pytest.raises(ValueError):
+        store.incr("emails_seen", labels={"Mailbox": "a"})
+
+
+def test_counter_keys_read_the_previous_releases_reason_labels() -> None:
+    from services.state_store import counter_label_part, fold_series, parse_label_part
+
+    assert counter_label_part({"target": "crm", "reason": "http_410"}) == "reason=http_410,target=crm"
+    assert parse_label_part("reason=http_410,target=crm") == {"reason": "http_410", "target": "crm"}
+    assert parse_label_part("no_delivery_links") == {"reason": "no_delivery_links"}  # schema version 1
+    assert parse_label_part("") == {}
+    assert fold_series([("x", {}, 1), ("x", {"reason": "a"}, 2)]) == {"x": {"": 1, "a": 2}}
