@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from config import MailboxConfig, ServiceConfig, TargetConfig
@@ -35,13 +36,31 @@ logger = logging.getLogger(__name__)
 PACKAGE_VERSION = "1.0.0"
 
 
+class PollerState(StrEnum):
+    """What the poller is doing (``PollerStatus.state``; /health ``checks.poller``, /api/status ``poller.state``)."""
+
+    STANDBY = "standby"
+    POLLING = "polling"
+    BACKOFF = "backoff"
+    REDIS_UNAVAILABLE = "redis_unavailable"
+
+
+class ImapState(StrEnum):
+    """What the poller last saw of the IMAP server (``PollerStatus.imap``; /health ``checks.imap``)."""
+
+    OK = "ok"
+    UNREACHABLE = "unreachable"
+    AUTH_FAILED = "auth_failed"
+    NOT_APPLICABLE = "n/a"
+
+
 @dataclass
 class PollerStatus:
     """What the poller thread knows about itself; written by that thread, read by the routes (no lock needed
     for single attribute reads in CPython; the dict snapshot copies under a lock)."""
 
-    state: str = "standby"           # standby | polling | backoff | redis_unavailable
-    imap: str = "n/a"                # ok | unreachable | auth_failed | n/a
+    state: PollerState = PollerState.STANDBY
+    imap: ImapState = ImapState.NOT_APPLICABLE
     mailbox: str | None = None
     uidvalidity: int | None = None
     last_uid: int | None = None
@@ -58,12 +77,12 @@ class PollerStatus:
             for key, value in changes.items():
                 setattr(self, key, value)
 
-    def error(self, message: str, imap_state: str | None = None) -> None:
+    def error(self, message: str, imap_state: ImapState | None = None) -> None:
         with self._lock:
             self.last_error_at = time.time()
             self.last_error = message
             self.consecutive_errors += 1
-            self.state = "backoff"
+            self.state = PollerState.BACKOFF
             if imap_state:
                 self.imap = imap_state
 

@@ -15,8 +15,9 @@ from typing import Any, Callable
 
 from background.delivery import DeliveryWorker
 from background.health import HealthTimings, observed_view
-from background.lease import LeaseKeeper, OwnershipGuard, make_lease
+from background.lease import LeaseKeeper, LeaseState, OwnershipGuard, make_lease
 from background.poller import MailboxPoller
+from background.runner import ImapState, PollerState
 from services.state_store import StateStoreError
 from services.webhook import WebhookSender
 
@@ -106,8 +107,9 @@ class StatusObserver:
         self.timings = HealthTimings.from_settings(self.settings, observe_interval=OBSERVE_INTERVAL_SECONDS)
         self.started = time.time()
         self.last_read_ok = time.time()
-        self.view: dict[str, Any] = {"poller": "standby", "lease": "standby", "imap": "n/a", "outbox": "n/a",
-                                     "cluster": "ok", "published": None, "outbox_stats": None, "stale": False}
+        self.view: dict[str, Any] = {"poller": PollerState.STANDBY, "lease": LeaseState.STANDBY,
+                                     "imap": ImapState.NOT_APPLICABLE, "outbox": "n/a", "cluster": "ok",
+                                     "published": None, "outbox_stats": None, "stale": False}
         self._last_heartbeat = time.monotonic()
         self._last_counters: dict | None = None
         self._last_trim = 0.0
@@ -128,7 +130,7 @@ class StatusObserver:
     def observe_once(self) -> None:
         lease = self.services.lease
         snapshot = lease.snapshot()
-        held = snapshot.get("state") == "held" and lease.holds_locally()
+        held = snapshot.get("state") == LeaseState.HELD and lease.holds_locally()
         published = None
         stats = None
         read_ok = True
@@ -145,7 +147,7 @@ class StatusObserver:
         if not read_ok:  # keep answering from what was last read; the health rules decide when that is stale
             published, stats = self.view.get("published"), self.view.get("outbox_stats")
         self.view = observed_view(
-            lease_state=snapshot.get("state") or "standby", held=held,
+            lease_state=snapshot.get("state") or LeaseState.STANDBY, held=held,
             own_poller=self.services.runtime.poller_status.snapshot(), published=published, stats=stats,
             read_ok=read_ok, now=time.time(), last_read_ok=self.last_read_ok, started=self.started,
             timings=self.timings)

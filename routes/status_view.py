@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from background.health import DEFAULT_ID, lease_held, local_poller_state
+from background.lease import LeaseState
+from background.runner import PollerState
 from log_setup import scrub
 from timestamps import epoch_of, iso_utc, iso_utc_ms
 
@@ -110,7 +112,7 @@ def build_status_document(*, mode: str, settings, version: str, instance: dict, 
     else:
         # Nobody published a holder's status within TTL + retry: the same answer from every instance.
         lease = _lease_section(None, lease_backend)
-        poller = _poller_section({"state": "standby", "mailbox": settings.imap_mailbox})
+        poller = _poller_section({"state": PollerState.STANDBY, "mailbox": settings.imap_mailbox})
         source = {"kind": "no_holder", "published_at": None, "published_by": None}
 
     last_success = None
@@ -163,7 +165,7 @@ def _lease_section(snapshot: dict | None, backend: str) -> dict:
     snapshot = snapshot or {}
     section = {name: snapshot.get(name) for name in LEASE_FIELDS}
     section["backend"] = section["backend"] or backend
-    section["state"] = snapshot.get("state") or ("standby" if snapshot else None)
+    section["state"] = snapshot.get("state") or (LeaseState.STANDBY if snapshot else None)
     return section
 
 
