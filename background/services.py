@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from background.delivery import DeliveryWorker
 from background.health import HealthTimings, observed_view
+from background.housekeeping import Chore, Housekeeping
 from background.lease import LeaseKeeper, LeaseState, OwnershipGuard, make_lease
 from background.poller import MailboxPoller
 from background.runner import ImapState, PollerState
@@ -110,9 +111,12 @@ class StatusObserver:
         self.view: dict[str, Any] = {"poller": PollerState.STANDBY, "lease": LeaseState.STANDBY,
                                      "imap": ImapState.NOT_APPLICABLE, "outbox": "n/a", "cluster": "ok",
                                      "published": None, "outbox_stats": None, "stale": False}
-        self._last_heartbeat = time.monotonic()
         self._last_counters: dict | None = None
-        self._last_trim = 0.0
+        # Holder-only chores, run from observe_once: trimming at once and then hourly, the heartbeat every interval.
+        self.housekeeping = Housekeeping(
+            [Chore("heartbeat", self.settings.heartbeat_interval_seconds, self.log_heartbeat),
+             Chore("trim", TRIM_INTERVAL_SECONDS, self.trim_retention, run_at_start=True)],
+            expected_errors=(StateStoreError,))
 
     def run(self, stop_event: threading.Event) -> None:
         while not stop_event.is_set():
@@ -137,7 +141,7 @@ class StatusObserver:
         try:
             if held:
                 self.store.publish_status(self.status_document(), ttl_seconds=self.timings.publish_ttl)
-                self._maintain()
+                self.housekeeping.run_due()
             published = self.store.read_status()
             stats = self.store.outbox_stats(time.time())
             self.last_read_ok = time.time()
@@ -152,19 +156,17 @@ class StatusObserver:
             read_ok=read_ok, now=time.time(), last_read_ok=self.last_read_ok, started=self.started,
             timings=self.timings)
 
-    def _maintain(self) -> None:
-        """Holder-only chores: heartbeat log line, retention trimming."""
-        now = time.monotonic()
-        if now - self._last_heartbeat >= self.settings.heartbeat_interval_seconds:
-            self._last_heartbeat = now
-            counters = self.store.counters()
-            changed = {name: value for name, value in counters.items()
-                       if self._last_counters is None or self._last_counters.get(name) != value}
-            self._last_counters = counters
-            changes = " ".join(f"{name}={value}" for name, value in sorted(changed.items())) or "no changes"
-            logger.info("BG_POLLER: heartbeat pid=%s %s", self.services.runtime.instance.pid, changes)
-        if time.time() - self._last_trim >= TRIM_INTERVAL_SECONDS:
-            self._last_trim = time.time()
-            self.store.trim(time.time())
+    def log_heartbeat(self) -> None:
+        """The heartbeat chore: one log line with the counters that changed since the last one."""
+        counters = self.store.counters()
+        changed = {name: value for name, value in counters.items()
+                   if self._last_counters is None or self._last_counters.get(name) != value}
+        self._last_counters = counters
+        changes = " ".join(f"{name}={value}" for name, value in sorted(changed.items())) or "no changes"
+        logger.info("BG_POLLER: heartbeat pid=%s %s", self.services.runtime.instance.pid, changes)
+
+    def trim_retention(self) -> None:
+        """The retention chore: drop what is older than STATE_RETENTION_DAYS from the store."""
+        self.store.trim(time.time())
 
 
