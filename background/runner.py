@@ -216,10 +216,8 @@ class ServiceRuntime:
         with self._lock:
             if self.background is not None:
                 return
-            from background.services import BackgroundServices
-
             try:
-                background = BackgroundServices(self)
+                background = self._build_background()
                 background.start()
             except Exception:
                 # E.g. the state directory is not writable. /health answers 503 "down" so Render restarts us.
@@ -227,6 +225,27 @@ class ServiceRuntime:
                 self.background_failed = True
                 return
             self.background = background
+
+    def _build_background(self) -> BackgroundServices:
+        """The background threads, each given exactly what it uses (opens the store and makes the lease)."""
+        from background.health import HealthTimings
+        from background.lease import LeaseKeeper, make_lease
+        from background.services import OBSERVE_INTERVAL_SECONDS, BackgroundServices, StatusObserver
+        from services.webhook import WebhookSender
+
+        settings = self.settings
+        store = self.store
+        lease = make_lease(settings, self.redis_client)
+        mailbox, target = self.mailbox, self.target
+        observer = StatusObserver(
+            lease=lease, store=store, poller_status=self.poller_status, instance=lambda: self.instance,
+            timings=HealthTimings.from_settings(settings, observe_interval=OBSERVE_INTERVAL_SECONDS),
+            heartbeat_interval_seconds=settings.heartbeat_interval_seconds)
+        return BackgroundServices(
+            mailbox=mailbox, target=target, store=store, lease=lease,
+            keeper=LeaseKeeper(lease, retry_interval=settings.lease_retry_interval), observer=observer,
+            poller_status=self.poller_status, offloader_factory=lambda: self.offloader,
+            sender_factory=lambda: WebhookSender(target, version=self.version))
 
     def stop_background(self, timeout: float) -> None:
         with self._lock:

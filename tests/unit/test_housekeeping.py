@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
+from background.health import HealthTimings
 from background.housekeeping import Chore, Housekeeping
+from background.runner import InstanceInfo, PollerStatus
+from background.services import StatusObserver
+from services.state_store import StateStoreError
 
 
 class FakeClock:
@@ -118,3 +123,102 @@ def test_an_expected_error_is_logged_in_one_line_without_a_traceback(caplog):
 def test_a_schedule_refuses_duplicate_names_and_intervals_that_are_not_positive(chores):
     with pytest.raises(ValueError):
         Housekeeping(chores, clock=FakeClock())
+
+
+# --- the status observer runs the holder's chores from one schedule ---------------------------------------------------
+
+class FakeLease:
+    def __init__(self, held: bool) -> None:
+        self.held = held
+
+    def snapshot(self) -> dict:
+        return {"backend": "file", "state": "held" if self.held else "standby"}
+
+    def holds_locally(self) -> bool:
+        return self.held
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.trims: list[float] = []
+        self.published: dict | None = None
+        self.counter_values: dict = {}
+        self.counters_fail = False
+
+    def publish_status(self, doc: dict, ttl_seconds: float) -> None:
+        self.published = doc
+
+    def read_status(self) -> dict | None:
+        return self.published
+
+    def outbox_stats(self, now: float) -> dict:
+        return {"pending": 0, "oldest_pending_age_s": None, "dead": 0, "dead_recent": []}
+
+    def counters(self) -> dict:
+        if self.counters_fail:
+            raise StateStoreError("sqlite counters: database is locked")
+        return dict(self.counter_values)
+
+    def trim(self, now: float) -> None:
+        self.trims.append(now)
+
+
+def make_observer(store: FakeStore, *, held: bool = True, clock: FakeClock | None = None) -> StatusObserver:
+    instance = InstanceInfo("host-a", 12, time.time(), "v1")
+    return StatusObserver(lease=FakeLease(held), store=store, poller_status=PollerStatus(mailbox="INBOX"),
+                          instance=lambda: instance,
+                          timings=HealthTimings(publish_ttl=30.0, stale_after=3.0, no_poller_grace=100.0),
+                          heartbeat_interval_seconds=300.0, clock=clock or FakeClock(0.0))
+
+
+def heartbeats(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("BG_POLLER: heartbeat")]
+
+
+def test_the_holders_observer_trims_at_once_and_logs_the_heartbeat_every_interval(caplog):
+    caplog.set_level(logging.INFO, logger="background.services")
+    # Given the lease holder's observer on a schedule started at t=0
+    clock, store = FakeClock(0.0), FakeStore()
+    observer = make_observer(store, clock=clock)
+    # When it observes at t=0, then at each heartbeat interval
+    observer.observe_once()
+    assert len(store.trims) == 1 and heartbeats(caplog) == []
+    store.counter_values = {"emails_seen": 3, "dead_letters": 0}
+    clock.now = 300.0
+    observer.observe_once()
+    clock.now = 600.0
+    observer.observe_once()
+    # Then the heartbeat line names what changed, then says there were no changes; trimming waits for its hour
+    assert heartbeats(caplog) == ["BG_POLLER: heartbeat pid=12 dead_letters=0 emails_seen=3",
+                                  "BG_POLLER: heartbeat pid=12 no changes"]
+    assert len(store.trims) == 1
+    clock.now = 3600.0
+    observer.observe_once()
+    assert len(store.trims) == 2
+
+
+def test_a_failing_heartbeat_neither_stops_trimming_nor_makes_the_cluster_view_stale(caplog):
+    caplog.set_level(logging.WARNING, logger="background.housekeeping")
+    # Given a store whose counters cannot be read, at a time both chores are due
+    clock, store = FakeClock(0.0), FakeStore()
+    observer = make_observer(store, clock=clock)
+    observer.observe_once()
+    store.counters_fail = True
+    clock.now = 3600.0
+    # When the observer runs
+    observer.observe_once()
+    # Then trimming still ran, the failure is one warning, and the status was published and read back
+    assert len(store.trims) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "BG_POLLER: housekeeping chore heartbeat failed (sqlite counters: database is locked)"]
+    assert observer.view["stale"] is False and observer.view["published"] == store.published
+    assert store.published is not None and store.published["instance"]["pid"] == 12
+
+
+def test_a_standby_observer_runs_no_chore():
+    clock, store = FakeClock(0.0), FakeStore()
+    observer = make_observer(store, held=False, clock=clock)
+    clock.now = 7200.0
+    observer.observe_once()
+    assert store.trims == [] and store.published is None
+    assert observer.view["lease"] == "standby" and observer.view["poller"] == "standby"
