@@ -4,7 +4,8 @@
 ``start_background()``: every worker then runs a lease keeper (standby or holder), and the poller and delivery
 threads, which act only while this worker holds the lease, plus an observer that publishes the holder's status
 to the shared store and caches the cluster view for ``/health`` (which must do no network I/O of its own).
-``stop_background(timeout)`` (``worker_exit``) stops everything and joins with a timeout.
+``stop_background(timeout)`` (``worker_exit``) stops everything and joins with a timeout. The routes read this
+worker only through ``status_source()`` (``background/status_source.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # the adapters are imported lazily, on first use (heavy, and 
     import redis
 
     from background.services import BackgroundServices
+    from background.status_source import StatusSource
     from email_processing.orchestrator import NullOffloader
     from services.r2_offload import R2Offloader
     from services.state_store import StateStore
@@ -261,6 +263,18 @@ class ServiceRuntime:
                     logger.warning("BG_POLLER: error while closing %s", type(closer).__name__, exc_info=True)
 
     # --- views for the routes -----------------------------------------------------------------------------
+
+    def status_source(self) -> StatusSource:
+        """Everything the status routes read about this worker, and nothing else (``create_app`` hands it over)."""
+        from background.status_source import StatusSource
+
+        settings = self.settings
+        return StatusSource(
+            version=self.version, status_api_token=settings.status_api_token, background_mode=self.background_mode,
+            lease_backend="redis" if settings.redis_url else "file", shared_redis=bool(settings.redis_url),
+            mailbox_folder=settings.imap_mailbox, open_store=lambda: self.store,
+            instance=lambda: self.instance.as_dict(), poller_snapshot=lambda: self.poller_status.snapshot(),
+            lease_snapshot=self.lease_snapshot, cluster_view=self.cluster_view, threads_dead=self.threads_dead)
 
     def lease_snapshot(self) -> dict | None:
         background = self.background
