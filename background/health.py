@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from background.lease import LeaseState
+from background.runner import ImapState, PollerState
 from config import DEFAULT_ID  # the mailbox and the webhook target today's environment variables describe
 from timestamps import epoch_of
 
@@ -56,7 +58,7 @@ def polling_states(*, held: bool, own_poller: dict, published: dict | None) -> t
     """``(poller, imap)``: the holder speaks for itself; a standby repeats the imap state the holder published."""
     if held:
         return own_poller["state"], own_poller["imap"]
-    return "standby", ((published or {}).get("poller") or {}).get("imap", "n/a")
+    return PollerState.STANDBY, ((published or {}).get("poller") or {}).get("imap", ImapState.NOT_APPLICABLE)
 
 
 def cluster_state(published: dict | None, *, now: float, started: float, timings: HealthTimings) -> str:
@@ -82,7 +84,7 @@ def observed_view(*, lease_state: str, held: bool, own_poller: dict, published: 
         cluster = "stale"
     else:
         cluster = cluster_state(published, now=now, started=started, timings=timings)
-    return {"poller": poller, "lease": lease_state or "standby", "imap": imap, "outbox": outbox_state(stats),
+    return {"poller": poller, "lease": lease_state or LeaseState.STANDBY, "imap": imap, "outbox": outbox_state(stats),
             "cluster": cluster, "published": published, "outbox_stats": stats, "stale": not read_ok}
 
 
@@ -117,12 +119,13 @@ class ProblemRule:
 PROBLEM_RULES: tuple[ProblemRule, ...] = (
     ProblemRule("poller", "down", "mailbox", DEFAULT_ID,
                 "this instance's background threads stopped; a restart brings them back", down=True),
-    ProblemRule("imap", "unreachable", "mailbox", DEFAULT_ID, "the IMAP server cannot be reached"),
-    ProblemRule("imap", "auth_failed", "mailbox", DEFAULT_ID, "the IMAP server refused the login"),
+    ProblemRule("imap", ImapState.UNREACHABLE, "mailbox", DEFAULT_ID, "the IMAP server cannot be reached"),
+    ProblemRule("imap", ImapState.AUTH_FAILED, "mailbox", DEFAULT_ID, "the IMAP server refused the login"),
     ProblemRule("outbox", "backlog", "outbox", None,
                 f"more than {OUTBOX_BACKLOG_ITEMS} webhooks pending, or the oldest older than "
                 f"{OUTBOX_BACKLOG_AGE_SECONDS // 60} min"),
-    ProblemRule("lease", "redis_unreachable", "cluster", None, "Redis cannot be reached: nobody can hold the lease"),
+    ProblemRule("lease", LeaseState.REDIS_UNREACHABLE, "cluster", None,
+                "Redis cannot be reached: nobody can hold the lease"),
     ProblemRule("cluster", "no_poller", "cluster", None, "nobody in the cluster is polling the mailbox"),
     ProblemRule("cluster", "stale", "cluster", None, "the shared state store cannot be read"),
     ProblemRule("cluster", None, "cluster", None, "the cluster is not healthy"),
@@ -149,12 +152,12 @@ class Health:
 def health_checks(*, mode: str, threads_dead: bool, view: dict | None) -> dict:
     """The five checks: from the mode when the background does not run here, else from the observer's view."""
     if mode != "enabled":
-        return {"poller": mode, "lease": "n/a", "imap": "n/a", "outbox": "n/a", "cluster": "ok"}
+        return {"poller": mode, "lease": "n/a", "imap": ImapState.NOT_APPLICABLE, "outbox": "n/a", "cluster": "ok"}
     if threads_dead:
-        return {"poller": "down", "lease": "n/a", "imap": "n/a", "outbox": "n/a", "cluster": "stale"}
+        return {"poller": "down", "lease": "n/a", "imap": ImapState.NOT_APPLICABLE, "outbox": "n/a", "cluster": "stale"}
     view = view or {}
-    return {"poller": view.get("poller", "standby"), "lease": view.get("lease", "standby"),
-            "imap": view.get("imap", "n/a"), "outbox": view.get("outbox", "n/a"),
+    return {"poller": view.get("poller", PollerState.STANDBY), "lease": view.get("lease", LeaseState.STANDBY),
+            "imap": view.get("imap", ImapState.NOT_APPLICABLE), "outbox": view.get("outbox", "n/a"),
             "cluster": view.get("cluster", "ok")}
 
 
@@ -194,9 +197,9 @@ def assess(*, mode: str, threads_dead: bool, view: dict | None) -> Health:
 def local_poller_state(poller_state: str | None, lease_state: str | None) -> str | None:
     """This instance's own poller state: ``redis_unavailable`` while its lease keeper cannot reach Redis (it polls
     nothing until Redis answers again, issue 9)."""
-    return "redis_unavailable" if lease_state == "redis_unreachable" else poller_state
+    return PollerState.REDIS_UNAVAILABLE if lease_state == LeaseState.REDIS_UNREACHABLE else poller_state
 
 
 def lease_held(published: dict | None) -> bool:
     """A lease holder published its status within TTL + retry (and said it holds the lease)."""
-    return bool(published and (published.get("lease") or {}).get("state") == "held")
+    return bool(published and (published.get("lease") or {}).get("state") == LeaseState.HELD)

@@ -17,7 +17,7 @@ import secrets
 import socket
 import threading
 import time
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Callable, Protocol
 
 from timestamps import iso_utc_ms
@@ -39,7 +39,7 @@ class LeaseStoreUnreachable(LeaseLost):
     """Redis could not be reached (timeout, refused, error reply): ownership is unproven, not known lost."""
 
 
-class LeaseState(str, Enum):
+class LeaseState(StrEnum):
     """What a lease reports about itself (``snapshot()["state"]``, /health ``checks.lease``)."""
 
     HELD = "held"

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from background.ingest import Ingest, IngestPolicy, Where
 from background.lease import LeaseLost, wait_for_ownership
+from background.runner import ImapState, PollerState
 from config import DEFAULT_ID, MailboxConfig
 from services.imap_mailbox import ImapAuthError, ImapError, ImapMessageGone, MailboxClient
 from services.state_store import StateStoreError
@@ -70,7 +71,7 @@ class MailboxPoller:
     def run(self, stop_event: threading.Event, held_event: threading.Event) -> None:
         while not stop_event.is_set():
             if not wait_for_ownership(self.lease, held_event, stop_event):
-                self.status.update(state="standby", idle=False)
+                self.status.update(state=PollerState.STANDBY, idle=False)
                 continue
             delay = self._session(stop_event)
             if delay:
@@ -91,27 +92,28 @@ class MailboxPoller:
             return 0.0
         except LeaseLost as exc:
             logger.warning("BG_POLLER: stopped touching the mailbox (%s)", exc)
-            self.status.update(state="standby", idle=False)
+            self.status.update(state=PollerState.STANDBY, idle=False)
             return 0.0
         except ImapAuthError as exc:
             self._failures += 1
             if not self._auth_streak:
                 self._auth_streak = True
                 logger.error("%s", exc)
-            self.status.error(str(exc), imap_state="auth_failed")
+            self.status.error(str(exc), imap_state=ImapState.AUTH_FAILED)
             return self._backoff()
         except ImapError as exc:
             self._failures += 1
             # Dovecot (like most servers) slows down logins after failures: a login timeout inside a failure
             # streak is still the credentials' fault.
             login_stall = self._auth_streak and getattr(exc, "op", None) == "login"
-            self.status.error(str(exc), imap_state="auth_failed" if login_stall else "unreachable")
+            self.status.error(str(exc), imap_state=ImapState.AUTH_FAILED if login_stall else ImapState.UNREACHABLE)
             return self._backoff()
         except StateStoreError as exc:
             self._failures += 1
             logger.error("BG_POLLER: state store error, pausing the mailbox (%s)", exc)
             self.status.error(f"state store: {exc}")
-            self.status.update(state="redis_unavailable" if self.store.backend == "redis" else "backoff")
+            self.status.update(state=PollerState.REDIS_UNAVAILABLE if self.store.backend == "redis"
+                               else PollerState.BACKOFF)
             return self._backoff()
         except Exception as exc:  # a bug must not kill the thread: log it, back off, try again
             self._failures += 1
@@ -126,7 +128,7 @@ class MailboxPoller:
         if self._auth_streak:
             logger.info("IMAP: login succeeded again for %s", self.config.user)
         self._auth_streak = False
-        self.status.update(state="polling", imap="ok", uidvalidity=state.uidvalidity)
+        self.status.update(state=PollerState.POLLING, imap=ImapState.OK, uidvalidity=state.uidvalidity)
 
     def _backoff(self) -> float:
         delay = backoff_delay(self._failures, self.config.reconnect_max_seconds, self.rng)
@@ -203,8 +205,8 @@ class MailboxPoller:
                 handled += self._process_batch(client, state, uids)
                 checkpoint = uids[-1]
         self._failures = 0
-        self.status.update(state="polling", imap="ok", last_success_at=time.time(), consecutive_errors=0,
-                           last_uid=self.store.get_checkpoint(self.state_key, state.uidvalidity))
+        self.status.update(state=PollerState.POLLING, imap=ImapState.OK, last_success_at=time.time(),
+                           consecutive_errors=0, last_uid=self.store.get_checkpoint(self.state_key, state.uidvalidity))
         if handled:
             self.apply_flags(client, state)
         return handled

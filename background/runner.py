@@ -4,7 +4,8 @@
 ``start_background()``: every worker then runs a lease keeper (standby or holder), and the poller and delivery
 threads, which act only while this worker holds the lease, plus an observer that publishes the holder's status
 to the shared store and caches the cluster view for ``/health`` (which must do no network I/O of its own).
-``stop_background(timeout)`` (``worker_exit``) stops everything and joins with a timeout.
+``stop_background(timeout)`` (``worker_exit``) stops everything and joins with a timeout. The routes read this
+worker only through ``status_source()`` (``background/status_source.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from config import MailboxConfig, ServiceConfig, TargetConfig
@@ -25,6 +27,7 @@ if TYPE_CHECKING:  # the adapters are imported lazily, on first use (heavy, and 
     import redis
 
     from background.services import BackgroundServices
+    from background.status_source import StatusSource
     from email_processing.orchestrator import NullOffloader
     from services.r2_offload import R2Offloader
     from services.state_store import StateStore
@@ -35,13 +38,31 @@ logger = logging.getLogger(__name__)
 PACKAGE_VERSION = "1.0.0"
 
 
+class PollerState(StrEnum):
+    """What the poller is doing (``PollerStatus.state``; /health ``checks.poller``, /api/status ``poller.state``)."""
+
+    STANDBY = "standby"
+    POLLING = "polling"
+    BACKOFF = "backoff"
+    REDIS_UNAVAILABLE = "redis_unavailable"
+
+
+class ImapState(StrEnum):
+    """What the poller last saw of the IMAP server (``PollerStatus.imap``; /health ``checks.imap``)."""
+
+    OK = "ok"
+    UNREACHABLE = "unreachable"
+    AUTH_FAILED = "auth_failed"
+    NOT_APPLICABLE = "n/a"
+
+
 @dataclass
 class PollerStatus:
     """What the poller thread knows about itself; written by that thread, read by the routes (no lock needed
     for single attribute reads in CPython; the dict snapshot copies under a lock)."""
 
-    state: str = "standby"           # standby | polling | backoff | redis_unavailable
-    imap: str = "n/a"                # ok | unreachable | auth_failed | n/a
+    state: PollerState = PollerState.STANDBY
+    imap: ImapState = ImapState.NOT_APPLICABLE
     mailbox: str | None = None
     uidvalidity: int | None = None
     last_uid: int | None = None
@@ -58,12 +79,12 @@ class PollerStatus:
             for key, value in changes.items():
                 setattr(self, key, value)
 
-    def error(self, message: str, imap_state: str | None = None) -> None:
+    def error(self, message: str, imap_state: ImapState | None = None) -> None:
         with self._lock:
             self.last_error_at = time.time()
             self.last_error = message
             self.consecutive_errors += 1
-            self.state = "backoff"
+            self.state = PollerState.BACKOFF
             if imap_state:
                 self.imap = imap_state
 
@@ -197,10 +218,8 @@ class ServiceRuntime:
         with self._lock:
             if self.background is not None:
                 return
-            from background.services import BackgroundServices
-
             try:
-                background = BackgroundServices(self)
+                background = self._build_background()
                 background.start()
             except Exception:
                 # E.g. the state directory is not writable. /health answers 503 "down" so Render restarts us.
@@ -208,6 +227,27 @@ class ServiceRuntime:
                 self.background_failed = True
                 return
             self.background = background
+
+    def _build_background(self) -> BackgroundServices:
+        """The background threads, each given exactly what it uses (opens the store and makes the lease)."""
+        from background.health import HealthTimings
+        from background.lease import LeaseKeeper, make_lease
+        from background.services import OBSERVE_INTERVAL_SECONDS, BackgroundServices, StatusObserver
+        from services.webhook import WebhookSender
+
+        settings = self.settings
+        store = self.store
+        lease = make_lease(settings, self.redis_client)
+        mailbox, target = self.mailbox, self.target
+        observer = StatusObserver(
+            lease=lease, store=store, poller_status=self.poller_status, instance=lambda: self.instance,
+            timings=HealthTimings.from_settings(settings, observe_interval=OBSERVE_INTERVAL_SECONDS),
+            heartbeat_interval_seconds=settings.heartbeat_interval_seconds)
+        return BackgroundServices(
+            mailbox=mailbox, target=target, store=store, lease=lease,
+            keeper=LeaseKeeper(lease, retry_interval=settings.lease_retry_interval), observer=observer,
+            poller_status=self.poller_status, offloader_factory=lambda: self.offloader,
+            sender_factory=lambda: WebhookSender(target, version=self.version))
 
     def stop_background(self, timeout: float) -> None:
         with self._lock:
@@ -223,6 +263,18 @@ class ServiceRuntime:
                     logger.warning("BG_POLLER: error while closing %s", type(closer).__name__, exc_info=True)
 
     # --- views for the routes -----------------------------------------------------------------------------
+
+    def status_source(self) -> StatusSource:
+        """Everything the status routes read about this worker, and nothing else (``create_app`` hands it over)."""
+        from background.status_source import StatusSource
+
+        settings = self.settings
+        return StatusSource(
+            version=self.version, status_api_token=settings.status_api_token, background_mode=self.background_mode,
+            lease_backend="redis" if settings.redis_url else "file", shared_redis=bool(settings.redis_url),
+            mailbox_folder=settings.imap_mailbox, open_store=lambda: self.store,
+            instance=lambda: self.instance.as_dict(), poller_snapshot=lambda: self.poller_status.snapshot(),
+            lease_snapshot=self.lease_snapshot, cluster_view=self.cluster_view, threads_dead=self.threads_dead)
 
     def lease_snapshot(self) -> dict | None:
         background = self.background

@@ -4,6 +4,7 @@ Every worker runs all four; the poller and the delivery loop act only while the 
 publishes the holder's status document to the shared store (so any worker of any container answers the same) and
 caches the cluster view that ``/health`` reads without network I/O. Threads are daemons with names, started after
 Gunicorn initialised the worker, stopped through events and joined with a timeout; none installs a signal handler.
+Each object is given exactly what it uses; ``ServiceRuntime`` (``background/runner.py``) builds and passes them.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any, Callable
 
 from background.delivery import DeliveryWorker
 from background.health import HealthTimings, observed_view
-from background.lease import LeaseKeeper, OwnershipGuard, make_lease
+from background.housekeeping import Chore, Housekeeping
+from background.lease import Lease, LeaseKeeper, LeaseState, OwnershipGuard
 from background.poller import MailboxPoller
-from services.state_store import StateStoreError
-from services.webhook import WebhookSender
+from background.runner import ImapState, InstanceInfo, PollerState, PollerStatus
+from config import MailboxConfig, TargetConfig
+from services.state_store import StateStore, StateStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -27,26 +30,27 @@ TRIM_INTERVAL_SECONDS = 3600
 
 
 class BackgroundServices:
-    def __init__(self, runtime) -> None:
-        self.runtime = runtime
-        settings = runtime.settings
-        self.settings = settings
-        self.store = runtime.store
-        self.lease = make_lease(settings, runtime.redis_client)
-        self.guard = OwnershipGuard(self.lease)
-        self.keeper = LeaseKeeper(self.lease, settings)
+    """The four threads of one worker. The poller and the delivery workers share one ownership guard on ``lease``
+    and the wake-up events; ``offloader_factory`` and ``sender_factory`` build their adapters on first use (one
+    sender per delivery thread)."""
+
+    def __init__(self, *, mailbox: MailboxConfig, target: TargetConfig, store: StateStore, lease: Lease,
+                 keeper: LeaseKeeper, observer: StatusObserver, poller_status: PollerStatus,
+                 offloader_factory: Callable[[], Any], sender_factory: Callable[[], Any]) -> None:
+        self.store = store
+        self.lease = lease
+        self.guard = OwnershipGuard(lease)
+        self.keeper = keeper
         self.delivery_wakeup = threading.Event()
         self.flag_wakeup = threading.Event()
-        mailbox, target = runtime.mailbox, runtime.target
-        self.poller = MailboxPoller(mailbox, self.store, self.lease, self.guard, runtime.poller_status,
-                                    offloader_factory=lambda: runtime.offloader,
+        self.poller = MailboxPoller(mailbox, store, lease, self.guard, poller_status,
+                                    offloader_factory=offloader_factory,
                                     delivery_wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup)
         self.deliveries = [
-            DeliveryWorker(target, self.store, self.lease, self.guard,
-                           lambda: WebhookSender(target, version=runtime.version),
+            DeliveryWorker(target, store, lease, self.guard, sender_factory,
                            wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup)
             for _ in range(target.concurrency)]
-        self.observer = StatusObserver(self)
+        self.observer = observer
         self._stop_workers = threading.Event()
         self._stop_keeper = threading.Event()
         self._stopping = False
@@ -97,20 +101,28 @@ class BackgroundServices:
 
 class StatusObserver:
     """Publishes the holder's status and keeps the cluster view fresh for /health (read without I/O); the view's
-    rules are ``background.health``'s."""
+    rules are ``background.health``'s. ``instance`` gives this process's identity when it is published (the
+    runtime re-reads the pid after Gunicorn forked); ``clock`` is the housekeeping schedule's monotonic clock."""
 
-    def __init__(self, services: BackgroundServices) -> None:
-        self.services = services
-        self.settings = services.settings
-        self.store = services.store
-        self.timings = HealthTimings.from_settings(self.settings, observe_interval=OBSERVE_INTERVAL_SECONDS)
+    def __init__(self, *, lease: Lease, store: StateStore, poller_status: PollerStatus,
+                 instance: Callable[[], InstanceInfo], timings: HealthTimings, heartbeat_interval_seconds: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.lease = lease
+        self.store = store
+        self.poller_status = poller_status
+        self.instance = instance
+        self.timings = timings
         self.started = time.time()
         self.last_read_ok = time.time()
-        self.view: dict[str, Any] = {"poller": "standby", "lease": "standby", "imap": "n/a", "outbox": "n/a",
-                                     "cluster": "ok", "published": None, "outbox_stats": None, "stale": False}
-        self._last_heartbeat = time.monotonic()
+        self.view: dict[str, Any] = {"poller": PollerState.STANDBY, "lease": LeaseState.STANDBY,
+                                     "imap": ImapState.NOT_APPLICABLE, "outbox": "n/a", "cluster": "ok",
+                                     "published": None, "outbox_stats": None, "stale": False}
         self._last_counters: dict | None = None
-        self._last_trim = 0.0
+        # Holder-only chores, run from observe_once: trimming at once and then hourly, the heartbeat every interval.
+        self.housekeeping = Housekeeping(
+            [Chore("heartbeat", heartbeat_interval_seconds, self.log_heartbeat),
+             Chore("trim", TRIM_INTERVAL_SECONDS, self.trim_retention, run_at_start=True)],
+            clock=clock, expected_errors=(StateStoreError,))
 
     def run(self, stop_event: threading.Event) -> None:
         while not stop_event.is_set():
@@ -121,21 +133,20 @@ class StatusObserver:
             stop_event.wait(OBSERVE_INTERVAL_SECONDS)
 
     def status_document(self) -> dict:
-        runtime = self.services.runtime
-        return {"lease": self.services.lease.snapshot(), "poller": runtime.poller_status.snapshot(),
-                "instance": runtime.instance.as_dict()}
+        return {"lease": self.lease.snapshot(), "poller": self.poller_status.snapshot(),
+                "instance": self.instance().as_dict()}
 
     def observe_once(self) -> None:
-        lease = self.services.lease
+        lease = self.lease
         snapshot = lease.snapshot()
-        held = snapshot.get("state") == "held" and lease.holds_locally()
+        held = snapshot.get("state") == LeaseState.HELD and lease.holds_locally()
         published = None
         stats = None
         read_ok = True
         try:
             if held:
                 self.store.publish_status(self.status_document(), ttl_seconds=self.timings.publish_ttl)
-                self._maintain()
+                self.housekeeping.run_due()
             published = self.store.read_status()
             stats = self.store.outbox_stats(time.time())
             self.last_read_ok = time.time()
@@ -145,24 +156,22 @@ class StatusObserver:
         if not read_ok:  # keep answering from what was last read; the health rules decide when that is stale
             published, stats = self.view.get("published"), self.view.get("outbox_stats")
         self.view = observed_view(
-            lease_state=snapshot.get("state") or "standby", held=held,
-            own_poller=self.services.runtime.poller_status.snapshot(), published=published, stats=stats,
+            lease_state=snapshot.get("state") or LeaseState.STANDBY, held=held,
+            own_poller=self.poller_status.snapshot(), published=published, stats=stats,
             read_ok=read_ok, now=time.time(), last_read_ok=self.last_read_ok, started=self.started,
             timings=self.timings)
 
-    def _maintain(self) -> None:
-        """Holder-only chores: heartbeat log line, retention trimming."""
-        now = time.monotonic()
-        if now - self._last_heartbeat >= self.settings.heartbeat_interval_seconds:
-            self._last_heartbeat = now
-            counters = self.store.counters()
-            changed = {name: value for name, value in counters.items()
-                       if self._last_counters is None or self._last_counters.get(name) != value}
-            self._last_counters = counters
-            changes = " ".join(f"{name}={value}" for name, value in sorted(changed.items())) or "no changes"
-            logger.info("BG_POLLER: heartbeat pid=%s %s", self.services.runtime.instance.pid, changes)
-        if time.time() - self._last_trim >= TRIM_INTERVAL_SECONDS:
-            self._last_trim = time.time()
-            self.store.trim(time.time())
+    def log_heartbeat(self) -> None:
+        """The heartbeat chore: one log line with the counters that changed since the last one."""
+        counters = self.store.counters()
+        changed = {name: value for name, value in counters.items()
+                   if self._last_counters is None or self._last_counters.get(name) != value}
+        self._last_counters = counters
+        changes = " ".join(f"{name}={value}" for name, value in sorted(changed.items())) or "no changes"
+        logger.info("BG_POLLER: heartbeat pid=%s %s", self.instance().pid, changes)
+
+    def trim_retention(self) -> None:
+        """The retention chore: drop what is older than STATE_RETENTION_DAYS from the store."""
+        self.store.trim(time.time())
 
 

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, jsonify, render_template, request
 from markupsafe import Markup
 
+from routes import status_source
 from routes.health import health_document
 from routes.status_view import KNOWN_COUNTERS, LABELLED_COUNTERS, RECENT_LIMIT, build_status
 from timestamps import iso_utc
@@ -106,22 +107,18 @@ def _guarded(view: Callable[..., Response]) -> Callable[..., Response]:
     return wrapper
 
 
-def _runtime():
-    return current_app.extensions["render_signal"]
-
-
 # --- /api/status ------------------------------------------------------------------------------------------------------
 
 @bp.get("/api/status")
 @_guarded
 def api_status() -> Response:
-    runtime = _runtime()
-    token = runtime.settings.status_api_token
+    source = status_source()
+    token = source.status_api_token
     if not token:
         return _json_error(404, "not_found")
     if not _api_credentials_ok(token):
         return _unauthorized_api()
-    document, _ = build_status(runtime)
+    document, _ = build_status(source)
     response = jsonify(document)
     response.headers.update(COMMON_HEADERS)
     return response
@@ -215,11 +212,11 @@ def render_metrics(document: dict, accept: str | None = None) -> tuple[bytes, st
 @bp.get("/metrics")
 @_guarded
 def metrics() -> Response:
-    runtime = _runtime()
-    token = runtime.settings.status_api_token
+    source = status_source()
+    token = source.status_api_token
     if token and not _api_credentials_ok(token):
         return _unauthorized_api()
-    document, _ = build_status(runtime)
+    document, _ = build_status(source)
     body, content_type = render_metrics(document, request.headers.get("Accept"))
     response = Response(body, content_type=content_type)
     response.headers.update(COMMON_HEADERS)
@@ -266,22 +263,22 @@ def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -
 @bp.get("/")
 @_guarded
 def dashboard() -> Response:
-    runtime = _runtime()
-    token = runtime.settings.status_api_token
+    source = status_source()
+    token = source.status_api_token
     if token and not _basic_credentials_ok(token):
         logger.info("SECURITY: rejected %s without valid credentials", request.path)
         return _html(render_template("unauthorized.html"), 401,
                      {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
     if token:
-        document, recent = build_status(runtime, recent_limit=RECENT_LIMIT)
+        document, recent = build_status(source, recent_limit=RECENT_LIMIT)
         health = document["health"]
         generated_at = document["generated_at"]
     else:
-        health_doc, _ = health_document(runtime)
+        health_doc, _ = health_document(source)
         health = {"status": health_doc["status"], "checks": health_doc["checks"]}
         document, recent, generated_at = None, [], iso_utc(time.time())
     # The style is our constant: unescaped, or its quotes would become entities (broken CSS, wrong CSP hash).
     body = render_template("status.html", style=Markup(page_style().css), doc=document, recent=recent,
-                           health=health, version=runtime.version, generated_at=generated_at,
+                           health=health, version=source.version, generated_at=generated_at,
                            recent_limit=RECENT_LIMIT)
     return _html(body)

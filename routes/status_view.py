@@ -1,6 +1,6 @@
 """The status document behind ``/api/status``, ``/metrics`` and the ``/`` page: one builder, so they always agree.
 
-``read_cluster_state(runtime, now)`` does the store reads (the lease holder's published document, the cluster-wide
+``read_cluster_state(source, now)`` does the store reads (the lease holder's published document, the cluster-wide
 counters, the outbox figures and, for the page, the recent history) and turns any ``StateStoreError`` into
 ``stale``. ``build_status_document(...)`` is a pure function of those reads and this instance's own view. The
 lease and poller sections come from the document the lease holder publishes, never from the worker that happens to
@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from background.health import DEFAULT_ID, lease_held, local_poller_state
+from background.lease import LeaseState
+from background.runner import PollerState
+from background.status_source import StatusSource
 from log_setup import scrub
 from timestamps import epoch_of, iso_utc, iso_utc_ms
 
@@ -52,26 +55,26 @@ class ClusterReads:
     read: bool = False   # False when the store was deliberately not consulted (nothing shared to read)
 
 
-def _store_is_shared(runtime) -> bool:
+def _store_is_shared(source: StatusSource) -> bool:
     """The store holds cluster state worth reading: the background runs here, or a shared Redis is configured
     (a web-only container still shows what the holder elsewhere published). Without either, a GET must not create
     a SQLite file."""
-    return runtime.background_mode == "enabled" or bool(runtime.settings.redis_url)
+    return source.background_mode == "enabled" or source.shared_redis
 
 
-def read_cluster_state(runtime, now: float, *, recent_limit: int = 0) -> ClusterReads:
+def read_cluster_state(source: StatusSource, now: float, *, recent_limit: int = 0) -> ClusterReads:
     """Read the shared state for one answer; never raises for a store failure (that is ``stale``)."""
     from services.state_store import StateStoreError
 
-    if not _store_is_shared(runtime):
+    if not _store_is_shared(source):
         return ClusterReads()
-    view = runtime.cluster_view() or {}
+    view = source.cluster_view() or {}
     if view.get("stale"):
         # The observer's last read failed moments ago: answer at once from this instance's view instead of holding
         # a request thread for a full store timeout per call.
         return ClusterReads(stale=True, outbox_stats=view.get("outbox_stats"), read=True)
     try:
-        store = runtime.store
+        store = source.open_store()
         reads = ClusterReads(read=True)
         reads.published = store.read_status()
         reads.counters = store.counters()
@@ -84,16 +87,15 @@ def read_cluster_state(runtime, now: float, *, recent_limit: int = 0) -> Cluster
         return ClusterReads(stale=True, outbox_stats=view.get("outbox_stats"), read=True)
 
 
-def build_status_document(*, mode: str, settings, version: str, instance: dict, local_lease: dict | None,
-                          local_poller: dict, health: dict | None, reads: ClusterReads, now: float,
-                          problems: list[dict] | None = None) -> dict:
+def build_status_document(*, mode: str, lease_backend: str, mailbox_folder: str, version: str, instance: dict,
+                          local_lease: dict | None, local_poller: dict, health: dict | None, reads: ClusterReads,
+                          now: float, problems: list[dict] | None = None) -> dict:
     """The status document (pure): see the module docstring and the README's "Operations" section. ``problems``
-    are ``/health``'s (``background.health``)."""
-    lease_backend = "redis" if settings.redis_url else "file"
+    are ``/health``'s (``background.health``); ``lease_backend`` is ``redis`` or ``file``."""
     published = reads.published if not reads.stale else None
     if mode != "enabled":
         lease = _lease_section(None, lease_backend)
-        poller = _poller_section({"state": mode, "mailbox": settings.imap_mailbox if mode == "disabled" else None})
+        poller = _poller_section({"state": mode, "mailbox": mailbox_folder if mode == "disabled" else None})
         source: dict[str, Any] = {"kind": mode, "published_at": None, "published_by": None}
     elif reads.stale:
         lease = _lease_section(local_lease, lease_backend)
@@ -110,7 +112,7 @@ def build_status_document(*, mode: str, settings, version: str, instance: dict, 
     else:
         # Nobody published a holder's status within TTL + retry: the same answer from every instance.
         lease = _lease_section(None, lease_backend)
-        poller = _poller_section({"state": "standby", "mailbox": settings.imap_mailbox})
+        poller = _poller_section({"state": PollerState.STANDBY, "mailbox": mailbox_folder})
         source = {"kind": "no_holder", "published_at": None, "published_by": None}
 
     last_success = None
@@ -141,17 +143,17 @@ def build_status_document(*, mode: str, settings, version: str, instance: dict, 
     return scrub_document(document)
 
 
-def build_status(runtime, *, now: float | None = None, recent_limit: int = 0) -> tuple[dict, list[dict]]:
+def build_status(source: StatusSource, *, now: float | None = None, recent_limit: int = 0) -> tuple[dict, list[dict]]:
     """Read and build in one go: ``(status document, recent history entries)`` (entries scrubbed too)."""
-    from routes.health import assess_runtime
+    from routes.health import assess_source
 
     now = time.time() if now is None else now
-    reads = read_cluster_state(runtime, now, recent_limit=recent_limit)
-    health = assess_runtime(runtime)
+    reads = read_cluster_state(source, now, recent_limit=recent_limit)
+    health = assess_source(source)
     document = build_status_document(
-        mode=runtime.background_mode, settings=runtime.settings, version=runtime.version,
-        instance=runtime.instance.as_dict(), local_lease=runtime.lease_snapshot(),
-        local_poller=runtime.poller_status.snapshot(), health={"status": health.status, "checks": health.checks},
+        mode=source.background_mode, lease_backend=source.lease_backend, mailbox_folder=source.mailbox_folder,
+        version=source.version, instance=source.instance(), local_lease=source.lease_snapshot(),
+        local_poller=source.poller_snapshot(), health={"status": health.status, "checks": health.checks},
         reads=reads, now=now, problems=health.problem_dicts())
     recent = [_recent_entry(entry) for entry in reads.recent[:recent_limit]] if not reads.stale else []
     return document, scrub_document(recent)
@@ -163,7 +165,7 @@ def _lease_section(snapshot: dict | None, backend: str) -> dict:
     snapshot = snapshot or {}
     section = {name: snapshot.get(name) for name in LEASE_FIELDS}
     section["backend"] = section["backend"] or backend
-    section["state"] = snapshot.get("state") or ("standby" if snapshot else None)
+    section["state"] = snapshot.get("state") or (LeaseState.STANDBY if snapshot else None)
     return section
 
 

@@ -24,6 +24,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Callable, Mapping, Protocol, TypeVar, runtime_checkable
 
 from config import DEFAULT_ID
@@ -33,7 +34,17 @@ RECENT_KEEP = 100           # record_recent keeps this many entries (newest firs
 EXCERPT_MAX_CHARS = 500     # dead-letter response excerpts and last_error are cut to this
 DEAD_RECENT_COUNT = 5       # outbox_stats()["dead_recent"] lists this many
 AUTO_TRIM_INTERVAL_SECONDS = 600.0
-OUTBOX_STATUSES = ("pending", "delivered", "dead")
+
+
+class OutboxStatus(StrEnum):
+    """Where an outbox item is (``OutboxItem.status``, ``list_items(status)``); the values are stored as they are."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+OUTBOX_STATUSES: tuple[OutboxStatus, ...] = tuple(OutboxStatus)
 
 
 class StateStoreError(Exception):
@@ -49,7 +60,7 @@ class OutboxItem:
     uidvalidity: int
     uid: int
     message_id: str | None
-    status: str = "pending"  # pending | delivered | dead
+    status: str = OutboxStatus.PENDING  # an OutboxStatus (read back from a store as its plain value)
     attempts: int = 0        # incremented by every claim (a claim is the start of an attempt)
     next_attempt_at: float = 0.0   # epoch seconds
     created_at: float = 0.0

@@ -53,6 +53,7 @@ from services.state_store import (
     RECENT_KEEP,
     FlagRequest,
     OutboxItem,
+    OutboxStatus,
     StateStoreError,
     bounded,
     check_counter_name,
@@ -377,7 +378,7 @@ class RedisStateStore:
     def enqueue(self, item: OutboxItem) -> bool:
         self._ensure_schema()
         now = now_or_clock(None)
-        stored = OutboxItem(**{**item.__dict__, "status": "pending", "in_flight": False,
+        stored = OutboxItem(**{**item.__dict__, "status": OutboxStatus.PENDING, "in_flight": False,
                                "created_at": item.created_at or now, "claimed_until": None, "claim_owner": None})
         fields = item_to_fields(stored)
         fields["pending_since"] = _num(now)
@@ -433,10 +434,11 @@ class RedisStateStore:
         check_status(status)
         if limit <= 0:
             return []
-        if status == "pending":
+        if status == OutboxStatus.PENDING:
             ids = self._client.zrange(self._pending_since, 0, limit - 1)
         else:
-            ids = self._client.zrevrange(self._delivered if status == "delivered" else self._dead, 0, limit - 1)
+            ids = self._client.zrevrange(self._delivered if status == OutboxStatus.DELIVERED else self._dead, 0,
+                                         limit - 1)
         if not ids:
             return []
         pipe = self._client.pipeline(transaction=False)

@@ -28,6 +28,7 @@ from services.state_store import (
     RECENT_KEEP,
     FlagRequest,
     OutboxItem,
+    OutboxStatus,
     StateStoreError,
     bounded,
     check_counter_name,
@@ -362,7 +363,8 @@ class SqliteStateStore:
     def list_items(self, status: str, limit: int = 100) -> list[OutboxItem]:
         """Pending: oldest first. Delivered and dead: newest first."""
         check_status(status)
-        order = {"pending": "pending_since ASC", "delivered": "delivered_at DESC", "dead": "dead_at DESC"}[status]
+        order = {OutboxStatus.PENDING: "pending_since ASC", OutboxStatus.DELIVERED: "delivered_at DESC",
+                 OutboxStatus.DEAD: "dead_at DESC"}[OutboxStatus(status)]
         rows = self._conn().execute(
             f"{_SELECT_ITEM} WHERE status = '{status}' AND (expires_at IS NULL OR expires_at > ?) "
             f"ORDER BY {order} LIMIT ?", (time.time(), max(0, int(limit)))).fetchall()

@@ -12,8 +12,6 @@ import time
 
 import pytest
 
-from settings import Settings
-
 pytestmark = pytest.mark.redis
 
 TOKEN = "status-token-Vq93-do-not-print"
@@ -365,9 +363,8 @@ def test_a_worker_that_cannot_reach_redis_reports_its_poller_as_redis_unavailabl
     from routes.status_view import ClusterReads, build_status_document
 
     # Given a worker whose lease keeper found Redis unreachable and whose store read failed
-    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:9/0"})
     document = build_status_document(
-        mode="enabled", settings=settings, version="v", instance={"host": "h", "pid": 1},
+        mode="enabled", lease_backend="redis", mailbox_folder="INBOX", version="v", instance={"host": "h", "pid": 1},
         local_lease={"backend": "redis", "state": "redis_unreachable"}, local_poller={"state": "standby"},
         health=None, reads=ClusterReads(stale=True), now=time.time())
     # Then the status says so, as its own (stale) view
