@@ -122,13 +122,15 @@ class InstanceInfo:
 class ServiceRuntime:
     """Everything one worker process owns. Adapters are built on first use, never at import."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config: ServiceConfig | None = None) -> None:
         self.settings = settings
-        # The typed values every adapter takes (one mailbox and one target today), built once.
-        self.config = ServiceConfig.from_settings(settings)
+        # The typed values every adapter takes (one mailbox and one target today), built once from the settings
+        # unless given (tests of several mailbox values).
+        self.config = config or ServiceConfig.from_settings(settings)
         self.version = settings.render_git_commit or PACKAGE_VERSION
         self.instance = InstanceInfo(socket.gethostname(), os.getpid(), time.time(), self.version)
-        self.poller_status = PollerStatus(mailbox=settings.imap_mailbox)
+        self.poller_status = PollerStatus(
+            mailbox=self.config.mailboxes[0].folder if self.config.mailboxes else settings.imap_mailbox)
         self._lock = threading.RLock()
         self._store: StateStore | None = None
         self._redis: redis.Redis | None = None
@@ -242,7 +244,7 @@ class ServiceRuntime:
         observer = StatusObserver(
             lease=lease, store=store, poller_status=self.poller_status, instance=lambda: self.instance,
             timings=HealthTimings.from_settings(settings, observe_interval=OBSERVE_INTERVAL_SECONDS),
-            heartbeat_interval_seconds=settings.heartbeat_interval_seconds)
+            heartbeat_interval_seconds=settings.heartbeat_interval_seconds, config=self.config)
         return BackgroundServices(
             mailbox=mailbox, target=target, store=store, lease=lease,
             keeper=LeaseKeeper(lease, retry_interval=settings.lease_retry_interval), observer=observer,

@@ -20,13 +20,15 @@ from background.housekeeping import Chore, Housekeeping
 from background.lease import Lease, LeaseKeeper, LeaseState, OwnershipGuard
 from background.poller import MailboxPoller
 from background.runner import ImapState, InstanceInfo, PollerState, PollerStatus
-from config import MailboxConfig, TargetConfig
+from background.stranded import Stranded, settle_removed_targets, survey
+from config import MailboxConfig, ServiceConfig, TargetConfig
 from services.state_store import StateStore, StateStoreError
 
 logger = logging.getLogger(__name__)
 
 OBSERVE_INTERVAL_SECONDS = 1.0
 TRIM_INTERVAL_SECONDS = 3600
+STRANDED_INTERVAL_SECONDS = 300  # the survey of work left by removed mailboxes and targets
 
 
 class BackgroundServices:
@@ -106,7 +108,7 @@ class StatusObserver:
 
     def __init__(self, *, lease: Lease, store: StateStore, poller_status: PollerStatus,
                  instance: Callable[[], InstanceInfo], timings: HealthTimings, heartbeat_interval_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 config: ServiceConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.lease = lease
         self.store = store
         self.poller_status = poller_status
@@ -118,11 +120,15 @@ class StatusObserver:
                                      "imap": ImapState.NOT_APPLICABLE, "outbox": "n/a", "cluster": "ok",
                                      "published": None, "outbox_stats": None, "stale": False}
         self._last_counters: dict | None = None
-        # Holder-only chores, run from observe_once: trimming at once and then hourly, the heartbeat every interval.
-        self.housekeeping = Housekeeping(
-            [Chore("heartbeat", heartbeat_interval_seconds, self.log_heartbeat),
-             Chore("trim", TRIM_INTERVAL_SECONDS, self.trim_retention, run_at_start=True)],
-            clock=clock, expected_errors=(StateStoreError,))
+        self.config = config
+        self.stranded: Stranded | None = None  # what removed mailboxes and targets left (the last survey)
+        # Holder-only chores, run from observe_once: trimming and the stranded-work survey at once and then on their
+        # intervals, the heartbeat every interval.
+        chores = [Chore("heartbeat", heartbeat_interval_seconds, self.log_heartbeat),
+                  Chore("trim", TRIM_INTERVAL_SECONDS, self.trim_retention, run_at_start=True)]
+        if config is not None:
+            chores.append(Chore("stranded", STRANDED_INTERVAL_SECONDS, self.survey_stranded, run_at_start=True))
+        self.housekeeping = Housekeeping(chores, clock=clock, expected_errors=(StateStoreError,))
 
     def run(self, stop_event: threading.Event) -> None:
         while not stop_event.is_set():
@@ -133,8 +139,11 @@ class StatusObserver:
             stop_event.wait(OBSERVE_INTERVAL_SECONDS)
 
     def status_document(self) -> dict:
-        return {"lease": self.lease.snapshot(), "poller": self.poller_status.snapshot(),
-                "instance": self.instance().as_dict()}
+        document = {"lease": self.lease.snapshot(), "poller": self.poller_status.snapshot(),
+                    "instance": self.instance().as_dict()}
+        if self.stranded is not None:
+            document["stranded"] = self.stranded.as_dict()
+        return document
 
     def observe_once(self) -> None:
         lease = self.lease
@@ -173,5 +182,16 @@ class StatusObserver:
     def trim_retention(self) -> None:
         """The retention chore: drop what is older than STATE_RETENTION_DAYS from the store."""
         self.store.trim(time.time())
+
+    def survey_stranded(self) -> None:
+        """The stranded-work chore: report what removed mailboxes and targets left (logged when it changes) and
+        dead-letter the pending items of removed targets (``background.stranded``)."""
+        assert self.config is not None  # the chore exists only with a config
+        found = survey(self.store, self.config)
+        if settle_removed_targets(self.store, self.config, found):
+            found = survey(self.store, self.config)
+        if found and (self.stranded is None or found.as_dict() != self.stranded.as_dict()):
+            logger.warning("STATE: work of removed mailboxes or targets: %s", found.summary())
+        self.stranded = found
 
 

@@ -1,6 +1,7 @@
 """The service's background machinery in the test process (fast), against real servers.
 
-``pipeline_factory(env) -> RunningPipeline`` builds ``Settings.from_env(env)``, a ``ServiceRuntime`` and starts
+``pipeline_factory(env, config=None) -> RunningPipeline`` builds ``Settings.from_env(env)``, a ``ServiceRuntime``
+(on ``config`` when given, e.g. a mailbox with another id; else the one the settings describe) and starts
 its background threads exactly as a Gunicorn worker does (``start_background``); everything started is stopped
 at teardown. Tests that need real processes (kill -9, several containers) use ``service_factory`` instead.
 """
@@ -12,6 +13,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from background.runner import ServiceRuntime
+from config import ServiceConfig
 from settings import Settings
 
 FAST = {
@@ -44,9 +46,9 @@ def service_env(account=None, receiver=None, redis_url: str | None = None, state
 
 
 class RunningPipeline:
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], config: ServiceConfig | None = None) -> None:
         self.settings = Settings.from_env(env)
-        self.runtime = ServiceRuntime(self.settings)
+        self.runtime = ServiceRuntime(self.settings, config)
         self.stopped = False
 
     @property

@@ -133,22 +133,12 @@ class StatusCollector:
         self.document = document
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily
 
         doc = self.document
-        counters = doc.get("counters")
-        if counters is not None:
-            for name in _counter_names(counters):
-                value = counters.get(name)
-                metric = f"{METRIC_PREFIX}{name}"
-                help_text = f"{name.replace('_', ' ').capitalize()} since the first start (cluster-wide)."
-                if isinstance(value, dict) or name in LABELLED_COUNTERS:
-                    family = CounterMetricFamily(metric, help_text, labels=["reason"])
-                    for reason, count in sorted((value or {}).items()):
-                        family.add_metric([reason], float(count))
-                else:
-                    family = CounterMetricFamily(metric, help_text, value=float(value or 0))
-                yield family
+        series = doc.get("counter_series")
+        if series is not None:
+            yield from _counter_families(series)
 
         def gauge(name: str, help_text: str, value: float | None) -> Iterator[Any]:
             if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -189,9 +179,30 @@ class StatusCollector:
         yield info
 
 
-def _counter_names(counters: dict) -> list[str]:
-    extra = sorted(name for name in counters if name not in KNOWN_COUNTERS and _valid_metric_part(name))
-    return [name for name in KNOWN_COUNTERS if name in counters] + extra
+def _counter_families(series: list[dict]) -> Iterator[Any]:
+    """One counter family per name, in the status document's ``counter_series`` key format: the family's labels are
+    every label any of its series has (``reason`` always for the counters by reason); a series without one of them
+    carries "" for it. A known counter that never moved is 0 (or, by reason, an empty family)."""
+    from prometheus_client.core import CounterMetricFamily
+
+    by_name: dict[str, list[dict]] = {}
+    for row in series:
+        if _valid_metric_part(row["name"]):
+            by_name.setdefault(row["name"], []).append(row)
+    extra = sorted(name for name in by_name if name not in KNOWN_COUNTERS)
+    for name in [*KNOWN_COUNTERS, *extra]:
+        rows = by_name.get(name, [])
+        metric = f"{METRIC_PREFIX}{name}"
+        help_text = f"{name.replace('_', ' ').capitalize()} since the first start (cluster-wide)."
+        label_names = sorted({label for row in rows for label in row["labels"]}
+                             | ({"reason"} if name in LABELLED_COUNTERS else set()))
+        if not label_names:
+            yield CounterMetricFamily(metric, help_text, value=float(sum(row["value"] for row in rows)))
+            continue
+        family = CounterMetricFamily(metric, help_text, labels=label_names)
+        for row in rows:
+            family.add_metric([str(row["labels"].get(label, "")) for label in label_names], float(row["value"]))
+        yield family
 
 
 def _valid_metric_part(name: str) -> bool:

@@ -24,6 +24,7 @@ from background.lease import LeaseState
 from background.runner import PollerState
 from background.status_source import StatusSource
 from log_setup import scrub
+from services.state_store import fold_series
 from timestamps import epoch_of, iso_utc, iso_utc_ms
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class ClusterReads:
     stale: bool = False
     published: dict | None = None
     counters: dict | None = None
+    series: list[tuple[str, dict[str, str], int]] | None = None   # every counter with its labels
     outbox_stats: dict | None = None
     recent: list[dict] = field(default_factory=list)
     read: bool = False   # False when the store was deliberately not consulted (nothing shared to read)
@@ -77,7 +79,8 @@ def read_cluster_state(source: StatusSource, now: float, *, recent_limit: int = 
         store = source.open_store()
         reads = ClusterReads(read=True)
         reads.published = store.read_status()
-        reads.counters = store.counters()
+        reads.series = store.counter_series()
+        reads.counters = fold_series(reads.series)
         reads.outbox_stats = store.outbox_stats(now)
         if recent_limit > 0:
             reads.recent = list(store.recent(recent_limit))
@@ -132,6 +135,7 @@ def build_status_document(*, mode: str, lease_backend: str, mailbox_folder: str,
         "poller": poller,
         "last_success_age_s": round(max(0.0, now - float(last_success)), 1) if last_success else None,
         "counters": _counters_section(reads.counters) if reads.counters is not None else None,
+        "counter_series": _series_section(reads.series) if reads.series is not None else None,
         "outbox": outbox,
         "instance": _instance_section(instance, version),
         "source": source,
@@ -139,6 +143,7 @@ def build_status_document(*, mode: str, lease_backend: str, mailbox_folder: str,
         "problems": list(problems or []),
         "mailboxes": [_mailbox_entry(DEFAULT_ID, poller, lease, lease_held(published))],
         "targets": [_target_entry(DEFAULT_ID, outbox)],
+        "stranded": (published or {}).get("stranded"),
     }
     return scrub_document(document)
 
@@ -196,6 +201,13 @@ def _counters_section(raw: dict) -> dict:
         else:
             counters[name] = int(value)
     return counters
+
+
+def _series_section(series: list[tuple[str, dict[str, str], int]]) -> list[dict]:
+    """Every counter with its labels (mailbox, target, reason), sorted: what /metrics exposes, label by label."""
+    rows = [{"name": name, "labels": dict(sorted(labels.items())), "value": int(value)}
+            for name, labels, value in series]
+    return sorted(rows, key=lambda row: (row["name"], sorted(row["labels"].items())))
 
 
 def _outbox_section(stats: dict | None) -> dict | None:
