@@ -9,8 +9,8 @@ exception that leaves these modules (a ``ValueError`` only for a programming err
 
 Retention (``STATE_RETENTION_DAYS``): delivered and dead outbox items, done-records, flag requests and recent
 history are dropped after that long; R2 reuse records and the status document after their own TTL. Pending items
-and checkpoints never expire. Redis expires keys by itself; SQLite deletes in ``trim(now)``, which the store also
-runs by itself from ``claim_due`` at most every ``AUTO_TRIM_INTERVAL_SECONDS``.
+and checkpoints never expire. Redis expires keys by itself (``trim`` drops its index entries); SQLite deletes in
+``trim(now)``. The lease holder's housekeeping schedule runs ``trim`` (at start, then hourly).
 
 The schema's versions and migration steps are in ``services/state_migrations.py``; a store brings itself to the
 current version (additive steps only) when opened (SQLite) or on its first write (Redis). An item of uid 0
@@ -33,7 +33,6 @@ from settings import Settings
 RECENT_KEEP = 100           # record_recent keeps this many entries (newest first)
 EXCERPT_MAX_CHARS = 500     # dead-letter response excerpts and last_error are cut to this
 DEAD_RECENT_COUNT = 5       # outbox_stats()["dead_recent"] lists this many
-AUTO_TRIM_INTERVAL_SECONDS = 600.0
 
 
 class OutboxStatus(StrEnum):

@@ -5,8 +5,9 @@ workers (processes) or two threads never interleave half-transitions, and a writ
 another instead of failing at once. Each thread of each process has its own connection (a connection inherited over
 ``fork`` is abandoned, never used). ``synchronous=NORMAL``: in WAL mode a commit survives a crash of the process
 (kill -9); only a power loss or kernel crash may lose the last commits, and Render's disk does not outlive those.
-Expired rows are hidden from reads and deleted by ``trim(now)``, which ``claim_due`` also runs every
-``AUTO_TRIM_INTERVAL_SECONDS``. The file is lost with the container on Render: see README "State and retention".
+Expired rows are hidden from reads and deleted by ``trim(now)``, which the lease holder's housekeeping runs
+(background/housekeeping.py, with the heartbeat). The file is lost with the container on Render: see README
+"State and retention".
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Iterator, Mapping
 
 from services.state_migrations import OLDEST_READER, SCHEMA_VERSION, SchemaTooNew, check_readable, steps_after
 from services.state_store import (
-    AUTO_TRIM_INTERVAL_SECONDS,
     DEAD_RECENT_COUNT,
     RECENT_KEEP,
     FlagRequest,
@@ -115,13 +115,10 @@ class SqliteStateStore:
     backend = "sqlite"
 
     def __init__(self, path: str, *, retention_seconds: float,
-                 busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
-                 auto_trim_interval_seconds: float = AUTO_TRIM_INTERVAL_SECONDS) -> None:
+                 busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS) -> None:
         self.path = path
         self._retention = float(retention_seconds)
         self._busy_timeout = float(busy_timeout_seconds)
-        self._auto_trim_interval = float(auto_trim_interval_seconds)
-        self._last_auto_trim = float("-inf")
         self._local = threading.local()
         self._all_lock = threading.Lock()
         self._all: list[tuple[int, sqlite3.Connection]] = []
@@ -280,11 +277,6 @@ class SqliteStateStore:
 
     @_errors
     def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float) -> list[OutboxItem]:
-        # Housekeeping rides on the delivery loop, by the wall clock (``now`` may be a caller's notion of time).
-        wall = time.time()
-        if wall - self._last_auto_trim >= self._auto_trim_interval:
-            self._last_auto_trim = wall
-            self.trim(wall)
         if limit <= 0:
             return []
         claimed_until = now + claim_seconds
