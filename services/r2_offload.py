@@ -27,6 +27,7 @@ from requests.adapters import HTTPAdapter
 
 from email_processing.links import LinkLike, host_matches, is_dropbox_folder
 from email_processing.orchestrator import NullOffloader, OffloadedLink, source_only
+from services.circuit_breaker import BreakerState, BreakerTransition, CircuitBreaker
 
 if TYPE_CHECKING:
     from config import R2Config
@@ -138,73 +139,23 @@ def endpoint_origin(url: str | None) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], "", "", ""))
 
 
-# --- circuit breaker -------------------------------------------------------------------------------------------
+# --- the Worker's circuit ---------------------------------------------------------------------------------------
 
-class CircuitBreaker:
-    """Consecutive Worker failures open the circuit for a cool-down; then one trial call decides. Thread-safe."""
+def worker_circuit_breaker(failure_threshold: int, cooldown_seconds: float,
+                           clock: Callable[[], float] = time.monotonic) -> CircuitBreaker:
+    """The breaker that skips a failing Worker, logging its changes of state as R2_TRANSFER lines."""
+    cooldown = float(cooldown_seconds)
 
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-    def __init__(self, failure_threshold: int, cooldown_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.failure_threshold = max(1, int(failure_threshold))
-        self.cooldown_seconds = float(cooldown_seconds)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._state = self.CLOSED
-        self._failures = 0
-        self._opened_at = 0.0
-        self._trial_in_flight = False
-        self.openings = 0
-
-    @property
-    def state(self) -> str:
-        with self._lock:
-            return self._state
-
-    def allow(self) -> bool:
-        """May a Worker call be made now? In half-open state only one caller gets the trial."""
-        with self._lock:
-            if self._state == self.CLOSED:
-                return True
-            if self._state == self.OPEN and self._clock() - self._opened_at >= self.cooldown_seconds:
-                self._state = self.HALF_OPEN
-                self._trial_in_flight = False
-            if self._state == self.HALF_OPEN and not self._trial_in_flight:
-                self._trial_in_flight = True
-                logger.info("R2_TRANSFER: circuit half-open, trying one Worker call")
-                return True
-            return False
-
-    def record_success(self) -> None:
-        with self._lock:
-            was = self._state
-            self._state = self.CLOSED
-            self._failures = 0
-            self._trial_in_flight = False
-        if was != self.CLOSED:
+    def log_transition(change: BreakerTransition) -> None:
+        if change.current is BreakerState.OPEN:
+            logger.warning("R2_TRANSFER: circuit open after %d consecutive Worker failures; links keep their source "
+                           "URLs for %.0f s, then one trial call", change.consecutive_failures, cooldown)
+        elif change.current is BreakerState.HALF_OPEN:
+            logger.info("R2_TRANSFER: circuit half-open, trying one Worker call")
+        else:
             logger.info("R2_TRANSFER: circuit closed, the Worker answered again")
 
-    def record_failure(self) -> None:
-        with self._lock:
-            self._failures += 1
-            if self._state == self.HALF_OPEN:
-                opening = True
-            elif self._state == self.CLOSED and self._failures >= self.failure_threshold:
-                opening = True
-            else:
-                opening = False
-            if opening:
-                self._state = self.OPEN
-                self._opened_at = self._clock()
-                self._trial_in_flight = False
-                self.openings += 1
-            failures = self._failures
-        if opening:
-            logger.warning("R2_TRANSFER: circuit open after %d consecutive Worker failures; links keep their source "
-                           "URLs for %.0f s, then one trial call", failures, self.cooldown_seconds)
+    return CircuitBreaker(failure_threshold, cooldown_seconds, clock, on_transition=log_transition)
 
 
 # --- presigning ---------------------------------------------------------------------------------------------------
@@ -306,7 +257,7 @@ class R2Offloader:
         self._presigner = presigner if presigner is not None else build_presigner(r2)
         self._max_parallel = max(1, int(max_parallel))
         self._budget_grace = float(budget_grace_seconds)
-        self.breaker = CircuitBreaker(r2.circuit_failures, r2.circuit_cooldown_seconds, clock)
+        self.breaker = worker_circuit_breaker(r2.circuit_failures, r2.circuit_cooldown_seconds, clock)
         self._session = session if session is not None else self._new_session()
 
     def _new_session(self) -> requests.Session:
