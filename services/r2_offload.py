@@ -28,6 +28,7 @@ from requests.adapters import HTTPAdapter
 from email_processing.links import LinkLike, host_matches, is_dropbox_folder
 from email_processing.orchestrator import NullOffloader, OffloadedLink, source_only
 from services.circuit_breaker import BreakerState, BreakerTransition, CircuitBreaker
+from services.r2_presign import Presigner, R2PresignError, build_presigner
 
 if TYPE_CHECKING:
     from config import R2Config
@@ -158,70 +159,6 @@ def worker_circuit_breaker(failure_threshold: int, cooldown_seconds: float,
     return CircuitBreaker(failure_threshold, cooldown_seconds, clock, on_transition=log_transition)
 
 
-# --- presigning ---------------------------------------------------------------------------------------------------
-
-class NullPresigner:
-    """Public bucket (or no S3 credentials): the Worker's ``r2_url`` is used as it is."""
-
-    enabled = False
-
-    def presign(self, object_key: str, r2_url: str | None) -> str | None:
-        return r2_url
-
-
-class S3Presigner:
-    """Presigned GET URLs for objects of a private bucket, via boto3 against R2's S3 endpoint (created lazily)."""
-
-    enabled = True
-
-    def __init__(self, *, endpoint_url: str, access_key_id: str, secret_access_key: str, bucket: str,
-                 ttl_seconds: int) -> None:
-        self._endpoint_url = endpoint_url
-        self._access_key_id = access_key_id
-        self._secret_access_key = secret_access_key
-        self.bucket = bucket
-        self.ttl_seconds = int(ttl_seconds)
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_config(cls, r2: R2Config) -> "S3Presigner":
-        endpoint, key_id, secret = r2.s3_endpoint, r2.access_key_id, r2.secret_access_key
-        # presign_enabled implies the credentials and endpoint; Settings.validate refuses presigning without
-        # R2_BUCKET_NAME (CONFIG: R2_BUCKET_NAME at start-up).
-        assert endpoint and key_id and secret and r2.bucket_name, "presigning is not configured"
-        return cls(endpoint_url=endpoint, access_key_id=key_id, secret_access_key=secret,
-                   bucket=r2.bucket_name, ttl_seconds=r2.presign_ttl_seconds)
-
-    def _s3(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                # Imported here, not at module level: boto3 costs tens of MB and only private buckets need it.
-                import boto3
-                from botocore.config import Config
-
-                self._client = boto3.client(
-                    "s3", endpoint_url=self._endpoint_url, region_name="auto",
-                    aws_access_key_id=self._access_key_id, aws_secret_access_key=self._secret_access_key,
-                    config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
-            return self._client
-
-    def presign(self, object_key: str, r2_url: str | None) -> str:
-        try:
-            url = self._s3().generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": object_key}, ExpiresIn=self.ttl_seconds)
-        except Exception as exc:  # boto3/botocore errors are translated at this boundary
-            raise R2OffloadError("presign_failed", type(exc).__name__) from None
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise R2OffloadError("presign_failed", "no URL")
-        return url
-
-
-def build_presigner(r2: R2Config) -> NullPresigner | S3Presigner:
-    """``S3Presigner`` when ``r2.presign_enabled`` (private bucket with S3 credentials), else the null one."""
-    return S3Presigner.from_config(r2) if r2.presign_enabled else NullPresigner()
-
-
 # --- the offloaders ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -240,7 +177,7 @@ class R2Offloader:
     """Copies Dropbox links to R2 through the Worker; see the module docstring for the guarantees."""
 
     def __init__(self, r2: R2Config, copy_store: R2CopyStore | None, metrics: Metrics | None = None, *,
-                 session: requests.Session | None = None, presigner: Any = None,
+                 session: requests.Session | None = None, presigner: Presigner | None = None,
                  clock: Callable[[], float] = time.monotonic, max_parallel: int = MAX_PARALLEL_LINKS,
                  budget_grace_seconds: float = EMAIL_BUDGET_GRACE_SECONDS) -> None:
         assert r2.fetch_endpoint, "Settings.validate requires R2_FETCH_ENDPOINT with R2_FETCH_ENABLED"
@@ -254,7 +191,7 @@ class R2Offloader:
         self._verify: bool | str = r2.ca_file or True
         self._copy_store = copy_store
         self._metrics = metrics
-        self._presigner = presigner if presigner is not None else build_presigner(r2)
+        self._presigner: Presigner = presigner if presigner is not None else build_presigner(r2)
         self._max_parallel = max(1, int(max_parallel))
         self._budget_grace = float(budget_grace_seconds)
         self.breaker = worker_circuit_breaker(r2.circuit_failures, r2.circuit_cooldown_seconds, clock)
@@ -443,7 +380,10 @@ class R2Offloader:
             return outcome
         if not outcome.object_key:
             raise R2OffloadError("presign_failed", "no object key")
-        url = self._presigner.presign(outcome.object_key, outcome.r2_url)  # R2OffloadError("presign_failed")
+        try:
+            url = self._presigner.presign(outcome.object_key, outcome.r2_url)
+        except R2PresignError as exc:
+            raise R2OffloadError("presign_failed", exc.detail) from None
         return _Outcome(r2_url=url, object_key=outcome.object_key, original_filename=outcome.original_filename,
                         reused=outcome.reused)
 

@@ -19,7 +19,6 @@ from email_processing.orchestrator import OffloadedLink
 from services import r2_offload
 from services.r2_offload import (
     NullOffloader,
-    NullPresigner,
     R2Offloader,
     build_offloader,
     endpoint_origin,
@@ -29,6 +28,7 @@ from services.r2_offload import (
     object_key_for,
     worker_circuit_breaker,
 )
+from services.r2_presign import NullPresigner
 from settings import Settings
 
 TOKEN = "unit-token-7f3a9c2e5b1d"
