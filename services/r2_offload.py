@@ -1,17 +1,18 @@
 """R2 offload: asks the Cloudflare Worker to copy each Dropbox delivery link into R2, with a guaranteed fallback.
 
-This module owns the Worker client (one ``requests`` session, adaptive timeouts), the allow-list of hosts that may
-ever be sent to the Worker, the circuit breaker that skips a failing Worker, the reuse of copies recorded in the
-state store, and the presigner (boto3, imported only when presigning is on). R2 is an optimisation, never a
-dependency: ``offload_links`` never raises and returns one ``OffloadedLink`` per input link, in order, with
-``r2_url=None`` and the source URLs kept whenever anything goes wrong. ``R2OffloadError`` is the module's own
-failure type and never leaves it.
+This module composes three parts: the Worker client (services/r2_worker_client.py), the presigner
+(services/r2_presign.py; boto3, imported only when presigning is on) and a circuit breaker
+(services/circuit_breaker.py) that skips a failing Worker. It owns the policy around them: the allow-list of hosts
+that may ever be sent to the Worker, object keys, adaptive timeouts, which failures count against the Worker, the
+reuse of copies recorded in the state store, the per-email time budget, and the R2_TRANSFER logs and metrics.
+R2 is an optimisation, never a dependency: ``offload_links`` never raises and returns one ``OffloadedLink`` per
+input link, in order, with ``r2_url=None`` and the source URLs kept whenever anything goes wrong. The parts' errors
+are translated into ``R2OffloadError``, the module's own failure type, which never leaves it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import posixpath
 import queue
@@ -19,16 +20,18 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from email_processing.links import LinkLike, host_matches, is_dropbox_folder
 from email_processing.orchestrator import NullOffloader, OffloadedLink, source_only
+from services.circuit_breaker import BreakerState, BreakerTransition, CircuitBreaker
+from services.r2_presign import Presigner, R2PresignError, build_presigner
+from services.r2_worker_client import R2WorkerClient, R2WorkerError
 
 if TYPE_CHECKING:
+    import requests
+
     from config import R2Config
 
 logger = logging.getLogger(__name__)
@@ -41,8 +44,6 @@ OFFLOADED_PROVIDERS: dict[str, tuple[str, ...]] = {
 MAX_PARALLEL_LINKS = 4
 # Added to the longest per-link timeout of an email to bound the R2 time the email may spend in total.
 EMAIL_BUDGET_GRACE_SECONDS = 5.0
-# The Worker answers a small JSON document; anything longer is not that.
-MAX_RESPONSE_BYTES = 64 * 1024
 MAX_FILE_NAME_CHARS = 120
 DEFAULT_FILE_NAME = "file"
 
@@ -138,137 +139,23 @@ def endpoint_origin(url: str | None) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], "", "", ""))
 
 
-# --- circuit breaker -------------------------------------------------------------------------------------------
+# --- the Worker's circuit ---------------------------------------------------------------------------------------
 
-class CircuitBreaker:
-    """Consecutive Worker failures open the circuit for a cool-down; then one trial call decides. Thread-safe."""
+def worker_circuit_breaker(failure_threshold: int, cooldown_seconds: float,
+                           clock: Callable[[], float] = time.monotonic) -> CircuitBreaker:
+    """The breaker that skips a failing Worker, logging its changes of state as R2_TRANSFER lines."""
+    cooldown = float(cooldown_seconds)
 
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-    def __init__(self, failure_threshold: int, cooldown_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.failure_threshold = max(1, int(failure_threshold))
-        self.cooldown_seconds = float(cooldown_seconds)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._state = self.CLOSED
-        self._failures = 0
-        self._opened_at = 0.0
-        self._trial_in_flight = False
-        self.openings = 0
-
-    @property
-    def state(self) -> str:
-        with self._lock:
-            return self._state
-
-    def allow(self) -> bool:
-        """May a Worker call be made now? In half-open state only one caller gets the trial."""
-        with self._lock:
-            if self._state == self.CLOSED:
-                return True
-            if self._state == self.OPEN and self._clock() - self._opened_at >= self.cooldown_seconds:
-                self._state = self.HALF_OPEN
-                self._trial_in_flight = False
-            if self._state == self.HALF_OPEN and not self._trial_in_flight:
-                self._trial_in_flight = True
-                logger.info("R2_TRANSFER: circuit half-open, trying one Worker call")
-                return True
-            return False
-
-    def record_success(self) -> None:
-        with self._lock:
-            was = self._state
-            self._state = self.CLOSED
-            self._failures = 0
-            self._trial_in_flight = False
-        if was != self.CLOSED:
+    def log_transition(change: BreakerTransition) -> None:
+        if change.current is BreakerState.OPEN:
+            logger.warning("R2_TRANSFER: circuit open after %d consecutive Worker failures; links keep their source "
+                           "URLs for %.0f s, then one trial call", change.consecutive_failures, cooldown)
+        elif change.current is BreakerState.HALF_OPEN:
+            logger.info("R2_TRANSFER: circuit half-open, trying one Worker call")
+        else:
             logger.info("R2_TRANSFER: circuit closed, the Worker answered again")
 
-    def record_failure(self) -> None:
-        with self._lock:
-            self._failures += 1
-            if self._state == self.HALF_OPEN:
-                opening = True
-            elif self._state == self.CLOSED and self._failures >= self.failure_threshold:
-                opening = True
-            else:
-                opening = False
-            if opening:
-                self._state = self.OPEN
-                self._opened_at = self._clock()
-                self._trial_in_flight = False
-                self.openings += 1
-            failures = self._failures
-        if opening:
-            logger.warning("R2_TRANSFER: circuit open after %d consecutive Worker failures; links keep their source "
-                           "URLs for %.0f s, then one trial call", failures, self.cooldown_seconds)
-
-
-# --- presigning ---------------------------------------------------------------------------------------------------
-
-class NullPresigner:
-    """Public bucket (or no S3 credentials): the Worker's ``r2_url`` is used as it is."""
-
-    enabled = False
-
-    def presign(self, object_key: str, r2_url: str | None) -> str | None:
-        return r2_url
-
-
-class S3Presigner:
-    """Presigned GET URLs for objects of a private bucket, via boto3 against R2's S3 endpoint (created lazily)."""
-
-    enabled = True
-
-    def __init__(self, *, endpoint_url: str, access_key_id: str, secret_access_key: str, bucket: str,
-                 ttl_seconds: int) -> None:
-        self._endpoint_url = endpoint_url
-        self._access_key_id = access_key_id
-        self._secret_access_key = secret_access_key
-        self.bucket = bucket
-        self.ttl_seconds = int(ttl_seconds)
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_config(cls, r2: R2Config) -> "S3Presigner":
-        endpoint, key_id, secret = r2.s3_endpoint, r2.access_key_id, r2.secret_access_key
-        # presign_enabled implies the credentials and endpoint; Settings.validate refuses presigning without
-        # R2_BUCKET_NAME (CONFIG: R2_BUCKET_NAME at start-up).
-        assert endpoint and key_id and secret and r2.bucket_name, "presigning is not configured"
-        return cls(endpoint_url=endpoint, access_key_id=key_id, secret_access_key=secret,
-                   bucket=r2.bucket_name, ttl_seconds=r2.presign_ttl_seconds)
-
-    def _s3(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                # Imported here, not at module level: boto3 costs tens of MB and only private buckets need it.
-                import boto3
-                from botocore.config import Config
-
-                self._client = boto3.client(
-                    "s3", endpoint_url=self._endpoint_url, region_name="auto",
-                    aws_access_key_id=self._access_key_id, aws_secret_access_key=self._secret_access_key,
-                    config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
-            return self._client
-
-    def presign(self, object_key: str, r2_url: str | None) -> str:
-        try:
-            url = self._s3().generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": object_key}, ExpiresIn=self.ttl_seconds)
-        except Exception as exc:  # boto3/botocore errors are translated at this boundary
-            raise R2OffloadError("presign_failed", type(exc).__name__) from None
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise R2OffloadError("presign_failed", "no URL")
-        return url
-
-
-def build_presigner(r2: R2Config) -> NullPresigner | S3Presigner:
-    """``S3Presigner`` when ``r2.presign_enabled`` (private bucket with S3 credentials), else the null one."""
-    return S3Presigner.from_config(r2) if r2.presign_enabled else NullPresigner()
+    return CircuitBreaker(failure_threshold, cooldown_seconds, clock, on_transition=log_transition)
 
 
 # --- the offloaders ---------------------------------------------------------------------------------------------
@@ -289,35 +176,23 @@ class R2Offloader:
     """Copies Dropbox links to R2 through the Worker; see the module docstring for the guarantees."""
 
     def __init__(self, r2: R2Config, copy_store: R2CopyStore | None, metrics: Metrics | None = None, *,
-                 session: requests.Session | None = None, presigner: Any = None,
+                 session: requests.Session | None = None, presigner: Presigner | None = None,
                  clock: Callable[[], float] = time.monotonic, max_parallel: int = MAX_PARALLEL_LINKS,
                  budget_grace_seconds: float = EMAIL_BUDGET_GRACE_SECONDS) -> None:
-        assert r2.fetch_endpoint, "Settings.validate requires R2_FETCH_ENDPOINT with R2_FETCH_ENABLED"
-        self._endpoint: str = r2.fetch_endpoint
-        self._token = r2.fetch_token
+        self._max_parallel = max(1, int(max_parallel))
+        self._worker = R2WorkerClient.from_config(r2, pool_maxsize=self._max_parallel * 2, session=session)
         self._bucket = r2.bucket_name
         self._timeout = float(r2.fetch_timeout_seconds)
         self._folder_timeout = float(r2.fetch_timeout_folder_seconds)
         self._retention_seconds = float(r2.retention_hours) * 3600.0
-        # Certificate and host name always checked: against R2_CA_FILE when set, else the bundled store.
-        self._verify: bool | str = r2.ca_file or True
         self._copy_store = copy_store
         self._metrics = metrics
-        self._presigner = presigner if presigner is not None else build_presigner(r2)
-        self._max_parallel = max(1, int(max_parallel))
+        self._presigner: Presigner = presigner if presigner is not None else build_presigner(r2)
         self._budget_grace = float(budget_grace_seconds)
-        self.breaker = CircuitBreaker(r2.circuit_failures, r2.circuit_cooldown_seconds, clock)
-        self._session = session if session is not None else self._new_session()
-
-    def _new_session(self) -> requests.Session:
-        session = requests.Session()
-        adapter = HTTPAdapter(pool_maxsize=self._max_parallel * 2, max_retries=0)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        return session
+        self.breaker = worker_circuit_breaker(r2.circuit_failures, r2.circuit_cooldown_seconds, clock)
 
     def close(self) -> None:
-        self._session.close()
+        self._worker.close()
 
     # -- public verb
 
@@ -434,65 +309,25 @@ class R2Offloader:
 
     def _call_worker(self, email_id: str, provider: str, source_url: str, object_key: str,
                      timeout: float) -> _Outcome:
-        body = {"source_url": source_url, "object_key": object_key, "bucket": self._bucket,
-                "provider": provider, "email_id": email_id}
-        document = self._post_to_worker(body, timeout)
-        if document.get("success") is not True:
-            raise R2OffloadError("worker_refused", _short_detail(document.get("error")))
-        return self._outcome_of(document, object_key)
-
-    def _post_to_worker(self, body: dict, timeout: float) -> dict:
-        """POST one copy request; the Worker's JSON answer, or ``R2OffloadError`` naming what went wrong."""
-        headers = {"X-R2-FETCH-TOKEN": self._token or "", "Content-Type": "application/json",
-                   "Accept": "application/json"}
         try:
-            response = self._session.post(self._endpoint, data=json.dumps(body), headers=headers, timeout=timeout,
-                                          allow_redirects=False, verify=self._verify, stream=True)
-        except requests.Timeout:
-            raise R2OffloadError("timeout") from None
-        except requests.ConnectionError as exc:
-            # str(exc) names the Worker URL (path and query included): only the type is kept.
-            raise R2OffloadError("connection_error", type(exc).__name__) from None
-        except requests.RequestException as exc:
-            raise R2OffloadError("unexpected_error", type(exc).__name__) from None
-        try:
-            if response.status_code != 200:
-                raise R2OffloadError(f"http_{response.status_code}")
-            raw = _read_capped(response, MAX_RESPONSE_BYTES)
-        except requests.Timeout:
-            raise R2OffloadError("timeout") from None
-        except requests.RequestException as exc:
-            raise R2OffloadError("connection_error", type(exc).__name__) from None
-        finally:
-            response.close()
-        try:
-            document = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise R2OffloadError("invalid_json") from None
-        if not isinstance(document, dict):
-            raise R2OffloadError("invalid_json")
-        return document
-
-    def _outcome_of(self, document: dict, object_key: str) -> _Outcome:
-        """The copy the Worker reports (``success: true``): its URL (or None to presign), key and file name."""
-        r2_url = document.get("r2_url")
-        if not isinstance(r2_url, str) or not r2_url.startswith(("https://", "http://")):
-            # A private bucket has no public URL: the Worker answers r2_url null and we presign the object key.
-            if not getattr(self._presigner, "enabled", False):
-                raise R2OffloadError("missing_r2_url")
-            r2_url = None
-        answered_key = document.get("object_key")
-        name = document.get("original_filename")
-        return _Outcome(r2_url=r2_url,
-                        object_key=answered_key if isinstance(answered_key, str) and answered_key else object_key,
-                        original_filename=name if isinstance(name, str) and name else None)
+            copy = self._worker.copy(source_url=source_url, object_key=object_key, bucket=self._bucket,
+                                     provider=provider, email_id=email_id, timeout=timeout)
+        except R2WorkerError as exc:
+            raise R2OffloadError(exc.reason, exc.detail) from None
+        # A private bucket has no public URL: the Worker answers r2_url null and we presign the object key.
+        if copy.r2_url is None and not getattr(self._presigner, "enabled", False):
+            raise R2OffloadError("missing_r2_url")
+        return _Outcome(r2_url=copy.r2_url, object_key=copy.object_key, original_filename=copy.original_filename)
 
     def _presigned(self, outcome: _Outcome) -> _Outcome:
         if not getattr(self._presigner, "enabled", False):
             return outcome
         if not outcome.object_key:
             raise R2OffloadError("presign_failed", "no object key")
-        url = self._presigner.presign(outcome.object_key, outcome.r2_url)  # R2OffloadError("presign_failed")
+        try:
+            url = self._presigner.presign(outcome.object_key, outcome.r2_url)
+        except R2PresignError as exc:
+            raise R2OffloadError("presign_failed", exc.detail) from None
         return _Outcome(r2_url=url, object_key=outcome.object_key, original_filename=outcome.original_filename,
                         reused=outcome.reused)
 
@@ -560,27 +395,6 @@ def _counts_against_worker(reason: str) -> bool:
         except ValueError:
             return True
     return True
-
-
-def _read_capped(response: requests.Response, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.iter_content(chunk_size=8192):
-        size += len(chunk)
-        if size > limit:
-            raise R2OffloadError("invalid_json", "answer too long")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-_DETAIL = re.compile(r"^[A-Za-z0-9 _.:()/-]{1,80}$")
-
-
-def _short_detail(value: Any) -> str | None:
-    """The Worker's error text when it is a short plain phrase (it could otherwise echo the source URL)."""
-    if isinstance(value, str) and _DETAIL.match(value) and "://" not in value:
-        return value
-    return None
 
 
 def _safe_host(url: str) -> str:

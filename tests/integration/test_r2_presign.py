@@ -11,7 +11,8 @@ import requests
 
 from config import R2Config
 from email_processing.orchestrator import OffloadedLink
-from services.r2_offload import R2Offloader, S3Presigner, build_offloader, build_presigner
+from services.r2_offload import R2Offloader, build_offloader, build_presigner
+from services.r2_presign import S3Presigner
 from settings import Settings
 from tests.integration.test_r2_resilience import (
     TOKEN,

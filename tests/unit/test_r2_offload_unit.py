@@ -1,13 +1,13 @@
-"""Unit tests of services/r2_offload.py: pure helpers, the circuit breaker, wiring, and the failure edges a real
-server cannot produce on demand (odd exceptions, a broken copy store or metrics hook). The behaviour against a real
-Worker-shaped HTTP server is proven in test_r2_resilience.py."""
+"""Unit tests of services/r2_offload.py: pure helpers, the log lines of the Worker's circuit, wiring, and the failure
+edges a real server cannot produce on demand (odd exceptions, a broken copy store or metrics hook). The behaviour
+against a real Worker-shaped HTTP server is proven in test_r2_resilience.py; the breaker's own state machine in
+test_circuit_breaker.py."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
-import threading
 
 import pytest
 import requests
@@ -18,9 +18,7 @@ from email_processing.links import DeliveryLink
 from email_processing.orchestrator import OffloadedLink
 from services import r2_offload
 from services.r2_offload import (
-    CircuitBreaker,
     NullOffloader,
-    NullPresigner,
     R2Offloader,
     build_offloader,
     endpoint_origin,
@@ -28,7 +26,9 @@ from services.r2_offload import (
     is_allow_listed,
     normalise_source_url,
     object_key_for,
+    worker_circuit_breaker,
 )
+from services.r2_presign import NullPresigner
 from settings import Settings
 
 TOKEN = "unit-token-7f3a9c2e5b1d"
@@ -207,7 +207,7 @@ def test_the_worker_call_uses_the_adaptive_timeout_and_never_follows_redirects()
     assert all(call["allow_redirects"] is False and call["verify"] is True for call in session.calls)
 
 
-# --- circuit breaker ------------------------------------------------------------------------------------------
+# --- the Worker's circuit -------------------------------------------------------------------------------------
 
 class FakeClock:
     def __init__(self) -> None:
@@ -220,7 +220,7 @@ class FakeClock:
 def test_circuit_opens_after_threshold_logs_once_and_lets_one_trial_through_after_cooldown(caplog):
     caplog.set_level(logging.INFO, logger="services.r2_offload")
     clock = FakeClock()
-    breaker = CircuitBreaker(3, 60, clock)
+    breaker = worker_circuit_breaker(3, 60, clock)
     for _ in range(3):
         assert breaker.allow()
         breaker.record_failure()
@@ -240,37 +240,17 @@ def test_circuit_opens_after_threshold_logs_once_and_lets_one_trial_through_afte
     assert breaker.allow()
     breaker.record_success()
     assert breaker.state == "closed" and breaker.allow() and breaker.allow()
-
-
-def test_half_open_grants_exactly_one_trial_under_concurrency():
-    clock = FakeClock()
-    breaker = CircuitBreaker(1, 10, clock)
-    breaker.record_failure()
-    clock.now += 10
-    start = threading.Barrier(16)
-    granted: list[bool] = []
-    lock = threading.Lock()
-
-    def contend() -> None:
-        start.wait()
-        allowed = breaker.allow()
-        with lock:
-            granted.append(allowed)
-
-    threads = [threading.Thread(target=contend) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(5)
-    assert granted.count(True) == 1 and len(granted) == 16
-
-
-def test_a_success_resets_the_consecutive_failure_count():
-    breaker = CircuitBreaker(2, 60, FakeClock())
-    breaker.record_failure()
-    breaker.record_success()
-    breaker.record_failure()
-    assert breaker.state == "closed"
+    # The operator-facing lines, exactly: one per change of state, in order
+    circuit = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("R2_TRANSFER: circuit")]
+    assert circuit == [
+        (logging.WARNING, "R2_TRANSFER: circuit open after 3 consecutive Worker failures; links keep their source URLs "
+                          "for 60 s, then one trial call"),
+        (logging.INFO, "R2_TRANSFER: circuit half-open, trying one Worker call"),
+        (logging.WARNING, "R2_TRANSFER: circuit open after 5 consecutive Worker failures; links keep their source URLs "
+                          "for 60 s, then one trial call"),
+        (logging.INFO, "R2_TRANSFER: circuit half-open, trying one Worker call"),
+        (logging.INFO, "R2_TRANSFER: circuit closed, the Worker answered again"),
+    ]
 
 
 # --- wiring ---------------------------------------------------------------------------------------------------
