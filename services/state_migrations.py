@@ -8,7 +8,9 @@ instances side by side during a deploy (``OLDEST_READER``: the oldest schema who
 only when that release says this one can no longer read it.
 
 Version 1 is the layout issues 2-13 wrote. Version 2 (issue 14): outbox items name their mailbox id and target id
-(``mailbox_id``, ``target_id``; items written before read as ``default``). The keys of mailbox ``default``
+(``mailbox_id``, ``target_id``; items written before read as ``default``). Version 3 (issue 15): parked emails,
+the per-mailbox fetch retry set, failure counts of flag requests, the fingerprint of each Message-ID's first email,
+and each outbox item's attempt log. The keys of mailbox ``default``
 (checkpoints and flag requests under its folder name, done records under the email id) are those of version 1
 unchanged, so nothing is rewritten; any other mailbox's keys carry its id (``MailboxConfig.state_key``).
 Pure: the backends run the statements and record the versions.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 OLDEST_READER = 1
 FIRST_VERSION = 1
 
@@ -42,6 +44,23 @@ STEPS: tuple[Step, ...] = (
                  "CREATE INDEX IF NOT EXISTS outbox_pending_owner ON outbox (mailbox_id, target_id) "
                  "WHERE status = 'pending'"),
          redis_note="item hashes gain mailbox_id and target_id; a hash without them reads as 'default'"),
+    Step(3, "parked emails, fetch retries, flag failures, message identities and attempt logs",
+         sqlite=("CREATE TABLE IF NOT EXISTS parked (parked_id TEXT PRIMARY KEY, mailbox_id TEXT NOT NULL, "
+                 "mailbox TEXT NOT NULL, uidvalidity INTEGER NOT NULL, uid INTEGER NOT NULL, reason TEXT NOT NULL, "
+                 "email_id TEXT, message_id TEXT, subject TEXT, detail TEXT, parked_at REAL NOT NULL, "
+                 "replay_requested_at REAL, replay_refused TEXT, expires_at REAL NOT NULL)",
+                 "CREATE INDEX IF NOT EXISTS parked_order ON parked (parked_at)",
+                 "CREATE INDEX IF NOT EXISTS parked_replay ON parked (mailbox_id, replay_requested_at) "
+                 "WHERE replay_requested_at IS NOT NULL",
+                 "CREATE TABLE IF NOT EXISTS fetch_failures (mailbox TEXT NOT NULL, uidvalidity INTEGER NOT NULL, "
+                 "uid INTEGER NOT NULL, failures INTEGER NOT NULL, last_error TEXT, updated_at REAL NOT NULL, "
+                 "PRIMARY KEY (mailbox, uidvalidity, uid))",
+                 "CREATE TABLE IF NOT EXISTS identities (email_id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, "
+                 "uidvalidity INTEGER NOT NULL, uid INTEGER NOT NULL, expires_at REAL NOT NULL)",
+                 "ALTER TABLE flags ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+                 "ALTER TABLE outbox ADD COLUMN attempt_log TEXT"),
+         redis_note="new keys parked:*, parked_index, fetch_retry:*, flag_failures:*, identity:*; item hashes "
+                    "gain attempt_log"),
 )
 
 

@@ -22,6 +22,13 @@ P counters                          hash       "<name>" or "<name>:<k>=<v>,<k>=<
                                                sorted; a v1 "<name>:<v>" is reason=<v>) -> integer
 P status                            string     JSON status document with ``published_at``          its own TTL
 P recent                            list       JSON entries, newest first, at most 100             retention
+P attempts:<event_id>               list       the item's last 20 attempts (JSON), oldest first     retention
+P flag_failures:<mailbox state key> hash       flag request member -> failed applications          retention
+P fetch_retry:<state key>:<uidv>    hash       uid -> failed fetches (the mailbox's retry set)     retention
+P identity:<email_id>               string     JSON fingerprint and origin of the id's first email retention
+P parked:<parked_id>                hash       one parked email (fields of ``ParkedEmail``)        retention
+P parked_index                      zset       parked ids, score = parked_at                       trimmed
+P parked_replay:<mailbox_id>        zset       parked ids whose replay was requested               removed on replay
 P schema_version                    string     the schema version (services/state_migrations.py)   never
 P schema_oldest_reader              string     the oldest schema version that can work on it       never
 ==================================  =========  ==================================================  =================
@@ -42,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from typing import Any, Mapping
 
 import redis
@@ -54,6 +62,7 @@ from services.state_store import (
     FlagRequest,
     OutboxItem,
     OutboxStatus,
+    ParkedEmail,
     StateStoreError,
     bounded,
     check_counter_name,
@@ -109,8 +118,8 @@ if dups > 0 then redis.call('HINCRBY', KEYS[3], 'possible_duplicates', dups) end
 return out
 """
 
-# KEYS: item, pending, pending_since, delivered, counters
-# ARGV: event_id, now, http status, retention ms, delivered cutoff, prefix
+# KEYS: item, pending, pending_since, delivered, counters, attempts
+# ARGV: event_id, now, http status, retention ms, delivered cutoff, prefix, attempt JSON or ''
 _MARK_DELIVERED = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id', 'target_id')
@@ -128,10 +137,16 @@ if f[4] ~= '0' then
   redis.call('PEXPIRE', flags, ARGV[4])
 end
 redis.call('HINCRBY', KEYS[5], 'webhooks_delivered:target=' .. (f[6] or 'default'), 1)
+if ARGV[7] ~= '' then
+  redis.call('RPUSH', KEYS[6], ARGV[7])
+  redis.call('LTRIM', KEYS[6], -20, -1)
+  redis.call('PEXPIRE', KEYS[6], ARGV[4])
+end
 return 1
 """
 
-# KEYS: item, pending, counters.  ARGV: event_id, next_attempt_at, error, http status or ''
+# KEYS: item, pending, counters, attempts.  ARGV: event_id, next_attempt_at, error, http status or '', attempt
+# JSON or '', retention ms
 _RESCHEDULE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[2], 'last_error', ARGV[3], 'in_flight', '0')
@@ -140,11 +155,17 @@ else redis.call('HSET', KEYS[1], 'last_status', ARGV[4]) end
 redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'webhook_retries:target=' .. (redis.call('HGET', KEYS[1], 'target_id') or 'default'), 1)
+if ARGV[5] ~= '' then
+  redis.call('RPUSH', KEYS[4], ARGV[5])
+  redis.call('LTRIM', KEYS[4], -20, -1)
+  redis.call('PEXPIRE', KEYS[4], ARGV[6])
+end
 return 1
 """
 
-# KEYS: item, pending, pending_since, dead, counters
-# ARGV: event_id, now, reason, http status or '', excerpt, has excerpt '1'/'0', retention ms, dead cutoff, prefix
+# KEYS: item, pending, pending_since, dead, counters, attempts
+# ARGV: event_id, now, reason, http status or '', excerpt, has excerpt '1'/'0', retention ms, dead cutoff, prefix,
+# attempt JSON or ''
 _DEAD_LETTER = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id', 'target_id')
@@ -166,6 +187,11 @@ if f[4] ~= '0' then
   redis.call('PEXPIRE', flags, ARGV[7])
 end
 redis.call('HINCRBY', KEYS[5], 'dead_letters:target=' .. (f[6] or 'default'), 1)
+if ARGV[10] ~= '' then
+  redis.call('RPUSH', KEYS[6], ARGV[10])
+  redis.call('LTRIM', KEYS[6], -20, -1)
+  redis.call('PEXPIRE', KEYS[6], ARGV[7])
+end
 return 1
 """
 
@@ -191,6 +217,24 @@ for _, id in ipairs(ids) do
   end
 end
 return n
+"""
+
+# KEYS: item, pending.  ARGV: event_id.  Undoes a claim that ended without an attempt.
+_RELEASE_CLAIM = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' or redis.call('HGET', KEYS[1], 'in_flight') ~= '1' then
+  return 0
+end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+if attempts <= 1 then
+  redis.call('HSET', KEYS[1], 'attempts', '0')
+  redis.call('HDEL', KEYS[1], 'first_attempt_at')
+else
+  redis.call('HSET', KEYS[1], 'attempts', tostring(attempts - 1))
+end
+redis.call('HSET', KEYS[1], 'in_flight', '0')
+redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
+redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'next_attempt_at') or '0', ARGV[1])
+return 1
 """
 
 # KEYS: schema_version, schema_oldest_reader.  ARGV: this release's version, its oldest reader.
@@ -270,6 +314,29 @@ def item_from_fields(fields: dict[str, str]) -> OutboxItem:
     return OutboxItem(**values)
 
 
+def _attempt_json(attempt: dict | None) -> str:
+    return "" if attempt is None else dumps(attempt)
+
+
+def _with_log(item: OutboxItem, log: list[str]) -> OutboxItem:
+    item.attempt_log = [json.loads(entry) for entry in log]
+    return item
+
+
+_PARKED_INTS = ("uidvalidity", "uid")
+_PARKED_FLOATS = ("parked_at", "replay_requested_at")
+
+
+def _parked_from(fields_: dict[str, str]) -> ParkedEmail:
+    values: dict[str, Any] = {name: fields_.get(name) for name in ParkedEmail.__dataclass_fields__}
+    for name in _PARKED_INTS:
+        values[name] = int(values[name] or 0)
+    for name in _PARKED_FLOATS:
+        values[name] = float(values[name]) if values[name] is not None else None
+    values["parked_at"] = values["parked_at"] or 0.0
+    return ParkedEmail(**values)
+
+
 def _pairs(flat: list[str]) -> dict[str, str]:
     # A Lua HGETALL reply alternates field and value; an odd tail (never produced) would be dropped, as before.
     return dict(zip(flat[0::2], flat[1::2], strict=False))
@@ -302,6 +369,7 @@ class RedisStateStore:
         self._counters = prefix + "counters"
         self._status = prefix + "status"
         self._recent = prefix + "recent"
+        self._parked_index = prefix + "parked_index"
         self._enqueue = client.register_script(_ENQUEUE)
         self._claim = client.register_script(_CLAIM)
         self._mark_delivered = client.register_script(_MARK_DELIVERED)
@@ -311,12 +379,16 @@ class RedisStateStore:
         self._set_checkpoint = client.register_script(_SET_CHECKPOINT)
         self._outbox_stats = client.register_script(_OUTBOX_STATS)
         self._migrate_script = client.register_script(_MIGRATE)
+        self._release_claim = client.register_script(_RELEASE_CLAIM)
         self._schema_version_key = prefix + "schema_version"
         self._schema_oldest_reader_key = prefix + "schema_oldest_reader"
         self._schema_checked = False
 
     def _item_key(self, event_id: str) -> str:
         return f"{self._p}item:{event_id}"
+
+    def _attempts_key(self, event_id: str) -> str:
+        return f"{self._p}attempts:{event_id}"
 
     def _cutoff(self, now: float) -> str:
         return _num(now - self._retention)
@@ -400,33 +472,47 @@ class RedisStateStore:
         return [item_from_fields(_pairs(row)) for row in rows]
 
     @_errors
-    def mark_delivered(self, event_id: str, status: int, now: float) -> bool:
+    def mark_delivered(self, event_id: str, status: int, now: float, attempt: dict | None = None) -> bool:
         done = self._mark_delivered(
-            keys=[self._item_key(event_id), self._pending, self._pending_since, self._delivered, self._counters],
-            args=[event_id, _num(now), int(status), self._retention_ms, self._cutoff(now), self._p])
+            keys=[self._item_key(event_id), self._pending, self._pending_since, self._delivered, self._counters,
+                  self._attempts_key(event_id)],
+            args=[event_id, _num(now), int(status), self._retention_ms, self._cutoff(now), self._p,
+                  _attempt_json(attempt)])
         return bool(done)
 
     @_errors
-    def reschedule(self, event_id: str, next_attempt_at: float, error: str, status: int | None) -> bool:
+    def reschedule(self, event_id: str, next_attempt_at: float, error: str, status: int | None,
+                   attempt: dict | None = None) -> bool:
         done = self._reschedule(
-            keys=[self._item_key(event_id), self._pending, self._counters],
-            args=[event_id, _num(next_attempt_at), bounded(error) or "", "" if status is None else int(status)])
+            keys=[self._item_key(event_id), self._pending, self._counters, self._attempts_key(event_id)],
+            args=[event_id, _num(next_attempt_at), bounded(error) or "", "" if status is None else int(status),
+                  _attempt_json(attempt), self._retention_ms])
         return bool(done)
+
+    @_errors
+    def release_claim(self, event_id: str) -> bool:
+        """Undo a claim that ended without an attempt: the attempt is not counted, the item is due again."""
+        return bool(self._release_claim(keys=[self._item_key(event_id), self._pending], args=[event_id]))
 
     @_errors
     def dead_letter(self, event_id: str, reason: str, status: int | None, excerpt: str | None,
-                    now: float | None = None) -> bool:
+                    now: float | None = None, attempt: dict | None = None) -> bool:
         at = now_or_clock(now)
         done = self._dead_letter(
-            keys=[self._item_key(event_id), self._pending, self._pending_since, self._dead, self._counters],
+            keys=[self._item_key(event_id), self._pending, self._pending_since, self._dead, self._counters,
+                  self._attempts_key(event_id)],
             args=[event_id, _num(at), reason, "" if status is None else int(status), bounded(excerpt) or "",
-                  "0" if excerpt is None else "1", self._retention_ms, self._cutoff(at), self._p])
+                  "0" if excerpt is None else "1", self._retention_ms, self._cutoff(at), self._p,
+                  _attempt_json(attempt)])
         return bool(done)
 
     @_errors
     def get_item(self, event_id: str) -> OutboxItem | None:
-        fields = self._client.hgetall(self._item_key(event_id))
-        return item_from_fields(fields) if fields else None
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hgetall(self._item_key(event_id))
+        pipe.lrange(self._attempts_key(event_id), 0, -1)
+        fields, log = pipe.execute()
+        return _with_log(item_from_fields(fields), log) if fields else None
 
     @_errors
     def list_items(self, status: str, limit: int = 100) -> list[OutboxItem]:
@@ -444,7 +530,10 @@ class RedisStateStore:
         pipe = self._client.pipeline(transaction=False)
         for event_id in ids:
             pipe.hgetall(self._item_key(event_id))
-        items = [item_from_fields(fields) for fields in pipe.execute() if fields]
+            pipe.lrange(self._attempts_key(event_id), 0, -1)
+        replies = pipe.execute()
+        items = [_with_log(item_from_fields(fields), log)
+                 for fields, log in zip(replies[0::2], replies[1::2], strict=True) if fields]
         return [item for item in items if item.status == status]
 
     @_errors
@@ -518,8 +607,156 @@ class RedisStateStore:
 
     @_errors
     def clear_flag(self, request: FlagRequest) -> None:
-        self._client.zrem(f"{self._p}flags:{request.mailbox}",
-                          _flag_member(request.uidvalidity, request.uid, request.message_id))
+        member = _flag_member(request.uidvalidity, request.uid, request.message_id)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.zrem(f"{self._p}flags:{request.mailbox}", member)
+        pipe.hdel(f"{self._p}flag_failures:{request.mailbox}", member)
+        pipe.execute()
+
+    # --- fetch retries, flag failures, identities (issue 15) -------------------------------------------------
+
+    @_errors
+    def flag_failed(self, request: FlagRequest) -> int:
+        """Count one failed application of ``request``; returns its failures so far (0 if it is gone)."""
+        member = _flag_member(request.uidvalidity, request.uid, request.message_id)
+        if self._client.zscore(f"{self._p}flags:{request.mailbox}", member) is None:
+            return 0
+        key = f"{self._p}flag_failures:{request.mailbox}"
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hincrby(key, member, 1)
+        pipe.pexpire(key, int(self._retention_ms))
+        return int(pipe.execute()[0])
+
+    def _fetch_key(self, mailbox: str, uidvalidity: int) -> str:
+        return f"{self._p}fetch_retry:{mailbox}:{int(uidvalidity)}"
+
+    @_errors
+    def record_fetch_failure(self, mailbox: str, uidvalidity: int, uid: int, error: str) -> int:
+        """Count one failed fetch of a UID (durably, across sessions); returns its failures so far."""
+        key = self._fetch_key(mailbox, uidvalidity)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hincrby(key, str(int(uid)), 1)
+        pipe.pexpire(key, int(self._retention_ms))
+        return int(pipe.execute()[0])
+
+    @_errors
+    def fetch_retries(self, mailbox: str, uidvalidity: int, limit: int) -> list[tuple[int, int]]:
+        """The UIDs of the retry set, lowest first, with their failures so far."""
+        counts = self._client.hgetall(self._fetch_key(mailbox, uidvalidity))
+        rows = sorted((int(uid), int(n)) for uid, n in counts.items())
+        return rows[:max(0, int(limit))]
+
+    @_errors
+    def clear_fetch_failure(self, mailbox: str, uidvalidity: int, uid: int) -> None:
+        self._client.hdel(self._fetch_key(mailbox, uidvalidity), str(int(uid)))
+
+    @_errors
+    def remember_identity(self, email_id: str, fingerprint: str, uidvalidity: int, uid: int) -> None:
+        """Record the fingerprint and origin of the first email seen under ``email_id`` (kept as done records)."""
+        record = dumps({"fingerprint": fingerprint, "uidvalidity": int(uidvalidity), "uid": int(uid)})
+        self._client.set(f"{self._p}identity:{email_id}", record, nx=True, px=int(self._retention_ms))
+
+    @_errors
+    def get_identity(self, email_id: str) -> dict | None:
+        raw = self._client.get(f"{self._p}identity:{email_id}")
+        return None if raw is None else json.loads(raw)
+
+    # --- parked emails (issue 15) ------------------------------------------------------------------------------
+
+    def _parked_key(self, parked_id: str) -> str:
+        return f"{self._p}parked:{parked_id}"
+
+    @_errors
+    def park(self, parked: ParkedEmail) -> None:
+        """Record (or re-record, with its new reason) an email that could not reach an end state."""
+        at = parked.parked_at or now_or_clock(None)
+        key = self._parked_key(parked.parked_id)
+        old = self._client.hgetall(key)
+        record = replace(parked, parked_at=at, replay_requested_at=None,
+                         email_id=parked.email_id or old.get("email_id"),
+                         subject=parked.subject if parked.subject is not None else old.get("subject"),
+                         message_id=parked.message_id or old.get("message_id"))
+        fields_ = {name: str(value) for name, value in record.__dict__.items() if value is not None}
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.hset(key, mapping=fields_)
+        pipe.pexpire(key, int(self._retention_ms))
+        pipe.zadd(self._parked_index, {parked.parked_id: at})
+        pipe.zrem(f"{self._p}parked_replay:{parked.mailbox_id}", parked.parked_id)
+        pipe.execute()
+
+    def _read_parked(self, ids: list[str]) -> list[ParkedEmail]:
+        if not ids:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for parked_id in ids:
+            pipe.hgetall(self._parked_key(parked_id))
+        return [_parked_from(fields_) for fields_ in pipe.execute() if fields_]
+
+    @_errors
+    def get_parked(self, parked_id: str) -> ParkedEmail | None:
+        found = self._read_parked([parked_id])
+        return found[0] if found else None
+
+    @_errors
+    def list_parked(self, limit: int = 20) -> list[ParkedEmail]:
+        """Newest first."""
+        if limit <= 0:
+            return []
+        return self._read_parked(self._client.zrevrange(self._parked_index, 0, limit - 1))
+
+    @_errors
+    def parked_count(self) -> int:
+        self._client.zremrangebyscore(self._parked_index, "-inf", "(" + self._cutoff(now_or_clock(None)))
+        return int(self._client.zcard(self._parked_index))
+
+    @_errors
+    def request_replay(self, parked_id: str | None = None, now: float | None = None) -> int:
+        """Ask the mailbox's lease holder to re-run the pipeline on one parked email (or all); returns how many."""
+        at = now_or_clock(now)
+        ids = [parked_id] if parked_id is not None else self._client.zrange(self._parked_index, 0, -1)
+        requested = 0
+        for record in self._read_parked(ids):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hset(self._parked_key(record.parked_id), "replay_requested_at", _num(at))
+            pipe.hdel(self._parked_key(record.parked_id), "replay_refused")
+            pipe.zadd(f"{self._p}parked_replay:{record.mailbox_id}", {record.parked_id: at})
+            pipe.execute()
+            requested += 1
+        return requested
+
+    @_errors
+    def replay_requests(self, mailbox_id: str, limit: int) -> list[ParkedEmail]:
+        if limit <= 0:
+            return []
+        key = f"{self._p}parked_replay:{mailbox_id}"
+        ids = self._client.zrange(key, 0, limit - 1)
+        found = self._read_parked(ids)
+        gone = set(ids) - {record.parked_id for record in found}
+        if gone:
+            self._client.zrem(key, *gone)
+        return [record for record in found if record.replay_requested_at is not None]
+
+    @_errors
+    def unpark(self, parked_id: str) -> None:
+        record = self.get_parked(parked_id)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(self._parked_key(parked_id))
+        pipe.zrem(self._parked_index, parked_id)
+        if record is not None:
+            pipe.zrem(f"{self._p}parked_replay:{record.mailbox_id}", parked_id)
+        pipe.execute()
+
+    @_errors
+    def refuse_replay(self, parked_id: str, why: str) -> None:
+        record = self.get_parked(parked_id)
+        if record is None:
+            return
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hdel(self._parked_key(parked_id), "replay_requested_at")
+        pipe.hset(self._parked_key(parked_id), "replay_refused", bounded(why) or "")
+        pipe.zrem(f"{self._p}parked_replay:{record.mailbox_id}", parked_id)
+        pipe.execute()
 
     # --- R2 reuse ----------------------------------------------------------------------------------------------
 
@@ -591,6 +828,7 @@ class RedisStateStore:
         pipe = self._client.pipeline(transaction=False)
         pipe.zremrangebyscore(self._delivered, "-inf", cutoff)
         pipe.zremrangebyscore(self._dead, "-inf", cutoff)
+        pipe.zremrangebyscore(self._parked_index, "-inf", cutoff)
         pipe.execute()
         for key in self._client.scan_iter(match=f"{self._p}flags:*", count=100):
             self._client.zremrangebyscore(key, "-inf", cutoff)

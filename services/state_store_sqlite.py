@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import fields, replace
 from typing import Iterator, Mapping
 
 from services.state_migrations import OLDEST_READER, SCHEMA_VERSION, SchemaTooNew, check_readable, steps_after
@@ -29,7 +30,9 @@ from services.state_store import (
     FlagRequest,
     OutboxItem,
     OutboxStatus,
+    ParkedEmail,
     StateStoreError,
+    appended_log,
     bounded,
     check_counter_name,
     check_status,
@@ -85,7 +88,7 @@ CREATE TABLE IF NOT EXISTS recent (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL
 _ITEM_COLUMNS = ("event_id", "email_id", "payload", "mailbox", "uidvalidity", "uid", "message_id", "status",
                  "attempts", "next_attempt_at", "created_at", "first_attempt_at", "last_error", "last_status",
                  "dead_reason", "response_excerpt", "delivered_at", "dead_at", "in_flight", "claimed_until",
-                 "claim_owner", "mailbox_id", "target_id")
+                 "claim_owner", "mailbox_id", "target_id", "attempt_log")
 _SELECT_ITEM = f"SELECT {', '.join(_ITEM_COLUMNS)} FROM outbox"
 _COUNTER_UPSERT = ("INSERT INTO counters (name, labelled, label, value) VALUES (?, ?, ?, ?) "
                    "ON CONFLICT (name, labelled, label) DO UPDATE SET value = value + excluded.value")
@@ -102,10 +105,24 @@ def state_db_path(settings: Settings) -> str:
     return os.path.join(settings.state_dir, DB_FILE_NAME)
 
 
+_PARKED_COLUMNS = tuple(f.name for f in fields(ParkedEmail))
+
+
+def _parked_values(parked: ParkedEmail) -> tuple:
+    return tuple(getattr(parked, name) for name in _PARKED_COLUMNS)
+
+
+def _log_with(log: str | None, attempt: dict | None) -> str | None:
+    if attempt is None:
+        return log
+    return dumps(appended_log(json.loads(log) if log else [], attempt))
+
+
 def _row_to_item(row: sqlite3.Row | tuple) -> OutboxItem:
     values = dict(zip(_ITEM_COLUMNS, row, strict=True))
     values["payload"] = json.loads(values["payload"])
     values["in_flight"] = bool(values["in_flight"])
+    values["attempt_log"] = json.loads(values["attempt_log"]) if values["attempt_log"] else []
     return OutboxItem(**values)
 
 
@@ -302,15 +319,15 @@ class SqliteStateStore:
         return items
 
     def _finish(self, conn: sqlite3.Connection, event_id: str, assignments: str, values: tuple,
-                outcome: str, counter: str, at: float) -> bool:
-        row = conn.execute("SELECT email_id, mailbox, uidvalidity, uid, message_id, target_id FROM outbox "
+                outcome: str, counter: str, at: float, attempt: dict | None) -> bool:
+        row = conn.execute("SELECT email_id, mailbox, uidvalidity, uid, message_id, target_id, attempt_log FROM outbox "
                            "WHERE event_id = ? AND status = 'pending'", (event_id,)).fetchone()
         if row is None:
             return False
-        email_id, mailbox, uidvalidity, uid, message_id, target_id = row
+        email_id, mailbox, uidvalidity, uid, message_id, target_id, log = row
         conn.execute(f"UPDATE outbox SET {assignments}, in_flight = 0, claimed_until = NULL, claim_owner = NULL, "
-                     "pending_since = NULL, expires_at = ? WHERE event_id = ?",
-                     (*values, self._expires(at), event_id))
+                     "pending_since = NULL, expires_at = ?, attempt_log = ? WHERE event_id = ?",
+                     (*values, self._expires(at), _log_with(log, attempt), event_id))
         conn.execute(_DONE_UPSERT, (email_id, outcome, self._expires(at)))
         if uid:  # uid 0: not from IMAP (process-email), nothing to flag
             conn.execute(_FLAG_INSERT, (mailbox, uidvalidity, uid, message_id, at))
@@ -318,32 +335,47 @@ class SqliteStateStore:
         return True
 
     @_errors
-    def mark_delivered(self, event_id: str, status: int, now: float) -> bool:
+    def mark_delivered(self, event_id: str, status: int, now: float, attempt: dict | None = None) -> bool:
         with self._write() as conn:
             return self._finish(conn, event_id, "status = 'delivered', delivered_at = ?, last_status = ?",
-                                (now, int(status)), "delivered", "webhooks_delivered", now)
+                                (now, int(status)), "delivered", "webhooks_delivered", now, attempt)
 
     @_errors
-    def reschedule(self, event_id: str, next_attempt_at: float, error: str, status: int | None) -> bool:
+    def reschedule(self, event_id: str, next_attempt_at: float, error: str, status: int | None,
+                   attempt: dict | None = None) -> bool:
         with self._write() as conn:
-            cursor = conn.execute(
-                "UPDATE outbox SET next_attempt_at = ?, due_at = ?, last_error = ?, last_status = ?, in_flight = 0, "
-                "claimed_until = NULL, claim_owner = NULL WHERE event_id = ? AND status = 'pending'",
-                (next_attempt_at, next_attempt_at, bounded(error), status, event_id))
-            if cursor.rowcount == 0:
+            row = conn.execute("SELECT target_id, attempt_log FROM outbox WHERE event_id = ? AND status = 'pending'",
+                               (event_id,)).fetchone()
+            if row is None:
                 return False
-            (target_id,) = conn.execute("SELECT target_id FROM outbox WHERE event_id = ?", (event_id,)).fetchone()
+            target_id, log = row
+            conn.execute(
+                "UPDATE outbox SET next_attempt_at = ?, due_at = ?, last_error = ?, last_status = ?, in_flight = 0, "
+                "claimed_until = NULL, claim_owner = NULL, attempt_log = ? WHERE event_id = ?",
+                (next_attempt_at, next_attempt_at, bounded(error), status, _log_with(log, attempt), event_id))
             conn.execute(_COUNTER_UPSERT, ("webhook_retries", 1, counter_label_part({"target": target_id}), 1))
             return True
 
     @_errors
+    def release_claim(self, event_id: str) -> bool:
+        """Undo a claim that ended without an attempt: the attempt is not counted, the item is due again."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE outbox SET attempts = max(attempts - 1, 0), in_flight = 0, claimed_until = NULL, "
+                "claim_owner = NULL, due_at = next_attempt_at, "
+                "first_attempt_at = CASE WHEN attempts <= 1 THEN NULL ELSE first_attempt_at END "
+                "WHERE event_id = ? AND status = 'pending' AND in_flight = 1", (event_id,))
+            return cursor.rowcount > 0
+
+    @_errors
     def dead_letter(self, event_id: str, reason: str, status: int | None, excerpt: str | None,
-                    now: float | None = None) -> bool:
+                    now: float | None = None, attempt: dict | None = None) -> bool:
         at = now_or_clock(now)
         with self._write() as conn:
             return self._finish(conn, event_id,
                                 "status = 'dead', dead_reason = ?, dead_at = ?, last_status = ?, response_excerpt = ?",
-                                (reason, at, status, bounded(excerpt)), f"dead:{reason}", "dead_letters", at)
+                                (reason, at, status, bounded(excerpt)), f"dead:{reason}", "dead_letters", at,
+                                attempt)
 
     @_errors
     def get_item(self, event_id: str) -> OutboxItem | None:
@@ -435,6 +467,121 @@ class SqliteStateStore:
             conn.execute("DELETE FROM flags WHERE mailbox = ? AND uidvalidity = ? AND uid = ?",
                          (request.mailbox, int(request.uidvalidity), int(request.uid)))
 
+    # --- fetch retries, flag failures, identities (issue 15) -------------------------------------------------
+
+    @_errors
+    def flag_failed(self, request: FlagRequest) -> int:
+        """Count one failed application of ``request``; returns its failures so far (0 if it is gone)."""
+        with self._write() as conn:
+            row = conn.execute("UPDATE flags SET failures = failures + 1 WHERE mailbox = ? AND uidvalidity = ? "
+                               "AND uid = ? RETURNING failures",
+                               (request.mailbox, int(request.uidvalidity), int(request.uid))).fetchone()
+        return 0 if row is None else int(row[0])
+
+    @_errors
+    def record_fetch_failure(self, mailbox: str, uidvalidity: int, uid: int, error: str) -> int:
+        """Count one failed fetch of a UID (durably, across sessions); returns its failures so far."""
+        with self._write() as conn:
+            row = conn.execute(
+                "INSERT INTO fetch_failures (mailbox, uidvalidity, uid, failures, last_error, updated_at) "
+                "VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (mailbox, uidvalidity, uid) DO UPDATE SET "
+                "failures = failures + 1, last_error = excluded.last_error, updated_at = excluded.updated_at "
+                "RETURNING failures", (mailbox, int(uidvalidity), int(uid), bounded(error), time.time())).fetchone()
+        return int(row[0])
+
+    @_errors
+    def fetch_retries(self, mailbox: str, uidvalidity: int, limit: int) -> list[tuple[int, int]]:
+        """The UIDs of the retry set, lowest first, with their failures so far."""
+        rows = self._conn().execute(
+            "SELECT uid, failures FROM fetch_failures WHERE mailbox = ? AND uidvalidity = ? ORDER BY uid LIMIT ?",
+            (mailbox, int(uidvalidity), max(0, int(limit)))).fetchall()
+        return [(int(uid), int(failures)) for uid, failures in rows]
+
+    @_errors
+    def clear_fetch_failure(self, mailbox: str, uidvalidity: int, uid: int) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM fetch_failures WHERE mailbox = ? AND uidvalidity = ? AND uid = ?",
+                         (mailbox, int(uidvalidity), int(uid)))
+
+    @_errors
+    def remember_identity(self, email_id: str, fingerprint: str, uidvalidity: int, uid: int) -> None:
+        """Record the fingerprint and origin of the first email seen under ``email_id`` (kept as done records)."""
+        with self._write() as conn:
+            conn.execute("INSERT INTO identities (email_id, fingerprint, uidvalidity, uid, expires_at) "
+                         "VALUES (?, ?, ?, ?, ?) ON CONFLICT (email_id) DO NOTHING",
+                         (email_id, fingerprint, int(uidvalidity), int(uid), self._expires(time.time())))
+
+    @_errors
+    def get_identity(self, email_id: str) -> dict | None:
+        row = self._conn().execute("SELECT fingerprint, uidvalidity, uid FROM identities WHERE email_id = ? "
+                                   "AND expires_at > ?", (email_id, time.time())).fetchone()
+        return None if row is None else {"fingerprint": row[0], "uidvalidity": int(row[1]), "uid": int(row[2])}
+
+    # --- parked emails (issue 15) ------------------------------------------------------------------------------
+
+    @_errors
+    def park(self, parked: ParkedEmail) -> None:
+        """Record (or re-record, with its new reason) an email that could not reach an end state."""
+        at = parked.parked_at or time.time()
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO parked ({', '.join(_PARKED_COLUMNS)}, expires_at) "
+                f"VALUES ({', '.join('?' for _ in _PARKED_COLUMNS)}, ?) ON CONFLICT (parked_id) DO UPDATE SET "
+                "reason = excluded.reason, detail = excluded.detail, parked_at = excluded.parked_at, "
+                "email_id = coalesce(excluded.email_id, email_id), subject = coalesce(excluded.subject, subject), "
+                "message_id = coalesce(excluded.message_id, message_id), replay_requested_at = NULL, "
+                "expires_at = excluded.expires_at",
+                (*_parked_values(replace(parked, parked_at=at, replay_requested_at=None)), self._expires(at)))
+
+    @_errors
+    def get_parked(self, parked_id: str) -> ParkedEmail | None:
+        row = self._conn().execute(f"SELECT {', '.join(_PARKED_COLUMNS)} FROM parked WHERE parked_id = ? "
+                                   "AND expires_at > ?", (parked_id, time.time())).fetchone()
+        return None if row is None else ParkedEmail(*row)
+
+    @_errors
+    def list_parked(self, limit: int = 20) -> list[ParkedEmail]:
+        """Newest first."""
+        rows = self._conn().execute(f"SELECT {', '.join(_PARKED_COLUMNS)} FROM parked WHERE expires_at > ? "
+                                    "ORDER BY parked_at DESC LIMIT ?", (time.time(), max(0, int(limit)))).fetchall()
+        return [ParkedEmail(*row) for row in rows]
+
+    @_errors
+    def parked_count(self) -> int:
+        return int(self._conn().execute("SELECT count(*) FROM parked WHERE expires_at > ?",
+                                        (time.time(),)).fetchone()[0])
+
+    @_errors
+    def request_replay(self, parked_id: str | None = None, now: float | None = None) -> int:
+        """Ask the mailbox's lease holder to re-run the pipeline on one parked email (or all); returns how many."""
+        at = now_or_clock(now)
+        with self._write() as conn:
+            if parked_id is None:
+                cursor = conn.execute("UPDATE parked SET replay_requested_at = ?, replay_refused = NULL "
+                                      "WHERE expires_at > ?", (at, time.time()))
+            else:
+                cursor = conn.execute("UPDATE parked SET replay_requested_at = ?, replay_refused = NULL "
+                                      "WHERE parked_id = ? AND expires_at > ?", (at, parked_id, time.time()))
+            return cursor.rowcount
+
+    @_errors
+    def replay_requests(self, mailbox_id: str, limit: int) -> list[ParkedEmail]:
+        rows = self._conn().execute(
+            f"SELECT {', '.join(_PARKED_COLUMNS)} FROM parked WHERE mailbox_id = ? AND replay_requested_at IS NOT NULL "
+            "ORDER BY replay_requested_at LIMIT ?", (mailbox_id, max(0, int(limit)))).fetchall()
+        return [ParkedEmail(*row) for row in rows]
+
+    @_errors
+    def unpark(self, parked_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM parked WHERE parked_id = ?", (parked_id,))
+
+    @_errors
+    def refuse_replay(self, parked_id: str, why: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE parked SET replay_requested_at = NULL, replay_refused = ? WHERE parked_id = ?",
+                         (bounded(why), parked_id))
+
     # --- R2 reuse ----------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -514,6 +661,9 @@ class SqliteStateStore:
             conn.execute("DELETE FROM r2_copies WHERE expires_at <= ?", (now,))
             conn.execute("DELETE FROM status WHERE expires_at <= ?", (now,))
             conn.execute("DELETE FROM recent WHERE at <= ?", (cutoff,))
+            conn.execute("DELETE FROM parked WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM identities WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM fetch_failures WHERE updated_at <= ?", (cutoff,))
 
     def close(self) -> None:
         """Close every connection this process opened (from any thread); the store is unusable afterwards."""

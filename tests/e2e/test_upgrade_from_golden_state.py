@@ -2,7 +2,8 @@
 delivered once with its old event id, nothing delivered is sent again, dead letters stay dead, the checkpoint holds.
 
 Issue 14 and later issues add migration steps; each one extends this test instead of writing its own. Step 2
-(issue 14): outbox items name their mailbox and target; the old ones read as ``default``.
+(issue 14): outbox items name their mailbox and target; the old ones read as ``default``. Step 3 (issue 15): new
+records (parked emails, fetch retries, identities, attempt logs) start empty; old items have an empty attempt log.
 """
 
 from __future__ import annotations
@@ -86,5 +87,9 @@ def test_the_previous_releases_pending_items_are_delivered_once_with_their_event
         for listed in pending + MANIFEST["outbox"]["delivered"] + MANIFEST["outbox"]["dead"]:
             item = store.get_item(listed["event_id"])
             assert (item.mailbox_id, item.target_id) == ("default", "default"), listed["event_id"]
+        # Migration step 3 (issue 15): nothing parked, the delivered ones have the attempt of this run in their log
+        assert store.parked_count() == 0
+        for item in due:
+            assert store.get_item(item).attempt_log == [] or store.get_item(item).attempt_log[-1]["status"] == 200
     finally:
         store.close()

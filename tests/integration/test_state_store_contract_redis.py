@@ -45,6 +45,15 @@ from tests.unit.test_state_store_mailboxes import (  # noqa: F401 - several mail
     test_the_store_records_the_schema_version_it_writes,
     test_two_mailboxes_with_the_same_folder_keep_separate_state,
 )
+from tests.unit.test_state_store_poison import (  # noqa: F401 - poison-proofing records, again on Redis
+    test_a_claim_released_without_an_attempt_counts_no_attempt_and_no_possible_duplicate,
+    test_a_replay_request_reaches_the_mailbox_and_ends_unparked_or_refused,
+    test_every_outcome_appends_to_a_bounded_attempt_log,
+    test_fetch_failures_are_a_durable_retry_set_per_mailbox_and_uidvalidity,
+    test_flag_failures_are_counted_per_request_and_cleared_with_it,
+    test_parked_emails_are_listed_newest_first_and_re_parking_updates_the_reason,
+    test_the_first_identity_under_an_email_id_is_kept,
+)
 from tests.unit.test_stranded import (  # noqa: F401 - removed targets' items, again on Redis
     test_a_removed_targets_pending_items_become_replayable_dead_letters,
     test_with_no_target_configured_nothing_is_dead_lettered,
