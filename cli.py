@@ -1,4 +1,4 @@
-"""Flask CLI commands: ``process-email`` (parse one saved email) and ``replay-dead-letters``."""
+"""Flask CLI commands: ``process-email`` (parse one saved email), ``replay-dead-letters`` and ``replay-parked``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from flask import Flask
 
 
 def register_cli(app: Flask) -> None:
-    from background.replay import replay_dead_letters_command
+    from background.replay import replay_dead_letters_command, replay_parked_command
     from email_processing.cli import process_email_command
 
     app.cli.add_command(process_email_command)
     app.cli.add_command(replay_dead_letters_command)
+    app.cli.add_command(replay_parked_command)

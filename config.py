@@ -69,6 +69,7 @@ class MailboxConfig:
     timeout_seconds: float = 30.0
     reconnect_max_seconds: float = 60.0
     allow_without_links: bool = False
+    fetch_max_failures: int = 3   # failed fetches of one message before it is parked (fetch_failed)
 
     def __post_init__(self) -> None:
         check_id("mailbox", self.id)
@@ -102,6 +103,7 @@ class MailboxConfig:
                    use_idle=settings.imap_use_idle, first_start_max_age_hours=settings.first_start_max_age_hours,
                    mark_as_read=settings.mark_as_read, timeout_seconds=settings.imap_timeout_seconds,
                    reconnect_max_seconds=settings.imap_reconnect_max_seconds,
+                   fetch_max_failures=settings.imap_fetch_max_failures,
                    allow_without_links=settings.allow_webhook_without_links)
 
 

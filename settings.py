@@ -150,6 +150,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("IMAP_TIMEOUT_SECONDS", "imap_timeout_seconds", number(0.1, 600), 30.0, "Bound on every IMAP network operation (connect, TLS, login, select, search, fetch, store, idle, noop)."),
     Spec("IMAP_USE_IDLE", "imap_use_idle", parse_bool, True, "Use IMAP IDLE when the server offers it (push); polling runs anyway."),
     Spec("IMAP_RECONNECT_MAX_SECONDS", "imap_reconnect_max_seconds", number(0.1, 3600), 60.0, "Cap of the exponential reconnect backoff."),
+    Spec("IMAP_FETCH_MAX_FAILURES", "imap_fetch_max_failures", integer(1, 100), 3, "Failed fetches of one message (counted durably, across sessions) before it is parked with reason fetch_failed."),
     Spec("EMAIL_POLLING_INTERVAL_SECONDS", "email_polling_interval_seconds", number(0.1, 86400), 30.0, "Reconciliation search interval (also while idling)."),
     Spec("SENDER_OF_INTEREST_FOR_POLLING", "sender_allowlist", address_list, (), "Comma-separated sender addresses (or @domain entries) to act on; empty = everyone.", default_doc="(empty)"),
     Spec("FIRST_START_MAX_AGE_HOURS", "first_start_max_age_hours", number(0, 100000), 72.0, "On first start, unseen emails older than this are passed over (counted and logged)."),
@@ -228,6 +229,7 @@ class Settings:
     imap_timeout_seconds: float = _settings_field("imap_timeout_seconds")
     imap_use_idle: bool = _settings_field("imap_use_idle")
     imap_reconnect_max_seconds: float = _settings_field("imap_reconnect_max_seconds")
+    imap_fetch_max_failures: int = _settings_field("imap_fetch_max_failures")
     email_polling_interval_seconds: float = _settings_field("email_polling_interval_seconds")
     sender_allowlist: tuple[str, ...] = _settings_field("sender_allowlist")
     first_start_max_age_hours: float = _settings_field("first_start_max_age_hours")

@@ -14,18 +14,17 @@ from typing import Any, Callable, Literal
 
 from background.lease import LeaseLost
 from config import DEFAULT_ID, MailboxConfig
-from email_processing.identity import email_id_for, event_id_for
+from email_processing.identity import email_id_for, email_id_for_reused, event_id_for, fingerprint_of, message_address
 from email_processing.orchestrator import Offloader, ProcessResult, process_email
 from email_processing.parsing import ParsedEmail
 from email_processing.payload import for_target
 from log_setup import mask_address
-from services.state_store import OutboxItem, StateStoreError
+from services.state_store import OutboxItem, ParkedEmail, StateStoreError
 from timestamps import utc_now
 
 logger = logging.getLogger(__name__)
 
 CLI_STATE_KEY = "(cli)"
-PARKED_DUE_IN_SECONDS = 10 ** 9   # a parked email is a dead letter at once; its due time is never reached
 ATTEMPTED_NOW_DUE_IN_SECONDS = 3600.0
 
 
@@ -80,6 +79,28 @@ class Ingest:
     def email_id(self, parsed: ParsedEmail) -> str:
         return email_id_for(parsed, self.policy.mailbox_id)
 
+    def identify(self, parsed: ParsedEmail, where: Where) -> str:
+        """The email id of ``parsed`` by the identity rule (``email_processing.identity``): a Message-ID keeps naming
+        one email only while Date, From and Subject agree. A second live UID of the same email is merged (counted
+        ``duplicates_merged``); the same email seen again after a UIDVALIDITY change is not counted."""
+        base = self.email_id(parsed)
+        if not parsed.message_id:
+            return base
+        fingerprint = fingerprint_of(parsed)
+        first = self.store.get_identity(base)
+        if first is None:
+            if self.store.get_done(base) is None:  # a done record older than fingerprints: the same email
+                self.store.remember_identity(base, fingerprint, where.uidvalidity, where.uid)
+            return base
+        if first["fingerprint"] != fingerprint:
+            return email_id_for_reused(parsed, fingerprint, self.policy.mailbox_id)
+        if where.uid and first["uidvalidity"] == where.uidvalidity and first["uid"] != where.uid:
+            if self.store.get_done(base) is not None:
+                self.store.incr("duplicates_merged", labels=self._labels)
+                logger.info("EMAIL: merged mailbox=%s uid=%s into uid=%s email_id=%s (same Message-ID, Date, "
+                            "From, Subject)", self.policy.mailbox_id, where.uid, first["uid"], base)
+        return base
+
     def known(self, email_id: str, where: Where, message_id: str | None) -> bool:
         """True when the email was ingested before; then, if it is done, make sure it is flagged."""
         outcome = self.store.get_done(email_id)
@@ -98,18 +119,21 @@ class Ingest:
         """Decide and record one parsed email. ``attempt_now``: the caller makes the first attempt itself, so the
         items are queued as attempted once, with their next due time an hour away (no delivery loop claims them
         meanwhile; a failed attempt reschedules them on the normal schedule)."""
-        email_id = self.email_id(parsed)
-        if not parsed.message_id and self.known(email_id, where, None):
+        email_id = self.identify(parsed, where)
+        if not parsed.message_id and self.known(email_id, where, None):  # (with one, the caller looked already)
             return Ingested("known")
         try:
             result = process_email(parsed, received_at=received_at, sender_allowlist=self.policy.sender_allowlist,
                                    allow_without_links=self.policy.allow_without_links,
-                                   offloader=self.offloader_factory(), mailbox_id=self.policy.mailbox_id)
+                                   offloader=self.offloader_factory(), mailbox_id=self.policy.mailbox_id,
+                                   email_id=email_id)
         except (LeaseLost, StateStoreError):
             raise
         except Exception as exc:  # the orchestrator promises not to raise; if it does, park this one email
             logger.error("BG_POLLER: processing failed for uid %s", where.uid, exc_info=True)
-            self.park(parsed, where, f"processing_failed: {type(exc).__name__}")
+            if not where.uid:  # a saved email (process-email): no mailbox to re-read it from; the command fails
+                raise
+            self.park(parsed, where, "processing_failed", f"{type(exc).__name__}: {exc}")
             return Ingested("parked")
         if parsed.html_truncated:
             self.store.incr("html_truncations", labels=self._labels)
@@ -125,8 +149,8 @@ class Ingest:
         if where.uid:
             self.store.queue_flag(self.policy.state_key, where.uidvalidity, where.uid, parsed.message_id)
         self.store.record_recent(recent_entry(result.payload, f"skipped: {result.reason}"))
-        logger.info("BG_POLLER: skipped uid %s from %s (%s)", where.uid, mask_address(parsed.sender_email),
-                    result.reason)
+        logger.info("EMAIL: skipped mailbox=%s uid=%s event_id=%s reason=%s sender=%s", self.policy.mailbox_id,
+                    where.uid, result.event_id, result.reason, mask_address(parsed.sender_email))
 
     def _enqueue(self, result: ProcessResult, where: Where, parsed: ParsedEmail,
                  attempt_now: bool) -> tuple[OutboxItem, ...]:
@@ -149,20 +173,23 @@ class Ingest:
             self.on_queued()
         return tuple(queued)
 
-    def park(self, parsed: ParsedEmail, where: Where, reason: str) -> None:
-        """Record an email the pipeline could not handle as a dead letter, so it is visible and replayable."""
-        email_id = self.email_id(parsed)
-        event_id = event_id_for(email_id)
-        self.store.incr("parse_failures", labels=self._labels)
-        stub = {"event_id": event_id, "subject": parsed.subject}
-        now = self.clock()
-        item = OutboxItem(event_id=event_id, email_id=email_id, payload=stub, mailbox=self.policy.state_key,
-                          uidvalidity=where.uidvalidity, uid=where.uid, message_id=parsed.message_id,
-                          created_at=now, next_attempt_at=now + PARKED_DUE_IN_SECONDS,
-                          mailbox_id=self.policy.mailbox_id)
-        self.store.enqueue(item)
-        self.store.dead_letter(event_id, reason.split(":")[0], None, reason)
-        logger.error("BG_POLLER: parked uid %s as a dead letter (%s)", where.uid, reason)
+    def park(self, parsed: ParsedEmail | None, where: Where, reason: str, detail: str | None = None) -> None:
+        """Keep an email the pipeline could not bring to an end state as a parked email (``<mailbox_id>:
+        <uidvalidity>:<uid>``): not in the outbox, no done record, not flagged done on the server, so the original
+        stays as it is and ``replay-parked`` can re-run the pipeline on it."""
+        parked_id = message_address(self.policy.mailbox_id, where.uidvalidity, where.uid)
+        email_id = self.email_id(parsed) if parsed is not None and parsed.message_id else None
+        self.store.park(ParkedEmail(
+            parked_id=parked_id, mailbox_id=self.policy.mailbox_id, mailbox=self.policy.state_key,
+            uidvalidity=where.uidvalidity, uid=where.uid, reason=reason, email_id=email_id,
+            message_id=parsed.message_id if parsed is not None else None,
+            subject=(parsed.subject or "")[:200] if parsed is not None else None,
+            detail=(detail or "")[:500] or None, parked_at=self.clock()))
+        self.store.incr("emails_parked", label=reason, labels=self._labels)
+        if reason in ("parse_failed", "processing_failed"):
+            self.store.incr("parse_failures", labels=self._labels)
+        logger.error("EMAIL: parked mailbox=%s uid=%s parked_id=%s reason=%s", self.policy.mailbox_id, where.uid,
+                     parked_id, reason)
 
 
 def recent_entry(payload: dict[str, Any], outcome: str) -> dict[str, Any]:

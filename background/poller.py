@@ -22,8 +22,15 @@ from background.ingest import Ingest, IngestPolicy, Where
 from background.lease import LeaseLost, wait_for_ownership
 from background.runner import ImapState, PollerState
 from config import DEFAULT_ID, MailboxConfig
-from services.imap_mailbox import ImapAuthError, ImapError, ImapMessageGone, MailboxClient
-from services.state_store import StateStoreError
+from services.imap_mailbox import (
+    ImapAuthError,
+    ImapConnectionError,
+    ImapError,
+    ImapMessageGone,
+    ImapTimeout,
+    MailboxClient,
+)
+from services.state_store import FlagRequest, StateStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +42,10 @@ IDLE_RENEW_SECONDS = 540            # re-issue IDLE at most every 9 minutes (ser
 IDLE_WAIT_SLICE_SECONDS = 1.0       # how often an idling poller looks at its stop/flag/lease signals
 FLAG_BATCH = 100
 MAX_FLAG_BATCHES_PER_CALL = 50
+FLAG_MAX_FAILURES = 3               # failed applications of one flag request before it is dropped
+MAX_UIDS_PER_CYCLE = 100_000        # new UIDs one cycle takes (one search); the rest come next cycle
+RETRY_BATCH = 100                   # retry-set UIDs per cycle
+REPLAY_BATCH = 50                   # replay requests carried out per cycle
 
 
 def backoff_delay(attempt: int, cap: float, rng: random.Random, base: float = 1.0) -> float:
@@ -65,6 +76,9 @@ class MailboxPoller:
                              offloader_factory=offloader_factory, on_queued=delivery_wakeup.set)
         self._failures = 0
         self._auth_streak = False
+        self._isolate_through = 0    # UIDs up to this one are fetched one by one (a batch failed on them)
+        self._last_checkpoint: int | None = None
+        self._checkpoint_moved_at: float | None = None
 
     # --- thread body ----------------------------------------------------------------------------------------
 
@@ -185,30 +199,40 @@ class MailboxPoller:
     # --- one cycle ------------------------------------------------------------------------------------------
 
     def run_cycle(self, client: MailboxClient, state) -> int:
-        """Apply flags, then process every new UID in batches. Returns the number of emails handled."""
+        """Apply flags, process every new UID in batches, then the retry set and replay requests. Returns the number
+        of emails handled. One failing flag request, message or replay never stops the others (issue 15)."""
         self.status.update(last_cycle_at=time.time())
         self.guard.check_remote()
-        self.apply_flags(client, state)
+        self._apply_flags_isolated(client, state)
         # Dovecot (like other servers) shows mail appended by another session only once one of our commands has
         # ended: a NOOP first, so the search below sees everything that arrived before this cycle.
         client.noop()
         checkpoint = self.store.get_checkpoint(self.state_key, state.uidvalidity)
         if checkpoint is None:
             handled = self._first_pass(client, state)
+            server_max = max(state.uidnext - 1, 0)
         else:
+            # One search for everything new, then bounded batches: catching up is linear in the new messages.
+            self.guard.check_remote()
+            new_uids = client.uids_after(checkpoint, MAX_UIDS_PER_CYCLE)
+            server_max = new_uids[-1] if new_uids else checkpoint
             handled = 0
-            while True:
+            for start in range(0, len(new_uids), BATCH_SIZE):
                 self.guard.check_remote()
-                uids = client.uids_after(checkpoint, BATCH_SIZE)
-                if not uids:
-                    break
-                handled += self._process_batch(client, state, uids)
-                checkpoint = uids[-1]
+                handled += self._process_batch(client, state, new_uids[start:start + BATCH_SIZE])
+        handled += self._retry_failed_fetches(client, state)
+        self._carry_out_replays(client, state)
         self._failures = 0
+        checkpoint_now = self.store.get_checkpoint(self.state_key, state.uidvalidity)
+        retries = len(self.store.fetch_retries(self.state_key, state.uidvalidity, RETRY_BATCH))
+        if checkpoint_now != self._last_checkpoint:
+            self._last_checkpoint, self._checkpoint_moved_at = checkpoint_now, time.time()
         self.status.update(state=PollerState.POLLING, imap=ImapState.OK, last_success_at=time.time(),
-                           consecutive_errors=0, last_uid=self.store.get_checkpoint(self.state_key, state.uidvalidity))
+                           consecutive_errors=0, last_uid=checkpoint_now, server_uid_max=server_max,
+                           retry_set=retries, checkpoint_moved_at=self._checkpoint_moved_at,
+                           waiting=max(0, server_max - (checkpoint_now or 0)))
         if handled:
-            self.apply_flags(client, state)
+            self._apply_flags_isolated(client, state)
         return handled
 
     def _first_pass(self, client: MailboxClient, state) -> int:
@@ -242,31 +266,138 @@ class MailboxPoller:
 
     def _process_batch(self, client: MailboxClient, state, uids: list[int], too_old: datetime | None = None,
                        advance_checkpoint: bool = True) -> int:
-        metas = client.fetch_meta(uids)
+        """The messages of one batch: fetched together, each processed on its own. A batch the server refuses (or
+        whose fetch broke the connection last time) is taken UID by UID, so one poison message is isolated."""
+        if uids and uids[0] <= self._isolate_through:
+            return sum(self._process_isolated(client, state, uid, too_old, advance_checkpoint) for uid in uids)
+        try:
+            metas = client.fetch_meta(uids)
+        except (ImapConnectionError, ImapTimeout):
+            self._isolate_through = max(uids)   # the next session takes these one by one
+            raise
+        except ImapError as exc:  # NO / BAD for the batch: one of them cannot be read
+            logger.warning("IMAP: fetching %d messages failed (%s); taking them one by one", len(uids), exc)
+            return sum(self._process_isolated(client, state, uid, too_old, advance_checkpoint) for uid in uids)
         handled = 0
         passed_over = 0
         for uid in uids:
             meta = metas.get(uid)
-            if meta is None:  # expunged between SEARCH and FETCH
-                if advance_checkpoint:
-                    self.store.set_checkpoint(self.state_key, state.uidvalidity, uid)
+            if meta is None and not self._confirmed_gone(client, uid):
+                handled += self._process_isolated(client, state, uid, too_old, advance_checkpoint)
                 continue
-            if too_old is not None and meta.internaldate is not None and meta.internaldate < too_old:
+            if meta is None:  # expunged between SEARCH and FETCH (a UID SEARCH confirmed it)
+                pass
+            elif too_old is not None and meta.internaldate is not None and meta.internaldate < too_old:
                 passed_over += 1
             else:
-                try:
-                    self._process_message(client, state, meta)
-                    handled += 1
-                except ImapMessageGone:
-                    logger.info("IMAP: uid %s was expunged before it could be read; moving on", uid)
+                handled += self._process_one(client, state, meta, advance_checkpoint)
             if advance_checkpoint:
                 self.store.set_checkpoint(self.state_key, state.uidvalidity, uid)
+        self._count_passed_over(passed_over)
+        return handled
+
+    def _process_one(self, client: MailboxClient, state, meta, advance_checkpoint: bool) -> int:
+        """One message of a batch that was fetched fine; a message the server then refuses joins the retry set."""
+        try:
+            self._process_message(client, state, meta)
+            return 1
+        except ImapMessageGone:
+            logger.info("IMAP: uid %s was expunged before it could be read; moving on", meta.uid)
+            return 0
+        except (ImapConnectionError, ImapTimeout):
+            self._isolate_through = meta.uid
+            raise
+        except ImapError as exc:  # NO for this message: retried on its own, parked after IMAP_FETCH_MAX_FAILURES
+            self._fetch_failed(state, meta.uid, str(exc), header=meta.header_bytes)
+            return 0
+
+    def _process_isolated(self, client: MailboxClient, state, uid: int, too_old: datetime | None,
+                          advance_checkpoint: bool) -> int:
+        """One UID on its own: counted as a failure before it is touched (so a message that breaks the connection
+        is counted too), the checkpoint moved past it at once, the count cleared when it is processed."""
+        failures = self.store.record_fetch_failure(self.state_key, state.uidvalidity, uid, "in progress")
+        if advance_checkpoint:
+            self.store.set_checkpoint(self.state_key, state.uidvalidity, uid)
+        if failures > self.config.fetch_max_failures:
+            self._park_unreadable(state, uid, "fetch failed repeatedly (the connection broke while reading it)")
+            return 0
+        try:
+            meta = client.fetch_meta([uid]).get(uid)
+            if meta is None:
+                if self._confirmed_gone(client, uid):
+                    self.store.clear_fetch_failure(self.state_key, state.uidvalidity, uid)
+                    return 0
+                raise ImapError("IMAP: the server answered the FETCH without the message", "fetch")
+            if too_old is not None and meta.internaldate is not None and meta.internaldate < too_old:
+                self.store.clear_fetch_failure(self.state_key, state.uidvalidity, uid)
+                self._count_passed_over(1)
+                return 0
+            self._process_message(client, state, meta)
+        except ImapMessageGone:
+            pass
+        except (ImapConnectionError, ImapTimeout):
+            raise  # counted already: a message that keeps breaking the connection is parked in the end
+        except ImapError as exc:
+            if failures >= self.config.fetch_max_failures:
+                self._park_unreadable(state, uid, str(exc))
+            return 0
+        self.store.clear_fetch_failure(self.state_key, state.uidvalidity, uid)
+        return 1
+
+    def _retry_failed_fetches(self, client: MailboxClient, state) -> int:
+        """The retry set, after the new mail: each UID once per cycle until processed or parked."""
+        handled = 0
+        for uid, _ in self.store.fetch_retries(self.state_key, state.uidvalidity, RETRY_BATCH):
+            self.guard.check_remote()
+            handled += self._process_isolated(client, state, uid, None, advance_checkpoint=False)
+        if handled or self._isolate_through:
+            checkpoint = self.store.get_checkpoint(self.state_key, state.uidvalidity) or 0
+            if checkpoint >= self._isolate_through:
+                self._isolate_through = 0
+        return handled
+
+    def _fetch_failed(self, state, uid: int, error: str, header: bytes = b"") -> None:
+        failures = self.store.record_fetch_failure(self.state_key, state.uidvalidity, uid, error)
+        logger.warning("IMAP: uid %s could not be fetched (%s); failure %d of %d", uid, error, failures,
+                       self.config.fetch_max_failures)
+        if failures >= self.config.fetch_max_failures:
+            self._park_unreadable(state, uid, error, header)
+
+    def _park_unreadable(self, state, uid: int, error: str, header: bytes = b"") -> None:
+        from email_processing.parsing import parse_message
+
+        self.store.clear_fetch_failure(self.state_key, state.uidvalidity, uid)
+        parsed = parse_message(header) if header else None
+        self.ingest.park(parsed, Where(state.uidvalidity, uid), "fetch_failed", error)
+
+    def _confirmed_gone(self, client: MailboxClient, uid: int) -> bool:
+        """A FETCH answered without the message means "expunged" only when a UID SEARCH agrees."""
+        return uid not in client.search_uids(["UID", str(uid)])
+
+    def _count_passed_over(self, passed_over: int) -> None:
         if passed_over:
             self.store.incr("emails_skipped", passed_over, label="older_than_first_start_window",
                             labels={"mailbox": self.config.id})
             logger.info("IMAP: passed over %d unseen messages older than %gh (FIRST_START_MAX_AGE_HOURS)",
                         passed_over, self.config.first_start_max_age_hours)
-        return handled
+
+    def _carry_out_replays(self, client: MailboxClient, state) -> None:
+        """Replay requests of parked emails (``flask replay-parked``): re-read each (by UID, else by Message-ID) and
+        re-run the pipeline; an email that is gone gets a recorded refusal. One failing replay never stops the next."""
+        for parked in self.store.replay_requests(self.config.id, REPLAY_BATCH):
+            self.guard.check_remote()
+            uids: list[int] = []
+            if parked.uidvalidity == state.uidvalidity and not self._confirmed_gone(client, parked.uid):
+                uids = [parked.uid]
+            elif parked.message_id:
+                uids = client.search_uids(["HEADER", "Message-ID", f"<{parked.message_id}>"])[:1]
+            if not uids:
+                self.store.refuse_replay(parked.parked_id, "the email is no longer in the mailbox")
+                logger.warning("EMAIL: replay refused parked_id=%s reason=gone", parked.parked_id)
+                continue
+            self.store.unpark(parked.parked_id)
+            logger.info("EMAIL: replaying parked_id=%s", parked.parked_id)
+            self._process_isolated(client, state, uids[0], None, advance_checkpoint=False)
 
     def _process_message(self, client: MailboxClient, state, meta) -> None:
         from email_processing.parsing import parse_message
@@ -274,7 +405,7 @@ class MailboxPoller:
 
         where = Where(state.uidvalidity, meta.uid)
         header_view = parse_message(meta.header_bytes)
-        if header_view.message_id and self.ingest.known(self.ingest.email_id(header_view), where,
+        if header_view.message_id and self.ingest.known(self.ingest.identify(header_view, where), where,
                                                          header_view.message_id):
             return
         self.ingest.count_seen()
@@ -283,7 +414,7 @@ class MailboxPoller:
         except (ImapError, LeaseLost, StateStoreError):
             raise
         except Exception as exc:  # the parser promises not to raise; if it does, park this one email
-            self.ingest.park(header_view, where, f"parse_failed: {type(exc).__name__}")
+            self.ingest.park(header_view, where, "parse_failed", f"{type(exc).__name__}: {exc}")
             return
         received_at = (format_received_at(meta.internaldate) if meta.internaldate
                        else received_at_from_date_header(parsed.date_header))
@@ -313,37 +444,90 @@ class MailboxPoller:
 
     # --- flags ----------------------------------------------------------------------------------------------
 
+    def _apply_flags_isolated(self, client: MailboxClient, state) -> None:
+        """Flag application never prevents ingestion: anything but a broken connection, the lease or the store is
+        logged, and the cycle goes on to read new mail."""
+        try:
+            self.apply_flags(client, state)
+        except (ImapConnectionError, ImapTimeout, LeaseLost, StateStoreError):
+            raise
+        except Exception:
+            logger.error("IMAP: applying flag requests failed; reading new mail anyway", exc_info=True)
+
     def apply_flags(self, client: MailboxClient, state) -> int:
         """Flag done emails on the server (``\\Seen`` unless MARK_AS_READ=false, plus the done keyword), draining
         the pending requests in batches (bounded, so one call never runs for ever)."""
         applied = 0
         for _ in range(MAX_FLAG_BATCHES_PER_CALL):
-            done = self._apply_flag_batch(client, state)
+            done, failed = self._apply_flag_batch(client, state)
             applied += done
-            if done < FLAG_BATCH:
+            if done + failed < FLAG_BATCH or failed:  # a failed request is counted once per call
                 break
         return applied
 
-    def _apply_flag_batch(self, client: MailboxClient, state) -> int:
+    def _apply_flag_batch(self, client: MailboxClient, state) -> tuple[int, int]:
+        """One batch of flag requests; returns (applied, failed). Each request is isolated: one that fails is
+        counted and stays for the next cycle, and after FLAG_MAX_FAILURES it is dropped."""
         requests_ = self.store.pending_flags(self.state_key, FLAG_BATCH)
         if not requests_:
-            return 0
+            return 0, 0
         flags = [DONE_KEYWORD] if state.keywords_allowed else []
         if self.config.mark_as_read:
             flags.append("\\Seen")
-        uids: list[int] = []
+        targets: list[tuple[FlagRequest, list[int]]] = []
+        failed = 0
         for request in requests_:
-            if request.uidvalidity == state.uidvalidity:
-                uids.append(request.uid)
-            elif request.message_id:
-                uids.extend(client.search_uids(["HEADER", "Message-ID", f"<{request.message_id}>"]))
-        if uids and flags:
+            try:
+                targets.append((request, self._flag_targets(client, state, request)))
+            except (ImapConnectionError, ImapTimeout, LeaseLost, StateStoreError):
+                raise
+            except Exception as exc:  # e.g. a Message-ID the server cannot search for
+                failed += self._flag_request_failed(request, exc)
+        if flags and any(uids for _, uids in targets):
             self.guard.check_remote()
             self.guard.record_action()
-            client.add_flags(sorted(set(uids)), flags)
-        for request in requests_:
+            try:
+                client.add_flags(sorted({uid for _, uids in targets for uid in uids}), flags)
+            except (ImapConnectionError, ImapTimeout):
+                raise
+            except ImapError:  # one of them refused: store them one by one
+                targets, failed = self._store_flags_one_by_one(client, targets, flags, failed)
+        for request, _ in targets:
             self.store.clear_flag(request)
-        return len(requests_)
+        return len(targets), failed
+
+    def _flag_targets(self, client: MailboxClient, state, request: FlagRequest) -> list[int]:
+        if request.uidvalidity == state.uidvalidity:
+            return [request.uid]
+        if request.message_id:  # from an older UIDVALIDITY: find it again by Message-ID (UTF-8 when needed)
+            return client.search_uids(["HEADER", "Message-ID", f"<{request.message_id}>"])
+        return []
+
+    def _store_flags_one_by_one(self, client: MailboxClient, targets: list, flags: list[str],
+                                failed: int) -> tuple[list, int]:
+        stored = []
+        for request, uids in targets:
+            try:
+                if uids:
+                    client.add_flags(uids, flags)
+                stored.append((request, uids))
+            except (ImapConnectionError, ImapTimeout):
+                raise
+            except ImapError as exc:
+                failed += self._flag_request_failed(request, exc)
+        return stored, failed
+
+    def _flag_request_failed(self, request: FlagRequest, exc: Exception) -> int:
+        failures = self.store.flag_failed(request)
+        reason = f"{type(exc).__name__}: {exc}"[:200]
+        if failures >= FLAG_MAX_FAILURES:
+            self.store.clear_flag(request)
+            self.store.incr("flag_requests_dropped", labels={"mailbox": self.config.id})
+            logger.error("IMAP: flag request dropped uid=%s reason=%s", request.uid, reason)
+        else:
+            logger.warning("IMAP: flag request for uid %s failed (%d of %d): %s", request.uid, failures,
+                           FLAG_MAX_FAILURES, reason)
+        return 1
 
 
 def _is_new_mail(response: Any) -> bool:

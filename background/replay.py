@@ -1,7 +1,10 @@
 """``flask --app app replay-dead-letters [--id EVENT_ID | --all]``: move dead letters back to pending.
+``flask --app app replay-parked [--id PARKED_ID | --all]``: ask for parked emails to be re-read and re-run.
 
-The command only changes the outbox (attempt count reset, same ``webhook-id``); the running lease holder's delivery
-loop sends them, so the command can never race it. An unknown id exits 1.
+Both only write the state store: the dead letters' attempt count is reset (same ``webhook-id``) and the running lease
+holder's delivery loop sends them; a parked email gets a durable replay request that the mailbox's lease holder
+carries out (re-read by UID, else by Message-ID, then the whole pipeline), or refuses with a reason when the email is
+gone. So neither command can race the service. An unknown id exits 1.
 """
 
 from __future__ import annotations
@@ -34,3 +37,27 @@ def replay_dead_letters_command(event_id: str | None, replay_all: bool) -> None:
         click.echo(f"error: no dead letter with id {event_id}", err=True)
         sys.exit(1)
     click.echo(f"replayed {count} dead letter(s); the running service will deliver them")
+
+
+@click.command("replay-parked")
+@click.option("--id", "parked_id", help="The id of one parked email (<mailbox_id>:<uidvalidity>:<uid>).")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every parked email.")
+@with_appcontext
+def replay_parked_command(parked_id: str | None, replay_all: bool) -> None:
+    """Ask the mailbox's lease holder to re-read parked emails and run the pipeline on them again."""
+    if bool(parked_id) == bool(replay_all):
+        click.echo("error: give exactly one of --id PARKED_ID or --all", err=True)
+        sys.exit(2)
+    from services.state_store import StateStoreError
+
+    runtime = current_app.extensions["render_signal"]
+    try:
+        count = runtime.store.request_replay(parked_id if parked_id else None)
+    except StateStoreError as exc:
+        click.echo(f"error: state store unavailable ({exc})", err=True)
+        sys.exit(1)
+    if parked_id and count == 0:
+        click.echo(f"error: no parked email with id {parked_id}", err=True)
+        sys.exit(1)
+    click.echo(f"requested a replay of {count} parked email(s); the mailbox's lease holder carries it out "
+               "(a refusal, e.g. when the email is gone, shows on /api/status)")

@@ -126,8 +126,8 @@ def _run(raw: bytes, dry_run: bool, service: Any | None) -> None:
         ingested = service.ingest_saved(parsed, received_at)
     except Exception as exc:
         _fail(EXIT_DELIVERY_FAILED, f"process-email: could not queue the email ({type(exc).__name__})")
-    if ingested.result is None:  # parked: the pipeline failed on it; it is a dead letter now
-        _fail(EXIT_DELIVERY_FAILED, "process-email: the email could not be processed; it is kept as a dead letter")
+    if ingested.result is None:  # not expected: a saved email is never parked (ingest raises instead)
+        _fail(EXIT_DELIVERY_FAILED, "process-email: the email could not be processed")
     _print_payload(ingested.result)
     click.echo(_decision_line(ingested.result), err=True)
     if ingested.result.decision != "send":

@@ -6,6 +6,10 @@
   two mailboxes is two emails (deduplication is per mailbox) and their event ids never collide in the outbox.
 - ``event_id`` (the ``webhook-id``): ``msg_<email_id>`` for target ``default``, ``msg_<email_id>_<target_id>`` for
   any other target. Ids match ``[a-z0-9-]{1,32}`` (no underscore), so an event id parses unambiguously.
+- A Message-ID names one email only as long as its Date, From and Subject agree (their ``fingerprint``): the first
+  email with a Message-ID keeps the id above; an email with the same Message-ID and another fingerprint (a templated
+  notifier reusing Message-IDs) gets ``email_id_for_reused(...)``, the hash of the Message-ID, a newline and the
+  fingerprint (with the mailbox prefix as above). The state store keeps each id's first fingerprint.
 - A message that never got an email id (its headers could not be read) is addressed as
   ``<mailbox_id>:<uidvalidity>:<uid>``.
 Pure: no I/O.
@@ -36,6 +40,22 @@ def email_id_for(parsed: ParsedEmail, mailbox_id: str = DEFAULT_ID) -> str:
     else:
         header_part = "\n".join((parsed.date_header or "", parsed.from_header, parsed.subject))
         material = header_part.encode("utf-8", "surrogatepass") + b"\n" + parsed.body_head[:1024]
+    if mailbox_id != DEFAULT_ID:
+        material = check_id("mailbox", mailbox_id).encode("ascii") + b"\n" + material
+    return hashlib.sha256(material).hexdigest()[:32]
+
+
+def fingerprint_of(parsed: ParsedEmail) -> str:
+    """32 hex characters over the Date, From and Subject headers as written."""
+    material = "\n".join((parsed.date_header or "", parsed.from_header, parsed.subject))
+    return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def email_id_for_reused(parsed: ParsedEmail, fingerprint: str, mailbox_id: str = DEFAULT_ID) -> str:
+    """The id of an email whose Message-ID an earlier, different email (another fingerprint) already has."""
+    if not parsed.message_id:
+        raise ValueError("only an email with a Message-ID can reuse one")
+    material = (parsed.message_id.strip().strip("<>").lower() + "\n" + fingerprint).encode("utf-8", "surrogatepass")
     if mailbox_id != DEFAULT_ID:
         material = check_id("mailbox", mailbox_id).encode("ascii") + b"\n" + material
     return hashlib.sha256(material).hexdigest()[:32]

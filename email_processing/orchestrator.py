@@ -80,10 +80,13 @@ def sender_allowed(sender_email: str, allowlist: Sequence[str]) -> bool:
 
 
 def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Sequence[str],
-                  allow_without_links: bool, offloader: Offloader, mailbox_id: str = DEFAULT_ID) -> ProcessResult:
+                  allow_without_links: bool, offloader: Offloader, mailbox_id: str = DEFAULT_ID,
+                  email_id: str | None = None) -> ProcessResult:
     """Decide send/skip for one email of mailbox ``mailbox_id`` and build its webhook payload for target
-    ``default`` (offloading links to R2 only when sending)."""
-    email_id = email_id_for(parsed, mailbox_id)
+    ``default`` (offloading links to R2 only when sending). ``email_id``: the id ingest decided (see
+    ``email_processing.identity``; by default that of the Message-ID)."""
+    if email_id is None:
+        email_id = email_id_for(parsed, mailbox_id)
     html_text, hrefs = html_to_text_and_hrefs(parsed.html) if parsed.html else ("", [])
     found = extract_delivery_links("\n".join((parsed.text_plain, html_text)), hrefs)
 

@@ -334,10 +334,14 @@ class MailboxClient:
                                    keywords_allowed="\\*" in permanent)
         return self._state
 
-    def search_uids(self, criteria: Sequence[str | bytes | int]) -> list[int]:
-        """UID SEARCH; ascending UIDs. E.g. ["UNSEEN", "UNKEYWORD", "$RenderSignalDone"]."""
+    def search_uids(self, criteria: Sequence[str | bytes | int], charset: str | None = None) -> list[int]:
+        """UID SEARCH; ascending UIDs. E.g. ["UNSEEN", "UNKEYWORD", "$RenderSignalDone"]. Criteria with text
+        beyond ASCII (a Message-ID, a subject) are sent with ``CHARSET UTF-8`` (IMAPClient encodes them as ASCII
+        otherwise and fails before anything is sent)."""
         client = self._require_selected("search")
-        return sorted(int(uid) for uid in self._call("search", client.search, list(criteria)))
+        if charset is None and any(isinstance(c, str) and not c.isascii() for c in criteria):
+            charset = "UTF-8"
+        return sorted(int(uid) for uid in self._call("search", client.search, list(criteria), charset))
 
     def uids_after(self, last_uid: int, limit: int) -> list[int]:
         """At most ``limit`` UIDs greater than ``last_uid``, ascending.
