@@ -390,7 +390,10 @@ class MailboxPoller:
             if parked.uidvalidity == state.uidvalidity and not self._confirmed_gone(client, parked.uid):
                 uids = [parked.uid]
             elif parked.message_id:
-                uids = client.search_uids(["HEADER", "Message-ID", f"<{parked.message_id}>"])[:1]
+                try:
+                    uids = find_by_message_id(client, parked.message_id)[:1]
+                except ValueError:
+                    uids = []
             if not uids:
                 self.store.refuse_replay(parked.parked_id, "the email is no longer in the mailbox")
                 logger.warning("EMAIL: replay refused parked_id=%s reason=gone", parked.parked_id)
@@ -499,8 +502,8 @@ class MailboxPoller:
     def _flag_targets(self, client: MailboxClient, state, request: FlagRequest) -> list[int]:
         if request.uidvalidity == state.uidvalidity:
             return [request.uid]
-        if request.message_id:  # from an older UIDVALIDITY: find it again by Message-ID (UTF-8 when needed)
-            return client.search_uids(["HEADER", "Message-ID", f"<{request.message_id}>"])
+        if request.message_id:  # from an older UIDVALIDITY: find it again by Message-ID
+            return find_by_message_id(client, request.message_id)
         return []
 
     def _store_flags_one_by_one(self, client: MailboxClient, targets: list, flags: list[str],
@@ -528,6 +531,14 @@ class MailboxPoller:
             logger.warning("IMAP: flag request for uid %s failed (%d of %d): %s", request.uid, failures,
                            FLAG_MAX_FAILURES, reason)
         return 1
+
+
+def find_by_message_id(client: MailboxClient, message_id: str) -> list[int]:
+    """The UIDs whose Message-ID header is ``message_id`` (searched with UTF-8 when it is not ASCII)."""
+    if any(ord(char) < 0x20 or char == "\x7f" for char in message_id):
+        # A line break would end the SEARCH command mid-way and break the session: never send it.
+        raise ValueError("the Message-ID holds control characters and cannot be searched for")
+    return client.search_uids(["HEADER", "Message-ID", f"<{message_id}>"])
 
 
 def _is_new_mail(response: Any) -> bool:

@@ -452,6 +452,32 @@ class DovecotServer:
                     self._chown(os.path.join(dirpath, filename))
         return count
 
+    def deliver_unreadable(self, user: str, raw: bytes, folder: str = "INBOX") -> str:
+        """Drop a message Dovecot cannot read into the Maildir's ``new/``: its file name claims a size (``,S=``)
+        larger than the file, so every FETCH of it fails with "FETCH failed" and Dovecot drops the connection (what
+        a corrupted store does in production). Returns the file's path (``repair_unreadable`` fixes it)."""
+        path = self.maildir_path(user, folder)
+        name = f"{int(time.time())}.M{os.getpid()}P{time.monotonic_ns()}.rsunreadable,S={len(raw) + 4096}"
+        file_path = os.path.join(path, "new", name)
+        with open(file_path, "wb") as handle:
+            handle.write(raw)
+        self._chown(file_path)
+        return file_path
+
+    def repair_unreadable(self, user: str, folder: str = "INBOX") -> None:
+        """Pad every message ``deliver_unreadable`` wrote to the size its name claims, so it can be read again."""
+        path = self.maildir_path(user, folder)
+        for sub in ("new", "cur"):
+            for name in os.listdir(os.path.join(path, sub)):
+                if ".rsunreadable,S=" not in name:
+                    continue
+                claimed = int(name.split(",S=")[1].split(":")[0].split(",")[0])
+                file_path = os.path.join(path, sub, name)
+                size = os.path.getsize(file_path)
+                if size < claimed:
+                    with open(file_path, "ab") as handle:
+                        handle.write(b" " * (claimed - size - 2) + b"\r\n")
+
     def _keyword_letter(self, maildir: str, keyword: str) -> str:
         path = os.path.join(maildir, "dovecot-keywords")
         known: dict[int, str] = {}
