@@ -22,6 +22,7 @@ from timestamps import epoch_of
 
 OUTBOX_BACKLOG_ITEMS = 100          # more pending than this is a backlog …
 OUTBOX_BACKLOG_AGE_SECONDS = 900    # … and so is a pending item older than this
+OUTBOX_STALL_MIN_SECONDS = 60.0     # a due item overdue by more than this (or 2 × its delay) is a stalled outbox
 
 CHECK_NAMES = ("poller", "lease", "imap", "outbox", "cluster")
 
@@ -34,7 +35,7 @@ class HealthTimings:
 
     publish_ttl: float       # a holder's published status lives this long (lease TTL + retry interval)
     stale_after: float       # the store unread for longer than this: the cluster view is stale
-    no_poller_grace: float   # the holder's last successful cycle older than this: nobody is polling
+    stall_after: float       # mail waiting past a checkpoint that has not moved for this long: the mailbox stalled
 
     @classmethod
     def from_settings(cls, settings: Any, *, observe_interval: float) -> HealthTimings:
@@ -42,7 +43,7 @@ class HealthTimings:
         return cls(
             publish_ttl=settings.redis_lock_ttl_seconds + settings.lease_retry_interval,
             stale_after=max(3 * observe_interval, 3 * settings.redis_timeout_seconds),
-            no_poller_grace=3 * settings.email_polling_interval_seconds + 2 * settings.imap_timeout_seconds)
+            stall_after=3 * settings.email_polling_interval_seconds + 2 * settings.imap_timeout_seconds)
 
 
 def outbox_state(stats: dict | None) -> str:
@@ -63,15 +64,43 @@ def polling_states(*, held: bool, own_poller: dict, published: dict | None) -> t
 
 def cluster_state(published: dict | None, *, now: float, started: float, timings: HealthTimings) -> str:
     """``no_poller`` when nobody has published a holder's status for TTL + retry (once this observer has waited that
-    long), or the holder's last successful cycle is older than the grace; ``ok`` otherwise. Every instance reads the
-    same store, so every instance gives the same answer."""
+    long); ``ok`` otherwise (a holder that publishes but makes no progress is a stalled mailbox, see
+    ``mailbox_stall``). Every instance reads the same store, so every instance gives the same answer."""
     if published is None:
         return "no_poller" if now - started > timings.publish_ttl else "ok"
+    return "ok"
+
+
+def mailbox_stall(published: dict | None, *, now: float, timings: HealthTimings) -> str | None:
+    """Why the holder's mailbox is stalled, or None. The one stall rule: mail has been waiting past the checkpoint
+    for more than 3 × the poll interval + 2 × the IMAP timeout without the checkpoint moving (a holder that has not
+    completed a cycle for that long counts too: it cannot tell what waits)."""
+    if not published:
+        return None
     poller = published.get("poller") or {}
     lease = published.get("lease") or {}
-    reference = (poller.get("last_success_epoch") or epoch_of(lease.get("acquired_at"))
-                 or published.get("published_at") or now)
-    return "no_poller" if now - reference > timings.no_poller_grace else "ok"
+    last_success = poller.get("last_success_epoch")
+    reference = last_success or epoch_of(lease.get("acquired_at")) or published.get("published_at")
+    if reference and now - reference > timings.stall_after:
+        return f"no poller cycle completed for {int(now - reference)} s"
+    waiting = int(poller.get("waiting") or 0)
+    moved = poller.get("checkpoint_moved_epoch") or last_success
+    if waiting and moved and now - moved > timings.stall_after:
+        return f"{waiting} emails wait past the checkpoint, which has not moved for {int(now - moved)} s"
+    return None
+
+
+def outbox_stall(stats: dict | None, *, now: float) -> str | None:
+    """Why the outbox is stalled, or None: its oldest due item is overdue by more than max(2 × its scheduled delay,
+    60 s). Items waiting for a later attempt (or held by a live claim) are not due."""
+    due_at = (stats or {}).get("oldest_due_at")
+    if due_at is None:
+        return None
+    overdue = now - float(due_at)
+    delay = float((stats or {}).get("oldest_due_delay") or 0.0)
+    if overdue > max(2 * delay, OUTBOX_STALL_MIN_SECONDS):
+        return f"the oldest due webhook is {int(overdue)} s overdue"
+    return None
 
 
 def observed_view(*, lease_state: str, held: bool, own_poller: dict, published: dict | None, stats: dict | None,
@@ -84,8 +113,17 @@ def observed_view(*, lease_state: str, held: bool, own_poller: dict, published: 
         cluster = "stale"
     else:
         cluster = cluster_state(published, now=now, started=started, timings=timings)
+    stalls = []
+    if cluster != "stale":
+        mailbox = mailbox_stall(published, now=now, timings=timings)
+        if mailbox:
+            stalls.append(Problem("mailbox", DEFAULT_ID, "stalled", mailbox).as_dict())
+        outbox = outbox_stall(stats, now=now)
+        if outbox:
+            stalls.append(Problem("outbox", None, "stalled", outbox).as_dict())
     return {"poller": poller, "lease": lease_state or LeaseState.STANDBY, "imap": imap, "outbox": outbox_state(stats),
-            "cluster": cluster, "published": published, "outbox_stats": stats, "stale": not read_ok}
+            "cluster": cluster, "published": published, "outbox_stats": stats, "stale": not read_ok,
+            "stalls": stalls}
 
 
 # --- checks, status and problems ------------------------------------------------------------------------------------
@@ -187,9 +225,15 @@ def status_of(checks: dict, rules: tuple[ProblemRule, ...] = PROBLEM_RULES) -> s
 
 
 def assess(*, mode: str, threads_dead: bool, view: dict | None) -> Health:
-    """The whole health answer from the background mode, whether the threads died, and the observer's view."""
+    """The whole health answer from the background mode, whether the threads died, and the observer's view (whose
+    ``stalls`` are problems of their own: a stall is ``degraded``, never ``down``)."""
     checks = health_checks(mode=mode, threads_dead=threads_dead, view=view)
-    return Health(status=status_of(checks), checks=checks, problems=problems_of(checks))
+    problems = problems_of(checks)
+    stalls = tuple(Problem(**stall) for stall in (view or {}).get("stalls") or ()) if mode == "enabled" else ()
+    status = status_of(checks)
+    if stalls and status == "ok":
+        status = "degraded"
+    return Health(status=status, checks=checks, problems=problems + stalls)
 
 
 # --- the status document's poller rules -----------------------------------------------------------------------------

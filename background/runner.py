@@ -72,6 +72,12 @@ class PollerStatus:
     last_error_at: float | None = None
     last_error: str | None = None
     consecutive_errors: int = 0
+    # Progress figures of the last successful cycle (issue 15's stall rule): the highest UID the cycle's search saw,
+    # how many UIDs wait past the checkpoint, the retry set's size, when the checkpoint last moved.
+    server_uid_max: int | None = None
+    waiting: int = 0
+    retry_set: int = 0
+    checkpoint_moved_at: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def update(self, **changes: Any) -> None:
@@ -103,6 +109,11 @@ class PollerStatus:
                 "last_error": ({"at": iso_utc(self.last_error_at), "message": self.last_error}
                                if self.last_error else None),
                 "consecutive_errors": self.consecutive_errors,
+                "server_uid_max": self.server_uid_max,
+                "waiting": self.waiting,
+                "retry_set": self.retry_set,
+                "checkpoint_moved_at": iso_utc(self.checkpoint_moved_at),
+                "checkpoint_moved_epoch": self.checkpoint_moved_at,
             }
 
 

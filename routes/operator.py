@@ -156,6 +156,9 @@ class StatusCollector:
             # Not "dead_letters": that family is the counter render_signal_dead_letters_total.
             yield from gauge("outbox_dead_letters", "Dead letters currently kept (within STATE_RETENTION_DAYS).",
                              (outbox.get("dead_letters") or {}).get("count"))
+        yield from gauge("oldest_unfinished_email_age_seconds",
+                         "Age of the oldest email not yet delivered, skipped or parked (0 if none).",
+                         doc.get("oldest_unfinished_email_age_s"))
         yield from gauge("last_success_age_seconds", "Seconds since the lease holder's last successful IMAP cycle.",
                          doc.get("last_success_age_s"))
         lease = doc.get("lease") or {}

@@ -34,14 +34,16 @@ logger = logging.getLogger(__name__)
 KNOWN_COUNTERS: tuple[str, ...] = (
     "emails_seen", "emails_processed", "emails_skipped", "webhooks_delivered", "webhook_retries", "dead_letters",
     "possible_duplicates", "r2_success", "r2_fallback", "html_truncations", "parse_failures",
+    "emails_parked", "duplicates_merged", "flag_requests_dropped",
 )
-LABELLED_COUNTERS = frozenset({"emails_skipped", "r2_fallback"})
+LABELLED_COUNTERS = frozenset({"emails_skipped", "r2_fallback", "emails_parked"})
 RECENT_LIMIT = 20
 DEAD_LETTERS_SHOWN = 5
 
 LEASE_FIELDS = ("backend", "holder", "acquired_at", "expires_in_s", "renewals", "losses")
 POLLER_FIELDS = ("state", "imap", "mailbox", "uidvalidity", "last_uid", "idle", "last_cycle_at", "last_success_at",
-                 "last_error", "consecutive_errors")
+                 "last_error", "consecutive_errors", "server_uid_max", "waiting", "retry_set", "checkpoint_moved_at")
+PARKED_SHOWN = 20
 
 
 @dataclass
@@ -52,6 +54,8 @@ class ClusterReads:
     published: dict | None = None
     counters: dict | None = None
     series: list[tuple[str, dict[str, str], int]] | None = None   # every counter with its labels
+    parked_count: int | None = None
+    parked: list = field(default_factory=list)                      # the newest ParkedEmail records
     outbox_stats: dict | None = None
     recent: list[dict] = field(default_factory=list)
     read: bool = False   # False when the store was deliberately not consulted (nothing shared to read)
@@ -82,6 +86,8 @@ def read_cluster_state(source: StatusSource, now: float, *, recent_limit: int = 
         reads.series = store.counter_series()
         reads.counters = fold_series(reads.series)
         reads.outbox_stats = store.outbox_stats(now)
+        reads.parked_count = store.parked_count()
+        reads.parked = store.list_parked(PARKED_SHOWN)
         if recent_limit > 0:
             reads.recent = list(store.recent(recent_limit))
         return reads
@@ -144,6 +150,8 @@ def build_status_document(*, mode: str, lease_backend: str, mailbox_folder: str,
         "mailboxes": [_mailbox_entry(DEFAULT_ID, poller, lease, lease_held(published))],
         "targets": [_target_entry(DEFAULT_ID, outbox)],
         "stranded": (published or {}).get("stranded"),
+        "parked": _parked_section(reads) if reads.parked_count is not None else None,
+        "oldest_unfinished_email_age_s": _oldest_unfinished_age(published, reads.outbox_stats, now),
     }
     return scrub_document(document)
 
@@ -201,6 +209,28 @@ def _counters_section(raw: dict) -> dict:
         else:
             counters[name] = int(value)
     return counters
+
+
+def _parked_section(reads: ClusterReads) -> dict:
+    """Parked emails: how many, and the newest (no link, no body: subject and ids only)."""
+    recent = [{"parked_id": p.parked_id, "email_id": p.email_id, "mailbox": p.mailbox_id, "uid": p.uid,
+               "message_id": p.message_id, "subject": p.subject, "reason": p.reason, "at": iso_utc(p.parked_at),
+               "replay_requested": p.replay_requested_at is not None, "replay_refused": p.replay_refused}
+              for p in reads.parked]
+    return {"count": int(reads.parked_count or 0), "recent": recent}
+
+
+def _oldest_unfinished_age(published: dict | None, stats: dict | None, now: float) -> float | None:
+    """Seconds the oldest email not yet in an end state has waited: the oldest pending webhook, or mail waiting past
+    a checkpoint (at most as long as the checkpoint has not moved). None when nothing is known."""
+    ages = []
+    if stats is not None:
+        ages.append(float(stats.get("oldest_pending_age_s") or 0.0))
+    poller = (published or {}).get("poller") or {}
+    moved = poller.get("checkpoint_moved_epoch") or poller.get("last_success_epoch")
+    if poller.get("waiting") and moved:
+        ages.append(max(0.0, now - float(moved)))
+    return round(max(ages), 1) if ages else None
 
 
 def _series_section(series: list[tuple[str, dict[str, str], int]]) -> list[dict]:

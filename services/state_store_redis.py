@@ -546,9 +546,12 @@ class RedisStateStore:
         pending, oldest, dead, recent = self._outbox_stats(
             keys=[self._pending, self._pending_since, self._dead],
             args=[self._cutoff(now), DEAD_RECENT_COUNT, self._p])
+        due_at, delay = self._oldest_due(now)
         return {
             "pending": int(pending),
             "oldest_pending_age_s": max(0.0, now - float(oldest)) if oldest else None,
+            "oldest_due_at": due_at,
+            "oldest_due_delay": delay,
             "dead": int(dead),
             "dead_recent": [{"event_id": event_id, "reason": reason, "status": int(code) if code else None,
                              "at": float(at)} for event_id, reason, code, at in recent],
@@ -571,6 +574,21 @@ class RedisStateStore:
                 mailboxes[mailbox_id or DEFAULT_ID] = mailboxes.get(mailbox_id or DEFAULT_ID, 0) + 1
                 targets[target_id or DEFAULT_ID] = targets.get(target_id or DEFAULT_ID, 0) + 1
         return {"mailboxes": mailboxes, "targets": targets}
+
+    def _oldest_due(self, now: float) -> tuple[float | None, float | None]:
+        """The due time of the oldest due pending item and how long it was scheduled to wait after its last
+        attempt (the outbox stall rule's inputs)."""
+        head = self._client.zrangebyscore(self._pending, "-inf", _num(now), start=0, num=1, withscores=True)
+        if not head:
+            return None, None
+        event_id, due_at = head[0]
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hget(self._item_key(event_id), "next_attempt_at")
+        pipe.lindex(self._attempts_key(event_id), -1)
+        next_attempt_at, last = pipe.execute()
+        if not last or next_attempt_at is None:
+            return float(due_at), 0.0
+        return float(due_at), max(0.0, float(next_attempt_at) - float(json.loads(last).get("at") or 0.0))
 
     # --- IMAP flag requests ------------------------------------------------------------------------------------
 

@@ -112,6 +112,12 @@ def _parked_values(parked: ParkedEmail) -> tuple:
     return tuple(getattr(parked, name) for name in _PARKED_COLUMNS)
 
 
+def _scheduled_delay(next_attempt_at: float, log: str | None) -> float:
+    """How long the item was scheduled to wait after its last attempt (0 without one)."""
+    attempts = json.loads(log) if log else []
+    return max(0.0, next_attempt_at - float(attempts[-1].get("at") or next_attempt_at)) if attempts else 0.0
+
+
 def _log_with(log: str | None, attempt: dict | None) -> str | None:
     if attempt is None:
         return log
@@ -423,9 +429,13 @@ class SqliteStateStore:
             recent = conn.execute(
                 "SELECT event_id, dead_reason, last_status, dead_at FROM outbox WHERE status = 'dead' AND dead_at > ? "
                 "ORDER BY dead_at DESC LIMIT ?", (cutoff, DEAD_RECENT_COUNT)).fetchall()
+            due = conn.execute("SELECT due_at, next_attempt_at, attempt_log FROM outbox WHERE status = 'pending' "
+                               "AND due_at <= ? ORDER BY due_at LIMIT 1", (now,)).fetchone()
         return {
             "pending": int(pending),
             "oldest_pending_age_s": None if oldest is None else max(0.0, now - float(oldest)),
+            "oldest_due_at": None if due is None else float(due[0]),
+            "oldest_due_delay": None if due is None else _scheduled_delay(float(due[1]), due[2]),
             "dead": int(dead),
             "dead_recent": [{"event_id": event_id, "reason": reason, "status": code, "at": at}
                             for event_id, reason, code, at in recent],

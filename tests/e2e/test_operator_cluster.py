@@ -2,7 +2,7 @@
 
 Proves what a single process cannot: whichever worker of whichever container answers, the lease, poller, counters
 and outbox sections are the same; ``/health`` keeps answering fast while Redis or Dovecot is frozen; and when no
-instance can poll, every instance says ``degraded`` with ``cluster: no_poller``.
+instance can poll, every instance says ``degraded`` with a ``stalled`` mailbox problem (the one stall rule).
 """
 
 from __future__ import annotations
@@ -147,19 +147,22 @@ def test_health_answers_within_a_second_while_dovecot_is_paused(service_factory,
 
 
 @pytest.mark.timeout(120)
-def test_every_instance_says_degraded_no_poller_when_no_poller_can_poll(service_factory, redis_url, imap_account,
-                                                                        webhook_receiver):
+def test_every_instance_says_degraded_with_a_stalled_mailbox_when_no_poller_can_poll(
+        service_factory, redis_url, imap_account, webhook_receiver):
     # Given two masters whose IMAP server address points at a port where nothing listens: every instance's
     # poller, whichever holds the lease, fails every cycle (connection refused), so nobody ever succeeds
     env = stack_env(redis_url, imap_account, webhook_receiver.url, IMAP_PORT=str(free_port()))
     masters = [service_factory(env, workers=2), service_factory(env, workers=1)]
 
-    def everyone_says_no_poller():
-        answers = [master.get("/health").json() for master in masters for _ in range(4)]
-        return all(a["status"] == "degraded" and a["checks"]["cluster"] == "no_poller" for a in answers) and answers
+    def stalled(answer: dict) -> bool:
+        return any((p["kind"], p["id"], p["state"]) == ("mailbox", "default", "stalled") for p in answer["problems"])
 
-    # When more than a few polling intervals have passed
-    answers = wait_for(everyone_says_no_poller, 45, "degraded/no_poller from every instance", interval=0.5)
+    def everyone_says_stalled():
+        answers = [master.get("/health").json() for master in masters for _ in range(4)]
+        return all(a["status"] == "degraded" and stalled(a) for a in answers) and answers
+
+    # When more than a few polling intervals have passed (the one stall rule: no cycle completed)
+    answers = wait_for(everyone_says_stalled, 45, "degraded/mailbox stalled from every instance", interval=0.5)
     # Then every instance says so with 200 (a restart would not fix it), and the status route agrees
     assert all(master.get("/health").status_code == 200 for master in masters)
     doc = status(masters[1])

@@ -14,8 +14,10 @@ EXPECTED_FAMILIES = {
     "render_signal_emails_seen", "render_signal_emails_processed", "render_signal_emails_skipped",
     "render_signal_webhooks_delivered", "render_signal_webhook_retries", "render_signal_dead_letters",
     "render_signal_possible_duplicates", "render_signal_r2_success", "render_signal_r2_fallback",
-    "render_signal_html_truncations", "render_signal_parse_failures",
+    "render_signal_html_truncations", "render_signal_parse_failures", "render_signal_emails_parked",
+    "render_signal_duplicates_merged", "render_signal_flag_requests_dropped",
     # gauges
+    "render_signal_oldest_unfinished_email_age_seconds",
     "render_signal_up", "render_signal_status_stale", "render_signal_outbox_pending",
     "render_signal_outbox_oldest_pending_age_seconds", "render_signal_outbox_dead_letters",
     "render_signal_last_success_age_seconds", "render_signal_lease_held", "render_signal_lease_renewals",

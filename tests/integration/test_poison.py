@@ -52,6 +52,13 @@ def test_a_message_the_server_cannot_read_is_parked_and_the_emails_around_it_are
     assert pipeline.store.fetch_retries("INBOX", parked.uidvalidity, 10) == []
     counters = pipeline.store.counters()
     assert counters["emails_parked"] == {"fetch_failed": 1}
+    # and the status route shows it, with its id, reason and subject
+    from routes.status_view import build_status
+
+    document, _ = build_status(pipeline.runtime.status_source())
+    assert document["parked"]["count"] == 1
+    shown = document["parked"]["recent"][0]
+    assert (shown["parked_id"], shown["reason"], shown["uid"]) == (parked.parked_id, "fetch_failed", parked.uid)
     assert len(webhook_receiver.delivered_ids()) == 2
     # When the store is repaired and the operator replays it
     server.repair_unreadable(user)

@@ -19,7 +19,9 @@ from background.health import (
     health_checks,
     lease_held,
     local_poller_state,
+    mailbox_stall,
     observed_view,
+    outbox_stall,
     outbox_state,
     polling_states,
     problems_of,
@@ -28,7 +30,7 @@ from background.health import (
 from settings import Settings
 
 NOW = 1_800_000_000.0
-TIMINGS = HealthTimings(publish_ttl=30.0, stale_after=3.0, no_poller_grace=100.0)
+TIMINGS = HealthTimings(publish_ttl=30.0, stale_after=3.0, stall_after=100.0)
 HEALTHY_VIEW = {"poller": "polling", "lease": "held", "imap": "ok", "outbox": "ok", "cluster": "ok"}
 
 
@@ -49,8 +51,8 @@ def test_timings_come_from_the_settings_and_the_observe_interval():
     timings = HealthTimings.from_settings(settings, observe_interval=1.0)
     assert timings.publish_ttl == settings.redis_lock_ttl_seconds + settings.lease_retry_interval
     assert timings.stale_after == max(3.0, 3 * settings.redis_timeout_seconds)
-    assert timings.no_poller_grace == (3 * settings.email_polling_interval_seconds
-                                       + 2 * settings.imap_timeout_seconds)
+    assert timings.stall_after == (3 * settings.email_polling_interval_seconds
+                                   + 2 * settings.imap_timeout_seconds)
 
 
 def test_stale_after_is_at_least_three_observe_intervals():
@@ -97,24 +99,63 @@ def test_without_a_published_holder_the_cluster_is_ok_until_the_publish_ttl_has_
     assert cluster_state(None, now=NOW, started=NOW - 31, timings=TIMINGS) == "no_poller"
 
 
-def test_a_holder_whose_last_success_is_older_than_the_grace_means_no_poller():
-    assert cluster_state(published(last_success=NOW - 99), now=NOW, started=0, timings=TIMINGS) == "ok"
-    assert cluster_state(published(last_success=NOW - 101), now=NOW, started=0, timings=TIMINGS) == "no_poller"
+def test_a_published_holder_keeps_the_cluster_ok_however_old_its_last_success():
+    # (the one stall rule decides about progress: see the mailbox stall tests below)
+    assert cluster_state(published(last_success=NOW - 10_000), now=NOW, started=0, timings=TIMINGS) == "ok"
+
+
+# --- stalls -----------------------------------------------------------------------------------------------------------
+
+def test_a_holder_whose_last_success_is_older_than_the_stall_limit_has_a_stalled_mailbox():
+    assert mailbox_stall(published(last_success=NOW - 99), now=NOW, timings=TIMINGS) is None
+    assert "no poller cycle completed for 101 s" == mailbox_stall(published(last_success=NOW - 101), now=NOW,
+                                                                  timings=TIMINGS)
 
 
 def test_a_holder_that_never_succeeded_is_measured_from_when_it_acquired_the_lease():
     recent = published(acquired_at="2027-01-15T08:00:00Z")   # 1_800_000_000 − 0 s
-    assert cluster_state(recent, now=NOW + 50, started=0, timings=TIMINGS) == "ok"
-    assert cluster_state(recent, now=NOW + 150, started=0, timings=TIMINGS) == "no_poller"
+    assert mailbox_stall(recent, now=NOW + 50, timings=TIMINGS) is None
+    assert mailbox_stall(recent, now=NOW + 150, timings=TIMINGS) is not None
 
 
 def test_a_holder_without_success_or_acquisition_is_measured_from_its_publication():
-    assert cluster_state(published(published_at=NOW - 50), now=NOW, started=0, timings=TIMINGS) == "ok"
-    assert cluster_state(published(published_at=NOW - 150), now=NOW, started=0, timings=TIMINGS) == "no_poller"
+    assert mailbox_stall(published(published_at=NOW - 50), now=NOW, timings=TIMINGS) is None
+    assert mailbox_stall(published(published_at=NOW - 150), now=NOW, timings=TIMINGS) is not None
 
 
-def test_a_holder_with_no_reference_time_at_all_counts_as_polling():
-    assert cluster_state(published(), now=NOW, started=0, timings=TIMINGS) == "ok"
+def test_a_holder_with_no_reference_time_at_all_is_not_stalled():
+    assert mailbox_stall(published(), now=NOW, timings=TIMINGS) is None
+
+
+def test_mail_waiting_past_a_checkpoint_that_does_not_move_is_a_stalled_mailbox():
+    def doc(waiting: int, moved: float) -> dict:
+        return {"poller": {"last_success_epoch": NOW - 1, "waiting": waiting, "checkpoint_moved_epoch": moved}}
+
+    assert mailbox_stall(doc(0, NOW - 10_000), now=NOW, timings=TIMINGS) is None          # nothing waits
+    assert mailbox_stall(doc(5, NOW - 50), now=NOW, timings=TIMINGS) is None              # it moves
+    assert mailbox_stall(doc(5, NOW - 101), now=NOW, timings=TIMINGS) == (
+        "5 emails wait past the checkpoint, which has not moved for 101 s")
+
+
+def test_an_outbox_whose_oldest_due_item_is_overdue_past_the_limit_is_stalled():
+    assert outbox_stall(None, now=NOW) is None
+    assert outbox_stall({"oldest_due_at": None}, now=NOW) is None
+    assert outbox_stall({"oldest_due_at": NOW - 59, "oldest_due_delay": 0.0}, now=NOW) is None
+    assert outbox_stall({"oldest_due_at": NOW - 61, "oldest_due_delay": 0.0}, now=NOW) is not None
+    # an item scheduled an hour out may be late by up to two of its delays
+    assert outbox_stall({"oldest_due_at": NOW - 3000, "oldest_due_delay": 3600.0}, now=NOW) is None
+    assert outbox_stall({"oldest_due_at": NOW - 7201, "oldest_due_delay": 3600.0}, now=NOW) is not None
+
+
+def test_a_stall_is_a_problem_that_degrades_but_never_takes_the_instance_down():
+    view = observed_view(lease_state="held", held=True, own_poller={"state": "polling", "imap": "ok"},
+                         published=published(last_success=NOW - 500), stats={"pending": 0}, read_ok=True, now=NOW,
+                         last_read_ok=NOW, started=0, timings=TIMINGS)
+    health = assess(mode="enabled", threads_dead=False, view=view)
+    assert (health.status, health.http_status) == ("degraded", 200)
+    assert health.problem_dicts() == [{"kind": "mailbox", "id": "default", "state": "stalled",
+                                       "detail": "no poller cycle completed for 500 s"}]
+    assert health.checks["cluster"] == "ok"
 
 
 # --- the observer's view ----------------------------------------------------------------------------------------------

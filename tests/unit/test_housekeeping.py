@@ -167,7 +167,7 @@ def make_observer(store: FakeStore, *, held: bool = True, clock: FakeClock | Non
     instance = InstanceInfo("host-a", 12, time.time(), "v1")
     return StatusObserver(lease=FakeLease(held), store=store, poller_status=PollerStatus(mailbox="INBOX"),
                           instance=lambda: instance,
-                          timings=HealthTimings(publish_ttl=30.0, stale_after=3.0, no_poller_grace=100.0),
+                          timings=HealthTimings(publish_ttl=30.0, stale_after=3.0, stall_after=100.0),
                           heartbeat_interval_seconds=300.0, clock=clock or FakeClock(0.0))
 
 
