@@ -19,6 +19,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import fields, replace
 from typing import Iterator, Mapping
@@ -132,6 +133,21 @@ def _row_to_item(row: sqlite3.Row | tuple) -> OutboxItem:
     return OutboxItem(**values)
 
 
+class _ThreadConnection:
+    """A thread's own connection; closed as soon as the thread ends (its thread-local data is dropped then)."""
+
+    def __init__(self, conn: sqlite3.Connection, pid: int) -> None:
+        self.conn = conn
+        self.pid = pid
+
+    def __del__(self) -> None:
+        if self.pid == os.getpid():  # never a connection inherited over fork
+            try:
+                self.conn.close()
+            except Exception:  # a destructor must not raise
+                pass
+
+
 class SqliteStateStore:
     """State in one SQLite file (see the module docstring). Safe for threads and processes of one host."""
 
@@ -144,7 +160,9 @@ class SqliteStateStore:
         self._busy_timeout = float(busy_timeout_seconds)
         self._local = threading.local()
         self._all_lock = threading.Lock()
-        self._all: list[tuple[int, sqlite3.Connection]] = []
+        # Every connection opened: (pid, its thread, connection). Connections of threads that ended are closed as
+        # soon as another one is opened, so short-lived threads (the R2 offload's) never pile up descriptors.
+        self._all: list[tuple[int, weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._closed = False
         self._initialise()
 
@@ -199,18 +217,32 @@ class SqliteStateStore:
         if self._closed:
             raise StateStoreError("sqlite: the state store is closed")
         pid = os.getpid()
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == pid:
-            return conn
+        holder = getattr(self._local, "holder", None)
+        if holder is not None and holder.pid == pid:
+            return holder.conn
         # isolation_level=None: no implicit transactions; every write opens BEGIN IMMEDIATE itself.
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         conn.execute("PRAGMA synchronous = NORMAL")
-        self._local.conn = conn
-        self._local.pid = pid
+        self._local.holder = _ThreadConnection(conn, pid)
         with self._all_lock:
-            self._all.append((pid, conn))
+            self._all = self._without_ended_threads(pid)
+            self._all.append((pid, weakref.ref(threading.current_thread()), conn))
         return conn
+
+    def _without_ended_threads(self, pid: int) -> list[tuple[int, weakref.ref[threading.Thread], sqlite3.Connection]]:
+        """``_all`` minus the connections of this process's threads that ended, which are closed here."""
+        kept = []
+        for owner_pid, thread_ref, conn in self._all:
+            thread = thread_ref()
+            if owner_pid == pid and (thread is None or not thread.is_alive()):
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    logger.debug("sqlite close of an ended thread's connection failed", exc_info=True)
+                continue
+            kept.append((owner_pid, thread_ref, conn))
+        return kept
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -681,7 +713,7 @@ class SqliteStateStore:
         pid = os.getpid()
         with self._all_lock:
             connections, self._all = self._all, []
-        for owner_pid, conn in connections:
+        for owner_pid, _, conn in connections:
             if owner_pid == pid:
                 try:
                     conn.close()
