@@ -304,7 +304,8 @@ class Settings:
 
     def validate(self) -> None:
         """Cross-field rules: a feature that is on has what it needs."""
-        for rule in (_check_mailbox, _check_outside_urls, _check_webhook, _check_r2_fetch, _check_presign):
+        for rule in (_check_mailbox, _check_outside_urls, _check_webhook, _check_r2_fetch, _check_presign,
+                     _check_retention):
             rule(self)
 
     # --- derived values ---------------------------------------------------------------------------------------
@@ -422,6 +423,17 @@ def _check_presign(s: Settings) -> None:
         missing_name = next(name for name, value in presign.items() if not value)
         if not (missing_name == "R2_ACCOUNT_ID" and s.r2_s3_endpoint_url):
             raise ConfigError(missing_name, "required with the other R2 S3 credentials")
+
+
+def _check_retention(s: Settings) -> None:
+    """A done record must outlive any retry and the first-start window: otherwise an email still being retried, or
+    seen again on a first start, would look new and be sent twice."""
+    retention_hours = s.state_retention_days * 24
+    for variable, hours in (("WEBHOOK_RETRY_HOURS", s.webhook_retry_hours),
+                            ("FIRST_START_MAX_AGE_HOURS", s.first_start_max_age_hours)):
+        if retention_hours <= hours:
+            raise ConfigError("STATE_RETENTION_DAYS", f"must be longer than {variable} ({hours:g} h): done records "
+                                                      "have to outlive it")
 
 
 def _validate_webhook_secret(secret: str) -> None:

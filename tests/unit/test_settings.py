@@ -137,3 +137,14 @@ def test_presigning_for_a_private_bucket_requires_the_bucket_name():
     with pytest.raises(ConfigError, match="R2_BUCKET_NAME"):
         Settings.from_env(env)
     assert Settings.from_env({**env, "R2_BUCKET_NAME": "files"}).presign_enabled
+
+
+@pytest.mark.parametrize("env, other", [
+    ({"STATE_RETENTION_DAYS": "1", "WEBHOOK_RETRY_HOURS": "24"}, "WEBHOOK_RETRY_HOURS"),
+    ({"STATE_RETENTION_DAYS": "2", "FIRST_START_MAX_AGE_HOURS": "72"}, "FIRST_START_MAX_AGE_HOURS"),
+])
+def test_done_records_must_outlive_the_retry_window_and_the_first_start_window(env, other):
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(env)
+    assert str(error.value).startswith("CONFIG: STATE_RETENTION_DAYS:") and other in str(error.value)
+    Settings.from_env({**env, "STATE_RETENTION_DAYS": "4"})
