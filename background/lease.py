@@ -363,29 +363,40 @@ class FileLease:
         return self._token
 
     def try_acquire(self) -> bool:
+        """Take the flock if no other descriptor holds it and write our token into the file.
+
+        Raises ``OSError`` when the file cannot be opened or the token cannot be written (disk full, I/O error);
+        the descriptor is closed on every path that does not keep the lease, so a failure never leaves it locked.
+        """
         if self._fd is not None:
             return self.renew()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        kept = False
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
             try:
-                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or None
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                holder = None
-            os.close(fd)
+                try:
+                    holder = os.read(fd, 200).decode("utf-8", "replace").strip() or None
+                except OSError:
+                    holder = None
+                with self._mutex:
+                    self._holder = holder
+                return False
+            token = self.token
+            # The token in the file is for operators (`cat poller.lock`); the lock itself is the flock. A lease
+            # whose token cannot be written is not taken: the file would name a stale holder.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (token + "\n").encode(), 0)
             with self._mutex:
-                self._holder = holder
-            return False
-        token = self.token
-        # The token in the file is for operators (`cat poller.lock`); the lock itself is the flock.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (token + "\n").encode(), 0)
-        with self._mutex:
-            self._fd = fd
-            self._acquired_at = self._wall()
-            self._holder = token
-        return True
+                self._fd = fd
+                self._acquired_at = self._wall()
+                self._holder = token
+            kept = True
+            return True
+        finally:
+            if not kept:
+                _close_quietly(fd)  # drops the flock if we took it
 
     def renew(self) -> bool:
         """False if the lock file was deleted or replaced (another process could then lock the new file)."""
@@ -457,7 +468,16 @@ class FileLease:
             fd, self._fd = self._fd, None
             self._acquired_at = None
         if fd is not None:
-            os.close(fd)  # closing the only descriptor drops the flock
+            _close_quietly(fd)  # closing the only descriptor drops the flock
+
+
+def _close_quietly(fd: int) -> None:
+    # On Linux close() releases the descriptor (and so the flock) even when it reports an error (EIO, EINTR):
+    # retrying could close a descriptor another thread has been given since; there is nothing left to do.
+    try:
+        os.close(fd)
+    except OSError as exc:
+        logger.warning("BG_POLLER: closing the lock file reported %s", _describe(exc))
 
 
 def _describe(exc: BaseException) -> str:
