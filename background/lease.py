@@ -6,6 +6,9 @@ directory (safe only inside one container). ``LeaseKeeper`` is the thread body t
 loss; the poller and delivery threads check ``holds_locally()`` (a monotonic deadline, no I/O) before every IMAP
 command and ``verify()`` (one GET) before each batch, flag STORE and webhook attempt. Every failure is reported as
 ``LeaseLost`` (``LeaseStoreUnreachable`` when Redis cannot be reached); no redis-py exception leaves this module.
+After a failed Redis call every thread waits out one shared, jittered, capped exponential backoff
+(``backoff_remaining()``) before asking again. An outage is logged once (``report_outage()``, by the first thread
+that waits on it: the keeper or ``wait_for_ownership``), and its end once, by the first call that succeeds again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import random
 import secrets
 import socket
 import threading
@@ -26,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 LEASE_KEY = "render_signal:poller_lock"
 FILE_LOCK_WARNING = "Using file-based lock (unsafe for multi-container deployments)"
+# The first pause after Redis was found unreachable; it doubles per failed call up to the lease's cap.
+OUTAGE_BACKOFF_BASE_SECONDS = 0.5
 
 _file_warning_lock = threading.Lock()
 _file_warning_logged = False
@@ -76,6 +82,10 @@ class Lease(Protocol):
 
     def verify(self) -> None: ...
 
+    def backoff_remaining(self) -> float: ...
+
+    def report_outage(self) -> None: ...
+
     def snapshot(self) -> dict: ...
 
 
@@ -92,19 +102,29 @@ def _as_text(value: Any) -> str | None:
     return str(value)
 
 
+def outage_backoff(failures: int, cap: float, rng: random.Random,
+                   base: float = OUTAGE_BACKOFF_BASE_SECONDS) -> float:
+    """Pause after the ``failures``-th failed call in a row: base, 2×base, 4×base … capped, minus up to 20 % jitter
+    (so processes that lost Redis together do not come back in step, and the cap is never exceeded)."""
+    delay = min(cap, base * (2 ** min(max(0, failures - 1), 30)))
+    return delay * rng.uniform(0.8, 1.0)
+
+
 class RedisLease:
     """The lease as a Redis key with a TTL, via redis-py's ``Lock`` (its Lua scripts compare the token atomically).
 
     ``redis_client`` must fail fast (connect/read timeouts of a few seconds and ``retry=Retry(NoBackoff(), 0)``):
     a call that hangs here delays noticing loss. Thread-safe: the keeper thread acquires and renews while the
-    poller and delivery threads call ``holds_locally()`` and ``verify()``.
+    poller and delivery threads call ``holds_locally()`` and ``verify()``. ``max_backoff_s`` caps the pause after
+    consecutive failed calls (``backoff_remaining()``); ``make_lease`` passes ``LEASE_RETRY_SECONDS``.
     """
 
     backend = "redis"
 
     def __init__(self, redis_client: Any, ttl_seconds: float, *, key: str = LEASE_KEY,
-                 safety_margin_s: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 safety_margin_s: float | None = None, max_backoff_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 rng: random.Random | None = None) -> None:
         from redis.lock import Lock
 
         if ttl_seconds <= 0:
@@ -117,6 +137,10 @@ class RedisLease:
         self.safety_margin_s = self.ttl_seconds / 5.0 if safety_margin_s is None else float(safety_margin_s)
         if not 0 <= self.safety_margin_s < self.ttl_seconds * 2 / 3:
             raise ValueError("safety_margin_s must be >= 0 and below two thirds of the TTL")
+        self.max_backoff_s = self.ttl_seconds / 3.0 if max_backoff_s is None else float(max_backoff_s)
+        if self.max_backoff_s <= 0:
+            raise ValueError("max_backoff_s must be > 0")
+        self._rng = rng or random.Random()
         self._clock = clock
         self._wall = wall_clock
         self._mutex = threading.Lock()
@@ -132,6 +156,10 @@ class RedisLease:
         self._renewals = 0
         self._losses = 0
         self._unreachable = False
+        self._failures = 0                   # failed calls in a row (any thread); 0 while Redis answers
+        self._outage_since = 0.0             # monotonic time of the first of them
+        self._outage_reported = False        # its start was logged: log its end too
+        self._retry_at = float("-inf")       # monotonic: no thread should ask Redis again before this
         self.last_loss_reason: str | None = None
         self.last_error: str | None = None
 
@@ -171,13 +199,13 @@ class RedisLease:
                     sent_at = self._clock()
                     acquired = self._extend_or_false()
                 else:
-                    self._set_reachable(holder=current)
+                    self._set_reachable(sent_at, holder=current)
                     return False
         except Exception as exc:  # redis.RedisError and socket errors: translated at the boundary
             self._set_unreachable(exc)
             raise LeaseStoreUnreachable(f"redis unreachable during acquire: {self.last_error}") from None
         if not acquired:
-            self._set_reachable(holder=None)
+            self._set_reachable(sent_at, holder=None)
             return False
         with self._mutex:
             self._held = True
@@ -185,7 +213,8 @@ class RedisLease:
             self._deadline = sent_at + self.ttl_seconds - self.safety_margin_s
             self._acquired_at = self._wall()
             self._holder = token
-            self._unreachable = False
+            ended = self._end_outage_locked(sent_at)
+        self._log_outage_end(ended)
         return True
 
     def renew(self) -> bool:
@@ -204,17 +233,18 @@ class RedisLease:
             self._set_unreachable(exc)
             raise LeaseStoreUnreachable(f"redis unreachable during renewal: {self.last_error}") from None
         with self._mutex:
-            self._unreachable = False
+            ended = self._end_outage_locked(sent_at)
             if extended:
                 self._renewals += 1
                 self._confirmed_at = sent_at
                 self._deadline = sent_at + self.ttl_seconds - self.safety_margin_s
                 self._holder = self._token
-                return True
-            self._mark_lost_locked(
-                f"renewal found another holder: {current}" if current
-                else "renewal found the key gone (expired or deleted)", holder=current)
-            return False
+            else:
+                self._mark_lost_locked(
+                    f"renewal found another holder: {current}" if current
+                    else "renewal found the key gone (expired or deleted)", holder=current)
+        self._log_outage_end(ended)
+        return extended
 
     def release(self) -> None:
         """Compare-and-delete: removes the key only if it still holds our token. Never raises."""
@@ -248,11 +278,13 @@ class RedisLease:
         """Raise ``LeaseLost`` unless ``holds_locally()`` and the key still holds our token (one GET)."""
         if not self.holds_locally():
             raise LeaseLost("lease not held locally (not acquired, lost, or local deadline passed)")
+        sent_at = self._clock()
         try:
             current = _as_text(self.redis.get(self.key))
         except Exception as exc:
             self._set_unreachable(exc)
             raise LeaseStoreUnreachable(f"redis unreachable during verify: {self.last_error}") from None
+        self._set_reachable_after_verify(sent_at)
         if current != self._token:
             with self._mutex:
                 # Authoritative evidence: stop every thread now; the keeper's next renewal records the loss.
@@ -261,6 +293,22 @@ class RedisLease:
             raise LeaseLost(f"the lease key holds {current!r}" if current else "the lease key is gone")
         if not self.holds_locally():  # the GET itself may have outlasted the deadline
             raise LeaseLost("local deadline passed during verify")
+
+    def backoff_remaining(self) -> float:
+        """Seconds before any thread should ask Redis again (0 unless its last call failed). No I/O."""
+        with self._mutex:
+            if not self._unreachable:
+                return 0.0
+            return max(0.0, self._retry_at - self._clock())
+
+    def report_outage(self) -> None:
+        """Log the current outage at ERROR unless it was already logged (no-op while Redis answers). No I/O."""
+        with self._mutex:
+            if not self._unreachable or self._outage_reported:
+                return
+            self._outage_reported = True
+            error = self.last_error
+        logger.error("BG_POLLER: Redis unreachable (%s); polling nothing until it answers again", error)
 
     def snapshot(self) -> dict:
         """The lease state for the status routes (no I/O)."""
@@ -322,13 +370,45 @@ class RedisLease:
 
     def _set_unreachable(self, exc: BaseException) -> None:
         with self._mutex:
+            started = not self._unreachable
+            now = self._clock()
             self._unreachable = True
             self.last_error = _describe(exc)
+            self._failures += 1
+            if started:
+                self._outage_since = now
+                self._outage_reported = False
+            # Each failure (of any thread) pushes the shared retry time out: a refused connection fails in
+            # microseconds, and a caller that retried at once would spin and log a line per attempt.
+            self._retry_at = now + outage_backoff(self._failures, self.max_backoff_s, self._rng)
 
-    def _set_reachable(self, holder: str | None) -> None:
+    def _set_reachable(self, sent_at: float, holder: str | None) -> None:
         with self._mutex:
-            self._unreachable = False
+            ended = self._end_outage_locked(sent_at)
             self._holder = holder
+        self._log_outage_end(ended)
+
+    def _set_reachable_after_verify(self, sent_at: float) -> None:
+        if self._unreachable:  # unlocked peek: the common case (Redis answering) takes no lock
+            with self._mutex:
+                ended = self._end_outage_locked(sent_at)
+            self._log_outage_end(ended)
+
+    def _end_outage_locked(self, sent_at: float) -> float | None:
+        """Clear the outage if the call that succeeded was sent after it began (a late reply to an older call
+        proves nothing about now); returns how long a reported outage lasted, for the caller to log outside the
+        lock (one nobody waited on, e.g. a single failed verify before the next succeeded, was never logged)."""
+        if not self._unreachable or sent_at < self._outage_since:
+            return None
+        self._unreachable = False
+        self._failures = 0
+        self._retry_at = float("-inf")
+        return self._clock() - self._outage_since if self._outage_reported else None
+
+    @staticmethod
+    def _log_outage_end(lasted: float | None) -> None:
+        if lasted is not None:
+            logger.info("BG_POLLER: Redis reachable again after %.1fs", lasted)
 
 
 class FileLease:
@@ -363,29 +443,40 @@ class FileLease:
         return self._token
 
     def try_acquire(self) -> bool:
+        """Take the flock if no other descriptor holds it and write our token into the file.
+
+        Raises ``OSError`` when the file cannot be opened or the token cannot be written (disk full, I/O error);
+        the descriptor is closed on every path that does not keep the lease, so a failure never leaves it locked.
+        """
         if self._fd is not None:
             return self.renew()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        kept = False
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
             try:
-                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or None
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                holder = None
-            os.close(fd)
+                try:
+                    holder = os.read(fd, 200).decode("utf-8", "replace").strip() or None
+                except OSError:
+                    holder = None
+                with self._mutex:
+                    self._holder = holder
+                return False
+            token = self.token
+            # The token in the file is for operators (`cat poller.lock`); the lock itself is the flock. A lease
+            # whose token cannot be written is not taken: the file would name a stale holder.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (token + "\n").encode(), 0)
             with self._mutex:
-                self._holder = holder
-            return False
-        token = self.token
-        # The token in the file is for operators (`cat poller.lock`); the lock itself is the flock.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (token + "\n").encode(), 0)
-        with self._mutex:
-            self._fd = fd
-            self._acquired_at = self._wall()
-            self._holder = token
-        return True
+                self._fd = fd
+                self._acquired_at = self._wall()
+                self._holder = token
+            kept = True
+            return True
+        finally:
+            if not kept:
+                _close_quietly(fd)  # drops the flock if we took it
 
     def renew(self) -> bool:
         """False if the lock file was deleted or replaced (another process could then lock the new file)."""
@@ -427,6 +518,12 @@ class FileLease:
         if not self.holds_locally():
             raise LeaseLost("file lock not held")
 
+    def backoff_remaining(self) -> float:
+        return 0.0  # no remote store to wait for
+
+    def report_outage(self) -> None:
+        pass
+
     def snapshot(self) -> dict:
         with self._mutex:
             held = self._fd is not None
@@ -457,7 +554,16 @@ class FileLease:
             fd, self._fd = self._fd, None
             self._acquired_at = None
         if fd is not None:
-            os.close(fd)  # closing the only descriptor drops the flock
+            _close_quietly(fd)  # closing the only descriptor drops the flock
+
+
+def _close_quietly(fd: int) -> None:
+    # On Linux close() releases the descriptor (and so the flock) even when it reports an error (EIO, EINTR):
+    # retrying could close a descriptor another thread has been given since; there is nothing left to do.
+    try:
+        os.close(fd)
+    except OSError as exc:
+        logger.warning("BG_POLLER: closing the lock file reported %s", _describe(exc))
 
 
 def _describe(exc: BaseException) -> str:
@@ -473,7 +579,7 @@ def make_lease(settings: Any, redis_client: Any = None) -> Lease:
             from services.redis_client import make_redis_client
 
             redis_client = make_redis_client(settings)
-        return RedisLease(redis_client, settings.redis_lock_ttl_seconds)
+        return RedisLease(redis_client, settings.redis_lock_ttl_seconds, max_backoff_s=settings.lease_retry_interval)
     path = settings.lock_file_path
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -541,7 +647,7 @@ class LeaseKeeper:
         self.renew_interval = float(renew_interval) if renew_interval is not None else lease.ttl_seconds / 3.0
         self.on_change = on_change
         self.held_event = threading.Event()
-        self._outage_started: float | None = None
+        self._in_outage = False
         self._file_error_logged = False
 
     def run(self, stop_event: threading.Event) -> None:
@@ -612,18 +718,16 @@ class LeaseKeeper:
         self._notify()
         return self.retry_interval
 
+    # The lease logs an outage once, whichever thread reports it first, and its end; the keeper tells ``on_change``.
     def _note_unreachable(self) -> None:
-        if self._outage_started is None:
-            self._outage_started = time.monotonic()
-            logger.error("BG_POLLER: Redis unreachable (%s); polling nothing until it answers again",
-                         getattr(self.lease, "last_error", None))
+        self.lease.report_outage()
+        if not self._in_outage:
+            self._in_outage = True
             self._notify()
 
     def _note_reachable(self) -> None:
-        if self._outage_started is not None:
-            lasted = time.monotonic() - self._outage_started
-            self._outage_started = None
-            logger.info("BG_POLLER: Redis reachable again after %.1fs", lasted)
+        if self._in_outage:
+            self._in_outage = False
             self._notify()
 
     def _notify(self) -> None:
@@ -637,7 +741,17 @@ class LeaseKeeper:
 
 def wait_for_ownership(lease: Lease, held_event: threading.Event,
                        stop_event: threading.Event, slice_seconds: float = 1.0) -> bool:
-    """For the acting threads' loops: True when this process may act now; otherwise wait a moment, return False."""
+    """For the acting threads' loops: True when this process may act now; otherwise wait a moment, return False.
+
+    While Redis is in its backoff after a failed call it waits (at most ``slice_seconds`` per call) even if the
+    local deadline has not passed: the caller's next ``verify()`` would fail at once, and a loop that retried
+    immediately would spin on a refused connection.
+    """
+    pause = lease.backoff_remaining()
+    if pause > 0:
+        lease.report_outage()
+        stop_event.wait(min(pause, slice_seconds))
+        return False
     if lease.holds_locally():
         return True
     held_event.wait(slice_seconds)
