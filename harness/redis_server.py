@@ -55,6 +55,22 @@ class RedisServer:
         finally:
             client.close()
 
+    def refuse_connections(self) -> None:
+        """Save the data and exit (``SHUTDOWN SAVE``): every connection is refused until ``accept_connections``
+        starts the server again on the same port, with the same data."""
+        client = self.client()
+        try:
+            client.shutdown(save=True)
+        except Exception:  # redis-py reports the closed connection of a successful SHUTDOWN as an error
+            pass
+        finally:
+            client.close()
+        assert self.proc is not None
+        self.proc.wait(timeout=10)
+
+    def accept_connections(self) -> None:
+        self.start()
+
     def pause(self) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGSTOP)
