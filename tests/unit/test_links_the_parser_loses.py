@@ -7,7 +7,7 @@ The HTML source is therefore also scanned, entity-decoded, for provider URLs, af
 
 from __future__ import annotations
 
-import base64
+import quopri
 
 import pytest
 
@@ -24,10 +24,10 @@ APOSTROPHE = "https://www.dropbox.com/s/aaaaaaaaaaaaaaa/it's.mov?dl=0"
 
 
 def _process(html: str, text_plain: str | None = None) -> ProcessResult:
-    # base64 keeps NULs, long lines and stray markup intact through the MIME layer.
+    # quoted-printable keeps NULs, long lines and stray markup intact through the MIME layer.
     headers = "From: jane@example.com\r\nSubject: files\r\nMessage-ID: <m@example.com>\r\nMIME-Version: 1.0\r\n"
-    html_part = ("Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
-                 + base64.encodebytes(html.encode("utf-8")).decode("ascii"))
+    html_part = ("Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+                 + quopri.encodestring(html.encode("utf-8")).decode("ascii"))
     if text_plain is None:
         raw = headers + html_part
     else:
@@ -35,7 +35,7 @@ def _process(html: str, text_plain: str | None = None) -> ProcessResult:
                "Content-Type: text/plain; charset=utf-8\r\n\r\n" + text_plain + "\r\n--b\r\n"
                + html_part + "\r\n--b--\r\n")
     parsed = parse_message(raw.encode("ascii"))
-    assert parsed.html_truncated is False  # every input here stays under the 1 MB cap
+    assert (parsed.html, parsed.html_truncated) == (html.replace("\x00", ""), False)  # NULs go, nothing else
     return process_email(parsed, received_at="2025-06-03T08:00:00Z", sender_allowlist=(),
                          allow_without_links=True, offloader=NullOffloader())
 
@@ -127,6 +127,13 @@ def test_a_numeric_reference_with_thousands_of_digits_does_not_stop_link_extract
     html = f'<p><a href="{WETRANSFER}?x=&amp;#{"1" * 5000};">x</a> {DROPBOX}</p>'
     # When the email is processed / Then no exception escapes and the other link is still found
     assert DROPBOX in _raw_urls(_process(html))
+
+
+def test_a_zero_padded_character_reference_decodes_like_a_short_one():
+    # Given a comment-only link whose colon is written as a decimal reference padded past 7 digits
+    html = "<p>hi</p><!-- https&#0000000058;//we.tl/t-AAAAAAAAAA -->"
+    # When the email is processed / Then the reference is decoded, not dropped as out of range
+    assert _raw_urls(_process(html)) == [WETRANSFER]
 
 
 # --- deduplication and order ------------------------------------------------------------------------------------
