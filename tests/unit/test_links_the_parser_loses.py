@@ -11,7 +11,9 @@ import quopri
 
 import pytest
 
+from email_processing import html_text
 from email_processing.html_text import HTML_CAP_BYTES, html_to_text_and_hrefs
+from email_processing.links import extract_delivery_links
 from email_processing.orchestrator import NullOffloader, ProcessResult, process_email
 from email_processing.parsing import parse_message
 
@@ -97,6 +99,24 @@ def test_a_nul_byte_in_the_html_does_not_hide_a_link(html):
     assert WETRANSFER not in html_to_text_and_hrefs(html)[1]
     # When the email is processed (MIME parsing drops NULs first) / Then the link is found
     assert _raw_urls(_process(html)) == [WETRANSFER]
+
+
+def test_a_nul_byte_in_html_given_straight_to_the_extractor_ends_a_scanned_link():
+    # Given HTML that still holds a NUL (a caller that did not go through MIME parsing)
+    html = f"<p><a\x00 href=\"{DROPBOX}\">x</a> {WETRANSFER}\x00more</p>"
+    text, hrefs = html_to_text_and_hrefs(html)
+    # When its links are extracted with the source / Then the NUL ends the link like any control character
+    assert [link.raw_url for link in extract_delivery_links(text, hrefs, html_source=html)] == [DROPBOX, WETRANSFER]
+
+
+def test_a_link_the_fallback_parser_loses_is_found_too(monkeypatch):
+    # Given lxml not installed (BeautifulSoup on html.parser does the tree) and a link in an unterminated comment
+    monkeypatch.setattr(html_text, "_lxml_html", None)
+    monkeypatch.setattr(html_text, "_lxml_etree", None)
+    html = f'<p><a href="{DROPBOX}">a</a></p><!-- <a href="{WETRANSFER}">b</a>'
+    assert html_to_text_and_hrefs(html)[1] == [DROPBOX]
+    # When the email is processed / Then the scan finds it whatever parser built the tree
+    assert _raw_urls(_process(html)) == [DROPBOX, WETRANSFER]
 
 
 def test_an_unclosed_quote_does_not_turn_the_swallowed_markup_into_part_of_the_link():
