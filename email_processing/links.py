@@ -2,17 +2,20 @@
 
 A provider is one ``Provider`` entry in ``PROVIDERS``: its name, the host domains it owns (a host matches a domain
 exactly or as a subdomain, never by substring) with the URL paths that are deliveries on them, and optionally a
-direct-download rewrite and an exclusion rule. Candidate URLs come from the HTML anchors first (document order) and
-then from the text; each is HTML-unescaped, stripped of trailing punctuation, unwrapped from Outlook SafeLinks and
-Google redirects, checked against the registry and reported once, in order of first appearance.
+direct-download rewrite and an exclusion rule. Candidate URLs come from the HTML anchors first (document order), then
+from the text, then from a linear scan of the entity-decoded HTML source, which finds what the HTML parser lost
+(nesting past libxml2's depth limit, broken markup, comments); each is HTML-unescaped, stripped of trailing
+punctuation, unwrapped from Outlook SafeLinks and Google redirects, checked against the registry and reported once,
+in order of first appearance.
 """
 
 from __future__ import annotations
 
 import html
 import re
+from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 MAX_URL_LENGTH = 8192  # longer candidates are not links a person shares; bounds the work per match
@@ -189,8 +192,13 @@ def is_allowed_provider_url(url: str) -> str | None:
 
 # --- candidates ------------------------------------------------------------------------------------------------
 
-# A URL in running text stops at whitespace, quotes, angle brackets and characters never left bare in a URL.
-_TEXT_URL = re.compile(r"""https?://[^\s<>"'`{}|\\^\[\]]+""", re.IGNORECASE)
+# A URL in running text stops at whitespace, quotes, angle brackets, control characters and characters never left
+# bare in a URL. One character class, no nested quantifier: a linear scan, also of 1 MB of HTML source.
+_TEXT_URL = re.compile(r"""https?://[^\s<>"'`{}|\\^\[\]\x00-\x1f\x7f]+""", re.IGNORECASE)
+# An href cannot hold a raw < or >: when it does, an unclosed quote made the parser read on into the next markup.
+_MARKUP_IN_HREF = re.compile(r"[<>]")
+# html.unescape converts decimal references with int(), which refuses more than 4300 digits (ValueError).
+_LONG_DECIMAL_REF = re.compile(r"&#([0-9]{8,})(;?)")
 _TRAILING = ".,;:!?'\"*>}»…“”‘’"
 _CLOSERS = {")": "(", "]": "["}
 
@@ -229,10 +237,30 @@ def _unwrap_redirector(url: str) -> str | None:
     return None
 
 
+def _shorten_decimal_ref(match: re.Match[str]) -> str:
+    digits = match.group(1).lstrip("0") or "0"
+    # Past 7 digits the code point is beyond U+10FFFF, which html.unescape turns into U+FFFD as well.
+    return "&#" + digits + match.group(2) if len(digits) <= 7 else "\ufffd"
+
+
+def _unescape_entities(text: str) -> str:
+    """``html.unescape`` that also survives decimal references too long for ``int()`` (linear in ``text``)."""
+    if "&" not in text:
+        return text
+    if "&#" in text:
+        text = _LONG_DECIMAL_REF.sub(_shorten_decimal_ref, text)
+    return html.unescape(text)
+
+
+def _href_candidate(href: str) -> str:
+    markup = _MARKUP_IN_HREF.search(href)
+    return href[: markup.start()] if markup else href
+
+
 def _normalise_candidate(url: str) -> str:
     url = url.strip()
     if "&" in url:
-        url = html.unescape(url)
+        url = _unescape_entities(url)
     url = _strip_trailing(url)
     for _ in range(_MAX_UNWRAP_DEPTH):
         target = _unwrap_redirector(url)
@@ -262,24 +290,63 @@ def _to_link(candidate: str) -> DeliveryLink | None:
     return DeliveryLink(provider=provider_name, raw_url=url, direct_url=direct)
 
 
-def extract_delivery_links(text: str, hrefs: list[str]) -> list[DeliveryLink]:
-    """Delivery links in ``hrefs`` (document order) then in ``text``, each once, in order of first appearance."""
-    links: list[DeliveryLink] = []
-    seen: set[str] = set()
+class _FirstSightings:
+    """Delivery links in order of first sight, one per ``_dedup_key``."""
 
-    def consider(candidate: str) -> None:
+    def __init__(self) -> None:
+        self.links: list[DeliveryLink] = []
+        self._seen: set[str] = set()
+
+    def new_link(self, candidate: str) -> DeliveryLink | None:
+        """The delivery link ``candidate`` names, unless it names none or one already seen (now marked seen)."""
         link = _to_link(candidate)
         if link is None:
-            return
+            return None
         key = _dedup_key(link)
-        if key not in seen:
-            seen.add(key)
-            links.append(link)
+        if key in self._seen:
+            return None
+        self._seen.add(key)
+        return link
 
-    for href in hrefs:
-        if href and href[:4].lower() == "http":
-            consider(href)
+
+def extract_delivery_links(text: str, hrefs: list[str], html_source: str = "") -> list[DeliveryLink]:
+    """Delivery links in ``hrefs`` (document order), then in ``text``, then in ``html_source`` (the HTML the hrefs
+    and text were read from, scanned for links its parser lost), each once, in order of first appearance."""
+    sightings = _FirstSightings()
+    tree_candidates = [_href_candidate(href) for href in hrefs if href and href[:4].lower() == "http"]
     if text:
-        for match in _TEXT_URL.finditer(text):
-            consider(match.group(0))
-    return links
+        tree_candidates.extend(match.group(0) for match in _TEXT_URL.finditer(text))
+    for candidate in tree_candidates:
+        link = sightings.new_link(candidate)
+        if link is not None:
+            sightings.links.append(link)
+    if html_source:
+        _add_links_only_the_source_shows(sightings, html_source, set(tree_candidates))
+    return sightings.links
+
+
+def _add_links_only_the_source_shows(sightings: _FirstSightings, html_source: str, classified: set[str]) -> None:
+    # The source shows some links only cut (a line break or a quote inside an href, <wbr> inside a text link):
+    # a scan-only link that starts a link found whole in the tree is that link's cut copy, not a link of its own.
+    found_whole = sorted(link.raw_url for link in sightings.links)
+    for candidate in _html_source_candidates(html_source):
+        # Most of the source's URLs are the anchors' hrefs again, ``classified`` already (same string, same verdict):
+        # skipping them keeps the scan's cost far below the tree's.
+        if candidate in classified:
+            continue
+        link = sightings.new_link(candidate)
+        if link is not None and not _starts_one_of(found_whole, link.raw_url):
+            sightings.links.append(link)
+
+
+def _html_source_candidates(html_source: str) -> Iterator[str]:
+    # Always scanned, not only when the tree looks incomplete: libxml2 reports recoverable errors for most email HTML
+    # and drops comments by design, so its error log cannot tell a lost link. Decoding and scan are linear passes.
+    for match in _TEXT_URL.finditer(_unescape_entities(html_source)):
+        yield match.group(0)
+
+
+def _starts_one_of(sorted_urls: list[str], prefix: str) -> bool:
+    # The strings starting with ``prefix`` sort right after it: one bisection, not a pass over all of them.
+    index = bisect_left(sorted_urls, prefix)
+    return index < len(sorted_urls) and sorted_urls[index].startswith(prefix)

@@ -88,7 +88,7 @@ def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Se
     if email_id is None:
         email_id = email_id_for(parsed, mailbox_id)
     html_text, hrefs = html_to_text_and_hrefs(parsed.html) if parsed.html else ("", [])
-    found = extract_delivery_links("\n".join((parsed.text_plain, html_text)), hrefs)
+    found = extract_delivery_links("\n".join((parsed.text_plain, html_text)), hrefs, html_source=parsed.html)
 
     reason: str | None = None
     if not sender_allowed(parsed.sender_email, sender_allowlist):
