@@ -233,7 +233,11 @@ def _transfer_decode(body: bytes, cte: str, raw_limit: int, collector: _Collecto
         chunk = body[:encoded_limit]
         more = len(body) > encoded_limit
         data = re.sub(rb"[^A-Za-z0-9+/]", b"", chunk)
-        data = data[: len(data) - len(data) % 4]  # a cut (or junk) in the middle of a quantum
+        tail = len(data) % 4
+        if more or tail == 1:
+            data = data[: len(data) - tail]  # a cut (or junk) in the middle of a quantum
+        elif tail:
+            data += b"=" * (4 - tail)  # the body's last quantum, whose padding was stripped above
         try:
             decoded = binascii.a2b_base64(data)
         except (binascii.Error, ValueError):

@@ -173,3 +173,12 @@ def test_the_encoded_fetch_limit_is_enough_to_fill_the_cap(cte):
     parsed = parse_parts(b"", [TextPart("text/html", "utf-8", cte, encoded[:limit], truncated=len(encoded) > limit)])
     assert parsed.html_truncated is True
     assert len(parsed.html.encode()) > HTML_CAP_BYTES - 4
+
+
+@pytest.mark.parametrize("text", [b"<p>hi</p><!https://we.tl/t-AAAAAAAAAA>", b"ab", b"abcd", b"abcde"])
+def test_a_base64_body_keeps_its_last_bytes_whatever_its_length(text):
+    import base64
+
+    raw = (b"Subject: b64\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(text) + b"\r\n")
+    assert parse_message(raw).text_plain == text.decode()
