@@ -277,15 +277,23 @@ _CHARSET_ALIASES = {
 }
 
 
+# Python codecs that are no mail charset: declaring one must not make the parser run it (bz2/zlib would inflate a
+# bomb, punycode is quadratic, the escape codecs turn text into lone surrogates). They count as unknown charsets.
+_NOT_CHARSETS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined", "charmap"})
+
+
 def _codec_for(charset: str | None) -> str | None:
     if not charset:
         return None
     name = charset.strip().strip('"').lower()
     name = _CHARSET_ALIASES.get(name, name)
     try:
-        return codecs.lookup(name).name
+        info = codecs.lookup(name)
     except (LookupError, ValueError):
         return None
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
+        return None  # bytes-to-bytes codecs (bz2, zlib, base64, hex, uu, rot13 …) and the ones above
+    return info.name
 
 
 def decode_bytes(data: bytes, charset: str | None, *, cut: bool = False,

@@ -182,3 +182,16 @@ def test_a_base64_body_keeps_its_last_bytes_whatever_its_length(text):
     raw = (b"Subject: b64\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
            b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(text) + b"\r\n")
     assert parse_message(raw).text_plain == text.decode()
+
+
+@pytest.mark.parametrize("charset", ["bz2", "zlib_codec", "base64", "hex", "rot13", "uu", "punycode", "idna",
+                                     "unicode_escape", "raw_unicode_escape"])
+def test_a_python_codec_that_is_no_mail_charset_is_an_unknown_charset(charset):
+    import bz2
+
+    body = bz2.compress(b"A" * 1_000_000) if charset == "bz2" else b"plain text \\u0041 " + b"x" * 100
+    raw = (f"Subject: codec\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset={charset}\r\n"
+           "Content-Transfer-Encoding: 8bit\r\n\r\n").encode() + body
+    parsed = parse_message(raw)
+    assert len(parsed.text_plain) < 200_000   # never inflated, never run as a codec
+    assert f"unknown_charset:{charset}" in parsed.defects
