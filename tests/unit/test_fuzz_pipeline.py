@@ -243,6 +243,29 @@ def test_a_tiny_part_labelled_bz2_is_not_decompressed_into_memory():
     assert peak < 16 * 1024 * 1024
 
 
+def _nested(depth: int) -> bytes:
+    """An email whose text part sits ``depth`` multiparts deep, none of them closed."""
+    levels = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (level, level)
+                      for level in range(depth))
+    return HEADERS + levels + b"Content-Type: text/plain\r\n\r\nFiles: " + LINK + b"\r\n"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15: ~1000 nested multiparts (a 58 KB email) raise RecursionError in "
+                                       "the stdlib parser and parse_message empties the whole email")
+def test_a_text_part_1000_multiparts_deep_keeps_the_headers():
+    # Found past the fuzzer's nesting range (it nests up to 506 levels: ~0.5 s each, quadratic in the depth)
+    parsed = parse_message(_nested(1000))
+    assert parsed.message_id == "kept@example.com"
+    assert parsed.sender_email == "alice@example.com"
+
+
+def test_a_text_part_500_multiparts_deep_keeps_the_headers_and_the_link():
+    # The depth the fuzzer reaches still parses (the pinned defect above starts between 500 and 1000)
+    parsed = parse_message(_nested(500))
+    assert (parsed.message_id, parsed.sender_email) == ("kept@example.com", "alice@example.com")
+    assert LINK.decode() in parsed.text_plain
+
+
 PUNYCODE_BODY = b"-" + b"ba" * 100_000  # 200 KB of valid punycode digits
 
 
