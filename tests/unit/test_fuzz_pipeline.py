@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given, note, settings
+from hypothesis import Phase, assume, given, note, settings
 from hypothesis import strategies as st
 
 from email_processing.orchestrator import (
@@ -57,8 +57,8 @@ MESSAGES = sorted(
     if path.is_file() and path.suffix not in (".json", ".md", ".py") and path.parent != CORPUS
 )
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)  # received_at when a damaged Date header gives none
-# Generous: the slowest unmutated corpus email (1.6 MB, HTML over the cap) takes about 60 ms here, the slowest
-# mutated one seen about 0.3 s. A run over this budget is a hang in the making, not noise.
+# Generous: the slowest unmutated corpus email (1.6 MB, HTML over the cap) takes about 60 ms here, the slowest of
+# 24,000 random damaged runs (1-5 stacked mutations, shared machine) 0.8 s. Over this budget is a hang, not noise.
 EXAMPLE_BUDGET_SECONDS = 10.0
 FUZZ = settings(max_examples=200, derandomize=True, database=None, deadline=None)
 ALLOWLISTS = st.sampled_from([(), ("@example.com",), ("nobody@example.invalid",)])
@@ -117,6 +117,8 @@ def assert_end_state(run: PipelineRun, *, allow_without_links: bool, sender_allo
 
 # --- properties --------------------------------------------------------------------------------------------------
 
+# Not marked for defect 4: these mutations reach a lone surrogate only rarely (1 of 24,000 random runs: a body
+# relabelled UTF-7 decoded to '\udaa1'), and none of the 200 derandomized examples does; the property below does.
 @pytest.mark.timeout(90)  # the watchdog of the whole property: a hung example ends here, with a stack dump
 @FUZZ
 @given(path=st.sampled_from(MESSAGES), damage=st.lists(mutations(), min_size=1, max_size=3),
@@ -154,7 +156,9 @@ SURROGATE_BAIT = st.tuples(mutations(("lone_surrogate_bait",)), st.lists(mutatio
 
 @pytest.mark.xfail(raises=UnicodeEncodeError, strict=False, reason="issue 15 defect 4: payload cleaning")
 @pytest.mark.timeout(90)
-@FUZZ
+# No shrinking while this is expected to fail: the minimal input is known (any email with the first header
+# "Subject: =?utf-7?Q?+2D0-?="), and shrinking it again cost ~2.5 s on every run.
+@settings(FUZZ, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(path=st.sampled_from(MESSAGES), damage=SURROGATE_BAIT, allow_without_links=st.booleans())
 def test_text_that_decodes_to_lone_surrogates_still_gives_a_utf8_body(path, damage, allow_without_links):
     # Given a real email with a UTF-7 or unicode-escape spelling of a lone surrogate in a header or a body
@@ -222,16 +226,16 @@ def test_a_charset_naming_a_bytes_codec_does_not_empty_the_email(raw):
     assert not any(defect.startswith("unparseable") for defect in parsed.defects)
 
 
-BOMB_BYTES = 64 * 1024 * 1024
+BOMB_BYTES = 32 * 1024 * 1024
 
 
 @pytest.mark.xfail(strict=True, reason="issue 15: charset=bz2 (or zlib) decompresses the part without bound: "
-                                       "a 291-byte email (64 MiB of 'a') peaks at ~148 MB of Python memory")
+                                       "a 242-byte email (32 MiB of 'a') peaks at ~81 MB of Python memory")
 def test_a_tiny_part_labelled_bz2_is_not_decompressed_into_memory():
-    # Given a 291-byte email whose text part, labelled charset=bz2, is 64 MiB of "a" compressed (83 bytes)
+    # Given a 242-byte email whose text part, labelled charset=bz2, is 32 MiB of "a" compressed (46 bytes)
     compressed = bz2.compress(b"a" * BOMB_BYTES)
     raw = _text_email(b"bz2", base64.encodebytes(compressed), transfer_encoding=b"base64")
-    assert len(raw) < 300
+    assert len(raw) < 250
     # When it is parsed
     tracemalloc.start()
     try:
@@ -266,21 +270,21 @@ def test_a_text_part_500_multiparts_deep_keeps_the_headers_and_the_link():
     assert LINK.decode() in parsed.text_plain
 
 
-PUNYCODE_BODY = b"-" + b"ba" * 100_000  # 200 KB of valid punycode digits
+PUNYCODE_BODY = b"-" + b"ba" * 60_000  # 120 KB of valid punycode digits
 
 
 @pytest.mark.xfail(strict=True, reason="issue 15: charset=punycode runs Python's punycode decoder, quadratic in the "
-                                       "part's size (200 KB: 1.7 s, 480 KB: 8.7 s; the 4 MiB raw limit: ~10 min)")
-def test_a_200_kb_body_labelled_punycode_is_parsed_in_well_under_a_second():
+                                       "part's size (120 KB: 0.7 s, 480 KB: 8.7 s; the 4 MiB raw limit: ~10 min)")
+def test_a_120_kb_body_labelled_punycode_is_parsed_in_well_under_a_second():
     # Given a text part labelled charset=punycode (the decoder fails at the final CRLF, after the quadratic work)
     raw = _text_email(b"punycode", PUNYCODE_BODY)
     # When it is parsed
     started = time.monotonic()
     parsed = parse_message(raw)
     elapsed = time.monotonic() - started
-    # Then it costs what any 200 KB text part costs (~1 ms), not seconds (the bound leaves 7x either way)
+    # Then it costs what any 120 KB text part costs (~1 ms), not most of a second (7x margin today, 100x once fixed)
     assert parsed.text_plain == PUNYCODE_BODY.decode("ascii")
-    assert elapsed < 0.25, f"{elapsed:.2f} s"
+    assert elapsed < 0.1, f"{elapsed:.2f} s"
 
 
 def test_the_message_id_property_leaves_out_exactly_the_charset_lies_that_name_a_bytes_codec():
