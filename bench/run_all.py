@@ -49,6 +49,7 @@ BENCHMARKS = [
     Run("bench_burst", ["-m", "bench.bench_burst"], 450),
     Run("bench_burst_stock_receiver", ["-m", "bench.bench_burst", "--only", "sqlite", "--stock-receiver"], 240),
     Run("bench_big_email", ["-m", "bench.bench_big_email"], 180),
+    Run("bench_fuzz", ["-m", "bench.bench_fuzz"], 180),
 ]
 
 
@@ -193,6 +194,9 @@ LAT_HOW = ("bench_latency.py: real Gunicorn service (2 workers x 4 threads, SQLi
 BURST_HOW = ("bench_burst.py: 500 emails APPENDed over 4 parallel IMAP sessions (one APPEND each); real Gunicorn "
              "service (2x4), IDLE; time from the first APPEND until every webhook was received AND a separate "
              "session counts 500 `$RenderSignalDone` (NOOP + SEARCH every 100 ms)")
+FUZZ_HOW = ("bench_fuzz.py: every corpus email (tests/corpus/) unmutated and with 21 single mutations of "
+            "tests/fixtures/email_mutations.py (3 per kind, seed 15); parse + links + decision + payload + json.dumps "
+            "+ UTF-8, best of 3, one core; ratio = mutated time / unmutated time")
 HEALTH_HOW = ("bench_burst.py: GET /health open loop at 200 req/s from a separate process (16 threads, keep-alive "
               "http.client), latency = response read − request sent, samples from the first APPEND until flagged")
 
@@ -228,6 +232,8 @@ ROWS = [
      "redis-server, TTL 3 s, holder killed at a random point of its renewal cycle", "≤ TTL + retry", _kill9),
     ("takeover_sigterm", "lease takeover after SIGTERM (max of 5)", "bench_takeover.py: same, SIGTERM (the "
      "holder releases)", "≤ 5 s", _le(5.0)),
+    ("fuzz_ratio_median", "damaged email / same email unmutated, median", FUZZ_HOW, "—", None),
+    ("fuzz_ratio_p95", "damaged email / same email unmutated, p95", FUZZ_HOW, "—", None),
 ]
 
 
@@ -255,6 +261,9 @@ def extra(key: str, doc: dict) -> str:
         return f"idle {doc.get('idle_mb')} MB, peak {doc.get('peak_mb')} MB, {doc.get('wire_mb')} MB on the wire"
     if key.startswith("state_store_"):
         return f"p50 {doc.get('p50_ms')} ms, p95 {doc.get('p95_ms')} ms per email"
+    if key.startswith("fuzz_"):
+        worst = f", max {doc['max']}x, slowest {doc['slowest_ms']} ms" if "max" in doc else ""
+        return f"n={doc.get('n')}{worst}"
     if key.startswith("takeover_"):
         bound = f"; TTL {doc.get('ttl')} s + retry {doc.get('retry')} s" if key == "takeover_kill9" else ""
         return f"min {doc.get('min')} s, median {doc.get('median')} s{bound}"
