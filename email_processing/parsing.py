@@ -102,8 +102,27 @@ def parse_message(raw: bytes) -> ParsedEmail:
     try:
         return _parse_message(raw)
     except Exception as exc:  # the stdlib parser is robust, but "never raises" is this module's contract
+        defect = f"unparseable:{type(exc).__name__}"
+    # E.g. ~1000 nested multiparts exhaust the stdlib parser's recursion: keep the headers (parsed flat, no
+    # recursion) and read the body as one text part, so the email keeps its identity and its links.
+    try:
+        email = _headers_and_flat_body(raw, defect)
+        logger.warning("PARSE: message structure could not be parsed (%s); headers and a flat body kept",
+                       defect.split(":", 1)[1])
+        return email
+    except Exception as exc:
         logger.warning("PARSE: message could not be parsed (%s); using an empty email", type(exc).__name__)
-        return _empty_email(raw, f"unparseable:{type(exc).__name__}")
+        return _empty_email(raw, defect)
+
+
+def _headers_and_flat_body(raw: bytes, defect: str) -> ParsedEmail:
+    match = re.search(rb"\r?\n\r?\n", raw)
+    head, body = (raw[:match.end()], raw[match.end():]) if match else (raw, b"")
+    headers = BytesHeaderParser(policy=compat32).parsebytes(head)
+    collector = _Collector()
+    collector.defect(defect)
+    _add_text(collector, "text/plain", None, None, body, truncated=False)
+    return _build(headers, collector, body[:BODY_HEAD_BYTES])
 
 
 def parse_parts(header_bytes: bytes, parts: list[TextPart], *, body_head: bytes | None = None) -> ParsedEmail:
