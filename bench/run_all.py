@@ -4,7 +4,7 @@ Each benchmark runs as its own process (``.venv/bin/python -m bench.<name>``) wi
 Ctrl-C it gets SIGINT (every benchmark stops what it started in a ``finally``), then SIGKILL 30 s later. A benchmark
 that fails is reported as failed, the others still run. The figures are read from the printed output: the
 ``RESULT {json}`` lines of the real-server benchmarks, the human-readable lines of bench_parse.py,
-bench_state_store.py and bench_takeover.py. About 6-7 minutes on 2 cores.
+bench_state_store.py and bench_takeover.py. About 9-10 minutes on 2 cores.
 
     .venv/bin/python -m bench.run_all [--only NAME ...] [--output bench/RESULTS.md]
 """
@@ -50,6 +50,8 @@ BENCHMARKS = [
     Run("bench_burst_stock_receiver", ["-m", "bench.bench_burst", "--only", "sqlite", "--stock-receiver"], 240),
     Run("bench_big_email", ["-m", "bench.bench_big_email"], 180),
     Run("bench_fuzz", ["-m", "bench.bench_fuzz"], 180),
+    Run("bench_catchup", ["-m", "bench.bench_catchup"], 300),
+    Run("bench_descriptors", ["-m", "bench.bench_descriptors"], 240),
 ]
 
 
@@ -197,6 +199,15 @@ BURST_HOW = ("bench_burst.py: 500 emails APPENDed over 4 parallel IMAP sessions 
 FUZZ_HOW = ("bench_fuzz.py: every corpus email (tests/corpus/) unmutated and with 21 single mutations of "
             "tests/fixtures/email_mutations.py (3 per kind, seed 15); parse + links + decision + payload + json.dumps "
             "+ UTF-8, best of 3, one core; ratio = mutated time / unmutated time")
+CATCHUP_HOW = ("bench_catchup.py: real Dovecot (IMAPS) + receiver, the service's background in-process (FAST timings, "
+               "SQLite); checkpoint set on an empty mailbox, service stopped, 10,000 unseen emails written to the "
+               "Maildir, service started: time until every webhook was received; the poller thread's IMAP commands "
+               "counted on the wire (imaplib.send audit hook) and by MailboxClient method")
+CATCHUP_BEFORE_HOW = (CATCHUP_HOW + "; before the fix = MailboxPoller.run_cycle replaced in the benchmark process by "
+                      "the current cycle with 2915ce0's search loop (uids_after(checkpoint, 50) per batch)")
+DESCRIPTORS_HOW = ("bench_descriptors.py: len(/proc/self/fd) of the process running the service's background "
+                   "(in-process, SQLite, R2 offload through the Worker on Miniflare), sampled after every 100 of "
+                   "1,000 emails APPENDed (one Dropbox link each); least-squares slope")
 HEALTH_HOW = ("bench_burst.py: GET /health open loop at 200 req/s from a separate process (16 threads, keep-alive "
               "http.client), latency = response read − request sent, samples from the first APPEND until flagged")
 
@@ -234,12 +245,23 @@ ROWS = [
      "holder releases)", "≤ 5 s", _le(5.0)),
     ("fuzz_ratio_median", "damaged email / same email unmutated, median", FUZZ_HOW, "—", None),
     ("fuzz_ratio_p95", "damaged email / same email unmutated, p95", FUZZ_HOW, "—", None),
+    ("catchup_current", "catch-up of 10,000 new messages after an outage: all delivered", CATCHUP_HOW, "—", None),
+    ("catchup_before_fix", "same, search loop of before the fix (re-created in the benchmark)", CATCHUP_BEFORE_HOW,
+     "—", None),
+    ("catchup_searches", "UID SEARCH commands during that catch-up, current", CATCHUP_HOW,
+     "— (before the fix: ceil(n / 50) + 1)", None),
+    ("descriptors_slope", "open descriptors per 100 emails, SQLite + R2 offload (1,000 emails)", DESCRIPTORS_HOW,
+     "flat (≈ 0)", None),
+    ("descriptors_slope_before_fix", "same, SQLite connection handling of before the fix (re-created)",
+     DESCRIPTORS_HOW + "; before the fix = af807ec^'s SqliteStateStore._conn in the benchmark process", "—", None),
 ]
 
 
 def fmt(value, unit: str) -> str:
     if value is None:
         return "not reached"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,} {unit}"
     if unit == "s":
         return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
     if unit == "ms":
@@ -264,6 +286,19 @@ def extra(key: str, doc: dict) -> str:
     if key.startswith("fuzz_"):
         worst = f", max {doc['max']}x, slowest {doc['slowest_ms']} ms" if "max" in doc else ""
         return f"n={doc.get('n')}{worst}"
+    if key.startswith("catchup_") and key != "catchup_searches":
+        return (f"{doc.get('messages_per_second')} messages/s; {doc.get('imap_commands'):,} IMAP commands, of them "
+                f"{doc.get('searches')} UID SEARCH listing {doc.get('search_uids_returned'):,} UIDs; all flagged "
+                f"after {doc.get('flagged_seconds')} s; {doc.get('missing')} missing, {doc.get('duplicates')} "
+                f"duplicates")
+    if key == "catchup_searches":
+        return (f"before the fix: {doc.get('searches_before')} measured, {doc.get('searches_before_computed')} "
+                f"computed; ratio {doc.get('ratio')}x; time {doc.get('seconds_before')} s before, "
+                f"{doc.get('seconds_after')} s after")
+    if key.startswith("descriptors_"):
+        return (f"first {doc.get('first')}, last {doc.get('last')}, max {doc.get('max')}; slope from the first "
+                f"round on {doc.get('slope_from_first_round')}; SQLite files {doc.get('sqlite_first')} → "
+                f"{doc.get('sqlite_last')}; {doc.get('with_r2_url')} of {doc.get('webhooks')} webhooks with r2_url")
     if key.startswith("takeover_"):
         bound = f"; TTL {doc.get('ttl')} s + retry {doc.get('retry')} s" if key == "takeover_kill9" else ""
         return f"min {doc.get('min')} s, median {doc.get('median')} s{bound}"
@@ -350,7 +385,7 @@ def write_report(path: str, runs: dict[str, Run], figures: dict[str, dict]) -> N
              "ratios, not absolutes. Every server is real and on 127.0.0.1 (Dovecot, redis-server, Gunicorn, HTTP "
              "receiver); no timing is asserted.", "", "## Machine", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in machine()]
-    lines += ["", "## Figures against the targets of issue 10 item 6", "",
+    lines += ["", "## Figures against the targets of issue 10 item 6 (and issue 15's catch-up and descriptors)", "",
               "| figure | value | target | met? | details |", "|---|---|---|---|---|"]
     for key, label, _how, target, check in ROWS:
         doc = figures.get(key)
