@@ -49,6 +49,7 @@ import errno
 import json
 import os
 import secrets
+import select
 import signal
 import socket
 import socketserver
@@ -224,16 +225,21 @@ class _Handler(BaseHTTPRequestHandler):
             if sent_at_once:
                 self.connection.sendall(sent_at_once)
             index = 0
-            while not owner._stopping.wait(answer.trickle_interval):
+            while not owner._stopping.is_set() and not self._client_gone(answer.trickle_interval):
                 # The script first, then "a" for ever: a header value or a body that never ends.
                 byte = endless[index:index + 1] or b"a"
                 index += 1
                 self.connection.sendall(byte)
         except OSError:
-            pass  # the client gave up (its cut shows here as a broken pipe or a reset) or go_down() closed it
+            pass  # the client gave up (a reset, a broken pipe) or go_down() closed the connection
         with owner._cond:
             event["trickle_ended_at"] = time.time()
             owner._cond.notify_all()
+
+    def _client_gone(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; True when the client has closed or shut down its side (end of stream)."""
+        readable, _, _ = select.select([self.connection], [], [], seconds)
+        return bool(readable) and not self.connection.recv(1024)
 
     def _write(self, answer: Answer) -> None:
         self.send_response(answer.status)
