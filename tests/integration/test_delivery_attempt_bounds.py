@@ -10,13 +10,15 @@ import time
 
 import pytest
 
+from background.delivery import CLAIM_MARGIN_SECONDS
 from email_processing.orchestrator import NullOffloader, process_email
 from email_processing.parsing import parse_message
 from email_processing.payload import received_at_from_date_header
 from harness.dovecot import DONE_KEYWORD
 from harness.mail import event_id_of, make_email
 from harness.pipeline import service_env
-from services.state_store import OutboxItem
+from harness.receiver import Answer
+from services.state_store import OutboxItem, open_state_store
 
 pytestmark = pytest.mark.imap
 
@@ -64,3 +66,58 @@ def test_a_stored_body_that_cannot_be_encoded_is_a_dead_letter_once_and_the_emai
     assert store.counters().get("possible_duplicates", 0) == 0
     assert webhook_receiver.events == []
     assert pipeline.background.guard.actions_without_ownership == 0
+
+
+TIMEOUT = 2.0  # WEBHOOK_TIMEOUT_SECONDS of the pipeline (harness.pipeline.FAST)
+
+
+@pytest.mark.timeout(60)
+def test_a_receiver_trickling_its_answer_is_cut_and_retried_long_before_the_claim_lapses(
+        imap_account, webhook_receiver, pipeline_factory):
+    # Given a receiver that answers the first POST with a status line trickled one byte every 0.5 s, never finished
+    webhook_receiver.answer_sequence([Answer(trickle="head", trickle_interval=0.5)])
+    pipeline = pipeline_factory(service_env(imap_account, webhook_receiver, WEBHOOK_TIMEOUT_SECONDS=str(TIMEOUT)))
+    store = pipeline.store
+    raw = make_email()
+    event_id = event_id_of(raw)
+    imap_account.server.append(imap_account.user, raw)
+    # When the delivery loop posts it, its claim lasts the attempt's bound plus the margin
+    pipeline.wait_until(lambda: len(webhook_receiver.events) >= 1, what="first attempt started")
+    claimed = store.get_item(event_id)
+    assert claimed.in_flight and claimed.attempts == 1
+    assert claimed.claimed_until >= claimed.first_attempt_at + TIMEOUT + CLAIM_MARGIN_SECONDS - 0.01
+    # Then the attempt is cut at its bound and recorded as a retry "timeout", long before the claim lapses
+    pipeline.wait_until(lambda: store.get_item(event_id).last_error == "timeout" or store.get_item(event_id).status
+                        == "delivered", timeout=2 * TIMEOUT + 1, what="the trickled attempt cut and recorded")
+    assert time.time() < claimed.claimed_until - CLAIM_MARGIN_SECONDS + TIMEOUT
+    # And the retry delivers it, once, with no attempt ever made while another was in flight
+    webhook_receiver.wait_for(1, timeout=10)
+    pipeline.wait_until(lambda: store.get_item(event_id).status == "delivered", what="recorded delivered")
+    assert webhook_receiver.delivered_ids() == [event_id]
+    assert store.get_item(event_id).attempts == 2
+    assert store.counters().get("possible_duplicates", 0) == 0
+
+
+@pytest.mark.timeout(60)
+def test_stopping_while_a_receiver_trickles_takes_no_longer_than_one_attempts_bound(
+        imap_account, webhook_receiver, pipeline_factory):
+    # The shutdown budget (settings.py: background join 45 s > WEBHOOK_TIMEOUT_SECONDS <= 40 s) holds only if an
+    # attempt really ends within WEBHOOK_TIMEOUT_SECONDS, whatever the receiver does.
+    webhook_receiver.answer_sequence([Answer(trickle="head", trickle_interval=0.5)])
+    pipeline = pipeline_factory(service_env(imap_account, webhook_receiver, WEBHOOK_TIMEOUT_SECONDS=str(TIMEOUT)))
+    raw = make_email()
+    imap_account.server.append(imap_account.user, raw)
+    pipeline.wait_until(lambda: len(webhook_receiver.events) >= 1, what="first attempt started")
+    background = pipeline.background
+    # When the service stops in the middle of the trickled attempt
+    started = time.monotonic()
+    pipeline.stop(timeout=15)
+    took = time.monotonic() - started
+    # Then every background thread has ended within the attempt's bound, and the cut attempt was recorded
+    assert [thread.name for thread in background.threads if thread.is_alive()] == []
+    assert took < 2 * TIMEOUT, took
+    store = open_state_store(pipeline.settings)  # the service closed its own
+    try:
+        assert store.get_item(event_id_of(raw)).last_error == "timeout"
+    finally:
+        store.close()
