@@ -171,7 +171,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("WEBHOOK_SECRET", "webhook_secret", secret_text, None, "Standard Webhooks secret (`whsec_<base64>`); signs each webhook when set.", secret=True),
     Spec("WEBHOOK_ALLOW_INSECURE", "webhook_allow_insecure", parse_bool, False, "Allow an http:// WEBHOOK_URL (local receivers only)."),
     Spec("WEBHOOK_CA_FILE", "webhook_ca_file", text, None, "PEM bundle of CAs to trust for the webhook's TLS instead of the bundled store."),
-    Spec("WEBHOOK_TIMEOUT_SECONDS", "webhook_timeout_seconds", number(0.1, MAX_WEBHOOK_TIMEOUT_SECONDS), 30.0, f"Timeout of one webhook attempt (at most {MAX_WEBHOOK_TIMEOUT_SECONDS}, to fit the shutdown budget)."),
+    Spec("WEBHOOK_TIMEOUT_SECONDS", "webhook_timeout_seconds", number(0.1, MAX_WEBHOOK_TIMEOUT_SECONDS), 30.0, f"Wall-clock bound on one whole webhook attempt, from the request's start to the last byte read, not per socket read (at most {MAX_WEBHOOK_TIMEOUT_SECONDS}, to fit the shutdown budget)."),
     Spec("WEBHOOK_RETRY_HOURS", "webhook_retry_hours", number(0.0001, 24 * 30), 24.0, "How long a failing webhook is retried before it becomes a dead letter."),
     Spec("WEBHOOK_RETRY_SCHEDULE", "webhook_retry_schedule", seconds_schedule, (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0), "Comma-separated retry delays in seconds; the last repeats.", default_doc="5,30,120,600,1800,3600"),
     # R2 offload

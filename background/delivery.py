@@ -4,6 +4,8 @@ Separate from mailbox reading: a slow or dead receiver never stops new emails fr
 only while this worker holds the lease and re-checks the token in the store before every attempt. Outcomes: 2xx →
 delivered (the email is then flagged done by the poller); connection errors, timeouts, 408, 429, 5xx → retried on
 the schedule until ``WEBHOOK_RETRY_HOURS`` have passed since the first attempt; other 4xx/3xx → dead letter.
+Whatever else fails in an attempt ends in a recorded outcome too, never in the loop: a body that cannot be
+serialised → dead letter ``encode_error``; any other error → a retry (``attempt_error``) within the same window.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from background.lease import LeaseLost, wait_for_ownership
 from background.stranded import TARGET_REMOVED
 from config import RetryPolicy, TargetConfig
 from services.state_store import OutboxItem, StateStoreError
-from services.webhook import next_delay
+from services.webhook import AttemptOutcome, next_delay
 
 logger = logging.getLogger(__name__)
 
 CLAIM_BATCH = 1            # one item per claim: a lost lease never leaves claimed-but-unattempted items behind
 CLAIM_MARGIN_SECONDS = 15  # a claim outlives one attempt's timeout by this much
 IDLE_WAIT_SECONDS = 1.0
+ENCODE_ERROR = "encode_error"    # the stored body cannot be serialised as UTF-8 JSON: no retry can change that
+ATTEMPT_ERROR = "attempt_error"  # the attempt failed outside the network (a bug): retried, the window still runs
 
 
 def payload_bytes(payload: dict) -> bytes:
@@ -114,8 +118,27 @@ class DeliveryWorker:
                          item.target_id)
             return "dead"
         self.guard.record_action()
-        outcome = self.sender.attempt(item.event_id, payload_bytes(item.payload))
+        outcome = attempt_item(self.sender, item)
         return record_outcome(self.target.retry, self.store, item, outcome, self.clock(), self.rng, self.flag_wakeup)
+
+
+def attempt_item(sender, item: OutboxItem) -> AttemptOutcome:
+    """One attempt of ``item``. Never raises: the sender reports what the network does, and what fails outside it
+    becomes an outcome here, so that the caller always records one (an escaped error would leave the item in
+    flight, re-claimed for ever once its claim lapses)."""
+    try:
+        body = payload_bytes(item.payload)
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
+        logger.error("WEBHOOK: cannot serialise the body of %s (%s)", item.event_id, exc)
+        return AttemptOutcome(kind="permanent", status=None, retry_after=None,
+                              excerpt=f"body cannot be serialised: {exc}", elapsed_ms=0, error=ENCODE_ERROR)
+    started = time.monotonic()
+    try:
+        return sender.attempt(item.event_id, body)
+    except Exception:
+        logger.error("WEBHOOK: attempt of %s failed outside the network", item.event_id, exc_info=True)
+        return AttemptOutcome(kind="retry", status=None, retry_after=None, excerpt=None,
+                              elapsed_ms=int(round((time.monotonic() - started) * 1000)), error=ATTEMPT_ERROR)
 
 
 def record_outcome(policy: RetryPolicy, store, item: OutboxItem, outcome, now: float, rng: random.Random,
@@ -167,6 +190,6 @@ def deliver_now(store, target: TargetConfig, sender, ingested) -> dict:
         existing = store.get_item(event_id)
         return {"event_id": event_id, "outcome": "already_known", "status": existing.status if existing else None}
     item = ingested.items[0]  # one target today (the environment's)
-    outcome = sender.attempt(item.event_id, payload_bytes(item.payload))
+    outcome = attempt_item(sender, item)
     recorded = record_outcome(target.retry, store, item, outcome, time.time(), random.Random())
     return {"event_id": item.event_id, "outcome": recorded, "status": outcome.status}

@@ -4,12 +4,14 @@ Field names are an interface: Make scenarios and a PHP receiver read them (issue
 the historic names (``microsoft_graph_email_id``, ``receivedDateTime``, ``bodyPreview`` ...) and only adds fields.
 ``email_content`` is the text/plain text followed by the text derived from the HTML, capped at
 ``CONTENT_CAP_BYTES`` of UTF-8; ``email_content_truncated`` is true when anything of the body was cut (here, or by
-the parser's HTML/text caps).
+the parser's HTML/text caps). Every string of the body is free of lone surrogates (``replace_lone_surrogates``), so
+the body always serialises as UTF-8 JSON whatever charset the email claimed.
 """
 
 from __future__ import annotations
 
 import codecs
+import re
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Iterable
@@ -21,6 +23,7 @@ from timestamps import format_utc
 
 CONTENT_CAP_BYTES = 1_048_576
 PREVIEW_CHARS = 200
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def format_received_at(moment: datetime) -> str:
@@ -57,6 +60,28 @@ def email_content_for(parsed: ParsedEmail, html_text: str) -> tuple[str, bool]:
     return content, truncated
 
 
+def replace_lone_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD and each surrogate pair joined into its character.
+
+    UTF-7 and Python's escape codecs (a charset a sender may name) decode to surrogates, which UTF-8 cannot encode:
+    left in, they would make the webhook body impossible to send.
+    """
+    if not _SURROGATE.search(text):
+        return text
+    # UTF-16 is the one codec where a pair means its character: a round trip joins pairs, replaces the rest.
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _cleaned(value: Any) -> Any:
+    if isinstance(value, str):
+        return replace_lone_surrogates(value)
+    if isinstance(value, dict):
+        return {key: _cleaned(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_cleaned(item) for item in value]
+    return value
+
+
 def body_preview(content: str) -> str:
     """The first PREVIEW_CHARS characters of ``content`` with whitespace runs collapsed to one space."""
     window = PREVIEW_CHARS * 4
@@ -87,9 +112,10 @@ def build_payload(parsed: ParsedEmail, links: Iterable[LinkLike], received_at: s
 
         html_text = html_to_text_and_hrefs(parsed.html)[0] if parsed.html else ""
     content, truncated = email_content_for(parsed, html_text)
+    content = replace_lone_surrogates(content)  # before the preview, so that it cannot split a joined pair
     if email_id is None:
-        email_id = email_id_for(parsed)
-    return {
+        email_id = email_id_for(parsed)  # from the email as parsed: cleaning never changes an email's identity
+    return _cleaned({
         "microsoft_graph_email_id": email_id,
         "subject": parsed.subject,
         "receivedDateTime": parsed.date_header,
@@ -102,7 +128,7 @@ def build_payload(parsed: ParsedEmail, links: Iterable[LinkLike], received_at: s
         "message_id": parsed.message_id,
         "received_at": received_at,
         "event_id": event_id_for(email_id),
-    }
+    })
 
 
 def for_target(payload: dict[str, Any], target_id: str) -> dict[str, Any]:

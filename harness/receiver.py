@@ -18,7 +18,11 @@ In the test process (pytest fixtures in tests/fixtures/receiver.py, loaded by te
   ``delivered_ids()`` lists their ``webhook-id`` headers in order, duplicates kept.
 - Behaviour: ``respond_with(status, body, headers)`` changes the default answer; ``fail_next(n, status=503,
   headers=None)`` queues n failures before the default; ``answer_sequence([...])`` queues answers (an int status,
-  a ``(status, body[, headers])`` tuple or an ``Answer``, which can also ``delay`` or ``drop`` the connection);
+  a ``(status, body[, headers])`` tuple or an ``Answer``, which can also ``delay`` or ``drop`` the connection, or
+  ``trickle`` it: ``"head"`` sends the status line and then headers one byte every ``trickle_interval`` seconds,
+  never finishing; ``"body"`` sends the status line and headers at once, then the body one byte at a time, never
+  finishing. A trickled event gets ``trickle_ended_at`` once its connection is gone; a head trickle is never
+  ``status_answered``);
   ``set_delay(seconds)`` delays every answer (a slow receiver); ``go_down()`` closes the listening socket and every
   open connection (new connections are refused) and ``come_up()`` listens again on the same port; ``reset()``.
 - ``WebhookReceiver(tls=server_ssl_context)`` serves https (e.g. with a ``trustme`` certificate for 127.0.0.1).
@@ -33,8 +37,8 @@ line per received request to the log file (``received_at``, ``answered_at``, ``m
 ``status``, ``headers``, ``body`` as text, ``json``), after the answer was written. It stops on SIGTERM/SIGINT.
 Its behaviour can be changed while it runs with ``POST /_control/<action>`` and a JSON object of arguments:
 ``respond_with {status, body, headers}``, ``fail_next {n, status, headers}``, ``set_delay {seconds}``,
-``answer_sequence {answers: [{status, body, headers, delay, drop}]}``, ``outage {seconds}`` (down, then up again
-on the same port), ``reset {}``.
+``answer_sequence {answers: [{status, body, headers, delay, drop, trickle, trickle_interval}]}``,
+``outage {seconds}`` (down, then up again on the same port), ``reset {}``.
 Control requests are not recorded and are answered ``204``.
 """
 
@@ -45,6 +49,7 @@ import errno
 import json
 import os
 import secrets
+import select
 import signal
 import socket
 import socketserver
@@ -63,13 +68,20 @@ JOIN_TIMEOUT_SECONDS = 5.0
 @dataclass(frozen=True)
 class Answer:
     """One scripted answer. ``drop`` closes the connection without answering (a receiver that crashed mid-request);
-    ``delay`` overrides the receiver's delay for this answer."""
+    ``delay`` overrides the receiver's delay for this answer; ``trickle`` (``"head"`` or ``"body"``) sends the
+    answer one byte every ``trickle_interval`` seconds and never finishes it (a receiver that keeps a POST open)."""
 
     status: int = 200
     body: bytes = b"Accepted"
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float | None = None
     drop: bool = False
+    trickle: str | None = None
+    trickle_interval: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.trickle not in (None, "head", "body"):
+            raise ValueError(f"trickle is 'head', 'body' or None, not {self.trickle!r}")
 
 
 MAKE_ACCEPTED = Answer(200, b"Accepted", {"Content-Type": "text/plain; charset=utf-8"})
@@ -173,11 +185,18 @@ class _Handler(BaseHTTPRequestHandler):
             owner._stopping.wait(delay)
         # Recorded just before the answer is written: a client that has seen its answer always finds the event.
         headers = {name.lower(): value for name, value in self.headers.items()}
+        answered = not answer.drop and answer.trickle != "head"
         event = {"method": self.command, "path": path, "headers": headers, "body": body, "json": _parse_json(body),
                  "received_at": received_at, "answered_at": time.time(),
-                 "status_answered": None if answer.drop else answer.status, "answer_error": None}
+                 "status_answered": answer.status if answered else None, "answer_error": None}
         owner._record(event)
-        if answer.drop:
+        self._send(answer, event)
+        owner._log(event)
+
+    def _send(self, answer: Answer, event: dict[str, Any]) -> None:
+        if answer.trickle is not None:
+            self._trickle(answer, event)
+        elif answer.drop:
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -190,8 +209,37 @@ class _Handler(BaseHTTPRequestHandler):
                 # go_down()/stop() closed the connection. A client that merely gave up (timed out) is usually
                 # NOT noticed here: the kernel accepts the write, so that request counts as answered, just as a
                 # real receiver would have acted on it.
-                owner._unanswered(event, type(exc).__name__)
-        owner._log(event)
+                self.server.owner._unanswered(event, type(exc).__name__)
+
+    def _trickle(self, answer: Answer, event: dict[str, Any]) -> None:
+        """Send ``answer`` slowly and endlessly, until the client goes away or the receiver stops."""
+        owner = self.server.owner
+        self.close_connection = True
+        head = f"HTTP/1.1 {answer.status} {self.responses.get(answer.status, ('Status',))[0]}\r\n".encode()
+        if answer.trickle == "head":
+            sent_at_once, endless = b"", head + b"X-Trickle: "
+        else:
+            sent_at_once = head + b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 1000000\r\n\r\n"
+            endless = b""
+        try:
+            if sent_at_once:
+                self.connection.sendall(sent_at_once)
+            index = 0
+            while not owner._stopping.is_set() and not self._client_gone(answer.trickle_interval):
+                # The script first, then "a" for ever: a header value or a body that never ends.
+                byte = endless[index:index + 1] or b"a"
+                index += 1
+                self.connection.sendall(byte)
+        except OSError:
+            pass  # the client gave up (a reset, a broken pipe) or go_down() closed the connection
+        with owner._cond:
+            event["trickle_ended_at"] = time.time()
+            owner._cond.notify_all()
+
+    def _client_gone(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; True when the client has closed or shut down its side (end of stream)."""
+        readable, _, _ = select.select([self.connection], [], [], seconds)
+        return bool(readable) and not self.connection.recv(1024)
 
     def _write(self, answer: Answer) -> None:
         self.send_response(answer.status)
@@ -464,7 +512,8 @@ class WebhookReceiver:
             self.set_delay(float(args.get("seconds", 0)))
         elif action == "answer_sequence":
             self.answer_sequence(Answer(int(item.get("status", 200)), str(item.get("body", "")).encode(),
-                                        dict(item.get("headers") or {}), item.get("delay"), bool(item.get("drop")))
+                                        dict(item.get("headers") or {}), item.get("delay"), bool(item.get("drop")),
+                                        item.get("trickle"), float(item.get("trickle_interval", 0.5)))
                                  for item in args.get("answers", []))
         elif action == "outage":
             seconds = float(args.get("seconds", 5))

@@ -4,7 +4,12 @@
 Standard Webhooks headers (``webhook-id``, ``webhook-timestamp`` and, with ``WEBHOOK_SECRET``,
 ``webhook-signature``), and classifies the answer as ``delivered`` (2xx), ``retry`` (connection error, timeout,
 408, 429, 5xx) or ``permanent`` (3xx, which is never followed, and the other 4xx). It never raises for what the
-network or the receiver does; ``WebhookError`` is only for programming and configuration errors. Pure helpers
+network or the receiver does; ``WebhookError`` is only for programming and configuration errors.
+``WEBHOOK_TIMEOUT_SECONDS`` bounds the whole attempt on the wall clock (from the start of the request to the last
+byte read), not each socket read: a watchdog shuts the attempt's socket down at the deadline, so a receiver that
+trickles its answer a byte at a time is cut too. A cut before the status line and headers are complete is a retry
+``timeout``; after them, the status decides and the cut only shortens the excerpt. Name resolution is the one step
+no socket can interrupt: a resolver slower than the bound delays the cut until the socket exists. Pure helpers
 decide when to try again (``next_delay``) and when to give up (``RetryPolicy.deadline``). Logging the
 delivered/retry/dead-letter lines is the delivery loop's job; this module only offers ``redact_url`` for them,
 because the URL is a bearer capability and is never logged in full.
@@ -16,15 +21,19 @@ import codecs
 import email.utils
 import random
 import re
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from standardwebhooks.webhooks import Webhook
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 if TYPE_CHECKING:
     from config import TargetConfig
@@ -132,10 +141,152 @@ def classify_status(status: int) -> tuple[OutcomeKind, str | None]:
     return "permanent", f"http_{status}"
 
 
+class _AttemptWatchdog:
+    """The wall-clock bound of one attempt: at its deadline, shuts down the socket of every connection the attempt
+    used, so that a read blocked on a trickling receiver returns at once (closing alone would not wake it).
+
+    Connections register themselves through ``_active_watchdog()`` (the attempt runs in the calling thread).
+    """
+
+    def __init__(self, seconds: float, started: float) -> None:
+        self.deadline = started + seconds
+        self._lock = threading.Lock()
+        self._connections: list[HTTPConnection] = []
+        self._expired = False
+        self._finished = False
+        self._timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._expire)
+        self._timer.name = "webhook-attempt-watchdog"
+        self._timer.daemon = True
+        self._timer.start()
+
+    @property
+    def expired(self) -> bool:
+        return self._expired
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def watch(self, connection: HTTPConnection) -> None:
+        with self._lock:
+            if all(known is not connection for known in self._connections):
+                self._connections.append(connection)
+            if self._expired:  # the deadline passed while it was connecting: cut it now
+                _shut_down(connection)
+
+    def head_received(self) -> bool:
+        """Call when the status line and headers are in; True when the attempt had been cut before (then the end of
+        the stream may have passed for the end of the headers, and the answer is not to be trusted)."""
+        with self._lock:  # ordered with _expire: False means no socket had been shut down yet
+            return self._expired
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._expired = True
+            for connection in self._connections:
+                _shut_down(connection)
+
+    def finish(self) -> None:
+        """Disarm; once this returns no socket is shut down any more (the pool may reuse the connection)."""
+        with self._lock:
+            self._finished = True
+        self._timer.cancel()
+        self._timer.join()
+
+
+def _shut_down(connection: HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is None:
+        return
+    try:
+        # The plain socket's shutdown, also for a TLS socket: SSLSocket.shutdown would drop its SSL object under the
+        # reading thread's feet. A TLS socket still in its handshake is no longer the raw one (which is then
+        # detached, so this fails): the handshake is bounded by the socket timeout instead (_BoundedConnection).
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+_ATTEMPT = threading.local()
+
+
+def _active_watchdog() -> _AttemptWatchdog | None:
+    return getattr(_ATTEMPT, "watchdog", None)
+
+
+class _BoundedConnection(HTTPConnection):
+    """A urllib3 connection that puts itself under the current attempt's watchdog, and keeps connecting (TCP, then
+    the TLS handshake, which CPython bounds as a whole by the socket timeout) within what is left of the bound."""
+
+    def connect(self) -> None:
+        watchdog = _active_watchdog()
+        if watchdog is not None:
+            watchdog.watch(self)
+            if isinstance(self.timeout, (int, float)):
+                self.timeout = max(0.001, min(float(self.timeout), watchdog.remaining()))
+        super().connect()
+        if watchdog is not None:
+            watchdog.watch(self)
+
+    def _new_conn(self) -> socket.socket:
+        # urllib3's step between the TCP connect and the TLS handshake (private, stable since 1.x): were it renamed,
+        # the handshake would only keep its own bound (the connect timeout), and everything after it stays cut.
+        sock = super()._new_conn()
+        watchdog = _active_watchdog()
+        if watchdog is not None:
+            sock.settimeout(max(0.001, watchdog.remaining()))
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        watchdog = _active_watchdog()
+        if watchdog is not None:  # a kept-alive connection is reused without connect()
+            watchdog.watch(self)
+        super().request(*args, **kwargs)
+
+
+class _BoundedHTTPSConnection(_BoundedConnection, HTTPSConnection):
+    pass
+
+
+class _BoundedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _BoundedConnection
+
+
+class _BoundedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _BoundedHTTPSConnection
+
+
+class _AttemptAdapter(HTTPAdapter):
+    """No hidden retries (a retry is the delivery loop's decision, and a silent one could deliver twice), and
+    connections that the attempt's watchdog can cut."""
+
+    def __init__(self) -> None:
+        super().__init__(max_retries=0, pool_connections=1, pool_maxsize=4)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _BoundedHTTPConnectionPool,
+                                                   "https": _BoundedHTTPSConnectionPool}
+
+    def close(self) -> None:
+        # urllib3 2 only forgets its pools here; their kept-alive sockets close when the pools are collected, which a
+        # reference cycle through a failed attempt's traceback can put off until the garbage collector runs.
+        pools = self.poolmanager.pools
+        for key in pools.keys():
+            try:
+                pool = pools[key]
+            except KeyError:
+                continue
+            pool.close()
+        super().close()
+
+
 class WebhookSender:
     """Makes single webhook attempts to one target (``TargetConfig``) over one pooled ``requests.Session``.
 
-    A session is not documented as thread-safe: use one sender per delivery thread.
+    A session is not documented as thread-safe: use one sender per delivery thread. A session handed in gets the
+    sender's own adapter mounted for http(s), which is what bounds an attempt and forbids hidden retries.
     """
 
     def __init__(self, target: "TargetConfig", session: requests.Session | None = None,
@@ -146,6 +297,8 @@ class WebhookSender:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise WebhookError(f"WEBHOOK_URL is not an http(s) URL: {redact_url(target.url)}")
         self._url = target.url
+        self._attempt_seconds = target.timeout_seconds
+        # Per phase (connect, each read) as well, so that each is bounded even where no watchdog can act.
         self._timeout = (target.timeout_seconds, target.timeout_seconds)
         self._signer = Webhook(target.secret) if target.secret else None
         self._extra_headers = dict(target.headers)
@@ -159,10 +312,10 @@ class WebhookSender:
             session.trust_env = False
             # Certificate and host name always checked: against WEBHOOK_CA_FILE when set, else the bundled store.
             session.verify = target.ca_file or True
-            # No hidden retries: a retry is the delivery loop's decision (and a silent one could deliver twice).
-            adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=4)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
+        # Also on a session handed in: the attempt's bound and the absence of hidden retries are this class's promise.
+        adapter = _AttemptAdapter()
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
         self._session = session
 
     @property
@@ -201,24 +354,31 @@ class WebhookSender:
         stamp = int(time.time()) if timestamp is None else int(timestamp)
         headers = self.signed_headers(event_id, body, stamp)
         started = time.monotonic()
+        watchdog = _AttemptWatchdog(self._attempt_seconds, started)
+        _ATTEMPT.watchdog = watchdog
+        try:
+            return self._post(body, headers, watchdog, started)
+        finally:
+            _ATTEMPT.watchdog = None
+            watchdog.finish()
+
+    def _post(self, body: bytes, headers: dict[str, str], watchdog: _AttemptWatchdog,
+              started: float) -> AttemptOutcome:
         try:
             response = self._session.post(self._url, data=body, headers=headers, timeout=self._timeout,
                                           allow_redirects=False, stream=True)
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                 requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader) as exc:
             raise WebhookError(f"cannot send to {redact_url(self._url)}: {type(exc).__name__}") from None
-        except requests.exceptions.Timeout:  # before ConnectionError: ConnectTimeout is both
+        except requests.exceptions.RequestException as exc:
+            return self._failed("timeout" if watchdog.expired else _failure_reason(exc), started)
+        if watchdog.head_received():
+            response.close()
             return self._failed("timeout", started)
-        except requests.exceptions.SSLError:
-            return self._failed("tls_error", started)
-        except requests.exceptions.ConnectionError:
-            return self._failed("connection_error", started)
-        except requests.exceptions.RequestException:
-            return self._failed("request_error", started)
 
         try:
             status = response.status_code
-            excerpt = _read_excerpt(response, started + self._timeout[1])
+            excerpt = _read_excerpt(response, watchdog.deadline)
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
         finally:
             response.close()
@@ -243,9 +403,20 @@ class WebhookSender:
                               elapsed_ms=_elapsed_ms(started), error=error)
 
 
+def _failure_reason(exc: requests.exceptions.RequestException) -> str:
+    if isinstance(exc, requests.exceptions.Timeout):  # before ConnectionError: ConnectTimeout is both
+        return "timeout"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "tls_error"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "connection_error"
+    return "request_error"
+
+
 def _read_excerpt(response: requests.Response, deadline: float) -> str | None:
     """Up to EXCERPT_CHARS of the answer, decoded leniently and made single-line. The status line has already
-    arrived, so a body that fails or trickles past the attempt's deadline only shortens the excerpt."""
+    arrived, so a body that fails or trickles past the attempt's deadline (where the watchdog cuts it) only
+    shortens the excerpt."""
     chunks: list[bytes] = []
     size = 0
     try:
