@@ -28,6 +28,9 @@ HEADERS = (b"From: =?utf-7?Q?J+2D0-ane?= <jane@example.com>\r\n"
 
 UTF7_BODY = HEADERS + (b"Content-Type: text/plain; charset=utf-7\r\n\r\n"
                        b"Hello +2D0- world, a pair +2D3eAA-: https://www.dropbox.com/s/abc/f+2D0-.pdf?dl=0\r\n")
+LINK_BODY = HEADERS + (b"Content-Type: text/plain; charset=utf-7\r\n\r\n"
+                       b"Files: https://wetransfer.com/downloads/abc+2D0-def/123\r\n")
+# unicode-escape is no mail charset (it counts as unknown and the text is read as UTF-8): nothing to clean, still valid
 ESCAPE_BODY = HEADERS + (b"Content-Type: text/plain; charset=unicode-escape\r\n\r\n"
                          b"Hello \\ud800 and \\udcff https://wetransfer.com/downloads/abc\\udc80def/123\r\n")
 HTML_BODY = HEADERS + (b"Content-Type: text/html; charset=utf-7\r\n\r\n"
@@ -80,7 +83,7 @@ def test_lone_surrogates_become_replacement_characters_and_the_rest_is_kept():
 
 
 def test_strings_inside_delivery_links_are_cleaned():
-    payload = payload_of(ESCAPE_BODY)
+    payload = payload_of(LINK_BODY)
     [link] = payload["delivery_links"]
     assert link["raw_url"] == "https://wetransfer.com/downloads/abc\ufffddef/123"
     assert not has_surrogate(link["direct_url"])
