@@ -26,6 +26,7 @@ from services.webhook import AttemptOutcome, next_delay
 logger = logging.getLogger(__name__)
 
 CLAIM_BATCH = 1            # one item per claim: a lost lease never leaves claimed-but-unattempted items behind
+ACK_RETRY_PAUSES = (0.2, 0.5, 1.0)   # a 2xx whose recording fails is recorded again after these pauses
 CLAIM_MARGIN_SECONDS = 15  # a claim outlives one attempt's timeout by this much
 IDLE_WAIT_SECONDS = 1.0
 ENCODE_ERROR = "encode_error"    # the stored body cannot be serialised as UTF-8 JSON: no retry can change that
@@ -109,7 +110,11 @@ class DeliveryWorker:
 
     def deliver(self, item: OutboxItem) -> str:
         """One attempt for a claimed item; records the outcome. Returns delivered | retry | dead."""
-        self.guard.check_remote()  # the token is re-checked in the store before every attempt
+        try:
+            self.guard.check_remote()  # the token is re-checked in the store before every attempt
+        except LeaseLost:
+            _release(self.store, item)  # claimed, never attempted: no attempt counted, no duplicate later
+            raise
         if item.target_id != self.target.id:
             # One target is configured today: an item for any other one belongs to a target that was removed.
             self.store.dead_letter(item.event_id, TARGET_REMOVED, None, f"target {item.target_id} is not configured",
@@ -141,13 +146,37 @@ def attempt_item(sender, item: OutboxItem) -> AttemptOutcome:
                               elapsed_ms=int(round((time.monotonic() - started) * 1000)), error=ATTEMPT_ERROR)
 
 
+def _release(store, item: OutboxItem) -> None:
+    try:
+        store.release_claim(item.event_id)
+    except StateStoreError as exc:  # the claim lapses by itself then
+        logger.warning("WEBHOOK: could not release the claim of %s (%s)", item.event_id, exc)
+
+
+def _acknowledge(store, item: OutboxItem, status: int, now: float, attempt: dict) -> None:
+    """Record a 2xx, retried locally: the receiver has the webhook, so giving up here means sending it again."""
+    for pause in ACK_RETRY_PAUSES:
+        try:
+            store.mark_delivered(item.event_id, status, now, attempt=attempt)
+            return
+        except StateStoreError as exc:
+            logger.warning("WEBHOOK: recording the delivery of %s failed (%s); again in %.1fs", item.event_id, exc,
+                           pause)
+            time.sleep(pause)
+    store.mark_delivered(item.event_id, status, now, attempt=attempt)
+
+
 def record_outcome(policy: RetryPolicy, store, item: OutboxItem, outcome, now: float, rng: random.Random,
                    flag_wakeup: threading.Event | None = None) -> str:
     attempt = max(item.attempts, 1)
+    entry = {"at": now, "attempt": attempt, "status": outcome.status, "error": outcome.error,
+             "ms": outcome.elapsed_ms}
     if outcome.kind == "delivered":
-        store.mark_delivered(item.event_id, outcome.status, now)
+        _acknowledge(store, item, outcome.status, now, entry)
         logger.info("WEBHOOK: delivered %s status=%s attempt=%d in %dms", item.event_id, outcome.status, attempt,
                     outcome.elapsed_ms)
+        logger.info("EMAIL: delivered mailbox=%s uid=%s event_id=%s target=%s", item.mailbox_id, item.uid,
+                    item.event_id, item.target_id)
         _record_recent(store, item, "delivered")
         if flag_wakeup is not None:
             flag_wakeup.set()
@@ -156,16 +185,18 @@ def record_outcome(policy: RetryPolicy, store, item: OutboxItem, outcome, now: f
         first = item.first_attempt_at or now
         delay = next_delay(attempt, policy.schedule, outcome.retry_after, rng)
         if now + delay <= policy.deadline(first):
-            store.reschedule(item.event_id, now + delay, outcome.error or "retry", outcome.status)
+            store.reschedule(item.event_id, now + delay, outcome.error or "retry", outcome.status, attempt=entry)
             logger.warning("WEBHOOK: retry %s attempt=%d error=%s status=%s next in %.1fs", item.event_id, attempt,
                            outcome.error, outcome.status, delay)
             return "retry"
         reason = "retries_exhausted"
     else:
         reason = outcome.error or f"http_{outcome.status}"
-    store.dead_letter(item.event_id, reason, outcome.status, outcome.excerpt, now=now)
+    store.dead_letter(item.event_id, reason, outcome.status, outcome.excerpt, now=now, attempt=entry)
     logger.error("WEBHOOK: dead letter %s reason=%s status=%s attempts=%d", item.event_id, reason, outcome.status,
                  attempt)
+    logger.error("EMAIL: dead letter mailbox=%s uid=%s event_id=%s target=%s reason=%s", item.mailbox_id, item.uid,
+                 item.event_id, item.target_id, reason)
     _record_recent(store, item, f"dead letter: {reason}")
     if flag_wakeup is not None:
         flag_wakeup.set()

@@ -147,3 +147,56 @@ def test_the_claim_outlives_the_attempts_wall_clock_bound_by_the_margin(store):
     assert during.claimed_until == NOW + 2.0 + CLAIM_MARGIN_SECONDS
     assert CLAIM_MARGIN_SECONDS >= 5  # a margin that covers the time to record the outcome, not a rounding error
     assert store.get_item(event_id).status == "delivered"
+
+
+class LostLease(HeldLease):
+    """A lease that turns out lost when checked in the store, after the item was claimed."""
+
+    def verify(self) -> None:
+        from background.lease import LeaseLost
+
+        raise LeaseLost("token mismatch")
+
+
+def test_a_claim_that_ends_without_an_attempt_counts_no_attempt_and_no_possible_duplicate(store):
+    from background.lease import LeaseLost
+
+    event_id = queue(store, "Fichiers")
+    lease = LostLease()
+    sender = RecordingSender(AttemptOutcome("delivered", 200, None, None, 1, None))
+    delivery = DeliveryWorker(target(), store, lease, OwnershipGuard(lease),  # type: ignore[arg-type]
+                              lambda: sender, wakeup=threading.Event(), flag_wakeup=threading.Event(),
+                              rng=random.Random(1), clock=Clock(NOW))
+    with pytest.raises(LeaseLost):
+        delivery.run_once()
+    item = store.get_item(event_id)
+    assert (item.attempts, item.in_flight, sender.bodies) == (0, False, [])
+    # the next holder claims it as a first attempt, not as a possible duplicate
+    (again,) = store.claim_due("next-holder", NOW + 1, 1, 30)
+    assert again.attempts == 1 and store.counters().get("possible_duplicates", 0) == 0
+
+
+def test_a_2xx_whose_recording_fails_once_is_recorded_again_not_sent_again(store, monkeypatch, caplog):
+    import background.delivery as delivery_module
+    from services.state_store import StateStoreError
+
+    monkeypatch.setattr(delivery_module, "ACK_RETRY_PAUSES", (0.01, 0.01))
+    event_id = queue(store, "Fichiers")
+    real = store.mark_delivered
+    failures = iter([StateStoreError("sqlite mark_delivered: database is locked")])
+
+    def flaky(*args, **kwargs):
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "mark_delivered", flaky)
+    sender = RecordingSender(AttemptOutcome("delivered", 200, None, None, 3, None))
+    caplog.set_level("INFO")
+    assert worker(store, sender, Clock(NOW)).run_once() is True
+    item = store.get_item(event_id)
+    assert item.status == "delivered" and len(sender.bodies) == 1
+    # the attempt is in the item's log, and the end state is one EMAIL: line
+    assert item.attempt_log == [{"at": NOW, "attempt": 1, "status": 200, "error": None, "ms": 3}]
+    assert f"EMAIL: delivered mailbox=default uid=42 event_id={event_id} target=default" in caplog.text
