@@ -57,6 +57,14 @@ def _utf7_body_email(n: int) -> bytes:
     return raw.encode("ascii")
 
 
+def _accented_email(message_id: str) -> bytes:
+    """An internationalised email (RFC 6532): raw UTF-8 in its headers, the Message-ID included."""
+    return (f"From: Client <client@example.com>\r\nTo: bot@example.com\r\nSubject: rapport été\r\n"
+            f"Message-ID: {message_id}\r\nDate: Tue, 01 Dec 2026 11:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+            f"Le rapport: {DROPBOX.format(n=77)}\r\n").encode("utf-8")
+
+
 def _deep_html_email(n: int) -> bytes:
     message = EmailMessage()
     message["From"] = "Client <client@example.com>"
@@ -117,8 +125,11 @@ def stack(request, imap_account, webhook_receiver, redis_binary, tmp_path):
         yield request.param, env, extras
     finally:
         if extras["contender"] is not None:
-            extras["contender"].kill()
-            extras["contender"].wait(timeout=10)
+            contender = extras["contender"]
+            contender.kill()
+            contender.wait(timeout=10)
+            contender.stdin.close()
+            contender.stdout.close()
         if extras["redis"] is not None:
             extras["redis"].stop()
 
@@ -173,8 +184,26 @@ def test_every_good_email_is_delivered_once_and_every_poison_email_ends_visibly(
     else:
         server.append(user, good[3])
     server.append(user, good[4])
+    webhook_receiver.wait_for(expected_phase1 + 2, timeout=60)
+
+    # --- phase 3: a non-ASCII Message-ID across a UIDVALIDITY change, with its flag request still pending --------
+    accented = _accented_email("<rapport-été-ünï@exemple.fr>")
+    uid = server.append(user, accented)
+    webhook_receiver.wait_for(expected_phase1 + 3, timeout=30)
+    _wait(lambda: DONE in server.flags(user, uid), 30, "accented email flagged", service)
+    old_uidvalidity = server.uidvalidity(user)
+    _unflag(server, user, uid)                               # as if its flag had never been applied …
+    store = _open_store(env)
+    try:
+        store.queue_flag("INBOX", old_uidvalidity, uid, "rapport-été-ünï@exemple.fr")   # … and still pending
+    finally:
+        store.close()
+    new_uidvalidity = server.recreate_mailbox(user)           # the mailbox is recreated under the running service
+    assert new_uidvalidity != old_uidvalidity
     server.append(user, good[5])
-    webhook_receiver.wait_for(expected_phase1 + 3, timeout=60)
+    webhook_receiver.wait_for(expected_phase1 + 4, timeout=60)
+    _wait(lambda: DONE in server.flags(user, _uids_of(server, user, [accented])[0]), 60,
+          "the accented email flagged again after the UIDVALIDITY change (UTF-8 search)", service)
     _wait(lambda: all(DONE in server.flags(user, uid) for uid in _uids_of(server, user, good)), 30,
           "every good email flagged done", service)
     time.sleep(2 * POLL_SECONDS + 1)                         # a second copy would arrive by now
@@ -182,10 +211,12 @@ def test_every_good_email_is_delivered_once_and_every_poison_email_ends_visibly(
     # --- the verdict --------------------------------------------------------------------------------------------
     delivered = webhook_receiver.delivered_ids()
     assert len(delivered) == len(set(delivered)), "an email was delivered twice"
-    for raw in good + [reused[0]]:
+    for raw in good + [reused[0], accented]:
         assert delivered.count(event_id_of(raw)) == 1
     document = _status(service)
-    assert document["counters"]["emails_parked"] == {"fetch_failed": 1}
+    # the unreadable message is parked (again under the new UIDVALIDITY, as the rescan finds it once more)
+    assert set(document["counters"]["emails_parked"]) == {"fetch_failed"}
+    assert all(p["reason"] == "fetch_failed" for p in document["parked"]["recent"])
     assert document["outbox"]["pending"] == 0 and document["outbox"]["dead_letters"]["count"] == 0
     health = service.get("/health").json()
     assert health["status"] == "ok", health
@@ -194,6 +225,22 @@ def test_every_good_email_is_delivered_once_and_every_poison_email_ends_visibly(
     assert fds_after <= fds_before + 12, (fds_before, fds_after)
     print(f"\n[{backend}] delivered {len(delivered)}; threads {threads_before}->{threads_after}; "
           f"descriptors {fds_before}->{fds_after}")
+
+
+def _unflag(server, user: str, uid: int) -> None:
+    client = server.client(user, tls=False)
+    try:
+        client.select_folder("INBOX")
+        client.remove_flags([uid], [DONE, "\\Seen"])
+    finally:
+        client.logout()
+
+
+def _open_store(env: dict):
+    from services.state_store import open_state_store
+    from settings import Settings
+
+    return open_state_store(Settings.from_env(env))
 
 
 def _trickle():
@@ -210,7 +257,7 @@ def _uids_of(server, user: str, raws: list[bytes]) -> list[int]:
         client.select_folder("INBOX", readonly=True)
         uids = []
         for raw in raws:
-            uids += client.search(["HEADER", "Message-ID", f"<{message_id_of(raw)}>"])
+            uids += client.search(["HEADER", "Message-ID", f"<{message_id_of(raw)}>"], "UTF-8")
         return uids
     finally:
         client.logout()
