@@ -10,10 +10,31 @@ gone. So neither command can race the service. An unknown id exits 1.
 from __future__ import annotations
 
 import sys
+from typing import Any, Callable
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
+
+
+def _replay(one: str | None, every: bool, what: str, option: str, request: Callable[[Any, str | None], int],
+            done: str) -> None:
+    """Exactly one of ``--id`` / ``--all``; ``request(store, id or None)`` returns how many it took."""
+    if bool(one) == bool(every):
+        click.echo(f"error: give exactly one of --id {option} or --all", err=True)
+        sys.exit(2)
+    from services.state_store import StateStoreError
+
+    runtime = current_app.extensions["render_signal"]
+    try:
+        count = request(runtime.store, one if one else None)
+    except StateStoreError as exc:
+        click.echo(f"error: state store unavailable ({exc})", err=True)
+        sys.exit(1)
+    if one and count == 0:
+        click.echo(f"error: no {what} with id {one}", err=True)
+        sys.exit(1)
+    click.echo(done.format(count=count))
 
 
 @click.command("replay-dead-letters")
@@ -22,21 +43,8 @@ from flask.cli import with_appcontext
 @with_appcontext
 def replay_dead_letters_command(event_id: str | None, replay_all: bool) -> None:
     """Move dead letters back to pending; the running service delivers them."""
-    if bool(event_id) == bool(replay_all):
-        click.echo("error: give exactly one of --id EVENT_ID or --all", err=True)
-        sys.exit(2)
-    from services.state_store import StateStoreError
-
-    runtime = current_app.extensions["render_signal"]
-    try:
-        count = runtime.store.replay(event_id if event_id else None)
-    except StateStoreError as exc:
-        click.echo(f"error: state store unavailable ({exc})", err=True)
-        sys.exit(1)
-    if event_id and count == 0:
-        click.echo(f"error: no dead letter with id {event_id}", err=True)
-        sys.exit(1)
-    click.echo(f"replayed {count} dead letter(s); the running service will deliver them")
+    _replay(event_id, replay_all, "dead letter", "EVENT_ID", lambda store, one: store.replay(one),
+            "replayed {count} dead letter(s); the running service will deliver them")
 
 
 @click.command("replay-parked")
@@ -45,19 +53,6 @@ def replay_dead_letters_command(event_id: str | None, replay_all: bool) -> None:
 @with_appcontext
 def replay_parked_command(parked_id: str | None, replay_all: bool) -> None:
     """Ask the mailbox's lease holder to re-read parked emails and run the pipeline on them again."""
-    if bool(parked_id) == bool(replay_all):
-        click.echo("error: give exactly one of --id PARKED_ID or --all", err=True)
-        sys.exit(2)
-    from services.state_store import StateStoreError
-
-    runtime = current_app.extensions["render_signal"]
-    try:
-        count = runtime.store.request_replay(parked_id if parked_id else None)
-    except StateStoreError as exc:
-        click.echo(f"error: state store unavailable ({exc})", err=True)
-        sys.exit(1)
-    if parked_id and count == 0:
-        click.echo(f"error: no parked email with id {parked_id}", err=True)
-        sys.exit(1)
-    click.echo(f"requested a replay of {count} parked email(s); the mailbox's lease holder carries it out "
-               "(a refusal, e.g. when the email is gone, shows on /api/status)")
+    _replay(parked_id, replay_all, "parked email", "PARKED_ID", lambda store, one: store.request_replay(one),
+            "requested a replay of {count} parked email(s); the mailbox's lease holder carries it out "
+            "(a refusal, e.g. when the email is gone, shows on /api/status)")

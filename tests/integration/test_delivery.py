@@ -22,18 +22,10 @@ pytestmark = pytest.mark.imap
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request):
-    """Extra env selecting the state backend (and lease): SQLite + file lock, or a real Redis."""
-    if request.param == "redis":
-        return {"redis_url": request.getfixturevalue("redis_url")}
-    return {}
-
-
 def test_a_receiver_answering_503_then_200_gets_the_email_once_after_backoff(
-        backend, imap_account, webhook_receiver, pipeline_factory):
+        state_backend, imap_account, webhook_receiver, pipeline_factory):
     webhook_receiver.fail_next(3, status=503)
-    pipeline = pipeline_factory(service_env(imap_account, webhook_receiver, **backend))
+    pipeline = pipeline_factory(service_env(imap_account, webhook_receiver, **state_backend))
     raw = make_email()
     imap_account.server.append(imap_account.user, raw)
     webhook_receiver.wait_for(1, timeout=15)
@@ -49,9 +41,9 @@ def test_a_receiver_answering_503_then_200_gets_the_email_once_after_backoff(
 
 
 def test_twenty_emails_arriving_while_the_receiver_is_down_are_each_delivered_once(
-        backend, imap_account, webhook_receiver, pipeline_factory):
+        state_backend, imap_account, webhook_receiver, pipeline_factory):
     webhook_receiver.go_down()
-    pipeline = pipeline_factory(service_env(imap_account, webhook_receiver, **backend))
+    pipeline = pipeline_factory(service_env(imap_account, webhook_receiver, **state_backend))
     raws = [make_email(subject=f"burst {i}") for i in range(20)]
     for raw in raws:
         imap_account.server.append(imap_account.user, raw)
@@ -65,9 +57,9 @@ def test_twenty_emails_arriving_while_the_receiver_is_down_are_each_delivered_on
 
 
 def test_a_400_is_a_dead_letter_at_once_and_a_replay_delivers_it_with_the_same_id(
-        backend, imap_account, webhook_receiver, pipeline_factory):
+        state_backend, imap_account, webhook_receiver, pipeline_factory):
     webhook_receiver.respond_with(400, b'{"error": "bad scenario"}')
-    env = service_env(imap_account, webhook_receiver, **backend)
+    env = service_env(imap_account, webhook_receiver, **state_backend)
     pipeline = pipeline_factory(env)
     raw = make_email()
     uid = imap_account.server.append(imap_account.user, raw)

@@ -20,13 +20,6 @@ pytestmark = pytest.mark.imap
 DONE = "$RenderSignalDone"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request):
-    if request.param == "redis":
-        return {"redis_url": request.getfixturevalue("redis_url")}
-    return {}
-
-
 def _as_mailbox(env: dict, mailbox_id: str) -> ServiceConfig:
     from settings import Settings
 
@@ -34,19 +27,19 @@ def _as_mailbox(env: dict, mailbox_id: str) -> ServiceConfig:
     return dataclasses.replace(base, mailboxes=(dataclasses.replace(base.mailboxes[0], id=mailbox_id),))
 
 
-def test_two_mailboxes_with_the_same_folder_keep_separate_state(backend, dovecot_server, webhook_receiver,
+def test_two_mailboxes_with_the_same_folder_keep_separate_state(state_backend, dovecot_server, webhook_receiver,
                                                                 pipeline_factory):
     first, second = dovecot_server.new_account(), dovecot_server.new_account()
     raw = make_email(subject="sent to both")
     # Given mailbox default on one account, which delivers the email
-    env = service_env(first, webhook_receiver, **backend)
+    env = service_env(first, webhook_receiver, **state_backend)
     pipeline = pipeline_factory(env)
     uid_first = first.server.append(first.user, raw)
     assert webhook_receiver.wait_for(1, timeout=15)[0]["headers"]["webhook-id"] == event_id_of(raw)
     pipeline.wait_until(lambda: DONE in first.server.flags(first.user, uid_first), what="flagged in the first")
     pipeline.stop()
     # When mailbox "work" (another account, the same folder name INBOX) gets the same message, on the same state
-    env_work = service_env(second, webhook_receiver, state_dir=env["STATE_DIR"], **backend)
+    env_work = service_env(second, webhook_receiver, state_dir=env["STATE_DIR"], **state_backend)
     work = pipeline_factory(env_work, config=_as_mailbox(env_work, "work"))
     uid_second = second.server.append(second.user, raw)
     # Then it is a second email of its own: delivered under its own event id, flagged in its own mailbox
@@ -68,9 +61,9 @@ def test_two_mailboxes_with_the_same_folder_keep_separate_state(backend, dovecot
 
 
 def test_work_of_a_removed_target_and_mailbox_is_reported_and_the_targets_items_become_dead_letters(
-        backend, imap_account, webhook_receiver, pipeline_factory, caplog):
+        state_backend, imap_account, webhook_receiver, pipeline_factory, caplog):
     caplog.set_level(logging.INFO)
-    env = service_env(imap_account, webhook_receiver, **backend)
+    env = service_env(imap_account, webhook_receiver, **state_backend)
     # Given state with an item for a target and one from a mailbox that are no longer configured
     pipeline = pipeline_factory(env, run=False)
     store = pipeline.store

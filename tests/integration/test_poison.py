@@ -20,18 +20,11 @@ pytestmark = pytest.mark.imap
 DONE = "$RenderSignalDone"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request):
-    if request.param == "redis":
-        return {"redis_url": request.getfixturevalue("redis_url")}
-    return {}
-
-
 @pytest.mark.timeout(90)
 def test_a_message_the_server_cannot_read_is_parked_and_the_emails_around_it_are_delivered(
-        backend, imap_account, webhook_receiver, pipeline_factory):
+        state_backend, imap_account, webhook_receiver, pipeline_factory):
     server, user = imap_account.server, imap_account.user
-    env = service_env(imap_account, webhook_receiver, IMAP_FETCH_MAX_FAILURES="2", **backend)
+    env = service_env(imap_account, webhook_receiver, IMAP_FETCH_MAX_FAILURES="2", **state_backend)
     pipeline = pipeline_factory(env)
     pipeline.wait_until(lambda: pipeline.runtime.poller_status.last_success_at is not None, what="first cycle")
     # Given a good email, one Dovecot cannot read (FETCH fails and the connection drops), and another good one
@@ -72,11 +65,11 @@ def test_a_message_the_server_cannot_read_is_parked_and_the_emails_around_it_are
     pipeline.wait_until(lambda: DONE in server.flags(user, parked.uid), what="flagged once delivered")
 
 
-def test_replaying_a_parked_email_that_is_gone_records_a_refusal(backend, imap_account, webhook_receiver,
+def test_replaying_a_parked_email_that_is_gone_records_a_refusal(state_backend, imap_account, webhook_receiver,
                                                                   pipeline_factory):
     from services.state_store import ParkedEmail
 
-    pipeline = pipeline_factory(service_env(imap_account, webhook_receiver, **backend))
+    pipeline = pipeline_factory(service_env(imap_account, webhook_receiver, **state_backend))
     pipeline.wait_until(lambda: pipeline.runtime.poller_status.last_success_at is not None, what="first cycle")
     uidvalidity = imap_account.server.uidvalidity(imap_account.user)
     pipeline.store.park(ParkedEmail(parked_id=f"default:{uidvalidity}:999", mailbox_id="default", mailbox="INBOX",
@@ -88,8 +81,8 @@ def test_replaying_a_parked_email_that_is_gone_records_a_refusal(backend, imap_a
 
 
 def test_a_flag_request_with_a_non_ascii_message_id_from_an_old_uidvalidity_does_not_block_new_mail(
-        backend, imap_account, webhook_receiver, pipeline_factory):
-    env = service_env(imap_account, webhook_receiver, **backend)
+        state_backend, imap_account, webhook_receiver, pipeline_factory):
+    env = service_env(imap_account, webhook_receiver, **state_backend)
     pipeline = pipeline_factory(env, run=False)
     uidvalidity = imap_account.server.uidvalidity(imap_account.user)
     # Given a pending flag request of an older UIDVALIDITY whose Message-ID is not ASCII
@@ -106,9 +99,9 @@ def test_a_flag_request_with_a_non_ascii_message_id_from_an_old_uidvalidity_does
 
 
 def test_a_flag_request_that_keeps_failing_is_dropped_after_three_tries_and_mail_flows(
-        backend, imap_account, webhook_receiver, pipeline_factory, caplog):
+        state_backend, imap_account, webhook_receiver, pipeline_factory, caplog):
     caplog.set_level(logging.WARNING)
-    env = service_env(imap_account, webhook_receiver, **backend)
+    env = service_env(imap_account, webhook_receiver, **state_backend)
     pipeline = pipeline_factory(env, run=False)
     uidvalidity = imap_account.server.uidvalidity(imap_account.user)
     pipeline.store.set_checkpoint("INBOX", uidvalidity, 0)
@@ -124,9 +117,9 @@ def test_a_flag_request_that_keeps_failing_is_dropped_after_three_tries_and_mail
 
 
 def test_a_reused_message_id_with_other_content_is_a_new_email_and_a_true_duplicate_is_merged(
-        backend, imap_account, webhook_receiver, pipeline_factory):
+        state_backend, imap_account, webhook_receiver, pipeline_factory):
     server, user = imap_account.server, imap_account.user
-    pipeline = pipeline_factory(service_env(imap_account, webhook_receiver, **backend))
+    pipeline = pipeline_factory(service_env(imap_account, webhook_receiver, **state_backend))
     pipeline.wait_until(lambda: pipeline.runtime.poller_status.last_success_at is not None, what="first cycle")
     # Given a notifier that reuses its Message-ID for a different email
     first = make_email(subject="Ticket 1 files", message_id="<notify@tickets.example>")
