@@ -47,10 +47,11 @@ EMAIL_BUDGET_GRACE_SECONDS = 5.0
 MAX_FILE_NAME_CHARS = 120
 DEFAULT_FILE_NAME = "file"
 
-# The circuit counts failures of the Worker itself (no connection, timeout, 5xx, 401/403/404/429, unreadable answer).
-# A well-formed refusal about one source (HTTP 200 ``success: false``, or one of these 4xx about the request) shows
-# the Worker is up and resets the count: a sender's dead links must not switch R2 off for everyone.
-_WORKER_HEALTHY_HTTP_CODES = frozenset({400, 409, 410, 413, 415, 422})
+# The circuit counts failures of the Worker itself and nothing else: no connection, a timeout, a 5xx, a 401 (its
+# token is wrong: every call would fail). Anything else the Worker answers is that link's outcome, which shows the
+# Worker is up and resets the count: a 403 policy refusal, another 4xx, HTTP 200 ``success: false`` (issue 16: five
+# links the Worker refused used to open the circuit for everyone). An unreadable answer counts too.
+_WORKER_FAILURE_REASONS = frozenset({"timeout", "connection_error", "invalid_json", "unexpected_error", "http_401"})
 
 
 class R2OffloadError(Exception):
@@ -387,14 +388,12 @@ class R2Offloader:
 
 
 def _counts_against_worker(reason: str) -> bool:
-    if reason == "worker_refused":
-        return False
-    if reason.startswith("http_"):
-        try:
-            return int(reason[5:]) not in _WORKER_HEALTHY_HTTP_CODES
-        except ValueError:
-            return True
-    return True
+    """True for a failure of the Worker itself (see ``_WORKER_FAILURE_REASONS``); a link's own outcome is False."""
+    if reason in _WORKER_FAILURE_REASONS:
+        return True
+    if reason.startswith("http_5"):
+        return True
+    return False
 
 
 def _safe_host(url: str) -> str:

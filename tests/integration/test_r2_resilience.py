@@ -455,6 +455,18 @@ def test_refusals_about_one_source_do_not_open_the_circuit(fake_worker):
     assert worker.request_count == 8
 
 
+def test_policy_refusals_of_the_worker_do_not_open_the_circuit(fake_worker):
+    # Given a Worker that answers 403 policy for every link it will not copy (issue 16: five of them used to open
+    # the circuit for everyone for 60 s)
+    worker = fake_worker(lambda request: Answer(status=403, body=b'{"error": "policy", "detail": "host"}'))
+    offloader = offloader_for(worker.url)
+    # When many such links arrive
+    for number in range(8):
+        offloader.offload_links(f"email-policy-{number}", [dropbox_file()])
+    # Then every one was still tried
+    assert worker.request_count == 8
+
+
 # --- never stall the line -------------------------------------------------------------------------------------
 
 @pytest.mark.timeout(20)

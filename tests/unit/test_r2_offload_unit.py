@@ -392,3 +392,15 @@ def test_an_email_without_links_costs_nothing():
     session = FakeSession()
     assert make_offloader(session).offload_links("e1", []) == []
     assert session.calls == []
+
+
+@pytest.mark.parametrize("reason, counts", [
+    ("timeout", True), ("connection_error", True), ("invalid_json", True), ("unexpected_error", True),
+    ("http_401", True), ("http_500", True), ("http_503", True),
+    ("http_403", False), ("http_404", False), ("http_429", False), ("http_400", False), ("http_413", False),
+    ("worker_refused", False),
+])
+def test_only_failures_of_the_worker_itself_count_toward_the_circuit(reason, counts):
+    from services.r2_offload import _counts_against_worker
+
+    assert _counts_against_worker(reason) is counts
