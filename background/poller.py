@@ -77,6 +77,7 @@ class MailboxPoller:
         self._failures = 0
         self._auth_streak = False
         self._isolate_through = 0    # UIDs up to this one are fetched one by one (a batch failed on them)
+        self._tried_this_cycle: set[int] = set()
         self._last_checkpoint: int | None = None
         self._checkpoint_moved_at: float | None = None
 
@@ -203,6 +204,7 @@ class MailboxPoller:
         of emails handled. One failing flag request, message or replay never stops the others (issue 15)."""
         self.status.update(last_cycle_at=time.time())
         self.guard.check_remote()
+        self._tried_this_cycle = set()   # isolated UIDs: each is tried once per cycle
         self._apply_flags_isolated(client, state)
         # Dovecot (like other servers) shows mail appended by another session only once one of our commands has
         # ended: a NOOP first, so the search below sees everything that arrived before this cycle.
@@ -315,6 +317,7 @@ class MailboxPoller:
                           advance_checkpoint: bool) -> int:
         """One UID on its own: counted as a failure before it is touched (so a message that breaks the connection
         is counted too), the checkpoint moved past it at once, the count cleared when it is processed."""
+        self._tried_this_cycle.add(uid)
         failures = self.store.record_fetch_failure(self.state_key, state.uidvalidity, uid, "in progress")
         if advance_checkpoint:
             self.store.set_checkpoint(self.state_key, state.uidvalidity, uid)
@@ -348,6 +351,8 @@ class MailboxPoller:
         """The retry set, after the new mail: each UID once per cycle until processed or parked."""
         handled = 0
         for uid, _ in self.store.fetch_retries(self.state_key, state.uidvalidity, RETRY_BATCH):
+            if uid in self._tried_this_cycle:
+                continue
             self.guard.check_remote()
             handled += self._process_isolated(client, state, uid, None, advance_checkpoint=False)
         if handled or self._isolate_through:
