@@ -2,8 +2,9 @@
 
 ``process_email`` is pure apart from the injected ``Offloader``: sender filter first (``sender_not_allowed``), then
 the links (``no_delivery_links`` unless emails without links are allowed), the R2 offload only for emails that will
-be sent, and the payload always (the dry run prints it for skipped emails too). Skip reasons are snake_case: they
-are metric labels and ``skipped:<reason>`` done records.
+be sent, and the payload always (the dry run prints it for skipped emails too). The links of an email skipped for its
+sender are looked for only when the caller asks (the dry run does): the poller never spends link extraction on mail
+it will not act on. Skip reasons are snake_case: they are metric labels and ``skipped:<reason>`` done records.
 """
 
 from __future__ import annotations
@@ -81,19 +82,22 @@ def sender_allowed(sender_email: str, allowlist: Sequence[str]) -> bool:
 
 def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Sequence[str],
                   allow_without_links: bool, offloader: Offloader, mailbox_id: str = DEFAULT_ID,
-                  email_id: str | None = None) -> ProcessResult:
+                  email_id: str | None = None, extract_when_skipped: bool = False) -> ProcessResult:
     """Decide send/skip for one email of mailbox ``mailbox_id`` and build its webhook payload for target
     ``default`` (offloading links to R2 only when sending). ``email_id``: the id ingest decided (see
-    ``email_processing.identity``; by default that of the Message-ID)."""
+    ``email_processing.identity``; by default that of the Message-ID). ``extract_when_skipped``: look for the links
+    of an email skipped for its sender too (the dry run prints them); otherwise its payload lists none."""
     if email_id is None:
         email_id = email_id_for(parsed, mailbox_id)
     html_text, hrefs = html_to_text_and_hrefs(parsed.html) if parsed.html else ("", [])
-    found = extract_delivery_links("\n".join((parsed.text_plain, html_text)), hrefs, html_source=parsed.html)
 
     reason: str | None = None
     if not sender_allowed(parsed.sender_email, sender_allowlist):
         reason = REASON_SENDER_NOT_ALLOWED
-    elif not found and not allow_without_links:
+    found: list[DeliveryLink] = []
+    if reason is None or extract_when_skipped:
+        found = extract_delivery_links("\n".join((parsed.text_plain, html_text)), hrefs, html_source=parsed.html)
+    if reason is None and not found and not allow_without_links:
         reason = REASON_NO_DELIVERY_LINKS
 
     if reason is None:
