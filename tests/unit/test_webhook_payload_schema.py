@@ -213,6 +213,12 @@ def test_a_missing_field_in_a_link_entry_is_refused():
     ("/delivery_links/1/provider", "google_drive"),
     ("/delivery_links/1/raw_url", "ftp://we.tl/t-Zx81KdP2qa"),
     ("/delivery_links/1/original_filename", "stills.zip"),  # a file name without an R2 copy
+    ("/delivery_links/0/original_filename", "../../ep04_master.mov"),  # file names are made safe (safe_filename)
+    ("/delivery_links/0/original_filename", "ep04\\master.mov"),
+    ("/delivery_links/0/original_filename", "ep04_master\u202evom.exe"),
+    ("/delivery_links/0/original_filename", "ep04\x00.mov"),
+    ("/delivery_links/0/original_filename", ".."),
+    ("/delivery_links/0/original_filename", "e" * 252 + ".mov"),
 ])
 def test_a_wrong_type_or_shape_is_refused_at_its_path(pointer: str, value: Any):
     body = example()
