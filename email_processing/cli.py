@@ -120,7 +120,7 @@ def _run(raw: bytes, dry_run: bool, service: Any | None) -> None:
         settings = _settings(service)
         result = process_email(parsed, received_at=received_at, sender_allowlist=settings.sender_allowlist,
                                allow_without_links=settings.allow_webhook_without_links, offloader=NullOffloader(),
-                               extract_when_skipped=True)
+                               extract_when_skipped=True, max_links=settings.max_links_per_email)
         _print_payload(result)
         click.echo(_decision_line(result), err=True)
         return

@@ -138,10 +138,11 @@ def _link_entry(link: Any) -> dict[str, Any]:
 
 
 def build_payload(parsed: ParsedEmail, links: Iterable[LinkLike], received_at: str, *,
-                  html_text: str | None = None, email_id: str | None = None) -> dict[str, Any]:
+                  html_text: str | None = None, email_id: str | None = None,
+                  delivery_links_truncated: bool = False) -> dict[str, Any]:
     """The webhook body for target ``default`` (``for_target`` gives another target's). ``html_text``: the HTML's
     text when the caller already has it (else derived here); ``email_id``: the email's id (else that of mailbox
-    ``default``)."""
+    ``default``); ``delivery_links_truncated``: ``links`` are the first of more (the orchestrator's cap)."""
     if html_text is None:
         from email_processing.html_text import html_to_text_and_hrefs
 
@@ -160,6 +161,7 @@ def build_payload(parsed: ParsedEmail, links: Iterable[LinkLike], received_at: s
         "email_content": content,
         "email_content_truncated": truncated,
         "delivery_links": [_link_entry(link) for link in links],
+        "delivery_links_truncated": delivery_links_truncated,
         "message_id": parsed.message_id,
         "received_at": received_at,
         "event_id": event_id_for(email_id),
