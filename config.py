@@ -25,6 +25,8 @@ ID_PATTERN = re.compile(r"[a-z0-9-]{1,32}")
 # Delivery threads per target for the lease holder: attempts overlap a slow receiver's round trips.
 DEFAULT_DELIVERY_CONCURRENCY = 4
 DEFAULT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
+# Delivery links kept per email (MAX_LINKS_PER_EMAIL): bounds the R2 Worker calls and the body one email can cost.
+DEFAULT_MAX_LINKS_PER_EMAIL = 50
 
 
 def check_id(kind: str, value: str) -> str:
@@ -70,6 +72,7 @@ class MailboxConfig:
     reconnect_max_seconds: float = 60.0
     allow_without_links: bool = False
     fetch_max_failures: int = 3   # failed fetches of one message before it is parked (fetch_failed)
+    max_links_per_email: int = DEFAULT_MAX_LINKS_PER_EMAIL  # the first ones in document order are kept
 
     def __post_init__(self) -> None:
         check_id("mailbox", self.id)
@@ -104,7 +107,8 @@ class MailboxConfig:
                    mark_as_read=settings.mark_as_read, timeout_seconds=settings.imap_timeout_seconds,
                    reconnect_max_seconds=settings.imap_reconnect_max_seconds,
                    fetch_max_failures=settings.imap_fetch_max_failures,
-                   allow_without_links=settings.allow_webhook_without_links)
+                   allow_without_links=settings.allow_webhook_without_links,
+                   max_links_per_email=settings.max_links_per_email)
 
 
 @dataclass(frozen=True)

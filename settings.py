@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from config import DEFAULT_MAX_LINKS_PER_EMAIL
+
 # Shutdown budgets, outermost first (see README "Shutdown budgets"). Render sends SIGTERM and waits
 # `maxShutdownDelaySeconds` (render.yaml sets 60: Render's default of 30 s cannot hold a 30 s webhook attempt);
 # Gunicorn waits GRACEFUL_TIMEOUT for its workers; a worker joins its background threads for at most
@@ -156,6 +158,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("FIRST_START_MAX_AGE_HOURS", "first_start_max_age_hours", number(0, 100000), 72.0, "On first start, unseen emails older than this are passed over (counted and logged)."),
     Spec("MARK_AS_READ", "mark_as_read", parse_bool, True, "Set \\Seen on done emails (the $RenderSignalDone keyword is set regardless)."),
     Spec("ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS", "allow_webhook_without_links", parse_bool, False, "Send a webhook for emails without any delivery link."),
+    Spec("MAX_LINKS_PER_EMAIL", "max_links_per_email", integer(1, 1000), DEFAULT_MAX_LINKS_PER_EMAIL, "Delivery links kept per email: the first ones in document order, before the R2 offload; the payload says `delivery_links_truncated: true` when there were more (one log line with the counts)."),
     # Background machinery and lease
     Spec("ENABLE_BACKGROUND_TASKS", "enable_background_tasks", parse_bool, True, "false = web side only; /health says the poller is disabled."),
     Spec("REDIS_URL", "redis_url", redis_url, None, "Redis for the lease and the shared state. Unset = file lock + SQLite (single container).", secret=True),
@@ -235,6 +238,7 @@ class Settings:
     first_start_max_age_hours: float = _settings_field("first_start_max_age_hours")
     mark_as_read: bool = _settings_field("mark_as_read")
     allow_webhook_without_links: bool = _settings_field("allow_webhook_without_links")
+    max_links_per_email: int = _settings_field("max_links_per_email")
     enable_background_tasks: bool = _settings_field("enable_background_tasks")
     redis_url: str | None = _settings_field("redis_url")
     redis_lock_ttl_seconds: float = _settings_field("redis_lock_ttl_seconds")

@@ -307,7 +307,8 @@ class ServiceRuntime:
         from background.ingest import Ingest, IngestPolicy
 
         settings = self.settings
-        policy = IngestPolicy.saved_email(settings.sender_allowlist, settings.allow_webhook_without_links)
+        policy = IngestPolicy.saved_email(settings.sender_allowlist, settings.allow_webhook_without_links,
+                                          settings.max_links_per_email)
         ingest = Ingest(self.store, policy, (self.target.id,), offloader_factory=lambda: self.offloader)
         return ingest.ingest(parsed, received_at=received_at, attempt_now=True)
 

@@ -52,6 +52,7 @@ BENCHMARKS = [
     Run("bench_fuzz", ["-m", "bench.bench_fuzz"], 180),
     Run("bench_catchup", ["-m", "bench.bench_catchup"], 300),
     Run("bench_descriptors", ["-m", "bench.bench_descriptors"], 240),
+    Run("bench_adversarial_email", ["-m", "bench.bench_adversarial_email"], 180),
 ]
 
 
@@ -208,6 +209,10 @@ CATCHUP_BEFORE_HOW = (CATCHUP_HOW + "; before the fix = MailboxPoller.run_cycle 
 DESCRIPTORS_HOW = ("bench_descriptors.py: len(/proc/self/fd) of the process running the service's background "
                    "(in-process, SQLite, R2 offload through the Worker on Miniflare), sampled after every 100 of "
                    "1,000 emails APPENDed (one Dropbox link each); least-squares slope")
+ADVERSARIAL_HOW = ("bench_adversarial_email.py: multipart/alternative emails of ~1.5 MB text/plain + ~1.5 MB HTML "
+                   "(~3 MB); normal = newsletter prose with 3 provider links; whole pure path (parse_message + "
+                   "process_email with NullOffloader, sender allowed, + json.dumps + UTF-8), best of 3, one core; "
+                   "ratio = adversarial time / normal time")
 HEALTH_HOW = ("bench_burst.py: GET /health open loop at 200 req/s from a separate process (16 threads, keep-alive "
               "http.client), latency = response read − request sent, samples from the first APPEND until flagged")
 
@@ -254,6 +259,12 @@ ROWS = [
      "flat (≈ 0)", None),
     ("descriptors_slope_before_fix", "same, SQLite connection handling of before the fix (re-created)",
      DESCRIPTORS_HOW + "; before the fix = af807ec^'s SqliteStateStore._conn in the benchmark process", "—", None),
+    ("adversarial_email_ratio", "3 MB email of URLs ending in 8,100 ')' / normal 3 MB email", ADVERSARIAL_HOW,
+     "≤ 2x", _le(2.0)),
+    ("adversarial_email_ratio_before_fix", "same, trailing clean-up of before the fix (re-created)",
+     ADVERSARIAL_HOW + "; before the fix = 9f1f751's _strip_trailing in the benchmark process, one run", "—", None),
+    ("adversarial_many_candidates_ratio", "3 MB email of ~80,000 distinct short link candidates / normal 3 MB email",
+     ADVERSARIAL_HOW, "≤ 2x", _le(2.0)),
 ]
 
 
@@ -302,7 +313,7 @@ def extra(key: str, doc: dict) -> str:
     if key.startswith("takeover_"):
         bound = f"; TTL {doc.get('ttl')} s + retry {doc.get('retry')} s" if key == "takeover_kill9" else ""
         return f"min {doc.get('min')} s, median {doc.get('median')} s{bound}"
-    return ""
+    return doc.get("details", "")  # a benchmark may word its own (bench_adversarial_email)
 
 
 ANALYSIS = """\
@@ -385,7 +396,8 @@ def write_report(path: str, runs: dict[str, Run], figures: dict[str, dict]) -> N
              "ratios, not absolutes. Every server is real and on 127.0.0.1 (Dovecot, redis-server, Gunicorn, HTTP "
              "receiver); no timing is asserted.", "", "## Machine", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in machine()]
-    lines += ["", "## Figures against the targets of issue 10 item 6 (and issue 15's catch-up and descriptors)", "",
+    lines += ["", "## Figures against the targets of issue 10 item 6 (and issue 15's catch-up and descriptors, issue "
+              "16's adversarial email)", "",
               "| figure | value | target | met? | details |", "|---|---|---|---|---|"]
     for key, label, _how, target, check in ROWS:
         doc = figures.get(key)

@@ -1,8 +1,9 @@
 """``flask --app app process-email PATH.eml [--dry-run]``: run one saved email through the pipeline.
 
-Dry run: parse, decide and print the webhook payload as JSON on stdout (always, skipped emails too) and the decision
-on stderr (``decision: send`` / ``decision: skip reason=<reason>``); no R2, no webhook, no mailbox. Exit 0. Exit 2
-with one line on stderr only when the file cannot be read or is larger than ``MAX_EML_BYTES`` (64 MiB). Without
+Dry run: parse, decide and print the webhook payload as JSON on stdout (always, skipped emails too, with their
+links even when the sender filter skips them) and the decision on stderr (``decision: send`` / ``decision: skip
+reason=<reason>``); no R2, no webhook, no mailbox. Exit 0. Exit 2 with one line on stderr only when the file cannot
+be read or is larger than ``MAX_EML_BYTES`` (64 MiB). Without
 ``--dry-run`` the wired service (``current_app.extensions["render_signal"]``: ``ingest_saved(parsed, received_at)``
 and ``deliver_now(ingested) -> dict``, background/ingest.py) records the email as the poller would (mailbox
 ``default``), offloads the links and makes the first delivery attempt; its outcome is printed on stderr.
@@ -118,7 +119,8 @@ def _run(raw: bytes, dry_run: bool, service: Any | None) -> None:
     if dry_run or service is None:
         settings = _settings(service)
         result = process_email(parsed, received_at=received_at, sender_allowlist=settings.sender_allowlist,
-                               allow_without_links=settings.allow_webhook_without_links, offloader=NullOffloader())
+                               allow_without_links=settings.allow_webhook_without_links, offloader=NullOffloader(),
+                               extract_when_skipped=True, max_links=settings.max_links_per_email)
         _print_payload(result)
         click.echo(_decision_line(result), err=True)
         return

@@ -2,8 +2,11 @@
 
 ``process_email`` is pure apart from the injected ``Offloader``: sender filter first (``sender_not_allowed``), then
 the links (``no_delivery_links`` unless emails without links are allowed), the R2 offload only for emails that will
-be sent, and the payload always (the dry run prints it for skipped emails too). Skip reasons are snake_case: they
-are metric labels and ``skipped:<reason>`` done records.
+be sent, and the payload always (the dry run prints it for skipped emails too). The links of an email skipped for its
+sender are looked for only when the caller asks (the dry run does): the poller never spends link extraction on mail
+it will not act on. At most ``max_links`` links are kept (MAX_LINKS_PER_EMAIL), the first in document order, before
+the offload: one email never costs more Worker calls than that. Skip reasons are snake_case: they are metric labels
+and ``skipped:<reason>`` done records.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence
 
-from config import DEFAULT_ID
+from config import DEFAULT_ID, DEFAULT_MAX_LINKS_PER_EMAIL
 from email_processing.html_text import html_to_text_and_hrefs
 from email_processing.identity import email_id_for, event_id_for
 from email_processing.links import DeliveryLink, LinkLike, extract_delivery_links
@@ -62,6 +65,7 @@ class ProcessResult:
     email_id: str
     event_id: str
     links: tuple[OffloadedLink, ...]
+    links_truncated: int = 0  # delivery links found beyond the cap and dropped (payload: delivery_links_truncated)
 
 
 def sender_allowed(sender_email: str, allowlist: Sequence[str]) -> bool:
@@ -81,31 +85,43 @@ def sender_allowed(sender_email: str, allowlist: Sequence[str]) -> bool:
 
 def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Sequence[str],
                   allow_without_links: bool, offloader: Offloader, mailbox_id: str = DEFAULT_ID,
-                  email_id: str | None = None) -> ProcessResult:
+                  email_id: str | None = None, extract_when_skipped: bool = False,
+                  max_links: int = DEFAULT_MAX_LINKS_PER_EMAIL) -> ProcessResult:
     """Decide send/skip for one email of mailbox ``mailbox_id`` and build its webhook payload for target
     ``default`` (offloading links to R2 only when sending). ``email_id``: the id ingest decided (see
-    ``email_processing.identity``; by default that of the Message-ID)."""
+    ``email_processing.identity``; by default that of the Message-ID). ``extract_when_skipped``: look for the links
+    of an email skipped for its sender too (the dry run prints them); otherwise its payload lists none.
+    ``max_links``: the first links kept (MAX_LINKS_PER_EMAIL); the result counts the others in ``links_truncated``."""
     if email_id is None:
         email_id = email_id_for(parsed, mailbox_id)
     html_text, hrefs = html_to_text_and_hrefs(parsed.html) if parsed.html else ("", [])
-    found = extract_delivery_links("\n".join((parsed.text_plain, html_text)), hrefs, html_source=parsed.html)
 
     reason: str | None = None
     if not sender_allowed(parsed.sender_email, sender_allowlist):
         reason = REASON_SENDER_NOT_ALLOWED
-    elif not found and not allow_without_links:
+    found: list[DeliveryLink] = []
+    if reason is None or extract_when_skipped:
+        found = extract_delivery_links("\n".join((parsed.text_plain, html_text)), hrefs, html_source=parsed.html)
+    if reason is None and not found and not allow_without_links:
         reason = REASON_NO_DELIVERY_LINKS
+    dropped = max(len(found) - max_links, 0)
+    if dropped:
+        found = found[:max_links]
+        # Counts only: a URL is a capability and never goes to the log.
+        logger.warning("ORCHESTRATOR: links capped mailbox=%s email_id=%s kept=%d found=%d (MAX_LINKS_PER_EMAIL)",
+                       mailbox_id, email_id, len(found), len(found) + dropped)
 
     if reason is None:
         links = _offload(offloader, email_id, found)
     else:
         links = tuple(source_only(link) for link in found)
 
-    payload = build_payload(parsed, links, received_at, html_text=html_text, email_id=email_id)
+    payload = build_payload(parsed, links, received_at, html_text=html_text, email_id=email_id,
+                            delivery_links_truncated=bool(dropped))
     decision: Literal["send", "skip"] = "skip" if reason else "send"
     logger.debug("ORCHESTRATOR: %s decision=%s reason=%s links=%s", email_id, decision, reason, len(links))
     return ProcessResult(decision=decision, reason=reason, payload=payload, email_id=email_id,
-                         event_id=event_id_for(email_id), links=links)
+                         event_id=event_id_for(email_id), links=links, links_truncated=dropped)
 
 
 def _offload(offloader: Offloader, email_id: str, found: list[DeliveryLink]) -> tuple[OffloadedLink, ...]:

@@ -5,7 +5,9 @@ the historic names (``microsoft_graph_email_id``, ``receivedDateTime``, ``bodyPr
 ``email_content`` is the text/plain text followed by the text derived from the HTML, capped at
 ``CONTENT_CAP_BYTES`` of UTF-8; ``email_content_truncated`` is true when anything of the body was cut (here, or by
 the parser's HTML/text caps). Every string of the body is free of lone surrogates (``replace_lone_surrogates``), so
-the body always serialises as UTF-8 JSON whatever charset the email claimed.
+the body always serialises as UTF-8 JSON whatever charset the email claimed. ``original_filename`` comes from outside
+(the R2 Worker): every link entry passes ``safe_filename``, so no path, control or bidirectional character, and no
+name longer than 255 bytes reaches a receiver.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from timestamps import format_utc
 
 CONTENT_CAP_BYTES = 1_048_576
 PREVIEW_CHARS = 200
+FILENAME_MAX_BYTES = 255  # of UTF-8: the longest file name common file systems take
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# C0/C1 controls, line/paragraph separators, and the bidirectional controls (Bidi_Control: ALM, LRM/RLM, the
+# embeddings and overrides, the isolates) that make "invoice<RLO>gpj.exe" display as "invoiceexe.jpg".
+_UNSAFE_FILENAME_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_PATH_SEPARATOR = re.compile(r"[/\\]")
+_EXTENSION_MAX_BYTES = 64  # a longer "extension" is not one: it is cut like the rest of the name
 
 
 def format_received_at(moment: datetime) -> str:
@@ -92,21 +100,49 @@ def body_preview(content: str) -> str:
         window *= 4
 
 
+def safe_filename(name: str | None) -> str | None:
+    """``original_filename`` as the webhook may carry it: no control or bidirectional character, only the part after
+    the last ``/`` or ``\\`` (never ``.`` or ``..``), no surrounding whitespace, at most ``FILENAME_MAX_BYTES`` of
+    UTF-8 cut at a character boundary with the extension kept; None when nothing is left.
+
+    The name comes from outside (the Worker's answer, the source's Content-Disposition) and receivers save files
+    under it: a path or an override character must not get through.
+    """
+    if not name:
+        return None
+    name = _UNSAFE_FILENAME_CHARACTER.sub("", replace_lone_surrogates(name))
+    name = _PATH_SEPARATOR.split(name)[-1].strip()
+    if name in ("", ".", ".."):
+        return None
+    if len(name.encode("utf-8")) <= FILENAME_MAX_BYTES:
+        return name
+    dot = name.rfind(".")
+    extension = name[dot:] if 0 < dot < len(name) - 1 else ""
+    if len(extension.encode("utf-8")) > _EXTENSION_MAX_BYTES:
+        extension = ""
+    stem = name[: len(name) - len(extension)]
+    budget = FILENAME_MAX_BYTES - len(extension.encode("utf-8"))
+    # Cutting valid UTF-8 can only leave an incomplete last character, which "ignore" drops.
+    stem = stem.encode("utf-8")[:budget].decode("utf-8", "ignore")
+    return (stem + extension).strip()
+
+
 def _link_entry(link: Any) -> dict[str, Any]:
     return {
         "provider": link.provider,
         "raw_url": link.raw_url,
         "direct_url": link.direct_url,
         "r2_url": getattr(link, "r2_url", None),
-        "original_filename": getattr(link, "original_filename", None),
+        "original_filename": safe_filename(getattr(link, "original_filename", None)),
     }
 
 
 def build_payload(parsed: ParsedEmail, links: Iterable[LinkLike], received_at: str, *,
-                  html_text: str | None = None, email_id: str | None = None) -> dict[str, Any]:
+                  html_text: str | None = None, email_id: str | None = None,
+                  delivery_links_truncated: bool = False) -> dict[str, Any]:
     """The webhook body for target ``default`` (``for_target`` gives another target's). ``html_text``: the HTML's
     text when the caller already has it (else derived here); ``email_id``: the email's id (else that of mailbox
-    ``default``)."""
+    ``default``); ``delivery_links_truncated``: ``links`` are the first of more (the orchestrator's cap)."""
     if html_text is None:
         from email_processing.html_text import html_to_text_and_hrefs
 
@@ -125,6 +161,7 @@ def build_payload(parsed: ParsedEmail, links: Iterable[LinkLike], received_at: s
         "email_content": content,
         "email_content_truncated": truncated,
         "delivery_links": [_link_entry(link) for link in links],
+        "delivery_links_truncated": delivery_links_truncated,
         "message_id": parsed.message_id,
         "received_at": received_at,
         "event_id": event_id_for(email_id),

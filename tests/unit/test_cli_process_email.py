@@ -84,6 +84,21 @@ def test_dry_run_uses_the_configured_sender_allowlist():
     assert result.stderr == "decision: skip reason=sender_not_allowed\n"
 
 
+def test_dry_run_prints_the_links_of_an_email_skipped_for_its_sender():
+    app = make_app(FakeService(Settings(sender_allowlist=("@elsewhere.example",))))
+    result = invoke(app, str(WITH_LINK), "--dry-run")
+    assert result.stderr == "decision: skip reason=sender_not_allowed\n"
+    assert [link["provider"] for link in json.loads(result.stdout)["delivery_links"]] == ["dropbox"]
+
+
+def test_without_dry_run_an_email_skipped_for_its_sender_is_recorded_without_looking_for_links(tmp_path):
+    service = FakeService(Settings(sender_allowlist=("@elsewhere.example",)), _store(tmp_path))
+    result = invoke(make_app(service), str(WITH_LINK))
+    assert (result.exit_code, service.delivered, service.offloaded) == (0, [], [])
+    assert json.loads(result.stdout)["delivery_links"] == []       # the poller's path: sender filter first
+    assert service.store.counters()["emails_skipped"] == {"sender_not_allowed": 1}
+
+
 def test_without_the_app_extension_dry_run_reads_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS", "true")
     result = invoke(make_app(None), str(WITHOUT_LINK), "--dry-run")

@@ -33,7 +33,7 @@ def test_todays_environment_gives_one_default_mailbox_and_one_default_target():
     env = {**MAILBOX_ENV, "IMAP_PORT": "1993", "IMAP_MAILBOX": "Deliveries", "SENDER_OF_INTEREST_FOR_POLLING":
            "A@x.example,@y.example", "EMAIL_POLLING_INTERVAL_SECONDS": "7", "IMAP_USE_IDLE": "false",
            "FIRST_START_MAX_AGE_HOURS": "5", "MARK_AS_READ": "false", "IMAP_TIMEOUT_SECONDS": "9",
-           "IMAP_RECONNECT_MAX_SECONDS": "11", "ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS": "true",
+           "IMAP_RECONNECT_MAX_SECONDS": "11", "ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS": "true", "MAX_LINKS_PER_EMAIL": "7",
            "WEBHOOK_TIMEOUT_SECONDS": "12", "WEBHOOK_RETRY_HOURS": "2", "WEBHOOK_RETRY_SCHEDULE": "1,2"}
     config = ServiceConfig.from_settings(Settings.from_env(env))
 
@@ -43,7 +43,7 @@ def test_todays_environment_gives_one_default_mailbox_and_one_default_target():
         port=1993, tls=TlsMode.IMPLICIT, ca_file=None, folder="Deliveries",
         sender_allowlist=("a@x.example", "@y.example"), poll_interval_seconds=7.0, use_idle=False,
         first_start_max_age_hours=5.0, mark_as_read=False, timeout_seconds=9.0, reconnect_max_seconds=11.0,
-        allow_without_links=True)
+        allow_without_links=True, max_links_per_email=7)
     [target] = config.targets
     assert target == TargetConfig(id="default", url="https://hook.example/path-s3cret", secret=None, headers=(),
                                   timeout_seconds=12.0, concurrency=DEFAULT_DELIVERY_CONCURRENCY,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from email_processing import orchestrator
 from email_processing.links import DeliveryLink
 from email_processing.orchestrator import (
     NullOffloader,
@@ -35,9 +36,9 @@ class RecordingOffloader:
                 for link in links]
 
 
-def run(raw: bytes, offloader, allowlist=(), allow_without_links=False) -> ProcessResult:
+def run(raw: bytes, offloader, allowlist=(), allow_without_links=False, **options) -> ProcessResult:
     return process_email(parse_message(raw), received_at="2025-06-03T08:00:00Z", sender_allowlist=allowlist,
-                         allow_without_links=allow_without_links, offloader=offloader)
+                         allow_without_links=allow_without_links, offloader=offloader, **options)
 
 
 @pytest.mark.parametrize("sender, allowlist, allowed", [
@@ -66,10 +67,41 @@ def test_an_allowed_email_with_links_is_sent_with_its_r2_copies():
 
 def test_a_sender_outside_the_allowlist_is_skipped_first_without_offload():
     offloader = RecordingOffloader()
-    result = run(WITH_LINK, offloader, allowlist=("boss@example.org",))
+    result = run(WITH_LINK, offloader, allowlist=("boss@example.org",), extract_when_skipped=True)
     assert (result.decision, result.reason) == ("skip", "sender_not_allowed")
     assert offloader.calls == []
     assert result.payload["delivery_links"][0]["r2_url"] is None  # payload still built (dry run prints it)
+
+
+def test_a_sender_outside_the_allowlist_is_skipped_before_any_link_is_extracted(monkeypatch):
+    # Given an email from a sender the poller does not act on
+    extractions: list[str] = []
+
+    def recording_extractor(text, hrefs, html_source=""):
+        extractions.append(text)
+        return []
+
+    monkeypatch.setattr(orchestrator, "extract_delivery_links", recording_extractor)
+    offloader = RecordingOffloader()
+    # When the poller's path decides it
+    result = run(WITH_LINK, offloader, allowlist=("boss@example.org",))
+    # Then it is skipped for its sender without its links being looked for
+    assert (result.decision, result.reason) == ("skip", "sender_not_allowed")
+    assert extractions == [] and offloader.calls == []
+    assert result.links == () and result.payload["delivery_links"] == []
+    assert "dropbox.com/scl/fo/aaaa" in result.payload["email_content"]  # the body is still there
+
+
+def test_the_dry_run_still_extracts_the_links_of_an_email_skipped_for_its_sender():
+    result = run(WITH_LINK, NullOffloader(), allowlist=("boss@example.org",), extract_when_skipped=True)
+    assert result.reason == "sender_not_allowed"
+    assert [link["provider"] for link in result.payload["delivery_links"]] == ["dropbox"]
+
+
+def test_an_allowed_sender_s_links_are_extracted_whatever_extract_when_skipped_says():
+    for extract_when_skipped in (False, True):
+        result = run(WITH_LINK, NullOffloader(), allowlist=("@example.com",), extract_when_skipped=extract_when_skipped)
+        assert (result.decision, len(result.links)) == ("send", 1)
 
 
 def test_no_links_is_a_skip_unless_allowed():

@@ -32,7 +32,7 @@ def test_the_payload_has_exactly_the_documented_fields():
     payload = build_payload(parsed(), [link], "2025-06-03T08:00:00Z")
     assert list(payload) == ["microsoft_graph_email_id", "subject", "receivedDateTime", "sender_address",
                              "sender_email", "bodyPreview", "email_content", "email_content_truncated",
-                             "delivery_links", "message_id", "received_at", "event_id"]
+                             "delivery_links", "delivery_links_truncated", "message_id", "received_at", "event_id"]
     assert payload["delivery_links"] == [{"provider": "dropbox", "raw_url": link.raw_url, "direct_url": link.direct_url,
                                           "r2_url": "https://r2.example/x", "original_filename": "x.mov"}]
     assert payload["receivedDateTime"] == "Tue, 03 Jun 2025 10:00:00 +0200"

@@ -167,6 +167,14 @@ def test_a_payload_of_truncated_html_validates():
     validate_webhook_body(payload_bytes(payload))
 
 
+def test_a_payload_whose_links_were_capped_validates():
+    links = "\r\n".join(f"https://we.tl/t-{index:010d}" for index in range(60))
+    raw = (b"From: a@example.com\r\nSubject: many\r\nContent-Type: text/plain\r\n\r\n" + links.encode() + b"\r\n")
+    payload = payload_of(raw)
+    assert len(payload["delivery_links"]) == 50 and payload["delivery_links_truncated"] is True
+    validate_webhook_body(payload_bytes(payload))
+
+
 def test_an_empty_email_validates():
     # The parser's "never raises" fallback: every header empty or missing.
     validate_webhook_body(payload_bytes(payload_of(b"")))
@@ -188,7 +196,8 @@ def test_an_extra_field_in_a_link_entry_is_refused():
     assert error.path == "/delivery_links/1" and "size_bytes" in error.reason
 
 
-@pytest.mark.parametrize("field", ["event_id", "received_at", "message_id", "delivery_links"])
+@pytest.mark.parametrize("field", ["event_id", "received_at", "message_id", "delivery_links",
+                                   "delivery_links_truncated"])
 def test_a_missing_required_field_is_refused(field: str):
     body = example()
     del body[field]
@@ -204,6 +213,8 @@ def test_a_missing_field_in_a_link_entry_is_refused():
 
 @pytest.mark.parametrize(("pointer", "value"), [
     ("/email_content_truncated", "false"),
+    ("/delivery_links_truncated", "false"),
+    ("/delivery_links_truncated", None),
     ("/subject", None),
     ("/delivery_links", {}),
     ("/delivery_links/0/r2_url", 42),
@@ -213,6 +224,12 @@ def test_a_missing_field_in_a_link_entry_is_refused():
     ("/delivery_links/1/provider", "google_drive"),
     ("/delivery_links/1/raw_url", "ftp://we.tl/t-Zx81KdP2qa"),
     ("/delivery_links/1/original_filename", "stills.zip"),  # a file name without an R2 copy
+    ("/delivery_links/0/original_filename", "../../ep04_master.mov"),  # file names are made safe (safe_filename)
+    ("/delivery_links/0/original_filename", "ep04\\master.mov"),
+    ("/delivery_links/0/original_filename", "ep04_master\u202evom.exe"),
+    ("/delivery_links/0/original_filename", "ep04\x00.mov"),
+    ("/delivery_links/0/original_filename", ".."),
+    ("/delivery_links/0/original_filename", "e" * 252 + ".mov"),
 ])
 def test_a_wrong_type_or_shape_is_refused_at_its_path(pointer: str, value: Any):
     body = example()
