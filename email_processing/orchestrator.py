@@ -1,8 +1,11 @@
 """The decision for one parsed email: who sent it, which delivery links it carries, what the webhook says.
 
-``process_email`` is pure apart from the injected ``Offloader``: sender filter first (``sender_not_allowed``), then
-the links (``no_delivery_links`` unless emails without links are allowed), the R2 offload only for emails that will
-be sent, and the payload always (the dry run prints it for skipped emails too). Skip reasons are snake_case: they
+``process_email`` is pure apart from the injected ``Offloader``: sender filter first (with an allow-list: a From
+header that names no single unambiguous mailbox is ``sender_ambiguous``, an address off the list
+``sender_not_allowed``, and, when the mailbox authenticates senders, one the trusted Authentication-Results header
+does not vouch for ``sender_not_authenticated``; see ``email_processing.sender``), then the links
+(``no_delivery_links`` unless emails without links are allowed), the R2 offload only for emails that will be sent,
+and the payload always (the dry run prints it for skipped emails too). Skip reasons are snake_case: they
 are metric labels and ``skipped:<reason>`` done records.
 """
 
@@ -12,16 +15,19 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence
 
-from config import DEFAULT_ID
+from config import DEFAULT_ID, SenderAuth
 from email_processing.html_text import html_to_text_and_hrefs
 from email_processing.identity import email_id_for, event_id_for
 from email_processing.links import DeliveryLink, LinkLike, extract_delivery_links
 from email_processing.parsing import ParsedEmail
 from email_processing.payload import build_payload
+from email_processing.sender import authenticate_sender
 
 logger = logging.getLogger(__name__)
 
+REASON_SENDER_AMBIGUOUS = "sender_ambiguous"
 REASON_SENDER_NOT_ALLOWED = "sender_not_allowed"
+REASON_SENDER_NOT_AUTHENTICATED = "sender_not_authenticated"
 REASON_NO_DELIVERY_LINKS = "no_delivery_links"
 
 
@@ -79,21 +85,38 @@ def sender_allowed(sender_email: str, allowlist: Sequence[str]) -> bool:
     return False
 
 
+def sender_skip_reason(parsed: ParsedEmail, allowlist: Sequence[str], auth: SenderAuth | None) -> str | None:
+    """Why the sender filter skips ``parsed``, or None. Without an allow-list nothing is checked (everyone counts,
+    an ambiguous From header included); authentication is asked only of an allow-listed, unambiguous sender."""
+    if not allowlist:
+        return None
+    if parsed.sender_problem is not None:
+        logger.info("ORCHESTRATOR: From header is not one unambiguous mailbox (%s)", parsed.sender_problem)
+        return REASON_SENDER_AMBIGUOUS
+    if not sender_allowed(parsed.sender_email, allowlist):
+        return REASON_SENDER_NOT_ALLOWED
+    if auth is not None:
+        verdict = authenticate_sender(parsed.sender_email, parsed.authentication_results, auth)
+        if not verdict.authenticated:
+            logger.info("ORCHESTRATOR: allow-listed sender not authenticated: %s", verdict.why)
+            return REASON_SENDER_NOT_AUTHENTICATED
+    return None
+
+
 def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Sequence[str],
                   allow_without_links: bool, offloader: Offloader, mailbox_id: str = DEFAULT_ID,
-                  email_id: str | None = None) -> ProcessResult:
+                  email_id: str | None = None, sender_auth: SenderAuth | None = None) -> ProcessResult:
     """Decide send/skip for one email of mailbox ``mailbox_id`` and build its webhook payload for target
     ``default`` (offloading links to R2 only when sending). ``email_id``: the id ingest decided (see
-    ``email_processing.identity``; by default that of the Message-ID)."""
+    ``email_processing.identity``; by default that of the Message-ID). ``sender_auth``: the mailbox's sender
+    authentication (None: off)."""
     if email_id is None:
         email_id = email_id_for(parsed, mailbox_id)
     html_text, hrefs = html_to_text_and_hrefs(parsed.html) if parsed.html else ("", [])
     found = extract_delivery_links("\n".join((parsed.text_plain, html_text)), hrefs, html_source=parsed.html)
 
-    reason: str | None = None
-    if not sender_allowed(parsed.sender_email, sender_allowlist):
-        reason = REASON_SENDER_NOT_ALLOWED
-    elif not found and not allow_without_links:
+    reason = sender_skip_reason(parsed, sender_allowlist, sender_auth)
+    if reason is None and not found and not allow_without_links:
         reason = REASON_NO_DELIVERY_LINKS
 
     if reason is None:

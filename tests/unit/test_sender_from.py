@@ -64,6 +64,8 @@ AMBIGUOUS = {
     "empty From header": [b""],
     "no From header": [],
     "space inside the address": [b"boss @trusted.example"],
+    "no-break space inside the address": [b"boss\xc2\xa0@trusted.example"],
+    "invisible character in the domain": [b"boss@trusted.example\xe2\x80\x8b"],
     "control character": [f"Boss\x01 <{BOSS}>".encode()],
 }
 # The separators of CPython's own CVE-2023-27043 tests, between an address and an angle address.
@@ -117,6 +119,8 @@ UNAMBIGUOUS = [
     (b"Boss Q. Public <boss@trusted.example>", "Boss Q. Public <boss@trusted.example>", BOSS),
     (b"=?utf-8?b?SsOpcsO0bWU=?= <boss@trusted.example>", "J\u00e9r\u00f4me <boss@trusted.example>", BOSS),
     (b"J\xc3\xa9r\xc3\xb4me <boss@trusted.example>", "J\u00e9r\u00f4me <boss@trusted.example>", BOSS),
+    (b"J\xc3\xa9r\xc3\xb4me\xc2\xa0Dupont <boss@trusted.example>", "J\u00e9r\u00f4me Dupont <boss@trusted.example>",
+     BOSS),
     (b"boss@trusted.example (The Boss)", "The Boss <boss@trusted.example>", BOSS),
     (b"boss@trusted.example (The (Big) Boss)", "The Big Boss <boss@trusted.example>", BOSS),
     (b"Boss (work) <boss@trusted.example>", "Boss (work) <boss@trusted.example>", BOSS),
