@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from background.lease import LeaseLost
-from config import DEFAULT_ID, MailboxConfig
+from config import DEFAULT_ID, MailboxConfig, SenderAuth
 from email_processing.identity import email_id_for, email_id_for_reused, event_id_for, fingerprint_of, message_address
 from email_processing.orchestrator import Offloader, ProcessResult, process_email
 from email_processing.parsing import ParsedEmail
@@ -36,15 +36,18 @@ class IngestPolicy:
     state_key: str
     sender_allowlist: tuple[str, ...] = ()
     allow_without_links: bool = False
+    sender_auth: SenderAuth | None = None
 
     @classmethod
     def for_mailbox(cls, mailbox: MailboxConfig) -> IngestPolicy:
-        return cls(mailbox.id, mailbox.state_key, mailbox.sender_allowlist, mailbox.allow_without_links)
+        return cls(mailbox.id, mailbox.state_key, mailbox.sender_allowlist, mailbox.allow_without_links,
+                   mailbox.sender_auth)
 
     @classmethod
-    def saved_email(cls, sender_allowlist: tuple[str, ...], allow_without_links: bool) -> IngestPolicy:
+    def saved_email(cls, sender_allowlist: tuple[str, ...], allow_without_links: bool,
+                    sender_auth: SenderAuth | None = None) -> IngestPolicy:
         """``process-email``: mailbox ``default``, no IMAP message behind it."""
-        return cls(DEFAULT_ID, CLI_STATE_KEY, tuple(sender_allowlist), allow_without_links)
+        return cls(DEFAULT_ID, CLI_STATE_KEY, tuple(sender_allowlist), allow_without_links, sender_auth)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class Ingest:
             result = process_email(parsed, received_at=received_at, sender_allowlist=self.policy.sender_allowlist,
                                    allow_without_links=self.policy.allow_without_links,
                                    offloader=self.offloader_factory(), mailbox_id=self.policy.mailbox_id,
-                                   email_id=email_id)
+                                   email_id=email_id, sender_auth=self.policy.sender_auth)
         except (LeaseLost, StateStoreError):
             raise
         except Exception as exc:  # the orchestrator promises not to raise; if it does, park this one email
