@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -52,6 +52,29 @@ class PasswordCredentials:
 
 
 @dataclass(frozen=True)
+class SenderAuth:
+    """A mailbox's sender authentication: an allow-listed From address counts only when the Authentication-Results
+    header (RFC 8601) of ``authserv_id`` vouches for its domain (the topmost header with that id: the receiving
+    server adds its own above whatever a sender wrote). ``TOPMOST`` trusts the topmost header whatever its id
+    (Microsoft 365 writes none). The rules are in ``email_processing.sender``."""
+
+    authserv_id: str
+
+    TOPMOST: ClassVar[str] = "topmost"
+
+    @property
+    def topmost(self) -> bool:
+        return self.authserv_id == self.TOPMOST
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SenderAuth | None:
+        """Mailbox ``default``'s: SENDER_REQUIRE_AUTHENTICATED with SENDER_AUTHSERV_ID, or None (off)."""
+        if not settings.sender_require_authenticated or not settings.sender_authserv_id:
+            return None
+        return cls(settings.sender_authserv_id)
+
+
+@dataclass(frozen=True)
 class MailboxConfig:
     """One mailbox to watch: where it is, how to log in, and what the poller does with its mail."""
 
@@ -64,6 +87,7 @@ class MailboxConfig:
     ca_file: str | None = None
     folder: str = "INBOX"
     sender_allowlist: tuple[str, ...] = ()
+    sender_auth: SenderAuth | None = None  # None: an allow-listed From address counts as it is
     poll_interval_seconds: float = 30.0
     use_idle: bool = True
     first_start_max_age_hours: float = 72.0
@@ -101,7 +125,7 @@ class MailboxConfig:
         return cls(id=id, server=settings.imap_server or "", user=settings.email_address or "",
                    credentials=PasswordCredentials(settings.email_password or ""), port=settings.imap_port,
                    tls=tls, ca_file=settings.imap_ca_file or None, folder=settings.imap_mailbox,
-                   sender_allowlist=settings.sender_allowlist,
+                   sender_allowlist=settings.sender_allowlist, sender_auth=SenderAuth.from_settings(settings),
                    poll_interval_seconds=settings.email_polling_interval_seconds,
                    use_idle=settings.imap_use_idle, first_start_max_age_hours=settings.first_start_max_age_hours,
                    mark_as_read=settings.mark_as_read, timeout_seconds=settings.imap_timeout_seconds,

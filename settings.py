@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -103,6 +104,14 @@ def address_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip().lower() for item in raw.split(",") if item.strip())
 
 
+def authserv_id(raw: str) -> str:
+    # RFC 8601: an authserv-id is a token (lower-cased here: it names a host, compared without case)
+    value = raw.strip().lower()
+    if not re.fullmatch(r"[^\x00-\x20\x7f()<>@,;:\\\"/\[\]?=]+", value):
+        raise ValueError("expected one authserv-id token (e.g. mx.google.com) or topmost")
+    return value
+
+
 def seconds_schedule(raw: str) -> tuple[float, ...]:
     items = [item.strip() for item in raw.split(",") if item.strip()]
     if not items:
@@ -155,6 +164,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("IMAP_FETCH_MAX_FAILURES", "imap_fetch_max_failures", integer(1, 100), 3, "Failed fetches of one message (counted durably, across sessions) before it is parked with reason fetch_failed."),
     Spec("EMAIL_POLLING_INTERVAL_SECONDS", "email_polling_interval_seconds", number(0.1, 86400), 30.0, "Reconciliation search interval (also while idling)."),
     Spec("SENDER_OF_INTEREST_FOR_POLLING", "sender_allowlist", address_list, (), "Comma-separated sender addresses (or @domain entries) to act on; empty = everyone.", default_doc="(empty)"),
+    Spec("SENDER_REQUIRE_AUTHENTICATED", "sender_require_authenticated", parse_bool, False, "An allow-listed sender counts only when the Authentication-Results header of SENDER_AUTHSERV_ID says dmarc=pass for its From domain or dkim=pass with an aligned header.d (README \"Sender filter\")."),
+    Spec("SENDER_AUTHSERV_ID", "sender_authserv_id", authserv_id, None, "The authserv-id of the Authentication-Results header to trust (your receiving server's, e.g. mx.google.com), or `topmost` for the topmost header (Microsoft 365 writes none)."),
     Spec("FIRST_START_MAX_AGE_HOURS", "first_start_max_age_hours", number(0, 100000), 72.0, "On first start, unseen emails older than this are passed over (counted and logged)."),
     Spec("MARK_AS_READ", "mark_as_read", parse_bool, True, "Set \\Seen on done emails (the $RenderSignalDone keyword is set regardless)."),
     Spec("ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS", "allow_webhook_without_links", parse_bool, False, "Send a webhook for emails without any delivery link."),
@@ -235,6 +246,8 @@ class Settings:
     imap_fetch_max_failures: int = _settings_field("imap_fetch_max_failures")
     email_polling_interval_seconds: float = _settings_field("email_polling_interval_seconds")
     sender_allowlist: tuple[str, ...] = _settings_field("sender_allowlist")
+    sender_require_authenticated: bool = _settings_field("sender_require_authenticated")
+    sender_authserv_id: str | None = _settings_field("sender_authserv_id")
     first_start_max_age_hours: float = _settings_field("first_start_max_age_hours")
     mark_as_read: bool = _settings_field("mark_as_read")
     allow_webhook_without_links: bool = _settings_field("allow_webhook_without_links")
@@ -308,8 +321,8 @@ class Settings:
 
     def validate(self) -> None:
         """Cross-field rules: a feature that is on has what it needs."""
-        for rule in (_check_mailbox, _check_outside_urls, _check_webhook, _check_r2_fetch, _check_presign,
-                     _check_retention):
+        for rule in (_check_mailbox, _check_sender_auth, _check_outside_urls, _check_webhook, _check_r2_fetch,
+                     _check_presign, _check_retention):
             rule(self)
 
     # --- derived values ---------------------------------------------------------------------------------------
@@ -369,6 +382,18 @@ def _check_mailbox(s: Settings) -> None:
     if s.imap_use_ssl and s.imap_starttls:
         raise ConfigError("IMAP_STARTTLS", "cannot be combined with IMAP_USE_SSL=true (implicit TLS)")
     check_ca_file("IMAP_CA_FILE", s.imap_ca_file)
+
+
+def _check_sender_auth(s: Settings) -> None:
+    if s.sender_require_authenticated and not s.sender_authserv_id:
+        raise ConfigError("SENDER_AUTHSERV_ID", "required when SENDER_REQUIRE_AUTHENTICATED=true (your receiving "
+                                                "server's authserv-id, or topmost)")
+    if s.sender_authserv_id and not s.sender_require_authenticated:
+        raise ConfigError("SENDER_REQUIRE_AUTHENTICATED", "set it to true to authenticate senders by "
+                                                          "SENDER_AUTHSERV_ID (alone it changes nothing)")
+    if s.sender_require_authenticated and not s.sender_allowlist:
+        raise ConfigError("SENDER_OF_INTEREST_FOR_POLLING", "required with SENDER_REQUIRE_AUTHENTICATED=true: "
+                                                            "authentication applies to allow-listed senders")
 
 
 # One rule for every URL the service connects to: https:// unless its *_ALLOW_INSECURE twin is true, and a private

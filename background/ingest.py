@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from background.lease import LeaseLost
-from config import DEFAULT_ID, DEFAULT_MAX_LINKS_PER_EMAIL, MailboxConfig
+from config import DEFAULT_ID, DEFAULT_MAX_LINKS_PER_EMAIL, MailboxConfig, SenderAuth
 from email_processing.identity import email_id_for, email_id_for_reused, event_id_for, fingerprint_of, message_address
 from email_processing.orchestrator import Offloader, ProcessResult, process_email
 from email_processing.parsing import ParsedEmail
@@ -37,17 +37,19 @@ class IngestPolicy:
     sender_allowlist: tuple[str, ...] = ()
     allow_without_links: bool = False
     max_links: int = DEFAULT_MAX_LINKS_PER_EMAIL
+    sender_auth: SenderAuth | None = None
 
     @classmethod
     def for_mailbox(cls, mailbox: MailboxConfig) -> IngestPolicy:
         return cls(mailbox.id, mailbox.state_key, mailbox.sender_allowlist, mailbox.allow_without_links,
-                   mailbox.max_links_per_email)
+                   mailbox.max_links_per_email, mailbox.sender_auth)
 
     @classmethod
     def saved_email(cls, sender_allowlist: tuple[str, ...], allow_without_links: bool,
-                    max_links: int = DEFAULT_MAX_LINKS_PER_EMAIL) -> IngestPolicy:
+                    max_links: int = DEFAULT_MAX_LINKS_PER_EMAIL,
+                    sender_auth: SenderAuth | None = None) -> IngestPolicy:
         """``process-email``: mailbox ``default``, no IMAP message behind it."""
-        return cls(DEFAULT_ID, CLI_STATE_KEY, tuple(sender_allowlist), allow_without_links, max_links)
+        return cls(DEFAULT_ID, CLI_STATE_KEY, tuple(sender_allowlist), allow_without_links, max_links, sender_auth)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,8 @@ class Ingest:
             result = process_email(parsed, received_at=received_at, sender_allowlist=self.policy.sender_allowlist,
                                    allow_without_links=self.policy.allow_without_links,
                                    offloader=self.offloader_factory(), mailbox_id=self.policy.mailbox_id,
-                                   email_id=email_id, max_links=self.policy.max_links)
+                                   email_id=email_id, max_links=self.policy.max_links,
+                                   sender_auth=self.policy.sender_auth)
         except (LeaseLost, StateStoreError):
             raise
         except Exception as exc:  # the orchestrator promises not to raise; if it does, park this one email

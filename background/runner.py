@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from config import MailboxConfig, ServiceConfig, TargetConfig
+from config import MailboxConfig, SenderAuth, ServiceConfig, TargetConfig
 from settings import Settings
 from timestamps import iso_utc
 
@@ -308,7 +308,7 @@ class ServiceRuntime:
 
         settings = self.settings
         policy = IngestPolicy.saved_email(settings.sender_allowlist, settings.allow_webhook_without_links,
-                                          settings.max_links_per_email)
+                                          settings.max_links_per_email, SenderAuth.from_settings(settings))
         ingest = Ingest(self.store, policy, (self.target.id,), offloader_factory=lambda: self.offloader)
         return ingest.ingest(parsed, received_at=received_at, attempt_now=True)
 

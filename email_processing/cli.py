@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from config import SenderAuth
 from email_processing.orchestrator import NullOffloader, ProcessResult, process_email
 from email_processing.parsing import parse_message
 from email_processing.payload import received_at_from_date_header
@@ -120,7 +121,8 @@ def _run(raw: bytes, dry_run: bool, service: Any | None) -> None:
         settings = _settings(service)
         result = process_email(parsed, received_at=received_at, sender_allowlist=settings.sender_allowlist,
                                allow_without_links=settings.allow_webhook_without_links, offloader=NullOffloader(),
-                               extract_when_skipped=True, max_links=settings.max_links_per_email)
+                               extract_when_skipped=True, max_links=settings.max_links_per_email,
+                               sender_auth=SenderAuth.from_settings(settings))
         _print_payload(result)
         click.echo(_decision_line(result), err=True)
         return

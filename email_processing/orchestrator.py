@@ -1,12 +1,15 @@
 """The decision for one parsed email: who sent it, which delivery links it carries, what the webhook says.
 
-``process_email`` is pure apart from the injected ``Offloader``: sender filter first (``sender_not_allowed``), then
-the links (``no_delivery_links`` unless emails without links are allowed), the R2 offload only for emails that will
-be sent, and the payload always (the dry run prints it for skipped emails too). The links of an email skipped for its
-sender are looked for only when the caller asks (the dry run does): the poller never spends link extraction on mail
-it will not act on. At most ``max_links`` links are kept (MAX_LINKS_PER_EMAIL), the first in document order, before
-the offload: one email never costs more Worker calls than that. Skip reasons are snake_case: they are metric labels
-and ``skipped:<reason>`` done records.
+``process_email`` is pure apart from the injected ``Offloader``: sender filter first (with an allow-list: a From
+header that names no single unambiguous mailbox is ``sender_ambiguous``, an address off the list
+``sender_not_allowed``, and, when the mailbox authenticates senders, one the trusted Authentication-Results header
+does not vouch for ``sender_not_authenticated``; see ``email_processing.sender``), then the links
+(``no_delivery_links`` unless emails without links are allowed), the R2 offload only for emails that will be sent,
+and the payload always (the dry run prints it for skipped emails too). The links of an email skipped for its sender
+are looked for only when the caller asks (the dry run does): the poller never spends link extraction on mail it will
+not act on. At most ``max_links`` links are kept (MAX_LINKS_PER_EMAIL), the first in document order, before the
+offload: one email never costs more Worker calls than that. Skip reasons are snake_case: they are metric labels and
+``skipped:<reason>`` done records.
 """
 
 from __future__ import annotations
@@ -15,16 +18,19 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence
 
-from config import DEFAULT_ID, DEFAULT_MAX_LINKS_PER_EMAIL
+from config import DEFAULT_ID, DEFAULT_MAX_LINKS_PER_EMAIL, SenderAuth
 from email_processing.html_text import html_to_text_and_hrefs
 from email_processing.identity import email_id_for, event_id_for
 from email_processing.links import DeliveryLink, LinkLike, extract_delivery_links
 from email_processing.parsing import ParsedEmail
 from email_processing.payload import build_payload
+from email_processing.sender import authenticate_sender
 
 logger = logging.getLogger(__name__)
 
+REASON_SENDER_AMBIGUOUS = "sender_ambiguous"
 REASON_SENDER_NOT_ALLOWED = "sender_not_allowed"
+REASON_SENDER_NOT_AUTHENTICATED = "sender_not_authenticated"
 REASON_NO_DELIVERY_LINKS = "no_delivery_links"
 
 
@@ -83,22 +89,39 @@ def sender_allowed(sender_email: str, allowlist: Sequence[str]) -> bool:
     return False
 
 
+def sender_skip_reason(parsed: ParsedEmail, allowlist: Sequence[str], auth: SenderAuth | None) -> str | None:
+    """Why the sender filter skips ``parsed``, or None. Without an allow-list nothing is checked (everyone counts,
+    an ambiguous From header included); authentication is asked only of an allow-listed, unambiguous sender."""
+    if not allowlist:
+        return None
+    if parsed.sender_problem is not None:
+        logger.info("ORCHESTRATOR: From header is not one unambiguous mailbox (%s)", parsed.sender_problem)
+        return REASON_SENDER_AMBIGUOUS
+    if not sender_allowed(parsed.sender_email, allowlist):
+        return REASON_SENDER_NOT_ALLOWED
+    if auth is not None:
+        verdict = authenticate_sender(parsed.sender_email, parsed.authentication_results, auth)
+        if not verdict.authenticated:
+            logger.info("ORCHESTRATOR: allow-listed sender not authenticated: %s", verdict.why)
+            return REASON_SENDER_NOT_AUTHENTICATED
+    return None
+
+
 def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Sequence[str],
                   allow_without_links: bool, offloader: Offloader, mailbox_id: str = DEFAULT_ID,
                   email_id: str | None = None, extract_when_skipped: bool = False,
-                  max_links: int = DEFAULT_MAX_LINKS_PER_EMAIL) -> ProcessResult:
+                  max_links: int = DEFAULT_MAX_LINKS_PER_EMAIL, sender_auth: SenderAuth | None = None) -> ProcessResult:
     """Decide send/skip for one email of mailbox ``mailbox_id`` and build its webhook payload for target
     ``default`` (offloading links to R2 only when sending). ``email_id``: the id ingest decided (see
     ``email_processing.identity``; by default that of the Message-ID). ``extract_when_skipped``: look for the links
     of an email skipped for its sender too (the dry run prints them); otherwise its payload lists none.
-    ``max_links``: the first links kept (MAX_LINKS_PER_EMAIL); the result counts the others in ``links_truncated``."""
+    ``max_links``: the first links kept (MAX_LINKS_PER_EMAIL); the result counts the others in ``links_truncated``.
+    ``sender_auth``: the mailbox's sender authentication (None: off)."""
     if email_id is None:
         email_id = email_id_for(parsed, mailbox_id)
     html_text, hrefs = html_to_text_and_hrefs(parsed.html) if parsed.html else ("", [])
 
-    reason: str | None = None
-    if not sender_allowed(parsed.sender_email, sender_allowlist):
-        reason = REASON_SENDER_NOT_ALLOWED
+    reason = sender_skip_reason(parsed, sender_allowlist, sender_auth)
     found: list[DeliveryLink] = []
     if reason is None or extract_when_skipped:
         found = extract_delivery_links("\n".join((parsed.text_plain, html_text)), hrefs, html_source=parsed.html)

@@ -32,9 +32,9 @@ from email.header import decode_header
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from email.utils import getaddresses
 
 from email_processing.html_text import HTML_CAP_BYTES, truncate_html, warn_html_truncated
+from email_processing.sender import parse_from
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ TEXT_CAP_BYTES = 1_048_576
 TEXT_TRUNCATED_WARNING = "Text content truncated (exceeded 1MB limit)"
 MAX_HEADER_CHARS = 16_384
 MAX_RAW_HEADER_CHARS = 4 * MAX_HEADER_CHARS  # read before RFC 2047 decoding (a 200 KB Subject exists in the wild)
+MAX_SENDER_HEADERS = 20  # From and Authentication-Results occurrences kept (a second From is all it takes)
 BODY_HEAD_BYTES = 1024
 # Any charset yields at least one character (>= 1 UTF-8 byte) per 4 input bytes: 4x the cap is always enough.
 RAW_LIMIT_FACTOR = 4
@@ -66,6 +67,10 @@ class ParsedEmail:
     text_truncated: bool
     defects: tuple[str, ...] = ()
     body_head: bytes = b""
+    # Why the From header names no single unambiguous mailbox (then sender_email is ""); None when it does.
+    sender_problem: str | None = None
+    # Every Authentication-Results header value (the first MAX_SENDER_HEADERS), topmost first.
+    authentication_results: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -407,22 +412,29 @@ _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
 
 
 class _Headers:
-    """The few headers we read, as written (first occurrence, unfolded), 8-bit bytes decoded sensibly.
+    """The few headers we read, as written (first occurrence, unfolded), 8-bit bytes decoded sensibly; of From and
+    Authentication-Results every occurrence, in order (a sender is read only from exactly one From header).
 
     Raw 8-bit bytes in headers (not RFC 2047) are decoded as UTF-8, else in the charset of the message's first
     text part (clients that do this use their body charset), else Windows-1252.
     """
 
     _WANTED = ("message-id", "subject", "date", "from")
+    _EVERY = ("from", "authentication-results")
 
     def __init__(self, msg: Message, hint_charset: str | None) -> None:
         self._values: dict[str, str] = {}
+        self._every: dict[str, list[str]] = {key: [] for key in self._EVERY}
         try:
             items = msg.raw_items()  # compat32 keeps 8-bit bytes as surrogate escapes; str(Header) would lose them
             for name, value in items:
                 key = str(name).strip().lower()
-                if key in self._WANTED and key not in self._values and isinstance(value, str):
+                if not isinstance(value, str):
+                    continue
+                if key in self._WANTED and key not in self._values:
                     self._values[key] = self._clean(value, hint_charset)
+                if key in self._every and len(self._every[key]) < MAX_SENDER_HEADERS:
+                    self._every[key].append(self._clean(value, hint_charset))
         except Exception:  # a header the parser mangled beyond use is simply absent
             pass
 
@@ -443,6 +455,9 @@ class _Headers:
 
     def get(self, name: str) -> str | None:
         return self._values.get(name)
+
+    def every(self, name: str) -> tuple[str, ...]:
+        return tuple(self._every[name])
 
 
 def decode_header_value(value: str) -> str:
@@ -472,23 +487,19 @@ def _decoded_header(headers: _Headers, name: str) -> str:
     return decode_header_value(raw)[:MAX_HEADER_CHARS]
 
 
-def _from_header(headers: _Headers) -> tuple[str, str]:
-    """(decoded ``Name <addr>``, bare lower-case address or "")."""
-    raw = headers.get("from")
-    if not raw:
-        return "", ""
-    raw = raw[:MAX_HEADER_CHARS]
-    try:
-        addresses = getaddresses([raw])
-    except Exception:
-        addresses = []
-    name, addr = addresses[0] if addresses else ("", "")
-    addr = addr.strip()
-    if "@" not in addr or any(ch.isspace() for ch in addr):
-        return decode_header_value(raw), ""
-    name = decode_header_value(name).strip().strip('"').strip()
-    display = f"{name} <{addr}>" if name else addr
-    return display, addr.lower()
+def _from_header(headers: _Headers) -> tuple[str, str, str | None]:
+    """(decoded ``Name <addr>``, bare lower-case address or "", why there is no address or None).
+
+    The address comes only from ``sender.parse_from`` (strict, the runtime's email.utils is never asked). The display
+    keeps the form every earlier release wrote for one clear mailbox, since it feeds the identity fingerprint; for any
+    other From header it is the (first) header as written, decoded."""
+    mailbox = parse_from(headers.every("from"), max_chars=MAX_HEADER_CHARS)
+    if mailbox.problem is not None:
+        raw = headers.get("from")
+        return (decode_header_value(raw[:MAX_HEADER_CHARS]) if raw else ""), "", mailbox.problem
+    name = decode_header_value(mailbox.name).strip().strip('"').strip()
+    display = f"{name} <{mailbox.address}>" if name else mailbox.address
+    return display, mailbox.address.lower(), None
 
 
 def _message_id(headers: _Headers) -> str | None:
@@ -502,7 +513,7 @@ def _message_id(headers: _Headers) -> str | None:
 
 def _build(msg: Message, collector: _Collector, body_head: bytes) -> ParsedEmail:
     headers = _Headers(msg, collector.first_charset)
-    from_header, sender_email = _from_header(headers)
+    from_header, sender_email, sender_problem = _from_header(headers)
     date_header = headers.get("date")
     return ParsedEmail(
         message_id=_message_id(headers),
@@ -516,11 +527,13 @@ def _build(msg: Message, collector: _Collector, body_head: bytes) -> ParsedEmail
         text_truncated=collector.plain_cut,
         defects=tuple(collector.defects),
         body_head=body_head,
+        sender_problem=sender_problem,
+        authentication_results=headers.every("authentication-results"),
     )
 
 
 def _empty_email(raw: bytes, defect: str) -> ParsedEmail:
     return ParsedEmail(message_id=None, subject="", date_header=None, from_header="", sender_email="",
                        text_plain="", html="", html_truncated=False, text_truncated=False,
-                       defects=(defect,),
+                       defects=(defect,), sender_problem="the headers could not be read",
                        body_head=bytes(raw[:BODY_HEAD_BYTES]) if isinstance(raw, (bytes, bytearray)) else b"")

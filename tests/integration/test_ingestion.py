@@ -293,3 +293,29 @@ def test_an_email_expunged_between_listing_and_reading_is_skipped_and_the_next_o
     assert len(webhook_receiver.delivered_ids()) == 1
     assert "was expunged before it could be read" in caplog.text
     assert "reconnect attempt" not in caplog.text
+
+
+def test_a_mailbox_that_authenticates_senders_delivers_only_what_its_receiving_server_vouches_for(
+        imap_account, webhook_receiver, pipeline_factory):
+    # Given a mailbox whose allow-listed senders must be vouched for by the Authentication-Results of mx.example.org
+    pipeline = pipeline_factory(service_env(imap_account, webhook_receiver,
+                                            SENDER_OF_INTEREST_FOR_POLLING="@example.com",
+                                            SENDER_REQUIRE_AUTHENTICATED="true", SENDER_AUTHSERV_ID="mx.example.org"))
+    pipeline.wait_until(lambda: pipeline.runtime.poller_status.idle, what="idling")
+    vouched = b"Authentication-Results: mx.example.org; dmarc=pass header.from=example.com\n"
+    failed = b"Authentication-Results: mx.example.org; dmarc=fail header.from=example.com\n"
+    ambiguous = make_email(subject="ambiguous").replace(b"From: Client <client@example.com>",
+                                                        b"From: client@example.com <attacker@evil.example>", 1)
+    # When the server's own header fails (a forged passing one below it), the From header is ambiguous, or it passes
+    for raw in (failed + vouched + make_email(subject="forged below"), vouched + ambiguous,
+                vouched + make_email(subject="vouched")):
+        imap_account.server.append(imap_account.user, raw)
+    # Then only the vouched email is delivered; the other two are skipped with their reasons
+    assert webhook_receiver.wait_for(1, timeout=10)[0]["json"]["subject"] == "vouched"
+
+    def skipped() -> dict:
+        return pipeline.store.counters().get("emails_skipped") or {}
+
+    pipeline.wait_until(lambda: {"sender_not_authenticated", "sender_ambiguous"} <= set(skipped()), what="two skips")
+    assert skipped() == {"sender_not_authenticated": 1, "sender_ambiguous": 1}
+    assert len(webhook_receiver.delivered_ids()) == 1

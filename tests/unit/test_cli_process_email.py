@@ -153,3 +153,11 @@ def test_any_bytes_are_parsed_as_an_email(tmp_path):
     result = invoke(make_app(FakeService(Settings())), str(junk), "--dry-run")
     assert result.exit_code == 0
     assert json.loads(result.stdout)["event_id"].startswith("msg_")
+
+
+def test_dry_run_applies_the_configured_sender_authentication():
+    # The notification has no Authentication-Results header from mx.example.org: its sender is not vouched for.
+    settings = Settings(sender_allowlist=("jane@example.com",), sender_require_authenticated=True,
+                        sender_authserv_id="mx.example.org")
+    result = invoke(make_app(FakeService(settings)), str(WITH_LINK), "--dry-run")
+    assert result.stderr == "decision: skip reason=sender_not_authenticated\n"

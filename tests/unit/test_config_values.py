@@ -126,3 +126,17 @@ def test_the_retry_policy_repeats_its_last_delay_and_refuses_nonsense():
         RetryPolicy(schedule=())
     with pytest.raises(ValueError):
         RetryPolicy(hours=0)
+
+
+def test_sender_authentication_of_the_default_mailbox_comes_from_its_two_settings():
+    from config import SenderAuth
+
+    [plain] = ServiceConfig.from_settings(Settings.from_env(MAILBOX_ENV)).mailboxes
+    assert plain.sender_auth is None and MailboxConfig(id="x", server="s", user="u",
+                                                       credentials=PasswordCredentials("p")).sender_auth is None
+    env = {**MAILBOX_ENV, "SENDER_OF_INTEREST_FOR_POLLING": "@trusted.example", "SENDER_REQUIRE_AUTHENTICATED": "true"}
+    [gmail] = ServiceConfig.from_settings(Settings.from_env({**env, "SENDER_AUTHSERV_ID": "mx.google.com"})).mailboxes
+    assert gmail.sender_auth == SenderAuth("mx.google.com") and not gmail.sender_auth.topmost
+    [m365] = ServiceConfig.from_settings(Settings.from_env({**env, "SENDER_AUTHSERV_ID": "topmost"})).mailboxes
+    assert m365.sender_auth == SenderAuth("topmost") and m365.sender_auth.topmost
+    assert SenderAuth.from_settings(Settings.from_env(MAILBOX_ENV)) is None

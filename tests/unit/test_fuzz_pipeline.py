@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from email_processing.orchestrator import (
     REASON_NO_DELIVERY_LINKS,
+    REASON_SENDER_AMBIGUOUS,
     REASON_SENDER_NOT_ALLOWED,
     NullOffloader,
     ProcessResult,
@@ -101,9 +102,11 @@ def assert_end_state(run: PipelineRun, *, allow_without_links: bool, sender_allo
         assert result.reason is None
     else:
         assert result.decision == "skip"
-        assert result.reason in (REASON_SENDER_NOT_ALLOWED, REASON_NO_DELIVERY_LINKS)
-    if result.reason == REASON_SENDER_NOT_ALLOWED:
+        assert result.reason in (REASON_SENDER_AMBIGUOUS, REASON_SENDER_NOT_ALLOWED, REASON_NO_DELIVERY_LINKS)
+    if result.reason in (REASON_SENDER_AMBIGUOUS, REASON_SENDER_NOT_ALLOWED):
         assert sender_allowlist
+    if result.reason == REASON_SENDER_AMBIGUOUS:
+        assert result.payload["sender_email"] == ""
     if result.reason == REASON_NO_DELIVERY_LINKS:
         assert not allow_without_links and result.links == ()
     validate_webhook_body(run.body)

@@ -51,3 +51,29 @@ def test_render_grace_holds_the_shutdown_budgets():
 
     web = next(s for s in load()["services"] if s["type"] == "web")
     assert web["maxShutdownDelaySeconds"] == settings.RENDER_SHUTDOWN_GRACE_SECONDS
+
+
+# CVE-2023-27043 (email.utils taking an address-looking display name for the address) is fixed in 3.11 from 3.11.10
+# on (CPython Misc/NEWS.d/3.11.10.rst, gh-102988). The service does not rely on it (email_processing/sender.py parses
+# From itself, proven on the 3.11.7 CI runs), but what Render runs has the fix as well.
+FIRST_311_WITH_THE_FIX = (3, 11, 10)
+CI_PYTHON = "3.11.7"
+
+
+def pinned_python() -> str:
+    web = next(s for s in load()["services"] if s["type"] == "web")
+    return {v["key"]: v.get("value") for v in web["envVars"]}["PYTHON_VERSION"]
+
+
+def test_render_runs_an_exactly_pinned_python_3_11_with_the_cve_2023_27043_fix():
+    version = pinned_python()
+    parts = tuple(int(part) for part in version.split("."))
+    assert len(parts) == 3, f"PYTHON_VERSION {version!r} must name one release"
+    assert parts[:2] == (3, 11) and parts >= FIRST_311_WITH_THE_FIX, version
+
+
+def test_the_readme_names_the_pinned_python_and_the_one_ci_runs():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        readme = handle.read()
+    assert f"`PYTHON_VERSION={pinned_python()}`" in readme
+    assert f"CI runs Python {CI_PYTHON}" in readme

@@ -148,3 +148,32 @@ def test_done_records_must_outlive_the_retry_window_and_the_first_start_window(e
         Settings.from_env(env)
     assert str(error.value).startswith("CONFIG: STATE_RETENTION_DAYS:") and other in str(error.value)
     Settings.from_env({**env, "STATE_RETENTION_DAYS": "4"})
+
+
+def test_sender_authentication_is_off_by_default_and_needs_an_authserv_id_and_an_allow_list():
+    assert (Settings.from_env({}).sender_require_authenticated, Settings.from_env({}).sender_authserv_id) == \
+        (False, None)
+    allowlist = {"SENDER_OF_INTEREST_FOR_POLLING": "@trusted.example"}
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**allowlist, "SENDER_REQUIRE_AUTHENTICATED": "true"})
+    assert str(info.value).startswith("CONFIG: SENDER_AUTHSERV_ID: required when SENDER_REQUIRE_AUTHENTICATED=true")
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**allowlist, "SENDER_AUTHSERV_ID": "mx.google.com"})
+    assert info.value.variable == "SENDER_REQUIRE_AUTHENTICATED"  # an id alone must not look like protection
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SENDER_REQUIRE_AUTHENTICATED": "true", "SENDER_AUTHSERV_ID": "mx.google.com"})
+    assert info.value.variable == "SENDER_OF_INTEREST_FOR_POLLING"
+    s = Settings.from_env({**allowlist, "SENDER_REQUIRE_AUTHENTICATED": "yes", "SENDER_AUTHSERV_ID": " MX.Google.com "})
+    assert (s.sender_require_authenticated, s.sender_authserv_id) == (True, "mx.google.com")
+    assert Settings.from_env({**allowlist, "SENDER_REQUIRE_AUTHENTICATED": "true",
+                              "SENDER_AUTHSERV_ID": "Topmost"}).sender_authserv_id == "topmost"
+    assert Settings.from_env({**allowlist, "SENDER_REQUIRE_AUTHENTICATED": "false"}).sender_require_authenticated \
+        is False
+
+
+@pytest.mark.parametrize("bad", ["mx.google.com; dkim=pass", "two words", "(comment)", 'q"uote', "a=b"])
+def test_an_authserv_id_is_one_rfc_8601_token(bad):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SENDER_OF_INTEREST_FOR_POLLING": "@t.example", "SENDER_REQUIRE_AUTHENTICATED": "true",
+                           "SENDER_AUTHSERV_ID": bad})
+    assert info.value.variable == "SENDER_AUTHSERV_ID"
