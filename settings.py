@@ -169,7 +169,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("FIRST_START_MAX_AGE_HOURS", "first_start_max_age_hours", number(0, 100000), 72.0, "On first start, unseen emails older than this are passed over (counted and logged)."),
     Spec("MARK_AS_READ", "mark_as_read", parse_bool, True, "Set \\Seen on done emails (the $RenderSignalDone keyword is set regardless)."),
     Spec("ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS", "allow_webhook_without_links", parse_bool, False, "Send a webhook for emails without any delivery link."),
-    Spec("MAX_LINKS_PER_EMAIL", "max_links_per_email", integer(1, 1000), DEFAULT_MAX_LINKS_PER_EMAIL, "Delivery links kept per email: the first ones in document order, before the R2 offload; the payload says `delivery_links_truncated: true` when there were more (one log line with the counts)."),
+    Spec("MAX_LINKS_PER_EMAIL", "max_links_per_email", integer(1, 1000), DEFAULT_MAX_LINKS_PER_EMAIL, "Delivery links kept per email: the first ones in document order, before the R2 offload; the payload says `delivery_links_truncated: true` when there were more (counted as links_truncated, one log line with the counts)."),
     # Background machinery and lease
     Spec("ENABLE_BACKGROUND_TASKS", "enable_background_tasks", parse_bool, True, "false = web side only; /health says the poller is disabled."),
     Spec("REDIS_URL", "redis_url", redis_url, None, "Redis for the lease and the shared state. Unset = file lock + SQLite (single container).", secret=True),

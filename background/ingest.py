@@ -143,6 +143,8 @@ class Ingest:
             return Ingested("parked")
         if parsed.html_truncated:
             self.store.incr("html_truncations", labels=self._labels)
+        if result.links_truncated:  # MAX_LINKS_PER_EMAIL cut the email's links (logged by the orchestrator)
+            self.store.incr("links_truncated", result.links_truncated, labels=self._labels)
         if result.decision == "skip":
             self._record_skip(result, where, parsed)
             return Ingested("skipped", result)
