@@ -26,8 +26,9 @@ REFUSAL_REASONS: tuple[RefusalReason, ...] = ("scheme", "userinfo", "port", "hos
 # optional trailing dot. Characters WHATWG still lets into a domain (";", "!", "$", …) are refused: no host a
 # provider owns is spelt with them, and other readers split on some of them.
 _HOST_NAME = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}\.?")
-# What of a refused URL's host may go into a log line: printable ASCII, bounded.
-_LOGGABLE_HOST = re.compile(r"[!-~]{1,253}")
+# What of a refused URL's host may go into a log line: the characters of host names and IP literals, bounded
+# (no space, "," or ";", which separate the refusals of one email's log line).
+_LOGGABLE_HOST = re.compile(r"[A-Za-z0-9._~%!$&'()*+=:\[\]-]{1,253}")
 
 
 @dataclass(frozen=True)
