@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, Sequence
 from config import DEFAULT_ID
 from email_processing.html_text import html_to_text_and_hrefs
 from email_processing.identity import email_id_for, event_id_for
-from email_processing.links import DeliveryLink, LinkLike, extract_delivery_links
+from email_processing.links import DeliveryLink, LinkLike, RefusedLink, extract_links
 from email_processing.parsing import ParsedEmail
 from email_processing.payload import build_payload
 
@@ -62,6 +62,7 @@ class ProcessResult:
     email_id: str
     event_id: str
     links: tuple[OffloadedLink, ...]
+    refused_links: tuple[RefusedLink, ...] = ()  # counted and logged by ingest (provider and host, never the URL)
 
 
 def sender_allowed(sender_email: str, allowlist: Sequence[str]) -> bool:
@@ -88,7 +89,7 @@ def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Se
     if email_id is None:
         email_id = email_id_for(parsed, mailbox_id)
     html_text, hrefs = html_to_text_and_hrefs(parsed.html) if parsed.html else ("", [])
-    found = extract_delivery_links("\n".join((parsed.text_plain, html_text)), hrefs, html_source=parsed.html)
+    found, refused = extract_links("\n".join((parsed.text_plain, html_text)), hrefs, html_source=parsed.html)
 
     reason: str | None = None
     if not sender_allowed(parsed.sender_email, sender_allowlist):
@@ -105,7 +106,7 @@ def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Se
     decision: Literal["send", "skip"] = "skip" if reason else "send"
     logger.debug("ORCHESTRATOR: %s decision=%s reason=%s links=%s", email_id, decision, reason, len(links))
     return ProcessResult(decision=decision, reason=reason, payload=payload, email_id=email_id,
-                         event_id=event_id_for(email_id), links=links)
+                         event_id=event_id_for(email_id), links=links, refused_links=refused)
 
 
 def _offload(offloader: Offloader, email_id: str, found: list[DeliveryLink]) -> tuple[OffloadedLink, ...]:

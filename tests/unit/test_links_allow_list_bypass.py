@@ -6,6 +6,8 @@ canonical serialisation."""
 
 from __future__ import annotations
 
+import json
+import logging
 from html import escape
 from urllib.parse import quote
 
@@ -13,8 +15,9 @@ import pytest
 from ada_url import URL
 
 from email_processing.html_text import html_to_text_and_hrefs
-from email_processing.links import extract_delivery_links, is_allowed_provider_url
+from email_processing.links import DeliveryLink, extract_delivery_links, is_allowed_provider_url
 from services.r2_offload import is_allow_listed
+from tests.unit.test_r2_offload_unit import FakeSession, make_offloader, success_body
 
 # One delivery URL per provider domain, as (provider, host, path and query).
 DELIVERIES = [
@@ -204,3 +207,22 @@ def test_the_r2_allow_list_refuses_what_a_receiver_would_fetch_elsewhere(url):
 
 def test_the_r2_allow_list_accepts_the_default_port_written_out():
     assert is_allow_listed("dropbox", "https://www.dropbox.com:443/s/x/a.pdf?dl=1")
+
+
+def test_the_r2_offload_refuses_a_backslash_host_naming_the_host_the_worker_would_fetch(caplog):
+    url = "https://attacker.example\\.dropbox.com/s/SECRET/a.pdf?dl=1"
+    session = FakeSession(body=success_body())
+    with caplog.at_level(logging.INFO):
+        [result] = make_offloader(session).offload_links("e1", [DeliveryLink("dropbox", url, url)])
+    assert session.calls == [] and result.r2_url is None
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("SECURITY:")]
+    assert "host=attacker.example " in line and "SECRET" not in line
+
+
+def test_the_r2_offload_sends_the_worker_the_checked_canonical_url():
+    url = "https://WWW.DROPBOX.COM:443/s/aaa/R\u00e9sum\u00e9.pdf?dl=1"
+    session = FakeSession(body=success_body())
+    [result] = make_offloader(session).offload_links("e1", [DeliveryLink("dropbox", url, url)])
+    assert result.r2_url is not None
+    [call] = session.calls
+    assert json.loads(call["data"])["source_url"] == "https://www.dropbox.com/s/aaa/R%C3%A9sum%C3%A9.pdf?dl=1"
