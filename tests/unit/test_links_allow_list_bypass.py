@@ -16,8 +16,10 @@ from ada_url import URL
 
 from email_processing.html_text import html_to_text_and_hrefs
 from email_processing.links import DeliveryLink, extract_delivery_links, is_allowed_provider_url
+from harness.contract import WebhookContractError, validate_webhook_body
 from services.r2_offload import is_allow_listed
 from tests.unit.test_r2_offload_unit import FakeSession, make_offloader, success_body
+from tests.unit.test_webhook_payload_schema import example as schema_example
 
 # One delivery URL per provider domain, as (provider, host, path and query).
 DELIVERIES = [
@@ -226,3 +228,30 @@ def test_the_r2_offload_sends_the_worker_the_checked_canonical_url():
     assert result.r2_url is not None
     [call] = session.calls
     assert json.loads(call["data"])["source_url"] == "https://www.dropbox.com/s/aaa/R%C3%A9sum%C3%A9.pdf?dl=1"
+
+
+# --- the webhook contract says so ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field", ["raw_url", "direct_url"])
+@pytest.mark.parametrize("url", [
+    "https://attacker.example\\@we.tl/t-Zx81KdP2qa",
+    "https://attacker.example\\.we.tl/t-Zx81KdP2qa",
+    "http://we.tl/t-Zx81KdP2qa",
+    "https://we.tl:8443/t-Zx81KdP2qa",
+    "https://we.tl:443/t-Zx81KdP2qa",
+    "https://u:p@we.tl/t-Zx81KdP2qa",
+    "HTTPS://WE.TL/t-Zx81KdP2qa",
+    "https://we.tl/t-Zx81 KdP2qa",
+    "https://we.tl",
+])
+def test_the_schema_refuses_a_link_that_is_not_in_checked_canonical_form(field, url):
+    body = schema_example()
+    body["delivery_links"][1][field] = url
+    with pytest.raises(WebhookContractError) as refused:
+        validate_webhook_body(body)
+    assert refused.value.path == f"/delivery_links/1/{field}"
+
+
+def test_the_example_payload_carries_canonical_links():
+    for link in schema_example()["delivery_links"]:
+        assert URL(link["raw_url"]).href == link["raw_url"] and URL(link["direct_url"]).href == link["direct_url"]
