@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from email_processing.urls import RefusalReason, RefusedUrl, check_url, host_matches, url_readings
+from email_processing.urls import ReadUrl, RefusalReason, RefusedUrl, check_url, host_matches, read_url
 
 MAX_URL_LENGTH = 8192  # longer candidates are not links a person shares; bounds the work per match
 _MAX_UNWRAP_DEPTH = 4
@@ -204,21 +204,22 @@ def is_allowed_provider_url(url: str) -> str | None:
     return link.provider if isinstance(link, DeliveryLink) else None
 
 
-def _claiming_provider(url: str) -> Provider | None:
-    """The provider on whose delivery URLs either reading of ``url`` (WHATWG or Python) puts it."""
-    for reading in url_readings(url):
+def _claiming_provider(read: ReadUrl) -> Provider | None:
+    """The provider on whose delivery URLs either reading of the URL (WHATWG or Python) puts it."""
+    for reading in read.readings():
         for provider in PROVIDERS:
-            if provider.delivers(reading.host, reading.path, url):
+            if provider.delivers(reading.host, reading.path, read.url):
                 return provider
     return None
 
 
 def _link_for(url: str) -> DeliveryLink | RefusedLink | None:
     """The delivery link ``url`` is (canonical raw and direct URLs), the refusal of one it claims to be, or None."""
-    provider = _claiming_provider(url)
+    read = read_url(url)
+    provider = _claiming_provider(read)
     if provider is None:
         return None
-    checked = check_url(url, provider.domains)
+    checked = read.check(provider.domains)
     if isinstance(checked, RefusedUrl):
         return RefusedLink(checked.reason, provider.name, checked.host)
     if len(checked.href) > MAX_URL_LENGTH or not provider.delivers(checked.hostname, checked.pathname, checked.href):
@@ -258,11 +259,17 @@ def _strip_trailing(url: str) -> str:
 
 
 _REDIRECTORS = ("safelinks.protection.outlook.com", "google.com")
+_TAB_OR_NEWLINE = re.compile(r"[\t\r\n]")
 
 
 def _unwrap_redirector(url: str) -> str | None:
     """The target of an Outlook SafeLinks or Google redirect URL, else None. A wrapper is a hop the link takes: it is
     read only when it passes ``check_url`` like any other URL (so a backslash cannot fake the wrapper's host)."""
+    # ``check_url`` passes a host only as Python reads it: a substring of the URL once tab and line breaks are
+    # removed (as both parsers remove them). So this shortcut skips no wrapper that the check would pass.
+    lowered = _TAB_OR_NEWLINE.sub("", url).lower()
+    if "google." not in lowered and "safelinks." not in lowered:
+        return None
     wrapper = check_url(url, _REDIRECTORS)
     if isinstance(wrapper, RefusedUrl):
         return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Iterable, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from ada_url import URL, HostType
 
@@ -67,47 +67,68 @@ def host_matches(host: str, domain: str) -> bool:
 def check_url(url: str, domains: Iterable[str]) -> CheckedUrl | RefusedUrl:
     """``url`` in canonical form when a receiver fetches it over https, without userinfo, on port 443, from a host
     within ``domains`` that Python reads the same way; else the refusal, reason and host."""
-    url = _scalar_values(url)
-    try:
-        parsed = URL(url)
-    except ValueError:
-        return RefusedUrl("unparsable", _loggable(_python_host(url)))
-    host = parsed.hostname
-    try:
-        python = urlsplit(url)
-        python_host = (python.hostname or "").rstrip(".")
-        python_port = python.port
-    except ValueError:  # a bracket or port Python cannot read, or a host that NFKC turns into a delimiter
-        return RefusedUrl("unparsable", _loggable(host))
-    if parsed.protocol != "https:":
-        return RefusedUrl("scheme", _loggable(host))
-    if (python_host != host.rstrip(".") or parsed.host_type != HostType.DEFAULT or not _HOST_NAME.fullmatch(host)
-            or not any(host_matches(host, domain) for domain in domains)):
-        return RefusedUrl("host", _loggable(host))
-    # Python's reading counts too: "https://@host/" is an empty userinfo the WHATWG serialisation silently drops.
-    if parsed.username or parsed.password or python.username is not None:
-        return RefusedUrl("userinfo", _loggable(host))
-    if parsed.port != "" or python_port not in (None, 443):
-        return RefusedUrl("port", _loggable(host))
-    return CheckedUrl(href=parsed.href, hostname=host, pathname=parsed.pathname, search=parsed.search)
+    return read_url(url).check(domains)
 
 
 def url_readings(url: str) -> list[UrlReading]:
-    """How the WHATWG parser and Python each read ``url`` (those that can): a URL that either puts on a provider's
-    host is a candidate delivery link, which ``check_url`` then accepts or refuses."""
-    url = _scalar_values(url)
-    readings = []
-    try:
-        parsed = URL(url)
-        readings.append(UrlReading(parsed.hostname, parsed.pathname))
-    except ValueError:
-        pass
-    try:
-        python = urlsplit(url)
-        readings.append(UrlReading(python.hostname or "", python.path))
-    except ValueError:
-        pass
-    return readings
+    """How the WHATWG parser and Python each read ``url`` (those that can)."""
+    return read_url(url).readings()
+
+
+def read_url(url: str) -> ReadUrl:
+    """``url`` read once by both parsers, for a caller that asks what it claims to be, then checks it."""
+    return ReadUrl(url)
+
+
+class ReadUrl:
+    """A URL as the WHATWG parser and Python read it (``None`` for a parser that cannot)."""
+
+    __slots__ = ("python", "url", "whatwg")
+
+    def __init__(self, url: str) -> None:
+        self.url = _scalar_values(url)
+        try:
+            self.whatwg: URL | None = URL(self.url)
+        except ValueError:
+            self.whatwg = None
+        try:
+            self.python: SplitResult | None = urlsplit(self.url)
+        except ValueError:  # a bracket Python cannot read, or a host that NFKC turns into a delimiter
+            self.python = None
+
+    def readings(self) -> list[UrlReading]:
+        """Host and path by each parser that reads the URL: one that either puts on a provider's delivery URLs is a
+        candidate delivery link, which ``check`` then accepts or refuses."""
+        readings = []
+        if self.whatwg is not None:
+            readings.append(UrlReading(self.whatwg.hostname, self.whatwg.pathname))
+        if self.python is not None:
+            readings.append(UrlReading(self.python.hostname or "", self.python.path))
+        return readings
+
+    def check(self, domains: Iterable[str]) -> CheckedUrl | RefusedUrl:
+        """See ``check_url``."""
+        parsed, python = self.whatwg, self.python
+        if parsed is None:
+            return RefusedUrl("unparsable", _loggable((python.hostname or "") if python is not None else ""))
+        host = parsed.hostname
+        try:
+            python_port = python.port if python is not None else None
+        except ValueError:
+            python = None
+        if python is None:
+            return RefusedUrl("unparsable", _loggable(host))
+        if parsed.protocol != "https:":
+            return RefusedUrl("scheme", _loggable(host))
+        if ((python.hostname or "").rstrip(".") != host.rstrip(".") or parsed.host_type != HostType.DEFAULT
+                or not _HOST_NAME.fullmatch(host) or not any(host_matches(host, domain) for domain in domains)):
+            return RefusedUrl("host", _loggable(host))
+        # Python's reading counts too: "https://@host/" is an empty userinfo the WHATWG serialisation silently drops.
+        if parsed.username or parsed.password or python.username is not None:
+            return RefusedUrl("userinfo", _loggable(host))
+        if parsed.port != "" or python_port not in (None, 443):
+            return RefusedUrl("port", _loggable(host))
+        return CheckedUrl(href=parsed.href, hostname=host, pathname=parsed.pathname, search=parsed.search)
 
 
 def _scalar_values(url: str) -> str:
@@ -120,13 +141,6 @@ def _scalar_values(url: str) -> str:
     except UnicodeEncodeError:
         return url.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return url
-
-
-def _python_host(url: str) -> str:
-    try:
-        return urlsplit(url).hostname or ""
-    except ValueError:
-        return ""
 
 
 def _loggable(host: str) -> str:
