@@ -141,6 +141,8 @@ class Ingest:
                 raise
             self.park(parsed, where, "processing_failed", f"{type(exc).__name__}: {exc}")
             return Ingested("parked")
+        if result.refused_links:
+            self._count_refused_links(result, where)
         if parsed.html_truncated:
             self.store.incr("html_truncations", labels=self._labels)
         if result.links_truncated:  # MAX_LINKS_PER_EMAIL cut the email's links (logged by the orchestrator)
@@ -150,6 +152,14 @@ class Ingest:
             return Ingested("skipped", result)
         items = self._enqueue(result, where, parsed, attempt_now)
         return Ingested("queued" if items else "known", result, items)
+
+    def _count_refused_links(self, result: ProcessResult, where: Where) -> None:
+        # Links are capabilities: one line per email naming providers and hosts, never a URL.
+        for refused in result.refused_links:
+            self.store.incr("links_refused", label=refused.reason, labels=self._labels)
+        logger.warning("SECURITY: refused %d delivery link(s) mailbox=%s uid=%s event_id=%s: %s",
+                       len(result.refused_links), self.policy.mailbox_id, where.uid, result.event_id,
+                       "; ".join(f"{r.provider} host={r.host} reason={r.reason}" for r in result.refused_links))
 
     def _record_skip(self, result: ProcessResult, where: Where, parsed: ParsedEmail) -> None:
         self.store.mark_done(result.email_id, f"skipped:{result.reason}")

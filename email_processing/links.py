@@ -1,4 +1,4 @@
-"""File-delivery links: the provider registry and ``extract_delivery_links``.
+"""File-delivery links: the provider registry and ``extract_links`` (``extract_delivery_links``: the links alone).
 
 A provider is one ``Provider`` entry in ``PROVIDERS``: its name, the host domains it owns (a host matches a domain
 exactly or as a subdomain, never by substring) with the URL paths that are deliveries on them, and optionally a
@@ -6,7 +6,10 @@ direct-download rewrite and an exclusion rule. Candidate URLs come from the HTML
 from the text, then from a linear scan of the entity-decoded HTML source, which finds what the HTML parser lost
 (nesting past libxml2's depth limit, broken markup, comments); each is HTML-unescaped, stripped of trailing
 punctuation, unwrapped from Outlook SafeLinks and Google redirects, checked against the registry and reported once,
-in order of first appearance.
+in order of first appearance. A candidate that either Python or a WHATWG parser puts on a provider's delivery URLs is
+then checked by ``email_processing.urls.check_url`` (the host as receivers read it, https, no userinfo, no port but
+443): what passes is emitted in the WHATWG canonical form, what does not is returned as a ``RefusedLink`` (reason,
+provider, host) for the caller to count and log. Redirect wrappers are unwrapped only when they pass the same check.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import html
 import re
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, NamedTuple, Protocol
 from urllib.parse import parse_qsl, urlsplit
+
+from email_processing.urls import ReadUrl, RefusalReason, RefusedUrl, check_url, host_matches, read_url
 
 MAX_URL_LENGTH = 8192  # longer candidates are not links a person shares; bounds the work per match
 _MAX_UNWRAP_DEPTH = 4
@@ -27,6 +32,20 @@ class DeliveryLink:
     provider: str
     raw_url: str
     direct_url: str
+
+
+@dataclass(frozen=True)
+class RefusedLink:
+    """A candidate on a provider's delivery URLs that ``check_url`` refused: what is counted and logged (no URL)."""
+
+    reason: RefusalReason
+    provider: str
+    host: str
+
+
+class ExtractedLinks(NamedTuple):
+    links: list[DeliveryLink]
+    refused: tuple[RefusedLink, ...]
 
 
 class LinkLike(Protocol):
@@ -58,6 +77,19 @@ class Provider:
     direct: Callable[[str], str] | None = None
     # True for URLs on the provider's domain that look like deliveries but are not (logos, delete links)
     excluded: Callable[[str], bool] | None = field(default=None)
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(rule.domain for rule in self.rules)
+
+    def delivers(self, host: str, path: str, url: str) -> bool:
+        """True when ``host`` and ``path`` (one reading of ``url``) are one of this provider's delivery URLs."""
+        if not any(host_matches(host, rule.domain) and rule.path.search(path) for rule in self.rules):
+            return False
+        try:
+            return self.excluded is None or not self.excluded(url)
+        except ValueError:  # an exclusion rule reads the URL with Python, which may not read it at all
+            return True
 
 
 # --- Dropbox ---------------------------------------------------------------------------------------------------
@@ -165,29 +197,40 @@ PROVIDERS: tuple[Provider, ...] = (
 
 # --- host and provider checks ----------------------------------------------------------------------------------
 
-def host_matches(host: str, domain: str) -> bool:
-    """True when ``host`` is ``domain`` or one of its subdomains (case-insensitive, trailing dot ignored)."""
-    host = host.lower().rstrip(".")
-    domain = domain.lower().rstrip(".")
-    return host == domain or host.endswith("." + domain)
-
-
 def is_allowed_provider_url(url: str) -> str | None:
-    """The provider name when ``url`` is an https/http delivery link of a registered provider, else None."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not host:
-        return None
-    for provider in PROVIDERS:
-        for rule in provider.rules:
-            if host_matches(host, rule.domain) and rule.path.search(parts.path):
-                if provider.excluded is not None and provider.excluded(url):
-                    return None
-                return provider.name
+    """The provider name when ``url`` is an https delivery link of a registered provider that ``check_url``
+    accepts, else None."""
+    link = _link_for(url)
+    return link.provider if isinstance(link, DeliveryLink) else None
+
+
+def _claiming_provider(read: ReadUrl) -> Provider | None:
+    """The provider on whose delivery URLs either reading of the URL (WHATWG or Python) puts it."""
+    for reading in read.readings():
+        for provider in PROVIDERS:
+            if provider.delivers(reading.host, reading.path, read.url):
+                return provider
     return None
+
+
+def _link_for(url: str) -> DeliveryLink | RefusedLink | None:
+    """The delivery link ``url`` is (canonical raw and direct URLs), the refusal of one it claims to be, or None."""
+    read = read_url(url)
+    provider = _claiming_provider(read)
+    if provider is None:
+        return None
+    checked = read.check(provider.domains)
+    if isinstance(checked, RefusedUrl):
+        return RefusedLink(checked.reason, provider.name, checked.host)
+    if len(checked.href) > MAX_URL_LENGTH or not provider.delivers(checked.hostname, checked.pathname, checked.href):
+        return None  # e.g. "/s/../home": a delivery path to Python, the account page to a receiver
+    direct_url = checked.href
+    if provider.direct is not None:  # the direct form is emitted too: it passes the same check
+        direct = check_url(provider.direct(checked.href), provider.domains)
+        if isinstance(direct, RefusedUrl):
+            return RefusedLink(direct.reason, provider.name, direct.host)
+        direct_url = direct.href
+    return DeliveryLink(provider=provider.name, raw_url=checked.href, direct_url=direct_url)
 
 
 # --- candidates ------------------------------------------------------------------------------------------------
@@ -224,21 +267,29 @@ def _strip_trailing(url: str) -> str:
     return url[:end]
 
 
+_REDIRECTORS = ("safelinks.protection.outlook.com", "google.com")
+_TAB_OR_NEWLINE = re.compile(r"[\t\r\n]")
+
+
 def _unwrap_redirector(url: str) -> str | None:
-    """The target of an Outlook SafeLinks or Google redirect URL, else None."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
+    """The target of an Outlook SafeLinks or Google redirect URL, else None. A wrapper is a hop the link takes: it is
+    read only when it passes ``check_url`` like any other URL (so a backslash cannot fake the wrapper's host)."""
+    # ``check_url`` passes a host only as Python reads it: a substring of the URL once tab and line breaks are
+    # removed (as both parsers remove them). So this shortcut skips no wrapper that the check would pass.
+    lowered = _TAB_OR_NEWLINE.sub("", url).lower()
+    if "google." not in lowered and "safelinks." not in lowered:
+        return None
+    wrapper = check_url(url, _REDIRECTORS)
+    if isinstance(wrapper, RefusedUrl):
         return None
     names: tuple[str, ...]
-    if host_matches(host, "safelinks.protection.outlook.com"):
+    if host_matches(wrapper.hostname, "safelinks.protection.outlook.com"):
         names = ("url",)
-    elif host_matches(host, "google.com") and parts.path == "/url":
+    elif host_matches(wrapper.hostname, "google.com") and wrapper.pathname == "/url":
         names = ("q", "url")
     else:
         return None
-    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    params = dict(parse_qsl(wrapper.search[1:], keep_blank_values=True))
     for name in names:
         target = params.get(name)
         if target and target.lower().startswith(("http://", "https://")):
@@ -287,28 +338,31 @@ def _dedup_key(link: DeliveryLink) -> str:
     return f"{(parts.hostname or '').lower()}{parts.path.rstrip('/')}?{query}"
 
 
-def _to_link(candidate: str) -> DeliveryLink | None:
+def _classify(candidate: str) -> DeliveryLink | RefusedLink | None:
     if len(candidate) > MAX_URL_LENGTH:
         return None
-    url = _normalise_candidate(candidate)
-    provider_name = is_allowed_provider_url(url)
-    if provider_name is None:
-        return None
-    provider = next(p for p in PROVIDERS if p.name == provider_name)
-    direct = provider.direct(url) if provider.direct is not None else url
-    return DeliveryLink(provider=provider_name, raw_url=url, direct_url=direct)
+    return _link_for(_normalise_candidate(candidate))
 
 
 class _FirstSightings:
-    """Delivery links in order of first sight, one per ``_dedup_key``."""
+    """Delivery links in order of first sight, one per ``_dedup_key``; refused candidates, one per URL."""
 
     def __init__(self) -> None:
         self.links: list[DeliveryLink] = []
         self._seen: set[str] = set()
+        self._refused: dict[str, RefusedLink] = {}
+
+    @property
+    def refused(self) -> tuple[RefusedLink, ...]:
+        return tuple(self._refused.values())
 
     def new_link(self, candidate: str) -> DeliveryLink | None:
-        """The delivery link ``candidate`` names, unless it names none or one already seen (now marked seen)."""
-        link = _to_link(candidate)
+        """The delivery link ``candidate`` names, unless it names none or one already seen (now marked seen). A
+        refused candidate is remembered as a refusal."""
+        link = _classify(candidate)
+        if isinstance(link, RefusedLink):
+            self._refused.setdefault(_normalise_candidate(candidate), link)
+            return None
         if link is None:
             return None
         key = _dedup_key(link)
@@ -318,9 +372,10 @@ class _FirstSightings:
         return link
 
 
-def extract_delivery_links(text: str, hrefs: list[str], html_source: str = "") -> list[DeliveryLink]:
+def extract_links(text: str, hrefs: list[str], html_source: str = "") -> ExtractedLinks:
     """Delivery links in ``hrefs`` (document order), then in ``text``, then in ``html_source`` (the HTML the hrefs
-    and text were read from, scanned for links its parser lost), each once, in order of first appearance."""
+    and text were read from, scanned for links its parser lost), each once, in order of first appearance; and the
+    candidates refused by the URL check, each once."""
     sightings = _FirstSightings()
     tree_candidates = [_href_candidate(href) for href in hrefs if href and href[:4].lower() == "http"]
     if text:
@@ -331,7 +386,12 @@ def extract_delivery_links(text: str, hrefs: list[str], html_source: str = "") -
             sightings.links.append(link)
     if html_source:
         _add_links_only_the_source_shows(sightings, html_source, set(tree_candidates))
-    return sightings.links
+    return ExtractedLinks(sightings.links, sightings.refused)
+
+
+def extract_delivery_links(text: str, hrefs: list[str], html_source: str = "") -> list[DeliveryLink]:
+    """The delivery links of ``extract_links``."""
+    return extract_links(text, hrefs, html_source).links
 
 
 def _add_links_only_the_source_shows(sightings: _FirstSightings, html_source: str, classified: set[str]) -> None:

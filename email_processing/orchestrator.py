@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol, Sequence
 from config import DEFAULT_ID, DEFAULT_MAX_LINKS_PER_EMAIL, SenderAuth
 from email_processing.html_text import html_to_text_and_hrefs
 from email_processing.identity import email_id_for, event_id_for
-from email_processing.links import DeliveryLink, LinkLike, extract_delivery_links
+from email_processing.links import DeliveryLink, LinkLike, RefusedLink, extract_links
 from email_processing.parsing import ParsedEmail
 from email_processing.payload import build_payload
 from email_processing.sender import authenticate_sender
@@ -72,6 +72,7 @@ class ProcessResult:
     event_id: str
     links: tuple[OffloadedLink, ...]
     links_truncated: int = 0  # delivery links found beyond the cap and dropped (payload: delivery_links_truncated)
+    refused_links: tuple[RefusedLink, ...] = ()  # counted and logged by ingest (provider and host, never the URL)
 
 
 def sender_allowed(sender_email: str, allowlist: Sequence[str]) -> bool:
@@ -123,8 +124,9 @@ def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Se
 
     reason = sender_skip_reason(parsed, sender_allowlist, sender_auth)
     found: list[DeliveryLink] = []
+    refused: tuple[RefusedLink, ...] = ()
     if reason is None or extract_when_skipped:
-        found = extract_delivery_links("\n".join((parsed.text_plain, html_text)), hrefs, html_source=parsed.html)
+        found, refused = extract_links("\n".join((parsed.text_plain, html_text)), hrefs, html_source=parsed.html)
     if reason is None and not found and not allow_without_links:
         reason = REASON_NO_DELIVERY_LINKS
     dropped = max(len(found) - max_links, 0)
@@ -144,7 +146,8 @@ def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Se
     decision: Literal["send", "skip"] = "skip" if reason else "send"
     logger.debug("ORCHESTRATOR: %s decision=%s reason=%s links=%s", email_id, decision, reason, len(links))
     return ProcessResult(decision=decision, reason=reason, payload=payload, email_id=email_id,
-                         event_id=event_id_for(email_id), links=links, links_truncated=dropped)
+                         event_id=event_id_for(email_id), links=links, links_truncated=dropped,
+                         refused_links=refused)
 
 
 def _offload(offloader: Offloader, email_id: str, found: list[DeliveryLink]) -> tuple[OffloadedLink, ...]:

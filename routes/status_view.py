@@ -34,9 +34,9 @@ logger = logging.getLogger(__name__)
 KNOWN_COUNTERS: tuple[str, ...] = (
     "emails_seen", "emails_processed", "emails_skipped", "webhooks_delivered", "webhook_retries", "dead_letters",
     "possible_duplicates", "r2_success", "r2_fallback", "html_truncations", "parse_failures",
-    "emails_parked", "duplicates_merged", "flag_requests_dropped", "links_truncated",
+    "emails_parked", "duplicates_merged", "flag_requests_dropped", "links_truncated", "links_refused",
 )
-LABELLED_COUNTERS = frozenset({"emails_skipped", "r2_fallback", "emails_parked"})
+LABELLED_COUNTERS = frozenset({"emails_skipped", "r2_fallback", "emails_parked", "links_refused"})
 RECENT_LIMIT = 20
 DEAD_LETTERS_SHOWN = 5
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from email_processing.links import LinkLike, host_matches, is_dropbox_folder
+from email_processing.links import LinkLike, is_dropbox_folder
 from email_processing.orchestrator import NullOffloader, OffloadedLink, source_only
+from email_processing.urls import CheckedUrl, RefusedUrl, check_url
 from services.circuit_breaker import BreakerState, BreakerTransition, CircuitBreaker
 from services.r2_presign import Presigner, R2PresignError, build_presigner
 from services.r2_worker_client import R2WorkerClient, R2WorkerError
@@ -91,19 +92,17 @@ def normalise_source_url(url: str) -> str:
 
 
 def is_allow_listed(provider: str, url: str) -> bool:
-    """An https URL without credentials whose host lies within one of the provider's allow-listed domains."""
+    """An https URL without credentials or port whose host, as the Worker reads it, lies within one of the
+    provider's allow-listed domains (``email_processing.urls.check_url``)."""
+    return isinstance(checked_source_url(provider, url), CheckedUrl)
+
+
+def checked_source_url(provider: str, url: str) -> CheckedUrl | RefusedUrl:
+    """``check_url`` against the provider's allow-list; a provider without one allows nothing."""
     domains = OFFLOADED_PROVIDERS.get(provider.lower())
     if not domains:
-        return False
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        return False
-    if parts.scheme.lower() != "https" or not host or parts.username is not None or parts.password is not None:
-        return False
-    return any(host_matches(host, domain) for domain in domains)
+        return RefusedUrl("host", "-")
+    return check_url(url, domains)
 
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -277,12 +276,14 @@ class R2Offloader:
         provider = (link.provider or "").lower()
         if provider not in OFFLOADED_PROVIDERS:
             return _Outcome(reason="unsupported_provider")
-        # Checked on the URL as extracted, before normalisation could drop anything (credentials, a bad port).
-        if not is_allow_listed(provider, link.direct_url):
+        # Checked on the URL as extracted, before normalisation could drop anything (credentials, a bad port); the
+        # Worker is sent the checked URL's canonical form, so it reads the host that was checked.
+        checked = checked_source_url(provider, link.direct_url)
+        if isinstance(checked, RefusedUrl):
             logger.warning("SECURITY: refused to send a URL outside the %s allow-list to the R2 Worker host=%s "
-                           "email_id=%s", provider, _safe_host(link.direct_url), email_id)
+                           "email_id=%s", provider, checked.host, email_id)
             return _Outcome(reason="not_allow_listed")
-        source_url = normalise_source_url(link.direct_url)
+        source_url = normalise_source_url(checked.href)
         object_key = object_key_for(provider, source_url)
 
         record = self._reusable_copy(source_url)
@@ -394,13 +395,6 @@ def _counts_against_worker(reason: str) -> bool:
     if reason.startswith("http_5"):
         return True
     return False
-
-
-def _safe_host(url: str) -> str:
-    try:
-        return urlsplit(url).hostname or "-"
-    except ValueError:
-        return "-"
 
 
 def build_offloader(r2: R2Config | None, copy_store: R2CopyStore | None,

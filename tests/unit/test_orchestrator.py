@@ -79,9 +79,9 @@ def test_a_sender_outside_the_allowlist_is_skipped_before_any_link_is_extracted(
 
     def recording_extractor(text, hrefs, html_source=""):
         extractions.append(text)
-        return []
+        return [], ()
 
-    monkeypatch.setattr(orchestrator, "extract_delivery_links", recording_extractor)
+    monkeypatch.setattr(orchestrator, "extract_links", recording_extractor)
     offloader = RecordingOffloader()
     # When the poller's path decides it
     result = run(WITH_LINK, offloader, allowlist=("boss@example.org",))

@@ -72,3 +72,26 @@ test("r2_url is the public base joined with the percent-encoded key, or null wit
   assert.equal(publicUrl(undefined, "k"), null);
   assert.equal(publicUrl("  ", "k"), null);
 });
+
+test("a backslash, percent-encoded or full-width trick never puts another host on the allow-list (issue 16)", () => {
+  // The Worker reads URLs with Node's WHATWG parser, as render-signal's check_url (ada-url) does: same host.
+  const refused = [
+    "https://attacker.example\\.dropbox.com/s/a/b.pdf",
+    "https://attacker.example\\@www.dropbox.com/s/a/b.pdf",
+    "https://attacker.example%5C.dropbox.com/s/a/b.pdf",
+    "https://www.dropbox.com:8443/s/a/b.pdf",
+    "https://user@www.dropbox.com/s/a/b.pdf",
+  ];
+  for (const raw of refused) {
+    let problem;
+    try {
+      problem = sourceUrlProblem(new URL(raw), "dropbox");
+    } catch {
+      problem = "unparsable";
+    }
+    assert.notEqual(problem, null, raw);
+  }
+  const canonical = new URL("HTTPS://WWW.DROPBOX.COM:443/s/a/R\u00e9sum\u00e9.pdf?dl=1");
+  assert.equal(sourceUrlProblem(canonical, "dropbox"), null);
+  assert.equal(canonical.href, "https://www.dropbox.com/s/a/R%C3%A9sum%C3%A9.pdf?dl=1");
+});
