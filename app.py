@@ -22,6 +22,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     flask_app = Flask(__name__)
     # Error pages never show tracebacks or config (secrets); Flask's debug mode is never switched on here.
     flask_app.config.update(PROPAGATE_EXCEPTIONS=False, JSON_SORT_KEYS=False)
+    # Werkzeug would answer ``/api//status`` with a 308 to ``http://<Host header>/api/status``: an open redirect for
+    # a forged Host. Repeated slashes inside a path are simply not found. Rules take this when they are added, so
+    # it is set before any route is registered.
+    flask_app.url_map.merge_slashes = False
     runtime = ServiceRuntime(settings)
     flask_app.extensions["render_signal"] = runtime
 

@@ -5,6 +5,12 @@ emits one JSON object per line with ``ts``, ``level``, ``logger``, ``message`` (
 The formatter is the last line of defence: every formatted line (message and traceback) has the configured secret
 values replaced by ``***`` and every e-mail address other than the service's own ``EMAIL_ADDRESS`` masked as
 ``j***@example.com``. Call sites still mask what they log (``mask_address``); this catches what slips through.
+
+It also keeps one record on one line whatever an email put into it (log forging): every C0/C1 control, DEL and the
+Unicode line and paragraph separators in the message (template and arguments) and the logger name are written as
+``\\xNN`` / ``\\uNNNN``, in both formats. A traceback stays readable: in the text format it follows on continuation
+lines that all start with ``TRACEBACK_PREFIX`` (so no text an exception carries can pass for a record of its own),
+in JSON it is the ``exc`` string; inside each of its lines the same characters are escaped.
 """
 
 from __future__ import annotations
@@ -19,6 +25,17 @@ from typing import Iterable
 
 REDACTED = "***"
 _EMAIL_RE = re.compile(r"(?<![\w.+-])([A-Za-z0-9._%+-]{1,64})@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
+
+# Every character that str.splitlines(), a terminal or a log viewer treats as a line break or a control:
+# C0, DEL, C1, LINE SEPARATOR and PARAGRAPH SEPARATOR. A backslash is left alone (paths, regexes stay legible):
+# the guarantee is one record per line, not a reversible encoding.
+_CONTROL_ESCAPES: dict[int, str] = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0))},
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+# Starts every continuation line of a text-format traceback; a record's first line starts with its timestamp.
+TRACEBACK_PREFIX = "  | "
 
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
@@ -60,6 +77,16 @@ def scrub(text: str) -> str:
     return _EMAIL_RE.sub(_mask, text)
 
 
+def escape_controls(text: str) -> str:
+    """Write every control character and line/paragraph separator of ``text`` as ``\\xNN`` / ``\\uNNNN``."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
+def _traceback_lines(exc_text: str) -> list[str]:
+    """A formatted traceback's own lines (split at ``\\n`` only), each with its other controls escaped."""
+    return [escape_controls(line) for line in exc_text.split("\n")]
+
+
 class ServiceFormatter(logging.Formatter):
     """Text or JSON formatter that scrubs every line it emits."""
 
@@ -77,17 +104,20 @@ class ServiceFormatter(logging.Formatter):
             message = record.getMessage()
         except Exception:  # a bad %-format at a call site must not kill the logging thread
             message = f"{record.msg!r} (bad log arguments)"
-        exc_text = self.formatException(record.exc_info) if record.exc_info else None
+        # Scrub first (secrets and addresses are matched as they were logged), then escape what is left.
+        message = escape_controls(scrub(message))
+        name = escape_controls(record.name)
+        exc_lines = _traceback_lines(scrub(self.formatException(record.exc_info))) if record.exc_info else None
         if self.kind == "json":
-            doc = {"ts": self._timestamp(record), "level": record.levelname, "logger": record.name,
-                   "message": scrub(message), "pid": record.process}
-            if exc_text:
-                doc["exc"] = scrub(exc_text)
+            doc = {"ts": self._timestamp(record), "level": record.levelname, "logger": name,
+                   "message": message, "pid": record.process}
+            if exc_lines:
+                doc["exc"] = "\n".join(exc_lines)
             return json.dumps(doc, ensure_ascii=False)
-        line = f"{self._timestamp(record)} {record.levelname} [{record.process}] {record.name}: {message}"
-        if exc_text:
-            line = f"{line}\n{exc_text}"
-        return scrub(line)
+        line = f"{self._timestamp(record)} {record.levelname} [{record.process}] {name}: {message}"
+        if exc_lines:
+            line = "\n".join([line, *(f"{TRACEBACK_PREFIX}{exc_line}" for exc_line in exc_lines)])
+        return line
 
 
 def logging_config_dict(fmt_kind: str, level: str) -> dict:
