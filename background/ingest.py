@@ -120,11 +120,14 @@ class Ingest:
         self.store.incr("emails_seen", labels=self._labels)
 
     def ingest(self, parsed: ParsedEmail, *, received_at: str, where: Where = Where(),
-               attempt_now: bool = False) -> Ingested:
+               attempt_now: bool = False, email_id: str | None = None) -> Ingested:
         """Decide and record one parsed email. ``attempt_now``: the caller makes the first attempt itself, so the
         items are queued as attempted once, with their next due time an hour away (no delivery loop claims them
-        meanwhile; a failed attempt reschedules them on the normal schedule)."""
-        email_id = self.identify(parsed, where)
+        meanwhile; a failed attempt reschedules them on the normal schedule). ``email_id``: what ``identify`` gave
+        the caller for this email already (the poller identifies by the headers first), so it is not looked up
+        twice."""
+        if email_id is None:
+            email_id = self.identify(parsed, where)
         if not parsed.message_id and self.known(email_id, where, None):  # (with one, the caller looked already)
             return Ingested("known")
         try:

@@ -413,8 +413,8 @@ class MailboxPoller:
 
         where = Where(state.uidvalidity, meta.uid)
         header_view = parse_message(meta.header_bytes)
-        if header_view.message_id and self.ingest.known(self.ingest.identify(header_view, where), where,
-                                                         header_view.message_id):
+        email_id = self.ingest.identify(header_view, where) if header_view.message_id else None
+        if email_id is not None and self.ingest.known(email_id, where, header_view.message_id):
             return
         self.ingest.count_seen()
         try:
@@ -426,7 +426,7 @@ class MailboxPoller:
             return
         received_at = (format_received_at(meta.internaldate) if meta.internaldate
                        else received_at_from_date_header(parsed.date_header))
-        self.ingest.ingest(parsed, received_at=received_at, where=where)
+        self.ingest.ingest(parsed, received_at=received_at, where=where, email_id=email_id)
 
     def _fetch_and_parse(self, client: MailboxClient, meta):
         from email_processing.html_text import HTML_CAP_BYTES
