@@ -10,6 +10,7 @@ Secrets (passwords, the webhook URL and secret, tokens, keys) are left out of ev
 
 from __future__ import annotations
 
+import datetime
 import enum
 import re
 from dataclasses import dataclass, field
@@ -163,6 +164,60 @@ class RetryPolicy:
         return cls(schedule=settings.webhook_retry_schedule, hours=settings.webhook_retry_hours)
 
 
+class TargetProfile(enum.Enum):
+    """What kind of receiver a target is. A profile sets defaults only (``PROFILE_DEFAULTS``), never credentials."""
+
+    GENERIC = "generic"
+    MAKE = "make"
+    N8N = "n8n"
+    ZAPIER = "zapier"
+
+
+@dataclass(frozen=True)
+class ProfileDefaults:
+    """A profile's defaults: the body cap, which HTTP statuses are retried besides transport errors (None: today's
+    classification), and a cluster-wide rate limit (None: none)."""
+
+    max_body_bytes: int
+    retried_statuses: frozenset[int] | None = None
+    rate_per_second: float | None = None
+
+
+_MB = 1_000_000
+PROFILE_DEFAULTS: dict[TargetProfile, ProfileDefaults] = {
+    TargetProfile.GENERIC: ProfileDefaults(max_body_bytes=16 * _MB),
+    TargetProfile.MAKE: ProfileDefaults(max_body_bytes=5 * _MB,
+                                        retried_statuses=frozenset({429, 500, 502, 503, 504})),
+    TargetProfile.N8N: ProfileDefaults(max_body_bytes=16 * _MB),
+    TargetProfile.ZAPIER: ProfileDefaults(max_body_bytes=10 * _MB, rate_per_second=30.0),
+}
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class DeliveryWindow:
+    """When a target accepts deliveries: on ``days`` (0 = Monday) from ``opens`` to ``closes`` local time in
+    ``timezone`` (an IANA name; ``opens`` > ``closes`` spans midnight, the night belonging to the day it starts on),
+    never on ``closed_dates`` (local dates). Items outside the window are held, not failed."""
+
+    timezone: str
+    days: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6)
+    opens: datetime.time = datetime.time(0, 0)
+    closes: datetime.time = datetime.time(0, 0)   # equal to opens: the whole day
+    closed_dates: tuple[datetime.date, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.days or any(day not in range(7) for day in self.days):
+            raise ValueError("window days must be weekdays 0-6 (mon-sun), at least one")
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    user: str
+    password: str = field(repr=False)
+
+
 @dataclass(frozen=True)
 class TargetConfig:
     """One webhook receiver. The URL is a bearer capability and, like the secret and headers, never in a repr."""
@@ -177,11 +232,33 @@ class TargetConfig:
     retry: RetryPolicy = RetryPolicy()
     allow_insecure: bool = False
     ca_file: str | None = None
+    profile: TargetProfile = TargetProfile.GENERIC
+    basic_auth: BasicAuth | None = field(default=None, repr=False)
+    max_body_bytes: int | None = None          # None: the profile's
+    rate_per_second: float | None = None       # None: the profile's (a cluster-wide token bucket)
+    window: DeliveryWindow | None = None       # None: always open
 
     def __post_init__(self) -> None:
         check_id("target", self.id)
         if self.concurrency < 1:
             raise ValueError("target concurrency must be >= 1")
+        if self.max_body_bytes is not None and self.max_body_bytes < 1024:
+            raise ValueError("target max_body_bytes must be >= 1024")
+        if self.rate_per_second is not None and not self.rate_per_second > 0:
+            raise ValueError("target rate_per_second must be > 0")
+
+    @property
+    def defaults(self) -> ProfileDefaults:
+        return PROFILE_DEFAULTS[self.profile]
+
+    @property
+    def body_cap(self) -> int:
+        """The largest body this target is ever sent, in bytes."""
+        return self.max_body_bytes if self.max_body_bytes is not None else self.defaults.max_body_bytes
+
+    @property
+    def rate_limit(self) -> float | None:
+        return self.rate_per_second if self.rate_per_second is not None else self.defaults.rate_per_second
 
     @classmethod
     def from_settings(cls, settings: Settings, id: str = DEFAULT_ID) -> TargetConfig:
@@ -243,6 +320,43 @@ class ProviderConfig:
         check_id("provider", self.id)
 
 
+DROP = "drop"  # a route's ``to: drop``
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """What a route's ``match`` asks; every key given must hold (AND), any entry of a list may (OR). An empty
+    tuple / None means the key was not given. ``senders``: addresses or ``@domain``; ``subject``: a regular
+    expression searched in the decoded subject (cut to 998 characters); ``providers``: any link of one of them;
+    ``has_links``: None and True match emails with links only, False emails without links only (an email
+    without links that no route takes is skipped ``no_delivery_links``, one with links ``no_route``)."""
+
+    mailboxes: tuple[str, ...] = ()
+    senders: tuple[str, ...] = ()
+    subject: str | None = None
+    providers: tuple[str, ...] = ()
+    has_links: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.subject is not None:
+            re.compile(self.subject)  # re.error (a ValueError) for a bad pattern
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One routing rule: emails that ``match`` go to the targets ``to`` (fan-out), or are skipped (``drop``,
+    reason ``route_drop``). Routes are tried in order; the first that matches wins unless it says ``continue``."""
+
+    match: RouteMatch = RouteMatch()
+    to: tuple[str, ...] = ()
+    drop: bool = False
+    continue_: bool = False
+
+    def __post_init__(self) -> None:
+        if self.drop == bool(self.to):
+            raise ValueError("a route sends to one or more targets or drops, not both and not neither")
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Every mailbox, target and provider the service works with, plus R2. Ids are unique per kind."""
@@ -251,6 +365,8 @@ class ServiceConfig:
     targets: tuple[TargetConfig, ...] = ()
     r2: R2Config = R2Config()
     providers: tuple[ProviderConfig, ...] = ()
+    # Ordered; empty: every accepted email goes to every target (the environment form: one route to ``default``).
+    routes: tuple[RouteConfig, ...] = ()
 
     def __post_init__(self) -> None:
         for kind, values in (("mailbox", self.mailboxes), ("target", self.targets), ("provider", self.providers)):
@@ -262,14 +378,30 @@ class ServiceConfig:
         clashes = sorted({key for key in keys if keys.count(key) > 1})
         if clashes:  # only a default folder literally named "<other id>:<its folder>" can do this
             raise ValueError(f"mailboxes would share state under {', '.join(clashes)}: rename the folder or the id")
+        mailbox_ids = {mailbox.id for mailbox in self.mailboxes}
+        target_ids = {target.id for target in self.targets}
+        for index, route in enumerate(self.routes):
+            for target_id in route.to:
+                if target_id not in target_ids:
+                    raise ValueError(f"routes[{index}] sends to unknown target {target_id!r}")
+            for mailbox_id in route.match.mailboxes:
+                if mailbox_id not in mailbox_ids:
+                    raise ValueError(f"routes[{index}] matches unknown mailbox {mailbox_id!r}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceConfig:
         """One ``default`` mailbox when IMAP_SERVER, EMAIL_ADDRESS and EMAIL_PASSWORD are set, one ``default``
-        target when WEBHOOK_URL is set, R2 as configured, no providers."""
+        target when WEBHOOK_URL is set (and the route sending every accepted email to it: emails with links, and
+        with ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS those without), R2 as configured, no providers."""
         mailboxes = (MailboxConfig.from_settings(settings),) if settings.mailbox_configured else ()
         targets = (TargetConfig.from_settings(settings),) if settings.webhook_url else ()
-        return cls(mailboxes=mailboxes, targets=targets, r2=R2Config.from_settings(settings), providers=())
+        routes: tuple[RouteConfig, ...] = ()
+        if targets:
+            routes = (RouteConfig(to=(DEFAULT_ID,)),)
+            if settings.allow_webhook_without_links:
+                routes += (RouteConfig(match=RouteMatch(has_links=False), to=(DEFAULT_ID,)),)
+        return cls(mailboxes=mailboxes, targets=targets, r2=R2Config.from_settings(settings), providers=(),
+                   routes=routes)
 
     def mailbox(self, id: str) -> MailboxConfig:
         return _by_id("mailbox", self.mailboxes, id)
