@@ -10,7 +10,8 @@ only when that release says this one can no longer read it.
 Version 1 is the layout issues 2-13 wrote. Version 2 (issue 14): outbox items name their mailbox id and target id
 (``mailbox_id``, ``target_id``; items written before read as ``default``). Version 3 (issue 15): parked emails,
 the per-mailbox fetch retry set, failure counts of flag requests, the fingerprint of each Message-ID's first email,
-and each outbox item's attempt log. The keys of mailbox ``default``
+and each outbox item's attempt log. Version 4 (issue 16): outbox items may be ``enriching`` (queued, waiting for
+the R2 copy of their links; not claimable, counted as pending). The keys of mailbox ``default``
 (checkpoints and flag requests under its folder name, done records under the email id) are those of version 1
 unchanged, so nothing is rewritten; any other mailbox's keys carry its id (``MailboxConfig.state_key``).
 Pure: the backends run the statements and record the versions.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 OLDEST_READER = 1
 FIRST_VERSION = 1
 
@@ -61,6 +62,10 @@ STEPS: tuple[Step, ...] = (
                  "ALTER TABLE outbox ADD COLUMN attempt_log TEXT"),
          redis_note="new keys parked:*, parked_index, fetch_retry:*, flag_failures:*, identity:*; item hashes "
                     "gain attempt_log"),
+    Step(4, "outbox items waiting for their R2 copies (status enriching)",
+         sqlite=("CREATE INDEX IF NOT EXISTS outbox_enriching ON outbox (created_at) WHERE status = 'enriching'",),
+         redis_note="new key outbox:enriching; an enriching item is in outbox:pending_since but not in "
+                    "outbox:pending, so no release claims it"),
 )
 
 

@@ -40,6 +40,7 @@ class OutboxStatus(StrEnum):
     """Where an outbox item is (``OutboxItem.status``, ``list_items(status)``); the values are stored as they are."""
 
     PENDING = "pending"
+    ENRICHING = "enriching"   # queued, waiting for the R2 copies of its links: not claimable, counted as pending
     DELIVERED = "delivered"
     DEAD = "dead"
 
@@ -121,6 +122,7 @@ class StateStore(Protocol):
     def get_done(self, email_id: str) -> str | None: ...
     def mark_done(self, email_id: str, outcome: str) -> None: ...
     def enqueue(self, item: OutboxItem) -> bool: ...
+    def finish_enrichment(self, event_id: str, payload: dict, now: float) -> bool: ...
     def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float) -> list[OutboxItem]: ...
     def mark_delivered(self, event_id: str, status: int, now: float, attempt: dict | None = None) -> bool: ...
     def reschedule(self, event_id: str, next_attempt_at: float, error: str, status: int | None,
@@ -220,6 +222,11 @@ def bounded(text: str | None, limit: int = EXCERPT_MAX_CHARS) -> str | None:
 
 def now_or_clock(now: float | None) -> float:
     return time.time() if now is None else float(now)
+
+
+def queued_status(item: OutboxItem) -> str:
+    """The status ``enqueue`` stores: ``enriching`` when the item says so, else ``pending``."""
+    return OutboxStatus.ENRICHING if item.status == OutboxStatus.ENRICHING else OutboxStatus.PENDING
 
 
 def check_status(status: str) -> None:

@@ -14,6 +14,8 @@ P item:<event_id>                   hash       one outbox item (fields of ``Outb
 P outbox:pending                    zset       pending event ids, score = when claimable next      members removed
                                                (next_attempt_at, or claimed_until while claimed)   on delivery/dead
 P outbox:pending_since              zset       pending event ids, score = enqueued/replayed at     (same)
+P outbox:enriching                  zset       enriching event ids (waiting for R2 copies),        moved to pending
+                                               score = enqueued at                                 when finished
 P outbox:delivered                  zset       delivered event ids, score = delivered_at           trimmed to
 P outbox:dead                       zset       dead event ids, score = dead_at                     retention by score
 P flags:<mailbox state key>         zset       "<uidvalidity>:<uid>:<message_id>", score = queued  key: retention
@@ -73,6 +75,7 @@ from services.state_store import (
     fold_series,
     now_or_clock,
     parse_label_part,
+    queued_status,
     translating,
 )
 
@@ -86,12 +89,24 @@ _FLOAT_FIELDS = ("next_attempt_at", "created_at", "first_attempt_at", "delivered
 _STR_FIELDS = ("event_id", "email_id", "mailbox", "message_id", "status", "last_error", "dead_reason",
                "response_excerpt", "claim_owner", "mailbox_id", "target_id")
 
+# KEYS: item, pending (or enriching), pending_since (or enriching), done.  ARGV: event_id, score, since, ttl, fields
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('SET', KEYS[4], 'enqueued', 'PX', ARGV[4])
+return 1
+"""
+
+# KEYS: item, pending, pending_since, enriching.  ARGV: event_id, payload, now
+_FINISH_ENRICHMENT = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'enriching' then return 0 end
+local since = redis.call('ZSCORE', KEYS[4], ARGV[1]) or ARGV[3]
+redis.call('HSET', KEYS[1], 'payload', ARGV[2], 'status', 'pending', 'next_attempt_at', ARGV[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], since, ARGV[1])
 return 1
 """
 
@@ -364,6 +379,7 @@ class RedisStateStore:
         self._retention_ms = str(max(1, int(self._retention * 1000)))
         self._pending = prefix + "outbox:pending"
         self._pending_since = prefix + "outbox:pending_since"
+        self._enriching = prefix + "outbox:enriching"
         self._delivered = prefix + "outbox:delivered"
         self._dead = prefix + "outbox:dead"
         self._counters = prefix + "counters"
@@ -371,6 +387,7 @@ class RedisStateStore:
         self._recent = prefix + "recent"
         self._parked_index = prefix + "parked_index"
         self._enqueue = client.register_script(_ENQUEUE)
+        self._finish_enrichment = client.register_script(_FINISH_ENRICHMENT)
         self._claim = client.register_script(_CLAIM)
         self._mark_delivered = client.register_script(_MARK_DELIVERED)
         self._reschedule = client.register_script(_RESCHEDULE)
@@ -450,17 +467,29 @@ class RedisStateStore:
     def enqueue(self, item: OutboxItem) -> bool:
         self._ensure_schema()
         now = now_or_clock(None)
-        stored = OutboxItem(**{**item.__dict__, "status": OutboxStatus.PENDING, "in_flight": False,
+        status = queued_status(item)
+        stored = OutboxItem(**{**item.__dict__, "status": status, "in_flight": False,
                                "created_at": item.created_at or now, "claimed_until": None, "claim_owner": None})
         fields = item_to_fields(stored)
         fields["pending_since"] = _num(now)
         flat: list[str] = []
         for name, value in fields.items():
             flat += [name, value]
+        # An enriching item is in outbox:enriching only (no release claims it); finishing moves it to both sets.
+        due_set, since_set = ((self._pending, self._pending_since) if status == OutboxStatus.PENDING
+                              else (self._enriching, self._enriching))
         created = self._enqueue(
-            keys=[self._item_key(item.event_id), self._pending, self._pending_since, f"{self._p}done:{item.email_id}"],
+            keys=[self._item_key(item.event_id), due_set, since_set, f"{self._p}done:{item.email_id}"],
             args=[item.event_id, _num(stored.next_attempt_at), _num(now), self._retention_ms, *flat])
         return bool(created)
+
+    @_errors
+    def finish_enrichment(self, event_id: str, payload: dict, now: float) -> bool:
+        """An ``enriching`` item becomes ``pending`` with its final body, due at ``now``; False if it was not
+        enriching (finished already, by this process or another)."""
+        return bool(self._finish_enrichment(
+            keys=[self._item_key(event_id), self._pending, self._pending_since, self._enriching],
+            args=[event_id, dumps(payload), _num(now)]))
 
     @_errors
     def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float) -> list[OutboxItem]:
@@ -522,6 +551,8 @@ class RedisStateStore:
             return []
         if status == OutboxStatus.PENDING:
             ids = self._client.zrange(self._pending_since, 0, limit - 1)
+        elif status == OutboxStatus.ENRICHING:
+            ids = self._client.zrange(self._enriching, 0, limit - 1)
         else:
             ids = self._client.zrevrange(self._delivered if status == OutboxStatus.DELIVERED else self._dead, 0,
                                          limit - 1)
@@ -547,9 +578,16 @@ class RedisStateStore:
             keys=[self._pending, self._pending_since, self._dead],
             args=[self._cutoff(now), DEAD_RECENT_COUNT, self._p])
         due_at, delay = self._oldest_due(now)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zcard(self._enriching)
+        pipe.zrange(self._enriching, 0, 0, withscores=True)
+        enriching, enriching_head = pipe.execute()
+        since = [float(oldest)] if oldest else []
+        since += [float(score) for _, score in enriching_head]
         return {
-            "pending": int(pending),
-            "oldest_pending_age_s": max(0.0, now - float(oldest)) if oldest else None,
+            "pending": int(pending) + int(enriching),   # an enriching item is queued work too
+            "enriching": int(enriching),
+            "oldest_pending_age_s": max(0.0, now - min(since)) if since else None,
             "oldest_due_at": due_at,
             "oldest_due_delay": delay,
             "dead": int(dead),
@@ -563,13 +601,13 @@ class RedisStateStore:
         the pending set is small in a working service)."""
         mailboxes: dict[str, int] = {}
         targets: dict[str, int] = {}
-        ids = self._client.zrange(self._pending, 0, -1)
+        ids = self._client.zrange(self._pending, 0, -1) + self._client.zrange(self._enriching, 0, -1)
         for start in range(0, len(ids), 500):
             pipe = self._client.pipeline(transaction=False)
             for event_id in ids[start:start + 500]:
                 pipe.hmget(self._item_key(event_id), "status", "mailbox_id", "target_id")
             for status, mailbox_id, target_id in pipe.execute():
-                if status != "pending":
+                if status not in (OutboxStatus.PENDING, OutboxStatus.ENRICHING):
                     continue
                 mailboxes[mailbox_id or DEFAULT_ID] = mailboxes.get(mailbox_id or DEFAULT_ID, 0) + 1
                 targets[target_id or DEFAULT_ID] = targets.get(target_id or DEFAULT_ID, 0) + 1

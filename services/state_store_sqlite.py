@@ -43,6 +43,7 @@ from services.state_store import (
     fold_series,
     now_or_clock,
     parse_label_part,
+    queued_status,
     translating,
 )
 from settings import Settings
@@ -314,21 +315,32 @@ class SqliteStateStore:
     @_errors
     def enqueue(self, item: OutboxItem) -> bool:
         now = time.time()
+        status = queued_status(item)
         with self._write() as conn:
             cursor = conn.execute(
                 "INSERT INTO outbox (event_id, email_id, payload, mailbox, uidvalidity, uid, message_id, status, "
                 "attempts, next_attempt_at, created_at, first_attempt_at, last_error, last_status, in_flight, "
                 "due_at, pending_since, mailbox_id, target_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) "
                 "ON CONFLICT (event_id) DO NOTHING",
                 (item.event_id, item.email_id, dumps(item.payload), item.mailbox, int(item.uidvalidity),
-                 int(item.uid), item.message_id, int(item.attempts), float(item.next_attempt_at),
+                 int(item.uid), item.message_id, status, int(item.attempts), float(item.next_attempt_at),
                  float(item.created_at or now), item.first_attempt_at, item.last_error, item.last_status,
                  float(item.next_attempt_at), now, item.mailbox_id, item.target_id))
             if cursor.rowcount == 0:
                 return False
             conn.execute(_DONE_UPSERT, (item.email_id, "enqueued", self._expires(now)))
             return True
+
+    @_errors
+    def finish_enrichment(self, event_id: str, payload: dict, now: float) -> bool:
+        """An ``enriching`` item becomes ``pending`` with its final body, due at ``now``; False if it was not
+        enriching (finished already, by this process or another)."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE outbox SET payload = ?, status = 'pending', next_attempt_at = ?, due_at = ? "
+                "WHERE event_id = ? AND status = 'enriching'", (dumps(payload), float(now), float(now), event_id))
+            return cursor.rowcount == 1
 
     @_errors
     def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float) -> list[OutboxItem]:
@@ -425,8 +437,8 @@ class SqliteStateStore:
     def list_items(self, status: str, limit: int = 100) -> list[OutboxItem]:
         """Pending: oldest first. Delivered and dead: newest first."""
         check_status(status)
-        order = {OutboxStatus.PENDING: "pending_since ASC", OutboxStatus.DELIVERED: "delivered_at DESC",
-                 OutboxStatus.DEAD: "dead_at DESC"}[OutboxStatus(status)]
+        order = {OutboxStatus.PENDING: "pending_since ASC", OutboxStatus.ENRICHING: "created_at ASC",
+                 OutboxStatus.DELIVERED: "delivered_at DESC", OutboxStatus.DEAD: "dead_at DESC"}[OutboxStatus(status)]
         rows = self._conn().execute(
             f"{_SELECT_ITEM} WHERE status = '{status}' AND (expires_at IS NULL OR expires_at > ?) "
             f"ORDER BY {order} LIMIT ?", (time.time(), max(0, int(limit)))).fetchall()
@@ -456,6 +468,9 @@ class SqliteStateStore:
         with self._read() as conn:
             pending, oldest = conn.execute(
                 "SELECT count(*), min(pending_since) FROM outbox WHERE status = 'pending'").fetchone()
+            enriching, oldest_enriching = conn.execute(
+                "SELECT count(*), min(created_at) FROM outbox WHERE status = 'enriching'").fetchone()
+            oldest = min((value for value in (oldest, oldest_enriching) if value is not None), default=None)
             dead = conn.execute("SELECT count(*) FROM outbox WHERE status = 'dead' AND dead_at > ?",
                                 (cutoff,)).fetchone()[0]
             recent = conn.execute(
@@ -464,7 +479,8 @@ class SqliteStateStore:
             due = conn.execute("SELECT due_at, next_attempt_at, attempt_log FROM outbox WHERE status = 'pending' "
                                "AND due_at <= ? ORDER BY due_at LIMIT 1", (now,)).fetchone()
         return {
-            "pending": int(pending),
+            "pending": int(pending) + int(enriching),   # an enriching item is queued work too
+            "enriching": int(enriching),
             "oldest_pending_age_s": None if oldest is None else max(0.0, now - float(oldest)),
             "oldest_due_at": None if due is None else float(due[0]),
             "oldest_due_delay": None if due is None else _scheduled_delay(float(due[1]), due[2]),
@@ -477,10 +493,10 @@ class SqliteStateStore:
     def pending_owners(self) -> dict[str, dict[str, int]]:
         """How many pending items each mailbox id and each target id has."""
         with self._read() as conn:
-            mailboxes = conn.execute("SELECT mailbox_id, count(*) FROM outbox WHERE status = 'pending' "
-                                     "GROUP BY mailbox_id").fetchall()
-            targets = conn.execute("SELECT target_id, count(*) FROM outbox WHERE status = 'pending' "
-                                   "GROUP BY target_id").fetchall()
+            mailboxes = conn.execute("SELECT mailbox_id, count(*) FROM outbox WHERE status IN ('pending', "
+                                     "'enriching') GROUP BY mailbox_id").fetchall()
+            targets = conn.execute("SELECT target_id, count(*) FROM outbox WHERE status IN ('pending', "
+                                   "'enriching') GROUP BY target_id").fetchall()
         return {"mailboxes": {name: int(n) for name, n in mailboxes}, "targets": {name: int(n) for name, n in targets}}
 
     # --- IMAP flag requests ------------------------------------------------------------------------------------
@@ -696,7 +712,8 @@ class SqliteStateStore:
         """Delete what expired: finished items, done-records, flag requests, R2 records, status, history."""
         cutoff = now - self._retention
         with self._write() as conn:
-            conn.execute("DELETE FROM outbox WHERE expires_at IS NOT NULL AND expires_at <= ? AND status != 'pending'",
+            conn.execute("DELETE FROM outbox WHERE expires_at IS NOT NULL AND expires_at <= ? AND status IN "
+                         "('delivered', 'dead')",
                          (now,))
             conn.execute("DELETE FROM done WHERE expires_at <= ?", (now,))
             conn.execute("DELETE FROM flags WHERE requested_at <= ?", (cutoff,))

@@ -14,8 +14,10 @@ from settings import Settings
 
 # The contract's tests, collected here a second time: their ``store`` comes from the ``backend`` fixture below.
 from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract tests, run again on Redis
+    an_enriching_item,
     an_item,
     test_a_replayed_item_can_be_delivered,
+    test_an_enriching_item_is_queued_work_that_no_claim_takes_until_it_is_finished,
     test_an_enqueued_item_reads_back_with_every_field,
     test_an_item_reclaimed_while_still_in_flight_counts_a_possible_duplicate,
     test_checkpoints_never_move_backwards_and_are_kept_per_uidvalidity,
@@ -25,6 +27,7 @@ from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract 
     test_done_records_are_stored_by_email_id,
     test_enqueue_is_idempotent_by_event_id_in_every_status,
     test_finished_items_done_records_flags_and_history_expire_but_pending_work_stays,
+    test_finishing_enrichment_of_a_pending_or_unknown_item_changes_nothing,
     test_flag_requests_queue_per_mailbox_in_order_and_clear,
     test_it_picks_the_backend_from_settings_and_answers_ping,
     test_list_items_orders_pending_oldest_first_and_respects_the_limit,

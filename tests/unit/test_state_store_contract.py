@@ -455,3 +455,43 @@ def test_threads_enqueueing_the_same_items_create_each_once(store: StateStore) -
     for thread in threads:
         thread.join(20)
     assert sorted(created) == sorted(f"msg_e{n}" for n in range(40))
+
+
+# --- enrichment (items waiting for their R2 copies) ---------------------------------------------------------------
+
+def an_enriching_item(n: int = 1) -> OutboxItem:
+    item = an_item(n)
+    item.status = "enriching"
+    return item
+
+
+def test_an_enriching_item_is_queued_work_that_no_claim_takes_until_it_is_finished(store: StateStore) -> None:
+    now = time.time()
+    assert store.enqueue(an_enriching_item(1)) is True
+    assert store.enqueue(an_enriching_item(1)) is False        # idempotent like any item
+    assert store.get_done("e1") == "enqueued"
+    assert store.get_item("msg_e1").status == "enriching"
+    assert store.claim_due("w1", now + 3600, 10, 30) == []     # never claimable while enriching
+    stats = store.outbox_stats(now + 5)
+    assert stats["pending"] == 1 and stats["enriching"] == 1   # counted as pending (a stall is visible)
+    assert stats["oldest_pending_age_s"] is not None and stats["oldest_pending_age_s"] >= 4
+    assert [item.event_id for item in store.list_items("enriching")] == ["msg_e1"]
+    assert store.list_items("pending") == []
+    assert store.pending_owners()["targets"] == {"default": 1}
+
+    final = {"event_id": "msg_e1", "delivery_links": [{"r2_url": "https://r2.example/x"}]}
+    assert store.finish_enrichment("msg_e1", final, now) is True
+    assert store.finish_enrichment("msg_e1", {"other": 1}, now) is False   # finished once: the body is final
+    item = store.get_item("msg_e1")
+    assert item.status == "pending" and item.payload == final
+    assert store.list_items("enriching") == []
+    assert store.outbox_stats(now)["enriching"] == 0
+    claimed = store.claim_due("w1", now + 1, 10, 30)
+    assert [c.event_id for c in claimed] == ["msg_e1"] and claimed[0].payload == final
+
+
+def test_finishing_enrichment_of_a_pending_or_unknown_item_changes_nothing(store: StateStore) -> None:
+    store.enqueue(an_item(2))
+    assert store.finish_enrichment("msg_e2", {"replaced": True}, time.time()) is False
+    assert store.get_item("msg_e2").payload != {"replaced": True}
+    assert store.finish_enrichment("msg_nope", {}, time.time()) is False
