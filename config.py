@@ -280,6 +280,7 @@ class R2Config:
     bucket_name: str | None = None
     fetch_timeout_seconds: float = 15.0
     fetch_timeout_folder_seconds: float = 120.0
+    email_budget_seconds: float = 130.0  # one email's R2 copies, in the background (R2_EMAIL_BUDGET_SECONDS)
     circuit_failures: int = 5
     circuit_cooldown_seconds: float = 60.0
     retention_hours: float = 24.0
@@ -301,6 +302,7 @@ class R2Config:
                    fetch_token=settings.r2_fetch_token, bucket_name=settings.r2_bucket_name,
                    fetch_timeout_seconds=settings.r2_fetch_timeout_seconds,
                    fetch_timeout_folder_seconds=settings.r2_fetch_timeout_folder_seconds,
+                   email_budget_seconds=settings.r2_email_budget_seconds,
                    circuit_failures=settings.r2_circuit_failures,
                    circuit_cooldown_seconds=settings.r2_circuit_cooldown_seconds,
                    retention_hours=settings.r2_retention_hours, public_base_url=settings.r2_public_base_url,

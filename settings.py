@@ -197,6 +197,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("R2_BUCKET_NAME", "r2_bucket_name", text, None, "Bucket name sent to the Worker; required for presigning (private bucket)."),
     Spec("R2_FETCH_TIMEOUT_SECONDS", "r2_fetch_timeout_seconds", number(0.1, 3600), 15.0, "Worker call timeout for a file link."),
     Spec("R2_FETCH_TIMEOUT_FOLDER_SECONDS", "r2_fetch_timeout_folder_seconds", number(0.1, 3600), 120.0, "Worker call timeout for a Dropbox folder link (zipped by Dropbox)."),
+    Spec("R2_EMAIL_BUDGET_SECONDS", "r2_email_budget_seconds", number(1, 3600), 130.0, "How long the R2 copies of one email's links may take, in the background after the email is queued; links not copied by then keep their source URLs and the webhook goes out."),
     Spec("R2_CIRCUIT_FAILURES", "r2_circuit_failures", integer(1, 1000), 5, "Consecutive Worker failures that open the circuit."),
     Spec("R2_CIRCUIT_COOLDOWN_SECONDS", "r2_circuit_cooldown_seconds", number(0.1, 86400), 60.0, "How long an open circuit skips R2 before one trial call."),
     Spec("R2_RETENTION_HOURS", "r2_retention_hours", number(0.01, 100000), 24.0, "How long an R2 copy is reused (match the Worker's R2_RETENTION_HOURS)."),
@@ -276,6 +277,7 @@ class Settings:
     r2_bucket_name: str | None = _settings_field("r2_bucket_name")
     r2_fetch_timeout_seconds: float = _settings_field("r2_fetch_timeout_seconds")
     r2_fetch_timeout_folder_seconds: float = _settings_field("r2_fetch_timeout_folder_seconds")
+    r2_email_budget_seconds: float = _settings_field("r2_email_budget_seconds")
     r2_circuit_failures: int = _settings_field("r2_circuit_failures")
     r2_circuit_cooldown_seconds: float = _settings_field("r2_circuit_cooldown_seconds")
     r2_retention_hours: float = _settings_field("r2_retention_hours")

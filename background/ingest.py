@@ -15,11 +15,11 @@ from typing import Any, Callable, Literal
 from background.lease import LeaseLost
 from config import DEFAULT_ID, DEFAULT_MAX_LINKS_PER_EMAIL, MailboxConfig, SenderAuth
 from email_processing.identity import email_id_for, email_id_for_reused, event_id_for, fingerprint_of, message_address
-from email_processing.orchestrator import Offloader, ProcessResult, process_email
+from email_processing.orchestrator import NullOffloader, Offloader, ProcessResult, process_email
 from email_processing.parsing import ParsedEmail
 from email_processing.payload import for_target
 from log_setup import mask_address
-from services.state_store import OutboxItem, ParkedEmail, StateStoreError
+from services.state_store import OutboxItem, OutboxStatus, ParkedEmail, StateStoreError
 from timestamps import utc_now
 
 logger = logging.getLogger(__name__)
@@ -72,12 +72,18 @@ class Ingest:
 
     def __init__(self, store, policy: IngestPolicy, target_ids: tuple[str, ...], *,
                  offloader_factory: Callable[[], Offloader], on_queued: Callable[[], None] = lambda: None,
+                 enrich_later: bool = False, on_enriching: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.time) -> None:
+        """``enrich_later``: the R2 copies are made in the background (``background.enrichment``): an email whose
+        links the offloader copies is queued ``enriching`` (``on_enriching`` wakes the enricher) and ingestion
+        never waits on R2. Otherwise (``process-email``) the offload runs here, before the items are queued."""
         self.store = store
         self.policy = policy
         self.target_ids = target_ids or (DEFAULT_ID,)
         self.offloader_factory = offloader_factory
         self.on_queued = on_queued
+        self.enrich_later = enrich_later
+        self.on_enriching = on_enriching
         self.clock = clock
         self._labels = {"mailbox": policy.mailbox_id}  # every counter of an email names its mailbox
 
@@ -133,7 +139,8 @@ class Ingest:
         try:
             result = process_email(parsed, received_at=received_at, sender_allowlist=self.policy.sender_allowlist,
                                    allow_without_links=self.policy.allow_without_links,
-                                   offloader=self.offloader_factory(), mailbox_id=self.policy.mailbox_id,
+                                   offloader=NullOffloader() if self.enrich_later else self.offloader_factory(),
+                                   mailbox_id=self.policy.mailbox_id,
                                    email_id=email_id, max_links=self.policy.max_links,
                                    sender_auth=self.policy.sender_auth)
         except (LeaseLost, StateStoreError):
@@ -153,7 +160,8 @@ class Ingest:
         if result.decision == "skip":
             self._record_skip(result, where, parsed)
             return Ingested("skipped", result)
-        items = self._enqueue(result, where, parsed, attempt_now)
+        enriching = self.enrich_later and self.offloader_factory().offloads_any(result.links)
+        items = self._enqueue(result, where, parsed, attempt_now, enriching)
         return Ingested("queued" if items else "known", result, items)
 
     def _count_refused_links(self, result: ProcessResult, where: Where) -> None:
@@ -174,7 +182,7 @@ class Ingest:
                     where.uid, result.event_id, result.reason, mask_address(parsed.sender_email))
 
     def _enqueue(self, result: ProcessResult, where: Where, parsed: ParsedEmail,
-                 attempt_now: bool) -> tuple[OutboxItem, ...]:
+                 attempt_now: bool, enriching: bool = False) -> tuple[OutboxItem, ...]:
         now = self.clock()
         first_due_in = ATTEMPTED_NOW_DUE_IN_SECONDS if attempt_now else 0.0
         queued = []
@@ -184,14 +192,15 @@ class Ingest:
                               uidvalidity=where.uidvalidity, uid=where.uid, message_id=parsed.message_id,
                               created_at=now, next_attempt_at=now + first_due_in,
                               attempts=1 if attempt_now else 0, first_attempt_at=now if attempt_now else None,
-                              mailbox_id=self.policy.mailbox_id, target_id=target_id)
+                              mailbox_id=self.policy.mailbox_id, target_id=target_id,
+                              status=OutboxStatus.ENRICHING if enriching else OutboxStatus.PENDING)
             if self.store.enqueue(item):
                 queued.append(item)
-                logger.info("BG_POLLER: queued %s (uid %s, %d links)", item.event_id, where.uid,
-                            len(result.payload.get("delivery_links") or []))
+                logger.info("BG_POLLER: queued %s (uid %s, %d links%s)", item.event_id, where.uid,
+                            len(result.payload.get("delivery_links") or []), ", enriching" if enriching else "")
         if queued:
             self.store.incr("emails_processed", labels=self._labels)
-            self.on_queued()
+            (self.on_enriching if enriching else self.on_queued)()
         return tuple(queued)
 
     def park(self, parsed: ParsedEmail | None, where: Where, reason: str, detail: str | None = None) -> None:

@@ -59,8 +59,10 @@ class MailboxPoller:
 
     def __init__(self, config: MailboxConfig, store, lease, guard, status, *, offloader_factory: Callable[[], Any],
                  delivery_wakeup: threading.Event, flag_wakeup: threading.Event,
-                 target_ids: tuple[str, ...] = (DEFAULT_ID,),
+                 target_ids: tuple[str, ...] = (DEFAULT_ID,), enrich_wakeup: threading.Event | None = None,
                  client_factory: Callable[..., MailboxClient] = MailboxClient, rng: random.Random | None = None):
+        """``enrich_wakeup``: R2 copies are made in the background (``background.enrichment``), woken by it; None:
+        none are made (R2 off)."""
         self.config = config
         self.store = store
         self.lease = lease
@@ -73,7 +75,9 @@ class MailboxPoller:
         self.rng = rng or random.Random()
         self.state_key = config.state_key  # the state store's key for this mailbox's checkpoint and flag queue
         self.ingest = Ingest(store, IngestPolicy.for_mailbox(config), target_ids,
-                             offloader_factory=offloader_factory, on_queued=delivery_wakeup.set)
+                             offloader_factory=offloader_factory, on_queued=delivery_wakeup.set,
+                             enrich_later=enrich_wakeup is not None,
+                             on_enriching=enrich_wakeup.set if enrich_wakeup is not None else lambda: None)
         self._failures = 0
         self._auth_streak = False
         self._isolate_through = 0    # UIDs up to this one are fetched one by one (a batch failed on them)

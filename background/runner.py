@@ -260,7 +260,8 @@ class ServiceRuntime:
             mailbox=mailbox, target=target, store=store, lease=lease,
             keeper=LeaseKeeper(lease, retry_interval=settings.lease_retry_interval), observer=observer,
             poller_status=self.poller_status, offloader_factory=lambda: self.offloader,
-            sender_factory=lambda: WebhookSender(target, version=self.version))
+            sender_factory=lambda: WebhookSender(target, version=self.version),
+            enrich_budget_seconds=self.config.r2.email_budget_seconds if self.config.r2.fetch_enabled else None)
 
     def stop_background(self, timeout: float) -> None:
         with self._lock:

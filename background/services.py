@@ -1,4 +1,5 @@
-"""The background threads of one worker: lease keeper, poller, delivery loop and status observer.
+"""The background threads of one worker: lease keeper, poller, delivery loop, status observer (and, with R2, the
+enricher that makes the R2 copies of queued emails: ``background.enrichment``).
 
 Every worker runs all four; the poller and the delivery loop act only while the lease is held here. The observer
 publishes the holder's status document to the shared store (so any worker of any container answers the same) and
@@ -15,6 +16,7 @@ import time
 from typing import Any, Callable
 
 from background.delivery import DeliveryWorker
+from background.enrichment import Enricher
 from background.health import HealthTimings, observed_view
 from background.housekeeping import Chore, Housekeeping
 from background.lease import Lease, LeaseKeeper, LeaseState, OwnershipGuard
@@ -38,16 +40,27 @@ class BackgroundServices:
 
     def __init__(self, *, mailbox: MailboxConfig, target: TargetConfig, store: StateStore, lease: Lease,
                  keeper: LeaseKeeper, observer: StatusObserver, poller_status: PollerStatus,
-                 offloader_factory: Callable[[], Any], sender_factory: Callable[[], Any]) -> None:
+                 offloader_factory: Callable[[], Any], sender_factory: Callable[[], Any],
+                 enrich_budget_seconds: float | None = None) -> None:
+        """``enrich_budget_seconds``: R2 is on and each email's copies are made by the enricher thread within
+        that budget (``background.enrichment``); None: R2 is off, no enricher."""
         self.store = store
         self.lease = lease
         self.guard = OwnershipGuard(lease)
         self.keeper = keeper
         self.delivery_wakeup = threading.Event()
         self.flag_wakeup = threading.Event()
+        self.enrich_wakeup = threading.Event() if enrich_budget_seconds is not None else None
         self.poller = MailboxPoller(mailbox, store, lease, self.guard, poller_status,
                                     offloader_factory=offloader_factory,
-                                    delivery_wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup)
+                                    delivery_wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup,
+                                    enrich_wakeup=self.enrich_wakeup)
+        self.enricher: Enricher | None = None
+        if self.enrich_wakeup is not None and enrich_budget_seconds is not None:
+            held = keeper.held_event
+            self.enricher = Enricher(store, offloader_factory, budget_seconds=enrich_budget_seconds,
+                                     holds=lambda mailbox_id: held.is_set() and mailbox_id == mailbox.id,
+                                     wakeup=self.enrich_wakeup, delivery_wakeup=self.delivery_wakeup)
         self.deliveries = [
             DeliveryWorker(target, store, lease, self.guard, sender_factory,
                            wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup)
@@ -67,6 +80,8 @@ class BackgroundServices:
               for n, worker in enumerate(self.deliveries, start=1)),
             ("status-observer", self.observer.run, (self._stop_workers,)),
         ]
+        if self.enricher is not None:
+            specs.append(("enricher", self.enricher.run, (self._stop_workers, held)))
         for name, target, args in specs:
             thread = threading.Thread(target=target, args=args, name=f"render-signal-{name}", daemon=True)
             thread.start()
@@ -80,6 +95,8 @@ class BackgroundServices:
         self._stop_workers.set()
         self.delivery_wakeup.set()
         self.flag_wakeup.set()
+        if self.enrich_wakeup is not None:
+            self.enrich_wakeup.set()
         for thread in self.threads[1:]:
             thread.join(max(0.0, deadline - time.monotonic() - 1.0))
         self._stop_keeper.set()

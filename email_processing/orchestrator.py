@@ -48,12 +48,19 @@ class Offloader(Protocol):
         """One OffloadedLink per link, same order; never raises (falls back to the source URLs)."""
         ...
 
+    def offloads_any(self, links: Sequence[LinkLike]) -> bool:
+        """Whether any of ``links`` would be copied (the email is then worth enriching in the background)."""
+        ...
+
 
 class NullOffloader:
     """R2 off (or a dry run): every link keeps its source URLs."""
 
     def offload_links(self, email_id: str, links: Sequence[LinkLike]) -> list[OffloadedLink]:
         return [source_only(link) for link in links]
+
+    def offloads_any(self, links: Sequence[LinkLike]) -> bool:
+        return False
 
     def close(self) -> None:
         pass

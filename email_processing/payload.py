@@ -168,6 +168,12 @@ def build_payload(parsed: ParsedEmail, links: Iterable[LinkLike], received_at: s
     })
 
 
+def with_links(payload: dict[str, Any], links: Iterable[LinkLike]) -> dict[str, Any]:
+    """``payload`` with its ``delivery_links`` replaced by ``links`` (same order: the R2 copies of the links it
+    listed), every other field unchanged."""
+    return _cleaned({**payload, "delivery_links": [_link_entry(link) for link in links]})
+
+
 def for_target(payload: dict[str, Any], target_id: str) -> dict[str, Any]:
     """The body as sent to target ``target_id``: the same fields, the event id of that target."""
     return {**payload, "event_id": event_id_for(payload["microsoft_graph_email_id"], target_id)}

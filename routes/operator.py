@@ -151,6 +151,8 @@ class StatusCollector:
         outbox = doc.get("outbox")
         if outbox is not None:
             yield from gauge("outbox_pending", "Webhooks waiting for delivery.", outbox.get("pending"))
+            yield from gauge("outbox_enriching", "Of the pending webhooks, those waiting for their R2 copies.",
+                             outbox.get("enriching") or 0)
             yield from gauge("outbox_oldest_pending_age_seconds", "Age of the oldest pending webhook (0 if none).",
                              outbox.get("oldest_pending_age_s") or 0.0)
             # Not "dead_letters": that family is the counter render_signal_dead_letters_total.

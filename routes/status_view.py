@@ -35,8 +35,9 @@ KNOWN_COUNTERS: tuple[str, ...] = (
     "emails_seen", "emails_processed", "emails_skipped", "webhooks_delivered", "webhook_retries", "dead_letters",
     "possible_duplicates", "r2_success", "r2_fallback", "html_truncations", "parse_failures",
     "emails_parked", "duplicates_merged", "flag_requests_dropped", "links_truncated", "links_refused",
+    "enrichments",
 )
-LABELLED_COUNTERS = frozenset({"emails_skipped", "r2_fallback", "emails_parked", "links_refused"})
+LABELLED_COUNTERS = frozenset({"emails_skipped", "r2_fallback", "emails_parked", "links_refused", "enrichments"})
 RECENT_LIMIT = 20
 DEAD_LETTERS_SHOWN = 5
 
@@ -247,6 +248,7 @@ def _outbox_section(stats: dict | None) -> dict | None:
     recent = [{"event_id": item.get("event_id"), "reason": item.get("reason"), "status": item.get("status"),
                "at": iso_utc(item.get("at"))} for item in (stats.get("dead_recent") or [])[:DEAD_LETTERS_SHOWN]]
     return {"pending": int(stats.get("pending") or 0),
+            "enriching": int(stats.get("enriching") or 0),   # of the pending: waiting for their R2 copies
             "oldest_pending_age_s": round(float(oldest), 1) if oldest is not None else None,
             "dead_letters": {"count": int(stats.get("dead") or 0), "recent": recent}}
 

@@ -189,6 +189,7 @@ class R2Offloader:
         self._metrics = metrics
         self._presigner: Presigner = presigner if presigner is not None else build_presigner(r2)
         self._budget_grace = float(budget_grace_seconds)
+        self._email_budget = float(r2.email_budget_seconds)
         self.breaker = worker_circuit_breaker(r2.circuit_failures, r2.circuit_cooldown_seconds, clock)
 
     def close(self) -> None:
@@ -199,7 +200,8 @@ class R2Offloader:
     def offload_links(self, email_id: str, links: Sequence[LinkLike]) -> list[OffloadedLink]:
         """One ``OffloadedLink`` per link, in input order; never raises. The links run concurrently (at most
         ``MAX_PARALLEL_LINKS`` at a time) and the whole call is bounded by the longest link timeout plus
-        ``EMAIL_BUDGET_GRACE_SECONDS``; links not finished by then keep their source URLs (reason=timeout)."""
+        ``EMAIL_BUDGET_GRACE_SECONDS`` and by R2_EMAIL_BUDGET_SECONDS; links not finished by then keep their
+        source URLs (reason=timeout)."""
         links = list(links)
         if not links:
             return []
@@ -217,8 +219,14 @@ class R2Offloader:
     # -- concurrency
 
     def _budget_for(self, links: Sequence[LinkLike]) -> float:
+        """The longest link timeout plus the grace, never more than R2_EMAIL_BUDGET_SECONDS."""
         longest = max(self.timeout_for(link.direct_url) for link in links)
-        return longest + self._budget_grace
+        return min(longest + self._budget_grace, self._email_budget)
+
+    def offloads_any(self, links: Sequence[LinkLike]) -> bool:
+        """True when at least one of ``links`` is of a provider whose files are copied to R2 (worth queueing the
+        email as ``enriching``)."""
+        return any((link.provider or "").lower() in OFFLOADED_PROVIDERS for link in links)
 
     def timeout_for(self, url: str) -> float:
         """The Worker call timeout for this URL: longer for Dropbox folders, which Dropbox zips on the fly."""

@@ -15,7 +15,7 @@ from services.state_store import OUTBOX_STATUSES, OutboxItem, OutboxStatus, chec
     (PollerState, ["standby", "polling", "backoff", "redis_unavailable"]),
     (ImapState, ["ok", "unreachable", "auth_failed", "n/a"]),
     (LeaseState, ["held", "standby", "redis_unreachable"]),
-    (OutboxStatus, ["pending", "delivered", "dead"]),
+    (OutboxStatus, ["pending", "enriching", "delivered", "dead"]),
 ])
 def test_each_state_enum_carries_exactly_the_documented_strings(enum, values):
     assert [member.value for member in enum] == values
@@ -37,7 +37,7 @@ def test_a_poller_status_snapshot_serialises_as_before():
 
 
 def test_outbox_statuses_are_checked_against_the_enum_and_plain_strings_still_pass():
-    assert OUTBOX_STATUSES == ("pending", "delivered", "dead")
+    assert OUTBOX_STATUSES == ("pending", "enriching", "delivered", "dead")
     assert OutboxItem(event_id="msg_a", email_id="a", payload={}, mailbox="INBOX", uidvalidity=1, uid=1,
                       message_id=None).status == "pending"
     for status in ("pending", OutboxStatus.DEAD):
