@@ -284,6 +284,7 @@ class R2Config:
     circuit_failures: int = 5
     circuit_cooldown_seconds: float = 60.0
     retention_hours: float = 24.0
+    max_bytes: int = 2 * 1024 ** 3  # the largest copy asked of the Worker (R2_MAX_BYTES)
     public_base_url: str | None = None
     account_id: str | None = None
     access_key_id: str | None = None
@@ -305,7 +306,8 @@ class R2Config:
                    email_budget_seconds=settings.r2_email_budget_seconds,
                    circuit_failures=settings.r2_circuit_failures,
                    circuit_cooldown_seconds=settings.r2_circuit_cooldown_seconds,
-                   retention_hours=settings.r2_retention_hours, public_base_url=settings.r2_public_base_url,
+                   retention_hours=settings.r2_retention_hours, max_bytes=settings.r2_max_bytes,
+                   public_base_url=settings.r2_public_base_url,
                    account_id=settings.r2_account_id, access_key_id=settings.r2_access_key_id,
                    secret_access_key=settings.r2_secret_access_key,
                    presign_ttl_seconds=settings.r2_presign_ttl_seconds, s3_endpoint=settings.s3_endpoint,

@@ -42,6 +42,12 @@ logger = logging.getLogger(__name__)
 OFFLOADED_PROVIDERS: dict[str, tuple[str, ...]] = {
     "dropbox": ("dropbox.com", "dropboxusercontent.com"),
 }
+# The query parameters that make a link what it is, per provider: the key form keeps these (sorted) and drops the
+# rest, so junk such as ``?a=1`` does not make another copy while Dropbox's ``rlkey``/``st`` (which grant access)
+# stay. A provider without an entry keeps its query verbatim.
+KEY_FORM_PARAMS: dict[str, frozenset[str]] = {
+    "dropbox": frozenset({"rlkey", "st", "dl", "raw"}),
+}
 MAX_PARALLEL_LINKS = 4
 # Added to the longest per-link timeout of an email to bound the R2 time the email may spend in total.
 EMAIL_BUDGET_GRACE_SECONDS = 5.0
@@ -89,6 +95,25 @@ def normalise_source_url(url: str) -> str:
     if parts.port is not None and parts.port != default_port:
         netloc = f"{host}:{parts.port}"
     return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+def key_form(provider: str, url: str) -> str:
+    """The link's canonical key form: ``normalise_source_url`` with, for a provider listed in ``KEY_FORM_PARAMS``,
+    only its identifying query parameters kept, sorted by name then value. Sent to the Worker as ``source_url``
+    and ``source_key``, hashed into the object key and used as the reuse key: one link, one object."""
+    normalised = normalise_source_url(url)
+    kept = KEY_FORM_PARAMS.get(provider.lower())
+    if kept is None:
+        return normalised
+    parts = urlsplit(normalised)
+    pairs = []
+    for piece in parts.query.split("&"):
+        name, _, value = piece.partition("=")
+        if name in kept:
+            pairs.append((name, value))
+    pairs.sort()
+    query = "&".join(f"{name}={value}" for name, value in pairs)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
 def is_allow_listed(provider: str, url: str) -> bool:
@@ -185,6 +210,7 @@ class R2Offloader:
         self._timeout = float(r2.fetch_timeout_seconds)
         self._folder_timeout = float(r2.fetch_timeout_folder_seconds)
         self._retention_seconds = float(r2.retention_hours) * 3600.0
+        self._max_bytes = int(r2.max_bytes)
         self._copy_store = copy_store
         self._metrics = metrics
         self._presigner: Presigner = presigner if presigner is not None else build_presigner(r2)
@@ -291,7 +317,7 @@ class R2Offloader:
             logger.warning("SECURITY: refused to send a URL outside the %s allow-list to the R2 Worker host=%s "
                            "email_id=%s", provider, checked.host, email_id)
             return _Outcome(reason="not_allow_listed")
-        source_url = normalise_source_url(checked.href)
+        source_url = key_form(provider, checked.href)
         object_key = object_key_for(provider, source_url)
 
         record = self._reusable_copy(source_url)
@@ -321,7 +347,8 @@ class R2Offloader:
                      timeout: float) -> _Outcome:
         try:
             copy = self._worker.copy(source_url=source_url, object_key=object_key, bucket=self._bucket,
-                                     provider=provider, email_id=email_id, timeout=timeout)
+                                     provider=provider, email_id=email_id, timeout=timeout,
+                                     source_key=source_url, max_bytes=self._max_bytes)
         except R2WorkerError as exc:
             raise R2OffloadError(exc.reason, exc.detail) from None
         # A private bucket has no public URL: the Worker answers r2_url null and we presign the object key.

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 # The Worker answers a small JSON document; anything longer is not that.
 MAX_RESPONSE_BYTES = 64 * 1024
+# The reasons of the Worker's 403 policy refusals (worker/README.md); the error's reason is ``policy_<reason>``,
+# ``policy_refused`` for any other word (the label set stays bounded whatever the Worker answers).
+POLICY_REASONS = frozenset({"scheme", "userinfo", "port", "host", "too_large", "key_conflict"})
 
 
 class R2WorkerError(Exception):
@@ -65,11 +68,17 @@ class R2WorkerClient:
         self._session.close()
 
     def copy(self, *, source_url: str, object_key: str, bucket: str | None, provider: str, email_id: str,
-             timeout: float) -> WorkerCopy:
+             timeout: float, source_key: str | None = None, max_bytes: int | None = None) -> WorkerCopy:
         """Ask the Worker to copy ``source_url`` to ``object_key``; the copy it reports, or ``R2WorkerError``
-        (``worker_refused`` when it answers ``success`` other than true)."""
-        body = {"source_url": source_url, "object_key": object_key, "bucket": bucket,
-                "provider": provider, "email_id": email_id}
+        (``policy_<reason>`` for a 403 policy refusal, ``worker_refused`` when it answers ``success`` other than
+        true). ``source_key`` is the link's key form (the Worker keys its objects by it), ``max_bytes`` the largest
+        copy wanted (it can only lower the Worker's own R2_MAX_BYTES)."""
+        body: dict[str, Any] = {"source_url": source_url, "object_key": object_key, "bucket": bucket,
+                                "provider": provider, "email_id": email_id}
+        if source_key is not None:
+            body["source_key"] = source_key
+        if max_bytes is not None:
+            body["max_bytes"] = int(max_bytes)
         document = self._post(body, timeout)
         if document.get("success") is not True:
             raise R2WorkerError("worker_refused", _short_detail(document.get("error")))
@@ -90,6 +99,8 @@ class R2WorkerClient:
         except requests.RequestException as exc:
             raise R2WorkerError("unexpected_error", type(exc).__name__) from None
         try:
+            if response.status_code == 403:
+                raise _policy_refusal(_read_capped(response, MAX_RESPONSE_BYTES))
             if response.status_code != 200:
                 raise R2WorkerError(f"http_{response.status_code}")
             raw = _read_capped(response, MAX_RESPONSE_BYTES)
@@ -106,6 +117,21 @@ class R2WorkerClient:
         if not isinstance(document, dict):
             raise R2WorkerError("invalid_json")
         return document
+
+
+def _policy_refusal(raw: bytes) -> R2WorkerError:
+    """The error for a 403 answer: ``policy_<reason>`` when it is the Worker's policy document, ``http_403``
+    otherwise (a proxy in front of the Worker, say)."""
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return R2WorkerError("http_403")
+    if not isinstance(document, dict) or document.get("error") != "policy":
+        return R2WorkerError("http_403")
+    reason = document.get("reason")
+    if isinstance(reason, str) and reason in POLICY_REASONS:
+        return R2WorkerError(f"policy_{reason}", _short_detail(document.get("detail")))
+    return R2WorkerError("policy_refused", _short_detail(document.get("detail")))
 
 
 def _new_session(pool_maxsize: int) -> requests.Session:
@@ -138,7 +164,7 @@ def _read_capped(response: requests.Response, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-_DETAIL = re.compile(r"^[A-Za-z0-9 _.:()/-]{1,80}$")
+_DETAIL = re.compile(r"^[A-Za-z0-9 _.,:()/-]{1,100}$")
 
 
 def _short_detail(value: Any) -> str | None:

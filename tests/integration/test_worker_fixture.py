@@ -108,7 +108,8 @@ def test_the_worker_refuses_a_wrong_token_and_a_foreign_host(worker_on_miniflare
     assert wrong_token.status_code == 401
     assert wrong_token.json()["success"] is False
     assert foreign.status_code == 403
-    assert "not allowed" in foreign.json()["error"]
+    assert (foreign.json()["error"], foreign.json()["reason"]) == ("policy", "host")
+    assert "not allowed" in foreign.json()["detail"]
     assert requested == []
     assert worker.token not in worker.log()
 

@@ -24,6 +24,7 @@ from services.r2_offload import (
     endpoint_origin,
     file_name_for,
     is_allow_listed,
+    key_form,
     normalise_source_url,
     object_key_for,
     worker_circuit_breaker,
@@ -397,10 +398,84 @@ def test_an_email_without_links_costs_nothing():
 @pytest.mark.parametrize("reason, counts", [
     ("timeout", True), ("connection_error", True), ("invalid_json", True), ("unexpected_error", True),
     ("http_401", True), ("http_500", True), ("http_503", True),
-    ("http_403", False), ("http_404", False), ("http_429", False), ("http_400", False), ("http_413", False),
+    ("http_403", False), ("policy_too_large", False), ("policy_key_conflict", False), ("policy_host", False),
+    ("policy_refused", False), ("http_404", False), ("http_429", False), ("http_400", False), ("http_413", False),
     ("worker_refused", False),
 ])
 def test_only_failures_of_the_worker_itself_count_toward_the_circuit(reason, counts):
     from services.r2_offload import _counts_against_worker
 
     assert _counts_against_worker(reason) is counts
+
+
+# --- key form and the Worker's policy answers (issue 16) -----------------------------------------------------
+
+@pytest.mark.parametrize("url, expected", [
+    ("https://www.dropbox.com/scl/fi/Tok/a.pdf?rlkey=K&dl=1&a=1",
+     "https://www.dropbox.com/scl/fi/Tok/a.pdf?dl=1&rlkey=K"),
+    ("https://www.dropbox.com/scl/fi/Tok/a.pdf?utm_source=x&st=S&rlkey=K&dl=1#frag",
+     "https://www.dropbox.com/scl/fi/Tok/a.pdf?dl=1&rlkey=K&st=S"),
+    ("https://WWW.DROPBOX.COM:443/s/x/a.pdf?raw=1", "https://www.dropbox.com/s/x/a.pdf?raw=1"),
+    ("https://www.dropbox.com/s/x/a.pdf?a=1&b=2", "https://www.dropbox.com/s/x/a.pdf"),
+])
+def test_the_dropbox_key_form_keeps_only_identifying_parameters_sorted(url, expected):
+    assert key_form("dropbox", url) == expected
+
+
+def test_junk_parameters_map_to_one_object_while_a_different_rlkey_maps_to_another():
+    base = "https://www.dropbox.com/scl/fi/Tok/a.pdf?rlkey=K&dl=1"
+    keys = {object_key_for("dropbox", key_form("dropbox", base + junk)) for junk in ("", "&a=1", "&a=2&zz=", "&e=1")}
+    other = object_key_for("dropbox", key_form("dropbox", base.replace("rlkey=K", "rlkey=L")))
+    assert len(keys) == 1 and other not in keys
+
+
+def test_a_provider_without_key_rules_keeps_its_query_verbatim():
+    url = "https://example.test/d/x?b=2&a=1"
+    assert key_form("other", url) == normalise_source_url(url) == "https://example.test/d/x?b=2&a=1"
+
+
+def test_the_worker_is_sent_the_key_form_as_source_url_and_source_key_with_max_bytes():
+    session = FakeSession(body=success_body())
+    link = DeliveryLink("dropbox", FILE_RAW, FILE_LINK.direct_url + "&junk=1")
+
+    make_offloader(session, R2_MAX_BYTES="1000000").offload_links("e1", [link])
+
+    sent = json.loads(session.calls[0]["data"])
+    assert sent["source_url"] == sent["source_key"] == key_form("dropbox", FILE_LINK.direct_url)
+    assert "junk" not in sent["source_url"]
+    assert sent["max_bytes"] == 1_000_000
+    assert sent["object_key"] == object_key_for("dropbox", sent["source_key"])
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ({"success": False, "error": "policy", "reason": "too_large", "detail": "source announces 9 bytes"},
+     "policy_too_large"),
+    ({"success": False, "error": "policy", "reason": "key_conflict"}, "policy_key_conflict"),
+    ({"success": False, "error": "policy", "reason": "host", "detail": "redirect refused: host x.example"},
+     "policy_host"),
+    ({"success": False, "error": "policy", "reason": "something\nnew"}, "policy_refused"),
+    ({"success": False, "error": "forbidden"}, "http_403"),
+    ("<html>proxy says no</html>", "http_403"),
+])
+def test_a_403_answer_is_read_as_the_workers_policy_reason(answer, reason, caplog):
+    body = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
+    session = FakeSession(status=403, body=body)
+
+    with caplog.at_level(logging.WARNING):
+        result = make_offloader(session).offload_links("e1", [FILE_LINK])
+
+    assert result[0].r2_url is None
+    assert f"reason={reason} " in fallback_records(caplog)[0].getMessage()
+
+
+def test_policy_refusals_never_open_the_circuit():
+    refusal = json.dumps({"success": False, "error": "policy", "reason": "too_large"}).encode()
+    offloader = make_offloader(FakeSession(status=403, body=refusal), store=None, R2_CIRCUIT_FAILURES="2")
+    links = [DeliveryLink("dropbox", FILE_RAW, FILE_LINK.direct_url.replace("rlkey=b", f"rlkey=r{n}"))
+             for n in range(6)]
+
+    for link in links:
+        offloader.offload_links("e1", [link])
+
+    assert offloader.breaker.allow()
+    assert len(offloader._worker._session.calls) == 6  # every link reached the Worker: none was skipped

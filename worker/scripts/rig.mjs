@@ -2,6 +2,7 @@
 // bucket, its outbound requests routed to a loopback server playing Dropbox (the Worker's allow-list is untouched:
 // it still sees and checks the https Dropbox URLs), and a node:http source server for the tests.
 // Kept outside test/ because `node --test test/` runs every module in that folder as a test file.
+import { createHash } from "node:crypto";
 import http from "node:http";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -115,15 +116,23 @@ export async function postJob(mf, job, { token = TOKEN, headers = {} } = {}) {
   return { status: response.status, body };
 }
 
+/**
+ * A copy request; without an `object_key` it gets one derived from its link (as the service derives it from the
+ * key form), so that jobs for different links never share an object by accident.
+ */
 export function job(overrides = {}) {
-  return {
+  const body = {
     source_url: "https://www.dropbox.com/scl/fi/abc123/report.pdf?rlkey=k&dl=1",
-    object_key: "dropbox/0a1b2c3d/4e5f6a7b/report.pdf",
     bucket: "render-signal",
     provider: "dropbox",
     email_id: "email-123",
     ...overrides,
   };
+  if (body.object_key === undefined) {
+    const digest = createHash("sha256").update(String(body.source_key ?? body.source_url)).digest("hex");
+    body.object_key = `dropbox/${digest.slice(0, 8)}/${digest.slice(8, 16)}/file.pdf`;
+  }
+  return body;
 }
 
 /** Deterministic pseudo-random bytes, so a stored copy can be compared byte for byte. */

@@ -3,12 +3,19 @@
  *
  * Copies one file-delivery link (Dropbox) into the R2 bucket bound as `R2_BUCKET`, for the render-signal service
  * (issue 7). `POST /` with `X-R2-FETCH-TOKEN` and a JSON body
- * `{"source_url", "object_key", "bucket", "provider", "email_id"}` answers
- * `{"success": true, "r2_url", "object_key", "original_filename", ...}` or `{"success": false, "error"}`.
+ * `{"source_url", "object_key", "bucket", "provider", "email_id", "source_key"?, "max_bytes"?}` answers
+ * `{"success": true, "r2_url", "object_key", "original_filename", "reused", ...}` or `{"success": false, "error"}`.
+ * A policy refusal (the link's own outcome, not a Worker failure) is answered 403
+ * `{"success": false, "error": "policy", "reason", "detail"}` with `reason` one of `scheme`, `userinfo`, `port`,
+ * `host` (the source URL or a redirect hop), `too_large` (over the byte cap) or `key_conflict` (the object key holds
+ * another link's copy: objects are never overwritten by another link).
+ * Objects are keyed by the link's key form (`source_key`, the service's canonical form of the link; the source URL
+ * when absent), kept in `customMetadata.sourceKey`: a live copy of the same link is answered without fetching.
  * A cron trigger (`scheduled`) deletes the objects whose `customMetadata.expiresAt` has passed.
  *
  * Environment: `R2_BUCKET` (R2 binding), `R2_FETCH_TOKEN` (secret), `R2_PUBLIC_BASE_URL` (optional var; without it
- * `r2_url` is null and the service presigns), `R2_RETENTION_HOURS` (var, default 24).
+ * `r2_url` is null and the service presigns), `R2_RETENTION_HOURS` (var, default 24), `R2_MAX_BYTES` (var, default
+ * 2 GiB; the request's `max_bytes` may only lower it).
  */
 
 import {
@@ -17,7 +24,7 @@ import {
   chooseFilename,
   objectKeyProblem,
   publicUrl,
-  sourceUrlProblem,
+  sourceUrlRefusal,
 } from "./policy.js";
 
 const MAX_REDIRECTS = 5;
@@ -31,12 +38,31 @@ const MAX_REQUEST_BODY_BYTES = 16 * 1024;
 const LIST_PAGE_SIZE = 1000;
 const DELETE_BATCH_SIZE = 1000;
 const TOKEN_HEADER = "X-R2-FETCH-TOKEN";
+/** The largest copy stored unless R2_MAX_BYTES says otherwise: 2 GiB. */
+const DEFAULT_MAX_BYTES = 2 * 1024 * 1024 * 1024;
 
 /** A failure answered to the caller as `{"success": false, "error": message}` with `status`. */
 class FetchError extends Error {
   constructor(status, message) {
     super(message);
     this.status = status;
+  }
+
+  body() {
+    return { success: false, error: this.message };
+  }
+}
+
+/** A refusal by policy: answered 403 `{"error": "policy", "reason", "detail"}`, the link's outcome. */
+class PolicyError extends FetchError {
+  constructor(reason, detail) {
+    super(403, "policy");
+    this.reason = reason;
+    this.detail = detail;
+  }
+
+  body() {
+    return { success: false, error: "policy", reason: this.reason, detail: this.detail };
   }
 }
 
@@ -46,7 +72,7 @@ export default {
       return await handleRequest(request, env);
     } catch (err) {
       if (err instanceof FetchError) {
-        return jsonResponse(err.status, { success: false, error: err.message });
+        return jsonResponse(err.status, err.body());
       }
       console.error(`R2_FETCH: unexpected error: ${describeError(err)}`);
       return jsonResponse(500, { success: false, error: "internal error" });
@@ -76,13 +102,35 @@ async function handleRequest(request, env) {
     throw new FetchError(500, "worker not configured: R2_BUCKET binding is missing");
   }
   const retentionHours = parseRetentionHours(env.R2_RETENTION_HOURS);
+  const workerMaxBytes = parseMaxBytes(env.R2_MAX_BYTES);
   if (!(await tokenMatches(request.headers.get(TOKEN_HEADER), env.R2_FETCH_TOKEN))) {
     throw new FetchError(401, "unauthorized: missing or wrong X-R2-FETCH-TOKEN");
   }
 
   const job = await readJob(request);
+  const maxBytes = job.maxBytes === null ? workerMaxBytes : Math.min(workerMaxBytes, job.maxBytes);
   const startedAt = Date.now();
+  const existing = await liveCopyOf(env.R2_BUCKET, job, startedAt);
+  if (existing !== null) {
+    console.log(`R2_FETCH: reused key=${job.objectKey} provider=${job.provider} email_id=${job.emailId}`);
+    return jsonResponse(200, {
+      success: true,
+      r2_url: publicUrl(env.R2_PUBLIC_BASE_URL, job.objectKey),
+      object_key: job.objectKey,
+      original_filename: existing.customMetadata?.originalFilename || chooseFilename(null, job.objectKey),
+      size: existing.size,
+      content_type: existing.httpMetadata?.contentType || "application/octet-stream",
+      expires_at: existing.customMetadata?.expiresAt,
+      reused: true,
+    });
+  }
   const source = await fetchSource(job.sourceUrl, job.provider);
+  const declared = knownLength(source.headers);
+  if (declared !== null && declared > maxBytes) {
+    await discardBody(source);
+    console.warn(`R2_FETCH: refused provider=${job.provider} email_id=${job.emailId}: ${declared} bytes > ${maxBytes}`);
+    throw new PolicyError("too_large", `source announces ${declared} bytes, more than the ${maxBytes} allowed`);
+  }
   const originalFilename = chooseFilename(source.headers.get("Content-Disposition"), job.objectKey);
   const expiresAt = new Date(startedAt + retentionHours * 3600 * 1000).toISOString();
   const options = {
@@ -92,6 +140,8 @@ async function handleRequest(request, env) {
     },
     customMetadata: {
       sourceUrl: job.sourceUrl,
+      sourceKey: job.sourceKey,
+      originalFilename,
       provider: job.provider,
       emailId: job.emailId,
       expiresAt,
@@ -99,7 +149,7 @@ async function handleRequest(request, env) {
   };
   let size;
   try {
-    size = await storeBody(env.R2_BUCKET, job.objectKey, source, options);
+    size = await storeBody(env.R2_BUCKET, job.objectKey, source, options, maxBytes);
   } catch (err) {
     if (err instanceof FetchError) throw err;
     // Either side can break mid-stream: the source connection or the R2 write. R2 keeps no partial object.
@@ -118,7 +168,24 @@ async function handleRequest(request, env) {
     size,
     content_type: options.httpMetadata.contentType,
     expires_at: expiresAt,
+    reused: false,
   });
+}
+
+/**
+ * The stored object to answer instead of fetching: the same link's copy (same sourceKey), not yet expired. An
+ * expired copy of the same link is replaced; an object holding another link's copy is never overwritten.
+ */
+async function liveCopyOf(bucket, job, now) {
+  const object = await bucket.head(job.objectKey);
+  if (object === null) return null;
+  const storedKey = object.customMetadata?.sourceKey ?? object.customMetadata?.sourceUrl;
+  if (storedKey !== job.sourceKey) {
+    console.warn(`R2_FETCH: refused key=${job.objectKey} provider=${job.provider}: it holds another link's copy`);
+    throw new PolicyError("key_conflict", "the object key holds another link's copy");
+  }
+  const expiresAt = Date.parse(object.customMetadata?.expiresAt ?? "");
+  return Number.isFinite(expiresAt) && expiresAt > now ? object : null;
 }
 
 // --- authentication -------------------------------------------------------------------------------------------
@@ -169,6 +236,15 @@ async function readJob(request) {
     throw new FetchError(400, `invalid object_key: ${keyProblem}`);
   }
   const emailId = requireString(body, "email_id", { allowEmpty: true });
+  let sourceKey = null;
+  if (body.source_key !== undefined && body.source_key !== null) sourceKey = requireString(body, "source_key");
+  let maxBytes = null;
+  if (body.max_bytes !== undefined && body.max_bytes !== null) {
+    if (!Number.isSafeInteger(body.max_bytes) || body.max_bytes <= 0) {
+      throw new FetchError(400, "invalid max_bytes: must be a positive integer");
+    }
+    maxBytes = body.max_bytes;
+  }
   if (body.bucket !== undefined && body.bucket !== null && typeof body.bucket !== "string") {
     throw new FetchError(400, "invalid bucket: must be a string");
   }
@@ -179,12 +255,12 @@ async function readJob(request) {
   } catch {
     throw new FetchError(400, "invalid source_url: not an absolute URL");
   }
-  const urlProblem = sourceUrlProblem(parsed, provider);
-  if (urlProblem) {
-    console.warn(`R2_FETCH: refused source host=${parsed.hostname} provider=${provider}: ${urlProblem}`);
-    throw new FetchError(403, `source_url refused: ${urlProblem}`);
+  const refusal = sourceUrlRefusal(parsed, provider);
+  if (refusal) {
+    console.warn(`R2_FETCH: refused source host=${JSON.stringify(parsed.hostname)} provider=${provider}: ${refusal.reason}`);
+    throw new PolicyError(refusal.reason, `source_url refused: ${refusal.detail}`);
   }
-  return { provider, sourceUrl: parsed.href, objectKey, emailId };
+  return { provider, sourceUrl: parsed.href, sourceKey: sourceKey ?? parsed.href, objectKey, emailId, maxBytes };
 }
 
 function requireString(body, name, { allowEmpty = false } = {}) {
@@ -196,6 +272,16 @@ function requireString(body, name, { allowEmpty = false } = {}) {
     throw new FetchError(400, `field too long: ${name}`);
   }
   return value;
+}
+
+function parseMaxBytes(raw) {
+  if (raw === undefined || raw === null || String(raw).trim() === "") return DEFAULT_MAX_BYTES;
+  const bytes = Number(String(raw).trim());
+  if (!Number.isSafeInteger(bytes) || bytes <= 0) {
+    console.error(`R2_FETCH: R2_MAX_BYTES is not a positive integer: ${raw}`);
+    throw new FetchError(500, "worker not configured: R2_MAX_BYTES must be a positive integer");
+  }
+  return bytes;
 }
 
 function parseRetentionHours(raw) {
@@ -236,10 +322,13 @@ async function fetchSource(sourceUrl, provider) {
       } catch {
         throw new FetchError(502, "source redirected to an invalid URL");
       }
-      const problem = sourceUrlProblem(next, provider);
-      if (problem) {
-        console.warn(`R2_FETCH: refused redirect from host=${current.hostname} to host=${next.hostname}: ${problem}`);
-        throw new FetchError(502, `redirect refused: ${problem}`);
+      const refusal = sourceUrlRefusal(next, provider);
+      if (refusal) {
+        console.warn(
+          `R2_FETCH: refused redirect from host=${JSON.stringify(current.hostname)} to ` +
+            `host=${JSON.stringify(next.hostname)}: ${refusal.reason}`,
+        );
+        throw new PolicyError(refusal.reason, `redirect refused: ${refusal.detail}`);
       }
       current = next;
       continue;
@@ -271,7 +360,7 @@ async function discardBody(response) {
 // --- storing into R2 --------------------------------------------------------------------------------------------
 
 /** Streams the source body into R2 and returns the number of bytes stored. */
-async function storeBody(bucket, key, source, options) {
+async function storeBody(bucket, key, source, options, maxBytes) {
   const length = knownLength(source.headers);
   if (length !== null && length <= MAX_SINGLE_PUT_BYTES) {
     // R2 needs a known length: FixedLengthStream provides it, and errors if the source sends more or less.
@@ -280,7 +369,7 @@ async function storeBody(bucket, key, source, options) {
     const [stored] = await Promise.all([bucket.put(key, fixed.readable, options), piping]);
     return stored.size;
   }
-  return storeUnknownLength(bucket, key, source.body, options);
+  return storeUnknownLength(bucket, key, source.body, options, maxBytes);
 }
 
 function knownLength(headers) {
@@ -292,11 +381,18 @@ function knownLength(headers) {
 
 /**
  * Without a length: a body smaller than one part is buffered and put at once; a larger one becomes a multipart
- * upload of MULTIPART_PART_BYTES parts, so memory stays at about one part whatever the size.
+ * upload of MULTIPART_PART_BYTES parts, so memory stays at about one part whatever the size. Bytes are counted as
+ * they arrive: past `maxBytes` the upload is aborted and nothing is stored (policy `too_large`).
  */
-async function storeUnknownLength(bucket, key, body, options) {
+async function storeUnknownLength(bucket, key, body, options, maxBytes) {
   const chunks = new PartReader(body.getReader());
-  const first = await chunks.read(MULTIPART_PART_BYTES);
+  const tooLarge = () =>
+    new PolicyError("too_large", `source sent more than the ${maxBytes} bytes allowed`);
+  const first = await chunks.read(Math.min(MULTIPART_PART_BYTES, maxBytes + 1));
+  if (first.bytes.byteLength > maxBytes) {
+    await chunks.cancel();
+    throw tooLarge();
+  }
   if (first.done) {
     const stored = await bucket.put(key, first.bytes, options);
     return stored.size;
@@ -307,6 +403,7 @@ async function storeUnknownLength(bucket, key, body, options) {
     let total = first.bytes.byteLength;
     for (let partNumber = 2; ; partNumber++) {
       const part = await chunks.read(MULTIPART_PART_BYTES);
+      if (total + part.bytes.byteLength > maxBytes) throw tooLarge();
       if (part.bytes.byteLength > 0) {
         parts.push(await upload.uploadPart(partNumber, part.bytes));
         total += part.bytes.byteLength;

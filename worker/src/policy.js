@@ -22,13 +22,24 @@ export function objectKeyProblem(key) {
   return null;
 }
 
-/** Why `url` may not be fetched for `provider`, or null. Checks the host, never a substring of the URL. */
-export function sourceUrlProblem(url, provider) {
-  if (url.protocol !== "https:") return `scheme ${url.protocol.replace(":", "")} is not https`;
-  if (url.username || url.password) return "credentials in URL";
-  if (url.port !== "") return `explicit port ${url.port}`;
-  if (!hostAllowed(url.hostname, provider)) return `host ${url.hostname} is not allowed for ${provider}`;
+/**
+ * Why `url` may not be fetched for `provider`: `{reason, detail}` with `reason` one of `scheme`, `userinfo`,
+ * `port`, `host` (the Worker's policy reasons, the same words the service counts), or null. Checks the host as
+ * WHATWG URL parsing reads it, never a substring of the URL.
+ */
+export function sourceUrlRefusal(url, provider) {
+  if (url.protocol !== "https:") return { reason: "scheme", detail: `scheme ${url.protocol.replace(":", "")} is not https` };
+  if (url.username || url.password) return { reason: "userinfo", detail: "credentials in URL" };
+  if (url.port !== "") return { reason: "port", detail: `explicit port ${url.port}` };
+  if (!hostAllowed(url.hostname, provider)) {
+    return { reason: "host", detail: `host ${url.hostname} is not allowed for ${provider}` };
+  }
   return null;
+}
+
+/** `sourceUrlRefusal`'s detail, or null. */
+export function sourceUrlProblem(url, provider) {
+  return sourceUrlRefusal(url, provider)?.detail ?? null;
 }
 
 export function hostAllowed(hostname, provider) {

@@ -226,19 +226,20 @@ describe("refusals", { timeout: TEST_TIMEOUT_MS }, () => {
   test("a host outside the allow-list is refused before any fetch", async () => {
     const before = seen.length;
     const refused = [
-      "https://evil.example/scl/fi/abc123/report.pdf",
-      "https://dropbox.com.evil.example/s/x/report.pdf",
-      "https://notdropbox.com/s/x/report.pdf",
-      "https://evil.example/www.dropbox.com/report.pdf",
-      "https://www.dropbox.com@evil.example/report.pdf",
-      "http://www.dropbox.com/scl/fi/abc123/report.pdf",
-      "https://www.dropbox.com:8443/scl/fi/abc123/report.pdf",
+      ["https://evil.example/scl/fi/abc123/report.pdf", "host"],
+      ["https://dropbox.com.evil.example/s/x/report.pdf", "host"],
+      ["https://notdropbox.com/s/x/report.pdf", "host"],
+      ["https://evil.example/www.dropbox.com/report.pdf", "host"],
+      ["https://www.dropbox.com@evil.example/report.pdf", "userinfo"],
+      ["https://evil.example\\@www.dropbox.com/report.pdf", "host"],
+      ["http://www.dropbox.com/scl/fi/abc123/report.pdf", "scheme"],
+      ["https://www.dropbox.com:8443/scl/fi/abc123/report.pdf", "port"],
     ];
-    for (const url of refused) {
+    for (const [url, reason] of refused) {
       const { status, body } = await postJob(mf, job({ source_url: url }));
       assert.equal(status, 403, `${url}: ${JSON.stringify(body)}`);
-      assert.equal(body.success, false);
-      assert.match(body.error, /source_url refused/);
+      assert.deepEqual({ success: body.success, error: body.error, reason: body.reason }, { success: false, error: "policy", reason }, url);
+      assert.match(body.detail, /source_url refused/);
     }
     assert.equal(seen.length, before, "no outbound request was made");
   });
@@ -258,8 +259,9 @@ describe("refusals", { timeout: TEST_TIMEOUT_MS }, () => {
 
     const { status, body } = await postJob(mf, job({ source_url: url, object_key: "dropbox/f/f/foreign.pdf" }));
 
-    assert.equal(status, 502);
-    assert.match(body.error, /redirect refused: host evil.example is not allowed/);
+    assert.equal(status, 403, "a policy refusal: the link's outcome, not a Worker failure");
+    assert.deepEqual([body.error, body.reason], ["policy", "host"]);
+    assert.match(body.detail, /redirect refused: host evil.example is not allowed/);
     assert.ok(!seen.some((u) => new URL(u).host === "evil.example"), "the foreign host was never contacted");
     assert.equal(await bucket.head("dropbox/f/f/foreign.pdf"), null);
   });
@@ -267,8 +269,9 @@ describe("refusals", { timeout: TEST_TIMEOUT_MS }, () => {
   test("a redirect to plain http is refused", async () => {
     const { status, body } = await postJob(mf, job({ source_url: "https://www.dropbox.com/s/http/redirect" }));
 
-    assert.equal(status, 502);
-    assert.match(body.error, /redirect refused: scheme http is not https/);
+    assert.equal(status, 403);
+    assert.deepEqual([body.error, body.reason], ["policy", "scheme"]);
+    assert.match(body.detail, /redirect refused: scheme http is not https/);
   });
 
   test("a redirect loop stops after five hops", async () => {
@@ -352,6 +355,126 @@ describe("refusals", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(other.status, 404);
     await get.arrayBuffer();
     await other.arrayBuffer();
+  });
+});
+
+describe("objects keyed by the link's key form", { timeout: TEST_TIMEOUT_MS }, () => {
+  const keyForm = "https://www.dropbox.com/scl/fi/abc123/report.pdf?dl=1&rlkey=k";
+
+  test("a live copy of the same link is answered without fetching the source again", async () => {
+    const first = await postJob(mf, job({ source_key: keyForm, email_id: "email-1" }));
+    const fetchesBefore = seen.length;
+
+    const second = await postJob(mf, job({ source_key: keyForm, email_id: "email-2" }));
+
+    assert.equal(first.status, 200, JSON.stringify(first.body));
+    assert.equal(first.body.reused, false);
+    assert.equal(second.status, 200, JSON.stringify(second.body));
+    assert.deepEqual(
+      [second.body.reused, second.body.object_key, second.body.original_filename, second.body.size],
+      [true, first.body.object_key, first.body.original_filename, PDF.length],
+    );
+    assert.equal(seen.length, fetchesBefore, "the source was not fetched for the second request");
+  });
+
+  test("an object holding another link's copy is never overwritten (key_conflict)", async () => {
+    const key = "dropbox/c0ffee00/c0ffee00/report.pdf";
+    const stored = await postJob(mf, job({ object_key: key, source_key: keyForm }));
+    const fetchesBefore = seen.length;
+
+    const other = await postJob(
+      mf,
+      job({ object_key: key, source_url: "https://www.dropbox.com/s/plain/photo.jpg", source_key: "https://www.dropbox.com/s/plain/photo.jpg" }),
+    );
+
+    assert.equal(stored.status, 200);
+    assert.equal(other.status, 403, JSON.stringify(other.body));
+    assert.deepEqual([other.body.error, other.body.reason], ["policy", "key_conflict"]);
+    assert.equal(seen.length, fetchesBefore, "nothing was fetched");
+    const { object } = await storedBytes(key);
+    assert.equal(object.customMetadata.sourceKey, keyForm, "the first link's copy is still there");
+  });
+
+  test("an expired copy of the same link is replaced by a fresh one", async () => {
+    const key = "dropbox/e0e0e0e0/e0e0e0e0/report.pdf";
+    await bucket.put(key, "stale", {
+      customMetadata: { sourceKey: keyForm, expiresAt: new Date(Date.now() - 1000).toISOString() },
+    });
+
+    const { status, body } = await postJob(mf, job({ object_key: key, source_key: keyForm }));
+
+    assert.equal(status, 200, JSON.stringify(body));
+    assert.equal(body.reused, false);
+    assert.ok((await storedBytes(key)).bytes.equals(PDF), "the fresh copy replaced the stale one");
+  });
+});
+
+describe("the byte cap (R2_MAX_BYTES, lowered by max_bytes)", { timeout: TEST_TIMEOUT_MS }, () => {
+  test("a source announcing more than the cap is refused before anything is stored", async () => {
+    const key = "dropbox/b1/b1/announced.pdf";
+
+    const { status, body } = await postJob(mf, job({ object_key: key, max_bytes: PDF.length - 1 }));
+
+    assert.equal(status, 403, JSON.stringify(body));
+    assert.deepEqual([body.error, body.reason], ["policy", "too_large"]);
+    assert.equal(await bucket.head(key), null);
+  });
+
+  test("a streamed source is counted and refused once it passes the cap, below and above one part", async () => {
+    const cases = [
+      ["/scl/fo/folder/streamed", STREAMED.length - 1, "dropbox/b2/b2/small.zip"],
+      ["/scl/fo/folder/large", 6 * MiB, "dropbox/b3/b3/large.zip"],
+    ];
+    for (const [path, cap, key] of cases) {
+      const { status, body } = await postJob(
+        mf,
+        job({ source_url: `https://www.dropbox.com${path}`, object_key: key, max_bytes: cap }),
+      );
+      assert.equal(status, 403, `${path}: ${JSON.stringify(body)}`);
+      assert.deepEqual([body.error, body.reason], ["policy", "too_large"], path);
+      assert.equal(await bucket.head(key), null, `${path}: nothing stored`);
+    }
+  });
+
+  test("a source of exactly the cap is stored", async () => {
+    const key = "dropbox/b4/b4/exact.zip";
+    const url = "https://www.dropbox.com/scl/fo/folder/streamed";
+
+    const { status, body } = await postJob(mf, job({ source_url: url, object_key: key, max_bytes: STREAMED.length }));
+
+    assert.equal(status, 200, JSON.stringify(body));
+    assert.ok((await storedBytes(key)).bytes.equals(STREAMED));
+  });
+
+  test("the Worker's R2_MAX_BYTES applies when the request sends no max_bytes, and a larger max_bytes cannot raise it", async () => {
+    const capped = startWorker({ origin: source.origin, bindings: { R2_MAX_BYTES: "1000" } });
+    try {
+      await capped.ready;
+      const plain = await postJob(capped, job({ object_key: "dropbox/b5/b5/a.pdf" }));
+      const raised = await postJob(capped, job({ object_key: "dropbox/b5/b5/b.pdf", max_bytes: 10 * MiB }));
+
+      assert.deepEqual([plain.status, plain.body.reason], [403, "too_large"]);
+      assert.deepEqual([raised.status, raised.body.reason], [403, "too_large"]);
+    } finally {
+      await capped.dispose();
+    }
+  });
+
+  test("an invalid max_bytes is answered 400, an invalid R2_MAX_BYTES 500", async () => {
+    for (const bad of [0, -1, 1.5, "1000"]) {
+      const { status, body } = await postJob(mf, job({ max_bytes: bad }));
+      assert.equal(status, 400, `${JSON.stringify(bad)}: ${JSON.stringify(body)}`);
+      assert.match(body.error, /max_bytes/);
+    }
+    const broken = startWorker({ origin: source.origin, bindings: { R2_MAX_BYTES: "lots" } });
+    try {
+      await broken.ready;
+      const { status, body } = await postJob(broken, job());
+      assert.equal(status, 500);
+      assert.match(body.error, /R2_MAX_BYTES/);
+    } finally {
+      await broken.dispose();
+    }
   });
 });
 
