@@ -5,11 +5,15 @@ Every email is multipart/alternative with ~1.5 MB of text/plain and ~1.5 MB of H
 keeps 1 MiB of each part, the same for all of them):
 
 - ``normal``: prose in table rows (bench_big_email's newsletter) with three provider links;
-- ``paren_tail``: lines of a provider URL followed by 8,100 ``)`` (just under the 8,192-character candidate cap):
+- ``paren_tail``: lines of a distinct provider URL each followed by 8,100 ``)`` (just under the 8,192-character candidate cap):
   the email of the issue, quadratic in the trailing-punctuation clean-up before the fix;
 - ``punct_tail``: the same with 8,100 characters of trailing ``.,``;
 - ``many_candidates``: ``https://we.tl/t-<n>) `` over and over, ~100,000 distinct short link candidates (the
-  per-candidate classification, not the clean-up).
+  per-candidate classification, not the clean-up; bounded by MAX_CANDIDATES_CHECKED);
+- ``refused_candidates``: ``https://u<n>@we.tl/t-<n> ``, as many distinct candidates that each claim WeTransfer and
+  are refused (userinfo): none counts toward MAX_LINKS_PER_EMAIL, the check budget bounds them;
+- ``off_list_hinted``: ``https://evil.example/we.tl/<n> ``, off the allow-list but naming a provider's domain, so
+  the cheap pre-filter lets each through to a full check.
 
 Timed: the whole pure path as the poller runs it, parse_message + process_email (NullOffloader, sender allowed) +
 json.dumps + UTF-8, best of ``--repeat``, on one core. Also timed: ``paren_tail`` from a sender outside the allowlist
@@ -82,9 +86,12 @@ def normal_email(seed: int = 16) -> bytes:
 
 def adversarial_email(kind: str) -> bytes:
     units: dict[str, Callable[[int], str]] = {
-        "paren_tail": lambda n: f"{PROVIDER_LINKS[1]}{')' * CANDIDATE_TAIL}\n",
-        "punct_tail": lambda n: f"{PROVIDER_LINKS[1]}{'.,' * (CANDIDATE_TAIL // 2)}\n",
+        # distinct links, so that no memo of a verdict hides the clean-up's cost
+        "paren_tail": lambda n: f"https://we.tl/t-{n:08d}{')' * CANDIDATE_TAIL}\n",
+        "punct_tail": lambda n: f"https://we.tl/t-{n:08d}{'.,' * (CANDIDATE_TAIL // 2)}\n",
         "many_candidates": lambda n: f"https://we.tl/t-{n:08d}) ",
+        "refused_candidates": lambda n: f"https://u{n}@we.tl/t-{n:08d} ",
+        "off_list_hinted": lambda n: f"https://evil.example/we.tl/{n:08d} ",
     }
     body = repeated(units[kind], PART_BYTES)
     return email(kind, body, f"<html><body><p>{body}</p></body></html>\n")
@@ -147,7 +154,7 @@ def main() -> int:
     print(f"  {'email':<34} {'bytes':>10} {'seconds':>9} {'ratio':>8}  end state")
     print(f"  {'normal':<34} {len(normal):>10,} {base:>9.3f} {1.0:>7.2f}x  {state}, {count} links")
     figures: dict[str, dict] = {}
-    for kind in ("paren_tail", "punct_tail", "many_candidates"):
+    for kind in ("paren_tail", "punct_tail", "many_candidates", "refused_candidates", "off_list_hinted"):
         raw = adversarial_email(kind)
         seconds, state, count = timed(raw, args.repeat)
         figures[kind] = {"seconds": round(seconds, 3), "ratio": round(seconds / base, 2), "bytes": len(raw)}
@@ -172,8 +179,11 @@ def main() -> int:
            sender_skipped_ratio=round(skipped / base, 2),
            details=f"normal {base:.3f} s, this one {paren_tail['seconds']:.3f} s; URLs ending in 8,100 '.,': "
                    f"{punct_tail['ratio']}x; sender not allowed (no extraction): {skipped / base:.2f}x")
+    refused, hinted = figures["refused_candidates"], figures["off_list_hinted"]
     result("adversarial_many_candidates_ratio", many["ratio"], "x normal", normal_s=round(base, 3),
-           seconds=many["seconds"], details=f"normal {base:.3f} s, this one {many['seconds']:.3f} s")
+           seconds=many["seconds"], refused_ratio=refused["ratio"], off_list_hinted_ratio=hinted["ratio"],
+           details=f"normal {base:.3f} s, this one {many['seconds']:.3f} s; refused candidates {refused['ratio']}x; "
+                   f"off-list candidates naming a provider {hinted['ratio']}x")
     if before:
         result("adversarial_email_ratio_before_fix", round(before["paren_tail"] / base, 2), "x normal",
                normal_s=round(base, 3), seconds=round(before["paren_tail"], 3),

@@ -25,6 +25,9 @@ from email_processing.urls import ReadUrl, RefusalReason, RefusedUrl, check_url,
 
 MAX_URL_LENGTH = 8192  # longer candidates are not links a person shares; bounds the work per match
 _MAX_UNWRAP_DEPTH = 4
+# Full checks (parse, unwrap, classify) per email: past this many distinct candidates that name a provider's domain,
+# the rest are counted as unchecked, not checked (issue 16 defect 2: work per email is bounded whatever it holds).
+MAX_CANDIDATES_CHECKED = 1000
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class RefusedLink:
 class ExtractedLinks(NamedTuple):
     links: list[DeliveryLink]
     refused: tuple[RefusedLink, ...]
+    unchecked: int = 0  # candidates left unchecked once MAX_CANDIDATES_CHECKED were
 
 
 class LinkLike(Protocol):
@@ -338,19 +342,48 @@ def _dedup_key(link: DeliveryLink) -> str:
     return f"{(parts.hostname or '').lower()}{parts.path.rstrip('/')}?{query}"
 
 
-def _classify(candidate: str) -> DeliveryLink | RefusedLink | None:
+def _classify(candidate: str) -> tuple[DeliveryLink | RefusedLink | None, str]:
+    """The verdict on ``candidate`` and its normalised form."""
     if len(candidate) > MAX_URL_LENGTH:
-        return None
-    return _link_for(_normalise_candidate(candidate))
+        return None, candidate
+    normalised = _normalise_candidate(candidate)
+    return _link_for(normalised), normalised
+
+
+def _hint_pattern() -> re.Pattern[str]:
+    names = {domain for provider in PROVIDERS for domain in provider.domains} | set(_REDIRECTORS)
+    return re.compile("|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)), re.IGNORECASE)
+
+
+def _may_deliver(candidate: str) -> bool:
+    """False for a candidate that cannot be a provider's delivery link nor a redirect wrapper around one: a host
+    ``check_url`` passes is a substring of the URL once entities are decoded and tabs and line breaks removed
+    (``_unwrap_redirector`` relies on the same), so a candidate naming no provider domain and no wrapper is dropped
+    by one regex search instead of a full parse. (A host spelled with percent escapes or IDNA mappings that only the
+    WHATWG reading decodes is refused by the check anyway; it is then dropped here, not counted as a refusal.)"""
+    if "&" in candidate:
+        candidate = _unescape_entities(candidate)
+    if "\t" in candidate or "\n" in candidate or "\r" in candidate:
+        candidate = _TAB_OR_NEWLINE.sub("", candidate)
+    return _HINT.search(candidate) is not None
+
+
+_HINT = _hint_pattern()
 
 
 class _FirstSightings:
-    """Delivery links in order of first sight, one per ``_dedup_key``; refused candidates, one per URL."""
+    """Delivery links in order of first sight, one per ``_dedup_key``; refused candidates, one per URL. Each
+    distinct candidate is checked once (the text and the HTML source repeat the anchors' URLs), at most
+    ``max_checked`` of them; the first candidate past that is counted in ``unchecked`` (``extract_links`` then
+    counts the tree's remaining candidates and stops)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_checked: int = MAX_CANDIDATES_CHECKED) -> None:
         self.links: list[DeliveryLink] = []
+        self.unchecked = 0
         self._seen: set[str] = set()
         self._refused: dict[str, RefusedLink] = {}
+        self._verdicts: dict[str, tuple[DeliveryLink | RefusedLink | None, str]] = {}
+        self._max_checked = max_checked
 
     @property
     def refused(self) -> tuple[RefusedLink, ...]:
@@ -359,9 +392,17 @@ class _FirstSightings:
     def new_link(self, candidate: str) -> DeliveryLink | None:
         """The delivery link ``candidate`` names, unless it names none or one already seen (now marked seen). A
         refused candidate is remembered as a refusal."""
-        link = _classify(candidate)
+        if not _may_deliver(candidate):
+            return None
+        verdict = self._verdicts.get(candidate)
+        if verdict is None:
+            if len(self._verdicts) >= self._max_checked:
+                self.unchecked += 1
+                return None
+            verdict = self._verdicts[candidate] = _classify(candidate)
+        link, normalised = verdict
         if isinstance(link, RefusedLink):
-            self._refused.setdefault(_normalise_candidate(candidate), link)
+            self._refused.setdefault(normalised, link)
             return None
         if link is None:
             return None
@@ -380,13 +421,16 @@ def extract_links(text: str, hrefs: list[str], html_source: str = "") -> Extract
     tree_candidates = [_href_candidate(href) for href in hrefs if href and href[:4].lower() == "http"]
     if text:
         tree_candidates.extend(match.group(0) for match in _TEXT_URL.finditer(text))
-    for candidate in tree_candidates:
+    for index, candidate in enumerate(tree_candidates):
         link = sightings.new_link(candidate)
         if link is not None:
             sightings.links.append(link)
-    if html_source:
+        elif sightings.unchecked:  # the budget is spent: the rest is counted, not looked at
+            sightings.unchecked += len(tree_candidates) - index - 1
+            break
+    if html_source and not sightings.unchecked:
         _add_links_only_the_source_shows(sightings, html_source, set(tree_candidates))
-    return ExtractedLinks(sightings.links, sightings.refused)
+    return ExtractedLinks(sightings.links, sightings.refused, sightings.unchecked)
 
 
 def extract_delivery_links(text: str, hrefs: list[str], html_source: str = "") -> list[DeliveryLink]:
@@ -406,6 +450,8 @@ def _add_links_only_the_source_shows(sightings: _FirstSightings, html_source: st
         link = sightings.new_link(candidate)
         if link is not None and not _starts_one_of(found_whole, link.raw_url):
             sightings.links.append(link)
+        elif sightings.unchecked:
+            return  # the budget is spent (the source's further candidates are not counted)
 
 
 def _html_source_candidates(html_source: str) -> Iterator[str]:

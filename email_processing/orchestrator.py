@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol, Sequence
 from config import DEFAULT_ID, DEFAULT_MAX_LINKS_PER_EMAIL, SenderAuth
 from email_processing.html_text import html_to_text_and_hrefs
 from email_processing.identity import email_id_for, event_id_for
-from email_processing.links import DeliveryLink, LinkLike, RefusedLink, extract_links
+from email_processing.links import MAX_CANDIDATES_CHECKED, DeliveryLink, LinkLike, RefusedLink, extract_links
 from email_processing.parsing import ParsedEmail
 from email_processing.payload import build_payload
 from email_processing.sender import authenticate_sender
@@ -78,7 +78,9 @@ class ProcessResult:
     email_id: str
     event_id: str
     links: tuple[OffloadedLink, ...]
-    links_truncated: int = 0  # delivery links found beyond the cap and dropped (payload: delivery_links_truncated)
+    # delivery links found beyond the cap and dropped, plus candidates left unchecked past MAX_CANDIDATES_CHECKED
+    # (payload: delivery_links_truncated)
+    links_truncated: int = 0
     refused_links: tuple[RefusedLink, ...] = ()  # counted and logged by ingest (provider and host, never the URL)
 
 
@@ -132,8 +134,10 @@ def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Se
     reason = sender_skip_reason(parsed, sender_allowlist, sender_auth)
     found: list[DeliveryLink] = []
     refused: tuple[RefusedLink, ...] = ()
+    unchecked = 0
     if reason is None or extract_when_skipped:
-        found, refused = extract_links("\n".join((parsed.text_plain, html_text)), hrefs, html_source=parsed.html)
+        found, refused, unchecked = extract_links("\n".join((parsed.text_plain, html_text)), hrefs,
+                                                  html_source=parsed.html)
     if reason is None and not found and not allow_without_links:
         reason = REASON_NO_DELIVERY_LINKS
     dropped = max(len(found) - max_links, 0)
@@ -142,6 +146,9 @@ def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Se
         # Counts only: a URL is a capability and never goes to the log.
         logger.warning("ORCHESTRATOR: links capped mailbox=%s email_id=%s kept=%d found=%d (MAX_LINKS_PER_EMAIL)",
                        mailbox_id, email_id, len(found), len(found) + dropped)
+    if unchecked:
+        logger.warning("ORCHESTRATOR: link candidates left unchecked mailbox=%s email_id=%s checked=%d unchecked=%d "
+                       "(at most this many per email)", mailbox_id, email_id, MAX_CANDIDATES_CHECKED, unchecked)
 
     if reason is None:
         links = _offload(offloader, email_id, found)
@@ -149,11 +156,11 @@ def process_email(parsed: ParsedEmail, *, received_at: str, sender_allowlist: Se
         links = tuple(source_only(link) for link in found)
 
     payload = build_payload(parsed, links, received_at, html_text=html_text, email_id=email_id,
-                            delivery_links_truncated=bool(dropped))
+                            delivery_links_truncated=bool(dropped or unchecked))
     decision: Literal["send", "skip"] = "skip" if reason else "send"
     logger.debug("ORCHESTRATOR: %s decision=%s reason=%s links=%s", email_id, decision, reason, len(links))
     return ProcessResult(decision=decision, reason=reason, payload=payload, email_id=email_id,
-                         event_id=event_id_for(email_id), links=links, links_truncated=dropped,
+                         event_id=event_id_for(email_id), links=links, links_truncated=dropped + unchecked,
                          refused_links=refused)
 
 

@@ -44,9 +44,10 @@ OFFLOADED_PROVIDERS: dict[str, tuple[str, ...]] = {
 }
 # The query parameters that make a link what it is, per provider: the key form keeps these (sorted) and drops the
 # rest, so junk such as ``?a=1`` does not make another copy while Dropbox's ``rlkey``/``st`` (which grant access)
-# stay. A provider without an entry keeps its query verbatim.
+# stay (and ``e``, which the link extractor keeps in the direct URL). A provider without an entry keeps its query
+# verbatim.
 KEY_FORM_PARAMS: dict[str, frozenset[str]] = {
-    "dropbox": frozenset({"rlkey", "st", "dl", "raw"}),
+    "dropbox": frozenset({"rlkey", "st", "e", "dl", "raw"}),
 }
 MAX_PARALLEL_LINKS = 4
 # Added to the longest per-link timeout of an email to bound the R2 time the email may spend in total.

@@ -54,7 +54,7 @@ def test_urls_that_are_no_provider_delivery_are_not_refusals():
     # Only what claims to be a delivery link is counted: other hosts, provider pages, logos are simply not links.
     extracted = extracted_from_html("http://example.com/x", "https://wetransfer.com/", "http://wetransfer.com/about",
                                     "http://www.dropbox.com/s/x/logo.png?raw=1", "http://email.wetransfer.com/wf/o")
-    assert extracted == ([], ())
+    assert (extracted.links, extracted.refused, extracted.unchecked) == ([], (), 0)
 
 
 def test_a_good_link_beside_a_refused_one_is_still_emitted():
