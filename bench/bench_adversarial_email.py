@@ -5,8 +5,8 @@ Every email is multipart/alternative with ~1.5 MB of text/plain and ~1.5 MB of H
 keeps 1 MiB of each part, the same for all of them):
 
 - ``normal``: prose in table rows (bench_big_email's newsletter) with three provider links;
-- ``paren_tail``: lines of a distinct provider URL each followed by 8,100 ``)`` (just under the 8,192-character candidate cap):
-  the email of the issue, quadratic in the trailing-punctuation clean-up before the fix;
+- ``paren_tail``: lines of a distinct provider URL each followed by 8,100 ``)`` (just under the 8,192-character
+  candidate cap): the email of the issue, quadratic in the trailing-punctuation clean-up before the fix;
 - ``punct_tail``: the same with 8,100 characters of trailing ``.,``;
 - ``many_candidates``: ``https://we.tl/t-<n>) `` over and over, ~100,000 distinct short link candidates (the
   per-candidate classification, not the clean-up; bounded by MAX_CANDIDATES_CHECKED);

@@ -424,7 +424,8 @@ def test_the_dropbox_key_form_keeps_only_identifying_parameters_sorted(url, expe
 
 def test_junk_parameters_map_to_one_object_while_a_different_rlkey_maps_to_another():
     base = "https://www.dropbox.com/scl/fi/Tok/a.pdf?rlkey=K&dl=1"
-    keys = {object_key_for("dropbox", key_form("dropbox", base + junk)) for junk in ("", "&a=1", "&a=2&zz=", "&utm_source=x")}
+    junks = ("", "&a=1", "&a=2&zz=", "&utm_source=x")
+    keys = {object_key_for("dropbox", key_form("dropbox", base + junk)) for junk in junks}
     other = object_key_for("dropbox", key_form("dropbox", base.replace("rlkey=K", "rlkey=L")))
     assert len(keys) == 1 and other not in keys
 
