@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from background.lease import LeaseLost, wait_for_ownership
 from background.stranded import TARGET_REMOVED
@@ -40,8 +40,14 @@ def payload_bytes(payload: dict) -> bytes:
 class DeliveryWorker:
     def __init__(self, target: TargetConfig, store, lease, guard, sender_factory: Callable[[], Any], *,
                  wakeup: threading.Event, flag_wakeup: threading.Event, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, mailbox_id: str | None = None,
+                 adopted_mailboxes: Callable[[], Iterable[str]] = tuple) -> None:
+        """Delivers ``target``'s items; with ``mailbox_id``, only those of that mailbox (its lease is ``lease``)
+        and of the removed mailboxes ``adopted_mailboxes()`` names (their items are still delivered), claimed on
+        their own so that another target's backlog never delays these."""
         self.target = target
+        self.mailbox_id = mailbox_id
+        self.adopted_mailboxes = adopted_mailboxes
         self.store = store
         self.lease = lease
         self.guard = guard
@@ -99,14 +105,24 @@ class DeliveryWorker:
         attempted = False
         while stop_event is None or not stop_event.is_set():
             self.guard.check_local()
-            items = self.store.claim_due(self.lease.token, self.clock(), CLAIM_BATCH,
-                                         self.target.timeout_seconds + CLAIM_MARGIN_SECONDS)
+            items = self._claim()
             if not items:
                 return attempted
             for item in items:
                 self.deliver(item)
                 attempted = True
         return attempted
+
+    def _claim(self) -> list[OutboxItem]:
+        claim_seconds = self.target.timeout_seconds + CLAIM_MARGIN_SECONDS
+        if self.mailbox_id is None:
+            return self.store.claim_due(self.lease.token, self.clock(), CLAIM_BATCH, claim_seconds)
+        for mailbox_id in (self.mailbox_id, *self.adopted_mailboxes()):
+            items = self.store.claim_due(self.lease.token, self.clock(), CLAIM_BATCH, claim_seconds,
+                                         mailbox_id=mailbox_id, target_id=self.target.id)
+            if items:
+                return items
+        return []
 
     def deliver(self, item: OutboxItem) -> str:
         """One attempt for a claimed item; records the outcome. Returns delivered | retry | dead."""
@@ -116,7 +132,7 @@ class DeliveryWorker:
             _release(self.store, item)  # claimed, never attempted: no attempt counted, no duplicate later
             raise
         if item.target_id != self.target.id:
-            # One target is configured today: an item for any other one belongs to a target that was removed.
+            # Claimed without an owner filter: an item of a target this process does not know was removed.
             self.store.dead_letter(item.event_id, TARGET_REMOVED, None, f"target {item.target_id} is not configured",
                                    now=self.clock())
             logger.error("WEBHOOK: dead letter %s reason=%s (target %s)", item.event_id, TARGET_REMOVED,

@@ -7,17 +7,19 @@ leaves behind is written here: its done record, its outbox items, its counters a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 from background.lease import LeaseLost
-from config import DEFAULT_ID, DEFAULT_MAX_LINKS_PER_EMAIL, MailboxConfig, SenderAuth
+from config import DEFAULT_ID, DEFAULT_MAX_LINKS_PER_EMAIL, MailboxConfig, RouteConfig, RouteMatch, SenderAuth
 from email_processing.identity import email_id_for, email_id_for_reused, event_id_for, fingerprint_of, message_address
 from email_processing.orchestrator import NullOffloader, Offloader, ProcessResult, process_email
 from email_processing.parsing import ParsedEmail
 from email_processing.payload import for_target
+from email_processing.routing import Router
 from log_setup import mask_address
 from services.state_store import OutboxItem, OutboxStatus, ParkedEmail, StateStoreError
 from timestamps import utc_now
@@ -68,18 +70,26 @@ class Ingested:
 
 
 class Ingest:
-    """Ingests the emails of one mailbox into the store, for the given targets."""
+    """Ingests the emails of one mailbox into the store, one outbox item per target its routes name."""
 
     def __init__(self, store, policy: IngestPolicy, target_ids: tuple[str, ...], *,
                  offloader_factory: Callable[[], Offloader], on_queued: Callable[[], None] = lambda: None,
                  enrich_later: bool = False, on_enriching: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.time) -> None:
-        """``enrich_later``: the R2 copies are made in the background (``background.enrichment``): an email whose
-        links the offloader copies is queued ``enriching`` (``on_enriching`` wakes the enricher) and ingestion
-        never waits on R2. Otherwise (``process-email``) the offload runs here, before the items are queued."""
+                 clock: Callable[[], float] = time.time, routes: Sequence[RouteConfig] | None = None) -> None:
+        """``routes``: which targets an accepted email goes to (``email_processing.routing``); None: every one of
+        ``target_ids`` takes the emails with links, and those without when the mailbox allows them (the
+        environment form's routes). ``enrich_later``: the R2 copies are made in the background
+        (``background.enrichment``): an email whose links the offloader copies is queued ``enriching``
+        (``on_enriching`` wakes the enricher) and ingestion never waits on R2. Otherwise (``process-email``) the
+        offload runs here, before the items are queued."""
         self.store = store
         self.policy = policy
         self.target_ids = target_ids or (DEFAULT_ID,)
+        if routes is None:
+            routes = (RouteConfig(to=self.target_ids),)
+            if policy.allow_without_links:
+                routes += (RouteConfig(match=RouteMatch(has_links=False), to=self.target_ids),)
+        self.router = Router(routes)
         self.offloader_factory = offloader_factory
         self.on_queued = on_queued
         self.enrich_later = enrich_later
@@ -137,8 +147,10 @@ class Ingest:
         if not parsed.message_id and self.known(email_id, where, None):  # (with one, the caller looked already)
             return Ingested("known")
         try:
+            # Emails without links are let through: the routes decide (a has_links: false route, else skipped
+            # no_delivery_links as before).
             result = process_email(parsed, received_at=received_at, sender_allowlist=self.policy.sender_allowlist,
-                                   allow_without_links=self.policy.allow_without_links,
+                                   allow_without_links=True,
                                    offloader=NullOffloader() if self.enrich_later else self.offloader_factory(),
                                    mailbox_id=self.policy.mailbox_id,
                                    email_id=email_id, max_links=self.policy.max_links,
@@ -157,12 +169,25 @@ class Ingest:
             self.store.incr("html_truncations", labels=self._labels)
         if result.links_truncated:  # MAX_LINKS_PER_EMAIL cut the email's links (logged by the orchestrator)
             self.store.incr("links_truncated", result.links_truncated, labels=self._labels)
+        result, target_ids = self._routed(result, parsed)
         if result.decision == "skip":
             self._record_skip(result, where, parsed)
             return Ingested("skipped", result)
         enriching = self.enrich_later and self.offloader_factory().offloads_any(result.links)
-        items = self._enqueue(result, where, parsed, attempt_now, enriching)
+        items = self._enqueue(result, where, parsed, attempt_now, enriching, target_ids)
         return Ingested("queued" if items else "known", result, items)
+
+    def _routed(self, result: ProcessResult, parsed: ParsedEmail) -> tuple[ProcessResult, tuple[str, ...]]:
+        """The targets an accepted email goes to, or the result turned into a skip for the routes' reason
+        (``route_drop``, ``no_route``, ``no_delivery_links``)."""
+        if result.decision != "send":
+            return result, ()
+        decision = self.router.route(mailbox_id=self.policy.mailbox_id, sender=parsed.sender_email,
+                                     subject=parsed.subject, providers={link.provider for link in result.links},
+                                     has_links=bool(result.links))
+        if decision.reason is not None:
+            return dataclasses.replace(result, decision="skip", reason=decision.reason), ()
+        return result, decision.targets
 
     def _count_refused_links(self, result: ProcessResult, where: Where) -> None:
         # Links are capabilities: one line per email naming providers and hosts, never a URL.
@@ -181,20 +206,22 @@ class Ingest:
         logger.info("EMAIL: skipped mailbox=%s uid=%s event_id=%s reason=%s sender=%s", self.policy.mailbox_id,
                     where.uid, result.event_id, result.reason, mask_address(parsed.sender_email))
 
-    def _enqueue(self, result: ProcessResult, where: Where, parsed: ParsedEmail,
-                 attempt_now: bool, enriching: bool = False) -> tuple[OutboxItem, ...]:
+    def _enqueue(self, result: ProcessResult, where: Where, parsed: ParsedEmail, attempt_now: bool,
+                 enriching: bool = False, target_ids: tuple[str, ...] = ()) -> tuple[OutboxItem, ...]:
         now = self.clock()
         first_due_in = ATTEMPTED_NOW_DUE_IN_SECONDS if attempt_now else 0.0
+        items = [OutboxItem(event_id=event_id_for(result.email_id, target_id), email_id=result.email_id,
+                            payload=for_target(result.payload, target_id), mailbox=self.policy.state_key,
+                            uidvalidity=where.uidvalidity, uid=where.uid, message_id=parsed.message_id,
+                            created_at=now, next_attempt_at=now + first_due_in,
+                            attempts=1 if attempt_now else 0, first_attempt_at=now if attempt_now else None,
+                            mailbox_id=self.policy.mailbox_id, target_id=target_id,
+                            status=OutboxStatus.ENRICHING if enriching else OutboxStatus.PENDING)
+                 for target_id in target_ids]
+        # One transaction for every target's item: none can end (and the email be flagged done) before all exist.
         queued = []
-        for target_id in self.target_ids:
-            item = OutboxItem(event_id=event_id_for(result.email_id, target_id), email_id=result.email_id,
-                              payload=for_target(result.payload, target_id), mailbox=self.policy.state_key,
-                              uidvalidity=where.uidvalidity, uid=where.uid, message_id=parsed.message_id,
-                              created_at=now, next_attempt_at=now + first_due_in,
-                              attempts=1 if attempt_now else 0, first_attempt_at=now if attempt_now else None,
-                              mailbox_id=self.policy.mailbox_id, target_id=target_id,
-                              status=OutboxStatus.ENRICHING if enriching else OutboxStatus.PENDING)
-            if self.store.enqueue(item):
+        for item, created in zip(items, self.store.enqueue_all(items), strict=True):
+            if created:
                 queued.append(item)
                 logger.info("BG_POLLER: queued %s (uid %s, %d links%s)", item.event_id, where.uid,
                             len(result.payload.get("delivery_links") or []), ", enriching" if enriching else "")

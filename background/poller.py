@@ -21,7 +21,7 @@ from typing import Any, Callable
 from background.ingest import Ingest, IngestPolicy, Where
 from background.lease import LeaseLost, wait_for_ownership
 from background.runner import ImapState, PollerState
-from config import DEFAULT_ID, MailboxConfig
+from config import DEFAULT_ID, MailboxConfig, RouteConfig
 from services.imap_mailbox import (
     ImapAuthError,
     ImapConnectionError,
@@ -60,9 +60,10 @@ class MailboxPoller:
     def __init__(self, config: MailboxConfig, store, lease, guard, status, *, offloader_factory: Callable[[], Any],
                  delivery_wakeup: threading.Event, flag_wakeup: threading.Event,
                  target_ids: tuple[str, ...] = (DEFAULT_ID,), enrich_wakeup: threading.Event | None = None,
-                 client_factory: Callable[..., MailboxClient] = MailboxClient, rng: random.Random | None = None):
+                 client_factory: Callable[..., MailboxClient] = MailboxClient, rng: random.Random | None = None,
+                 routes: tuple[RouteConfig, ...] | None = None):
         """``enrich_wakeup``: R2 copies are made in the background (``background.enrichment``), woken by it; None:
-        none are made (R2 off)."""
+        none are made (R2 off). ``routes``: which of ``target_ids`` each email goes to (None or empty: all)."""
         self.config = config
         self.store = store
         self.lease = lease
@@ -74,7 +75,7 @@ class MailboxPoller:
         self.client_factory = client_factory
         self.rng = rng or random.Random()
         self.state_key = config.state_key  # the state store's key for this mailbox's checkpoint and flag queue
-        self.ingest = Ingest(store, IngestPolicy.for_mailbox(config), target_ids,
+        self.ingest = Ingest(store, IngestPolicy.for_mailbox(config), target_ids, routes=routes or None,
                              offloader_factory=offloader_factory, on_queued=delivery_wakeup.set,
                              enrich_later=enrich_wakeup is not None,
                              on_enriching=enrich_wakeup.set if enrich_wakeup is not None else lambda: None)

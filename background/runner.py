@@ -251,17 +251,20 @@ class ServiceRuntime:
         settings = self.settings
         store = self.store
         lease = make_lease(settings, self.redis_client)
-        mailbox, target = self.mailbox, self.target
+        mailbox = self.mailbox
+        if not self.config.targets:
+            self.target  # noqa: B018 - raises WebhookError: a configured mailbox needs a target
         observer = StatusObserver(
             lease=lease, store=store, poller_status=self.poller_status, instance=lambda: self.instance,
             timings=HealthTimings.from_settings(settings, observe_interval=OBSERVE_INTERVAL_SECONDS),
             heartbeat_interval_seconds=settings.heartbeat_interval_seconds, config=self.config)
         return BackgroundServices(
-            mailbox=mailbox, target=target, store=store, lease=lease,
+            mailbox=mailbox, targets=self.config.targets, store=store, lease=lease,
             keeper=LeaseKeeper(lease, retry_interval=settings.lease_retry_interval), observer=observer,
             poller_status=self.poller_status, offloader_factory=lambda: self.offloader,
-            sender_factory=lambda: WebhookSender(target, version=self.version),
-            enrich_budget_seconds=self.config.r2.email_budget_seconds if self.config.r2.fetch_enabled else None)
+            sender_factory=lambda target: WebhookSender(target, version=self.version),
+            enrich_budget_seconds=self.config.r2.email_budget_seconds if self.config.r2.fetch_enabled else None,
+            routes=self.config.routes)
 
     def stop_background(self, timeout: float) -> None:
         with self._lock:

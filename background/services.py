@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Sequence
 
 from background.delivery import DeliveryWorker
 from background.enrichment import Enricher
@@ -23,7 +24,7 @@ from background.lease import Lease, LeaseKeeper, LeaseState, OwnershipGuard
 from background.poller import MailboxPoller
 from background.runner import ImapState, InstanceInfo, PollerState, PollerStatus
 from background.stranded import Stranded, settle_removed_targets, survey
-from config import MailboxConfig, ServiceConfig, TargetConfig
+from config import MailboxConfig, RouteConfig, ServiceConfig, TargetConfig
 from services.state_store import StateStore, StateStoreError
 
 logger = logging.getLogger(__name__)
@@ -38,12 +39,15 @@ class BackgroundServices:
     and the wake-up events; ``offloader_factory`` and ``sender_factory`` build their adapters on first use (one
     sender per delivery thread)."""
 
-    def __init__(self, *, mailbox: MailboxConfig, target: TargetConfig, store: StateStore, lease: Lease,
-                 keeper: LeaseKeeper, observer: StatusObserver, poller_status: PollerStatus,
-                 offloader_factory: Callable[[], Any], sender_factory: Callable[[], Any],
-                 enrich_budget_seconds: float | None = None) -> None:
-        """``enrich_budget_seconds``: R2 is on and each email's copies are made by the enricher thread within
-        that budget (``background.enrichment``); None: R2 is off, no enricher."""
+    def __init__(self, *, mailbox: MailboxConfig, targets: Sequence[TargetConfig], store: StateStore,
+                 lease: Lease, keeper: LeaseKeeper, observer: StatusObserver, poller_status: PollerStatus,
+                 offloader_factory: Callable[[], Any], sender_factory: Callable[[TargetConfig], Any],
+                 enrich_budget_seconds: float | None = None, routes: Sequence[RouteConfig] = ()) -> None:
+        """``targets``: each gets its own delivery threads (``concurrency`` of them), claiming only its own items
+        of ``mailbox``, so a dead or slow target never delays the others; ``sender_factory(target)`` builds one
+        sender per thread. ``routes``: which targets each email goes to (empty: all of them). ``enrich_budget_
+        seconds``: R2 is on and each email's copies are made by the enricher thread within that budget
+        (``background.enrichment``); None: R2 is off, no enricher."""
         self.store = store
         self.lease = lease
         self.guard = OwnershipGuard(lease)
@@ -52,6 +56,7 @@ class BackgroundServices:
         self.flag_wakeup = threading.Event()
         self.enrich_wakeup = threading.Event() if enrich_budget_seconds is not None else None
         self.poller = MailboxPoller(mailbox, store, lease, self.guard, poller_status,
+                                    target_ids=tuple(target.id for target in targets), routes=tuple(routes),
                                     offloader_factory=offloader_factory,
                                     delivery_wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup,
                                     enrich_wakeup=self.enrich_wakeup)
@@ -62,9 +67,10 @@ class BackgroundServices:
                                      holds=lambda mailbox_id: held.is_set() and mailbox_id == mailbox.id,
                                      wakeup=self.enrich_wakeup, delivery_wakeup=self.delivery_wakeup)
         self.deliveries = [
-            DeliveryWorker(target, store, lease, self.guard, sender_factory,
-                           wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup)
-            for _ in range(target.concurrency)]
+            DeliveryWorker(target, store, lease, self.guard, partial(sender_factory, target),
+                           wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup, mailbox_id=mailbox.id,
+                           adopted_mailboxes=self._removed_mailboxes)
+            for target in targets for _ in range(target.concurrency)]
         self.observer = observer
         self._stop_workers = threading.Event()
         self._stop_keeper = threading.Event()
@@ -106,6 +112,11 @@ class BackgroundServices:
             logger.warning("BG_POLLER: threads still running at shutdown: %s", ", ".join(alive))
         else:
             logger.info("BG_POLLER: background threads stopped")
+
+    def _removed_mailboxes(self) -> tuple[str, ...]:
+        """Mailboxes no longer configured whose pending items this holder still delivers (the last survey)."""
+        stranded = self.observer.stranded
+        return tuple(stranded.mailboxes) if stranded is not None else ()
 
     def dead(self) -> bool:
         """True when a thread died while not stopping (it will not come back: restart the instance)."""

@@ -11,7 +11,9 @@ Version 1 is the layout issues 2-13 wrote. Version 2 (issue 14): outbox items na
 (``mailbox_id``, ``target_id``; items written before read as ``default``). Version 3 (issue 15): parked emails,
 the per-mailbox fetch retry set, failure counts of flag requests, the fingerprint of each Message-ID's first email,
 and each outbox item's attempt log. Version 4 (issue 16): outbox items may be ``enriching`` (queued, waiting for
-the R2 copy of their links; not claimable, counted as pending). The keys of mailbox ``default``
+the R2 copy of their links; not claimable, counted as pending). Version 5 (issue 17): an email is done (its done
+record written, its flag request queued) only once every item of it, one per target, has ended; each mailbox and
+target's due items are claimed on their own. The keys of mailbox ``default``
 (checkpoints and flag requests under its folder name, done records under the email id) are those of version 1
 unchanged, so nothing is rewritten; any other mailbox's keys carry its id (``MailboxConfig.state_key``).
 Pure: the backends run the statements and record the versions.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 OLDEST_READER = 1
 FIRST_VERSION = 1
 
@@ -66,6 +68,15 @@ STEPS: tuple[Step, ...] = (
          sqlite=("CREATE INDEX IF NOT EXISTS outbox_enriching ON outbox (created_at) WHERE status = 'enriching'",),
          redis_note="new key outbox:enriching; an enriching item is in outbox:pending_since but not in "
                     "outbox:pending, so no release claims it"),
+    Step(5, "an email is done once every item of it (one per target) has ended",
+         sqlite=("CREATE INDEX IF NOT EXISTS outbox_email ON outbox (email_id)",
+                 "CREATE INDEX IF NOT EXISTS outbox_owner_due ON outbox (mailbox_id, target_id, due_at) "
+                 "WHERE status = 'pending'"),
+         redis_note="new keys email:<email_id> (a hash: open = items not yet ended, dead = the first dead "
+                    "reason; an item queued before has none and ends its email alone, as it always did) and "
+                    "outbox:due:<mailbox_id>:<target_id> (each owner's due items, so that one target's backlog "
+                    "never delays another's; an index kept in step lazily from outbox:pending, which stays the "
+                    "authority; items queued by an older release are adopted from it as they come due)"),
 )
 
 

@@ -52,7 +52,7 @@ import hashlib
 import json
 import logging
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import redis
 
@@ -89,25 +89,92 @@ _FLOAT_FIELDS = ("next_attempt_at", "created_at", "first_attempt_at", "delivered
 _STR_FIELDS = ("event_id", "email_id", "mailbox", "message_id", "status", "last_error", "dead_reason",
                "response_excerpt", "claim_owner", "mailbox_id", "target_id")
 
-# KEYS: item, pending (or enriching), pending_since (or enriching), done.  ARGV: event_id, score, since, ttl, fields
+# KEYS: item, pending (or enriching), pending_since (or enriching), done, email, owner's due set (or '' when
+# enriching).  ARGV: event_id, score, since, ttl, fields.  ``email`` counts the email's items not yet ended (open).
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if KEYS[6] ~= '' then redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1]) end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('SET', KEYS[4], 'enqueued', 'PX', ARGV[4])
+redis.call('HINCRBY', KEYS[5], 'open', 1)
+redis.call('PEXPIRE', KEYS[5], ARGV[4])
 return 1
 """
 
-# KEYS: item, pending, pending_since, enriching.  ARGV: event_id, payload, now
+# The end of one item (Lua, shared by the delivered and dead scripts): the email is done, and its flag request
+# queued, once no item of it is open; an email without the count (queued by a release before schema version 5)
+# ends with its one item. f: email_id, mailbox, uidvalidity, uid, message_id; dead: this item's dead reason or nil.
+_END_OF_ITEM = """
+local function end_of_item(prefix, f, at, ttl, dead)
+  local email = prefix .. 'email:' .. f[1]
+  local open = redis.call('HINCRBY', email, 'open', -1)
+  if dead then redis.call('HSETNX', email, 'dead', dead) end
+  if open > 0 then
+    redis.call('PEXPIRE', email, ttl)
+    return
+  end
+  local first_dead = redis.call('HGET', email, 'dead')
+  redis.call('DEL', email)
+  redis.call('SET', prefix .. 'done:' .. f[1], first_dead and ('dead:' .. first_dead) or 'delivered', 'PX', ttl)
+  if f[4] ~= '0' then
+    local flags = prefix .. 'flags:' .. f[2]
+    redis.call('ZADD', flags, 'NX', at, f[3] .. ':' .. f[4] .. ':' .. (f[5] or ''))
+    redis.call('PEXPIRE', flags, ttl)
+  end
+end
+"""
+
+# KEYS: item, pending, pending_since, enriching.  ARGV: event_id, payload, now, prefix
 _FINISH_ENRICHMENT = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'enriching' then return 0 end
 local since = redis.call('ZSCORE', KEYS[4], ARGV[1]) or ARGV[3]
 redis.call('HSET', KEYS[1], 'payload', ARGV[2], 'status', 'pending', 'next_attempt_at', ARGV[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local o = redis.call('HMGET', KEYS[1], 'mailbox_id', 'target_id')
+redis.call('ZADD', ARGV[4] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], since, ARGV[1])
 return 1
+"""
+
+# KEYS: owner's due set, pending, pending_since, counters.  ARGV: now, limit, claimed_until, claim owner, prefix.
+# The owner's due set (outbox:due:<mailbox_id>:<target_id>) is an index of outbox:pending, which stays the
+# authority on due times: a stale entry (claimed, rescheduled or finished since) is brought in step when seen. Due
+# items at the front of outbox:pending that no owner set holds yet (queued by an older release) are adopted first.
+_CLAIM_FOR = """
+local prefix = ARGV[5]
+local limit = tonumber(ARGV[2])
+local front = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 20)
+for _, id in ipairs(front) do
+  local o = redis.call('HMGET', prefix .. 'item:' .. id, 'mailbox_id', 'target_id')
+  local set = prefix .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default')
+  redis.call('ZADD', set, 'NX', redis.call('ZSCORE', KEYS[2], id), id)
+end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit * 4)
+local out = {}
+local dups = 0
+for _, id in ipairs(ids) do
+  if #out >= limit then break end
+  local key = prefix .. 'item:' .. id
+  local due = redis.call('ZSCORE', KEYS[2], id)
+  if not due or redis.call('HGET', key, 'status') ~= 'pending' then
+    redis.call('ZREM', KEYS[1], id)
+  elseif tonumber(due) > tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], due, id)
+  else
+    if redis.call('HGET', key, 'in_flight') == '1' then dups = dups + 1 end
+    redis.call('HINCRBY', key, 'attempts', 1)
+    redis.call('HSETNX', key, 'first_attempt_at', ARGV[1])
+    redis.call('HSET', key, 'in_flight', '1', 'claimed_until', ARGV[3], 'claim_owner', ARGV[4])
+    redis.call('ZADD', KEYS[2], ARGV[3], id)
+    redis.call('ZADD', KEYS[1], ARGV[3], id)
+    out[#out + 1] = redis.call('HGETALL', key)
+  end
+end
+if dups > 0 then redis.call('HINCRBY', KEYS[4], 'possible_duplicates', dups) end
+return out
 """
 
 # KEYS: pending, pending_since, counters.  ARGV: now, limit, claimed_until, owner, item key prefix
@@ -135,7 +202,7 @@ return out
 
 # KEYS: item, pending, pending_since, delivered, counters, attempts
 # ARGV: event_id, now, http status, retention ms, delivered cutoff, prefix, attempt JSON or ''
-_MARK_DELIVERED = """
+_MARK_DELIVERED = _END_OF_ITEM + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id', 'target_id')
 redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', ARGV[2], 'last_status', ARGV[3], 'in_flight', '0')
@@ -145,12 +212,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[5])
-redis.call('SET', ARGV[6] .. 'done:' .. f[1], 'delivered', 'PX', ARGV[4])
-if f[4] ~= '0' then
-  local flags = ARGV[6] .. 'flags:' .. f[2]
-  redis.call('ZADD', flags, 'NX', ARGV[2], f[3] .. ':' .. f[4] .. ':' .. (f[5] or ''))
-  redis.call('PEXPIRE', flags, ARGV[4])
-end
+end_of_item(ARGV[6], f, ARGV[2], ARGV[4], nil)
 redis.call('HINCRBY', KEYS[5], 'webhooks_delivered:target=' .. (f[6] or 'default'), 1)
 if ARGV[7] ~= '' then
   redis.call('RPUSH', KEYS[6], ARGV[7])
@@ -181,7 +243,7 @@ return 1
 # KEYS: item, pending, pending_since, dead, counters, attempts
 # ARGV: event_id, now, reason, http status or '', excerpt, has excerpt '1'/'0', retention ms, dead cutoff, prefix,
 # attempt JSON or ''
-_DEAD_LETTER = """
+_DEAD_LETTER = _END_OF_ITEM + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id', 'target_id')
 redis.call('HSET', KEYS[1], 'status', 'dead', 'dead_reason', ARGV[3], 'dead_at', ARGV[2], 'in_flight', '0')
@@ -195,12 +257,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[8])
-redis.call('SET', ARGV[9] .. 'done:' .. f[1], 'dead:' .. ARGV[3], 'PX', ARGV[7])
-if f[4] ~= '0' then
-  local flags = ARGV[9] .. 'flags:' .. f[2]
-  redis.call('ZADD', flags, 'NX', ARGV[2], f[3] .. ':' .. f[4] .. ':' .. (f[5] or ''))
-  redis.call('PEXPIRE', flags, ARGV[7])
-end
+end_of_item(ARGV[9], f, ARGV[2], ARGV[7], ARGV[3])
 redis.call('HINCRBY', KEYS[5], 'dead_letters:target=' .. (f[6] or 'default'), 1)
 if ARGV[10] ~= '' then
   redis.call('RPUSH', KEYS[6], ARGV[10])
@@ -225,7 +282,15 @@ for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZADD', KEYS[2], ARGV[1], id)
     redis.call('ZADD', KEYS[3], ARGV[1], id)
-    redis.call('SET', ARGV[2] .. 'done:' .. redis.call('HGET', key, 'email_id'), 'enqueued', 'PX', ARGV[3])
+    local o = redis.call('HMGET', key, 'mailbox_id', 'target_id')
+    redis.call('ZADD', ARGV[2] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), ARGV[1], id)
+    local email_id = redis.call('HGET', key, 'email_id')
+    redis.call('SET', ARGV[2] .. 'done:' .. email_id, 'enqueued', 'PX', ARGV[3])
+    -- open again; a replayed item clears the email's dead mark (the operator asked for another try)
+    local email = ARGV[2] .. 'email:' .. email_id
+    redis.call('HINCRBY', email, 'open', 1)
+    redis.call('HDEL', email, 'dead')
+    redis.call('PEXPIRE', email, ARGV[3])
     n = n + 1
   elseif not st then
     redis.call('ZREM', KEYS[1], id)
@@ -234,7 +299,7 @@ end
 return n
 """
 
-# KEYS: item, pending.  ARGV: event_id.  Undoes a claim that ended without an attempt.
+# KEYS: item, pending.  ARGV: event_id, prefix.  Undoes a claim that ended without an attempt.
 _RELEASE_CLAIM = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' or redis.call('HGET', KEYS[1], 'in_flight') ~= '1' then
   return 0
@@ -248,7 +313,10 @@ else
 end
 redis.call('HSET', KEYS[1], 'in_flight', '0')
 redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
-redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'next_attempt_at') or '0', ARGV[1])
+local due = redis.call('HGET', KEYS[1], 'next_attempt_at') or '0'
+redis.call('ZADD', KEYS[2], due, ARGV[1])
+local o = redis.call('HMGET', KEYS[1], 'mailbox_id', 'target_id')
+redis.call('ZADD', ARGV[2] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), due, ARGV[1])
 return 1
 """
 
@@ -389,6 +457,7 @@ class RedisStateStore:
         self._enqueue = client.register_script(_ENQUEUE)
         self._finish_enrichment = client.register_script(_FINISH_ENRICHMENT)
         self._claim = client.register_script(_CLAIM)
+        self._claim_for = client.register_script(_CLAIM_FOR)
         self._mark_delivered = client.register_script(_MARK_DELIVERED)
         self._reschedule = client.register_script(_RESCHEDULE)
         self._dead_letter = client.register_script(_DEAD_LETTER)
@@ -403,6 +472,9 @@ class RedisStateStore:
 
     def _item_key(self, event_id: str) -> str:
         return f"{self._p}item:{event_id}"
+
+    def _owner_due(self, mailbox_id: str | None, target_id: str | None) -> str:
+        return f"{self._p}outbox:due:{mailbox_id or 'default'}:{target_id or 'default'}"
 
     def _attempts_key(self, event_id: str) -> str:
         return f"{self._p}attempts:{event_id}"
@@ -465,23 +537,36 @@ class RedisStateStore:
 
     @_errors
     def enqueue(self, item: OutboxItem) -> bool:
+        return self.enqueue_all([item])[0]
+
+    @_errors
+    def enqueue_all(self, items: Sequence[OutboxItem]) -> list[bool]:
+        """Queue the items of one email (one per target) in one transaction (MULTI/EXEC), so that no item of it
+        can end, and the email be flagged done, before all of them are queued; True for each item created."""
+        if not items:
+            return []
         self._ensure_schema()
         now = now_or_clock(None)
-        status = queued_status(item)
-        stored = OutboxItem(**{**item.__dict__, "status": status, "in_flight": False,
-                               "created_at": item.created_at or now, "claimed_until": None, "claim_owner": None})
-        fields = item_to_fields(stored)
-        fields["pending_since"] = _num(now)
-        flat: list[str] = []
-        for name, value in fields.items():
-            flat += [name, value]
-        # An enriching item is in outbox:enriching only (no release claims it); finishing moves it to both sets.
-        due_set, since_set = ((self._pending, self._pending_since) if status == OutboxStatus.PENDING
-                              else (self._enriching, self._enriching))
-        created = self._enqueue(
-            keys=[self._item_key(item.event_id), due_set, since_set, f"{self._p}done:{item.email_id}"],
-            args=[item.event_id, _num(stored.next_attempt_at), _num(now), self._retention_ms, *flat])
-        return bool(created)
+        pipe = self._client.pipeline(transaction=True)
+        for item in items:
+            status = queued_status(item)
+            stored = OutboxItem(**{**item.__dict__, "status": status, "in_flight": False,
+                                   "created_at": item.created_at or now, "claimed_until": None, "claim_owner": None})
+            fields = item_to_fields(stored)
+            fields["pending_since"] = _num(now)
+            flat: list[str] = []
+            for name, value in fields.items():
+                flat += [name, value]
+            # An enriching item is in outbox:enriching only (no release claims it); finishing moves it to both sets.
+            due_set, since_set = ((self._pending, self._pending_since) if status == OutboxStatus.PENDING
+                                  else (self._enriching, self._enriching))
+            owner_set = self._owner_due(item.mailbox_id, item.target_id) if status == OutboxStatus.PENDING else ""
+            self._enqueue(
+                keys=[self._item_key(item.event_id), due_set, since_set, f"{self._p}done:{item.email_id}",
+                      f"{self._p}email:{item.email_id}", owner_set],
+                args=[item.event_id, _num(stored.next_attempt_at), _num(now), self._retention_ms, *flat],
+                client=pipe)
+        return [bool(created) for created in pipe.execute()]
 
     @_errors
     def finish_enrichment(self, event_id: str, payload: dict, now: float) -> bool:
@@ -489,13 +574,19 @@ class RedisStateStore:
         enriching (finished already, by this process or another)."""
         return bool(self._finish_enrichment(
             keys=[self._item_key(event_id), self._pending, self._pending_since, self._enriching],
-            args=[event_id, dumps(payload), _num(now)]))
+            args=[event_id, dumps(payload), _num(now), self._p]))
 
     @_errors
-    def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float) -> list[OutboxItem]:
+    def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float, *,
+                  mailbox_id: str | None = None, target_id: str | None = None) -> list[OutboxItem]:
         self._ensure_schema()
         if limit <= 0:
             return []
+        if mailbox_id is not None and target_id is not None:
+            rows = self._claim_for(
+                keys=[self._owner_due(mailbox_id, target_id), self._pending, self._pending_since, self._counters],
+                args=[_num(now), int(limit), _num(now + claim_seconds), owner, self._p])
+            return [item_from_fields(_pairs(row)) for row in rows]
         rows = self._claim(keys=[self._pending, self._pending_since, self._counters],
                            args=[_num(now), int(limit), _num(now + claim_seconds), owner, f"{self._p}item:"])
         return [item_from_fields(_pairs(row)) for row in rows]
@@ -521,7 +612,7 @@ class RedisStateStore:
     @_errors
     def release_claim(self, event_id: str) -> bool:
         """Undo a claim that ended without an attempt: the attempt is not counted, the item is due again."""
-        return bool(self._release_claim(keys=[self._item_key(event_id), self._pending], args=[event_id]))
+        return bool(self._release_claim(keys=[self._item_key(event_id), self._pending], args=[event_id, self._p]))
 
     @_errors
     def dead_letter(self, event_id: str, reason: str, status: int | None, excerpt: str | None,

@@ -22,7 +22,7 @@ import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import fields, replace
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 from services.state_migrations import OLDEST_READER, SCHEMA_VERSION, SchemaTooNew, check_readable, steps_after
 from services.state_store import (
@@ -314,23 +314,31 @@ class SqliteStateStore:
 
     @_errors
     def enqueue(self, item: OutboxItem) -> bool:
+        return self.enqueue_all([item])[0]
+
+    @_errors
+    def enqueue_all(self, items: Sequence[OutboxItem]) -> list[bool]:
+        """Queue the items of one email (one per target) in one transaction, so that no item of it can end, and
+        the email be flagged done, before all of them are queued; True for each item created."""
         now = time.time()
-        status = queued_status(item)
+        created: list[bool] = []
         with self._write() as conn:
-            cursor = conn.execute(
-                "INSERT INTO outbox (event_id, email_id, payload, mailbox, uidvalidity, uid, message_id, status, "
-                "attempts, next_attempt_at, created_at, first_attempt_at, last_error, last_status, in_flight, "
-                "due_at, pending_since, mailbox_id, target_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) "
-                "ON CONFLICT (event_id) DO NOTHING",
-                (item.event_id, item.email_id, dumps(item.payload), item.mailbox, int(item.uidvalidity),
-                 int(item.uid), item.message_id, status, int(item.attempts), float(item.next_attempt_at),
-                 float(item.created_at or now), item.first_attempt_at, item.last_error, item.last_status,
-                 float(item.next_attempt_at), now, item.mailbox_id, item.target_id))
-            if cursor.rowcount == 0:
-                return False
-            conn.execute(_DONE_UPSERT, (item.email_id, "enqueued", self._expires(now)))
-            return True
+            for item in items:
+                status = queued_status(item)
+                cursor = conn.execute(
+                    "INSERT INTO outbox (event_id, email_id, payload, mailbox, uidvalidity, uid, message_id, status, "
+                    "attempts, next_attempt_at, created_at, first_attempt_at, last_error, last_status, in_flight, "
+                    "due_at, pending_since, mailbox_id, target_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) "
+                    "ON CONFLICT (event_id) DO NOTHING",
+                    (item.event_id, item.email_id, dumps(item.payload), item.mailbox, int(item.uidvalidity),
+                     int(item.uid), item.message_id, status, int(item.attempts), float(item.next_attempt_at),
+                     float(item.created_at or now), item.first_attempt_at, item.last_error, item.last_status,
+                     float(item.next_attempt_at), now, item.mailbox_id, item.target_id))
+                created.append(cursor.rowcount > 0)
+                if cursor.rowcount > 0:
+                    conn.execute(_DONE_UPSERT, (item.email_id, "enqueued", self._expires(now)))
+        return created
 
     @_errors
     def finish_enrichment(self, event_id: str, payload: dict, now: float) -> bool:
@@ -343,13 +351,19 @@ class SqliteStateStore:
             return cursor.rowcount == 1
 
     @_errors
-    def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float) -> list[OutboxItem]:
+    def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float, *,
+                  mailbox_id: str | None = None, target_id: str | None = None) -> list[OutboxItem]:
         if limit <= 0:
             return []
         claimed_until = now + claim_seconds
+        where = "status = 'pending' AND due_at <= ?"
+        params: list[float | str] = [now]
+        if mailbox_id is not None and target_id is not None:
+            where += " AND mailbox_id = ? AND target_id = ?"
+            params += [mailbox_id, target_id]
         with self._write() as conn:
-            rows = conn.execute(f"{_SELECT_ITEM} WHERE status = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?",
-                                (now, int(limit))).fetchall()
+            rows = conn.execute(f"{_SELECT_ITEM} WHERE {where} ORDER BY due_at LIMIT ?",
+                                (*params, int(limit))).fetchall()
             if not rows:
                 return []
             items = [_row_to_item(row) for row in rows]
@@ -378,9 +392,17 @@ class SqliteStateStore:
         conn.execute(f"UPDATE outbox SET {assignments}, in_flight = 0, claimed_until = NULL, claim_owner = NULL, "
                      "pending_since = NULL, expires_at = ?, attempt_log = ? WHERE event_id = ?",
                      (*values, self._expires(at), _log_with(log, attempt), event_id))
-        conn.execute(_DONE_UPSERT, (email_id, outcome, self._expires(at)))
-        if uid:  # uid 0: not from IMAP (process-email), nothing to flag
-            conn.execute(_FLAG_INSERT, (mailbox, uidvalidity, uid, message_id, at))
+        # The email is done, and flagged on the server, once every item of it (one per target) has ended:
+        # 'delivered' when all were, else the first dead item's 'dead:<reason>'.
+        open_items, dead_reason = conn.execute(
+            "SELECT coalesce(sum(status IN ('pending', 'enriching')), 0), "
+            "min(CASE WHEN status = 'dead' THEN dead_reason END) FROM outbox WHERE email_id = ?",
+            (email_id,)).fetchone()
+        if not open_items:
+            conn.execute(_DONE_UPSERT, (email_id, outcome if dead_reason is None else f"dead:{dead_reason}",
+                                        self._expires(at)))
+            if uid:  # uid 0: not from IMAP (process-email), nothing to flag
+                conn.execute(_FLAG_INSERT, (mailbox, uidvalidity, uid, message_id, at))
         conn.execute(_COUNTER_UPSERT, (counter, 1, counter_label_part({"target": target_id}), 1))
         return True
 

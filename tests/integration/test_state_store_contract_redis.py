@@ -16,7 +16,12 @@ from settings import Settings
 from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract tests, run again on Redis
     an_enriching_item,
     an_item,
+    an_item_for,
+    test_a_claim_by_owner_sees_rescheduled_released_and_finished_items_as_they_are,
     test_a_replayed_item_can_be_delivered,
+    test_a_single_item_email_ends_with_its_item_as_before,
+    test_an_email_fanned_out_is_done_and_flagged_only_when_every_item_has_ended,
+    test_an_email_with_a_dead_item_is_done_as_dead_once_the_others_end,
     test_an_enqueued_item_reads_back_with_every_field,
     test_an_enriching_item_is_queued_work_that_no_claim_takes_until_it_is_finished,
     test_an_item_reclaimed_while_still_in_flight_counts_a_possible_duplicate,
@@ -25,6 +30,7 @@ from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract 
     test_counters_add_up_with_and_without_labels,
     test_dead_letter_parks_the_item_with_reason_and_bounded_excerpt,
     test_done_records_are_stored_by_email_id,
+    test_each_target_claims_its_own_due_items_whatever_the_backlog_of_another,
     test_enqueue_is_idempotent_by_event_id_in_every_status,
     test_finished_items_done_records_flags_and_history_expire_but_pending_work_stays,
     test_finishing_enrichment_of_a_pending_or_unknown_item_changes_nothing,
@@ -97,6 +103,22 @@ def test_redis_keys_live_under_the_prefix_and_only_open_work_has_no_ttl(redis_ur
             assert 0 < raw.pttl("render_signal:v1:" + key) <= 60_000, key
         for key in ("item:msg_e3", "checkpoint:INBOX", "counters", "outbox:pending", "outbox:pending_since"):
             assert raw.pttl("render_signal:v1:" + key) == -1, key
+    finally:
+        raw.close()
+        store.close()
+
+
+def test_items_queued_by_an_older_release_are_adopted_by_their_owners_claim(redis_url, redis_server) -> None:
+    # Given an item an older release queued: in outbox:pending only, in no owner's due set
+    store = open_state_store(Settings.from_env({"REDIS_URL": redis_url}))
+    raw = redis_server.client()
+    try:
+        store.enqueue(an_item_for("t", 7))
+        raw.delete("render_signal:v1:outbox:due:default:t")
+        # When its owner claims
+        claimed = store.claim_due("w", time.time(), 10, 30, mailbox_id="default", target_id="t")
+        # Then the item is found all the same
+        assert [item.event_id for item in claimed] == ["msg_e7_t"]
     finally:
         raw.close()
         store.close()

@@ -99,6 +99,80 @@ def test_enqueue_is_idempotent_by_event_id_in_every_status(store: StateStore) ->
     assert store.outbox_stats(time.time())["pending"] == 0
 
 
+def an_item_for(target_id: str, n: int = 1) -> OutboxItem:
+    """Item ``n``'s email fanned out to ``target_id``."""
+    base = an_item(n)
+    return OutboxItem(**{**base.__dict__, "event_id": f"msg_e{n}_{target_id}", "target_id": target_id})
+
+
+def test_an_email_fanned_out_is_done_and_flagged_only_when_every_item_has_ended(store: StateStore) -> None:
+    # Given one email queued for three targets in one call
+    items = [an_item_for(target) for target in ("a", "b", "c")]
+    assert store.enqueue_all(items) == [True, True, True]
+    assert store.enqueue_all(items) == [False, False, False]
+    claimed = store.claim_due("w", time.time(), 10, 30)
+    assert {item.event_id for item in claimed} == {item.event_id for item in items}
+    # When two of them are delivered
+    store.mark_delivered("msg_e1_a", 200, time.time())
+    store.mark_delivered("msg_e1_b", 200, time.time())
+    # Then the email is not done yet and not flagged
+    assert store.get_done("e1") == "enqueued"
+    assert store.pending_flags("INBOX", 10) == []
+    # When the last one is delivered too, it is done and its flag request is queued once
+    store.mark_delivered("msg_e1_c", 200, time.time())
+    assert store.get_done("e1") == "delivered"
+    assert [flag.uid for flag in store.pending_flags("INBOX", 10)] == [1001]
+
+
+def test_an_email_with_a_dead_item_is_done_as_dead_once_the_others_end(store: StateStore) -> None:
+    store.enqueue_all([an_item_for("a", 2), an_item_for("b", 2)])
+    store.claim_due("w", time.time(), 10, 30)
+
+    store.dead_letter("msg_e2_a", "http_400", 400, "bad")
+    assert store.get_done("e2") == "enqueued" and store.pending_flags("INBOX", 10) == []
+    store.mark_delivered("msg_e2_b", 200, time.time())
+
+    assert store.get_done("e2") == "dead:http_400"
+    assert [flag.uid for flag in store.pending_flags("INBOX", 10)] == [1002]
+
+
+def test_a_single_item_email_ends_with_its_item_as_before(store: StateStore) -> None:
+    store.enqueue(an_item(3))
+    store.claim_due("w", time.time(), 10, 30)
+    store.dead_letter("msg_e3", "http_410", 410, None)
+    assert store.get_done("e3") == "dead:http_410"
+    assert [flag.uid for flag in store.pending_flags("INBOX", 10)] == [1003]
+
+
+def test_each_target_claims_its_own_due_items_whatever_the_backlog_of_another(store: StateStore) -> None:
+    # Given 300 due items for a target that is down, queued before one item for another target
+    now = time.time()
+    store.enqueue_all([an_item_for("down", n) for n in range(1, 301)])
+    store.enqueue_all([an_item_for("up", 999)])
+    # When the healthy target claims
+    claimed = store.claim_due("w", now, 10, 30, mailbox_id="default", target_id="up")
+    # Then it gets its item at once, and only its own
+    assert [item.event_id for item in claimed] == ["msg_e999_up"]
+    assert store.claim_due("w", now, 10, 30, mailbox_id="default", target_id="up") == []
+    down = store.claim_due("w", now, 500, 30, mailbox_id="default", target_id="down")
+    assert len(down) == 300 and {item.target_id for item in down} == {"down"}
+
+
+def test_a_claim_by_owner_sees_rescheduled_released_and_finished_items_as_they_are(store: StateStore) -> None:
+    now = time.time()
+    store.enqueue_all([an_item_for("t", n) for n in (1, 2, 3)])
+    first = store.claim_due("w", now, 10, 30, mailbox_id="default", target_id="t")
+    assert len(first) == 3
+    store.reschedule("msg_e1_t", now + 100, "http_503", 503)   # due later
+    store.release_claim("msg_e2_t")                            # due again now
+    store.mark_delivered("msg_e3_t", 200, now)                 # ended
+
+    again = store.claim_due("w", now + 1, 10, 1000, mailbox_id="default", target_id="t")
+    assert [item.event_id for item in again] == ["msg_e2_t"]
+    later = store.claim_due("w", now + 101, 10, 30, mailbox_id="default", target_id="t")
+    assert [item.event_id for item in later] == ["msg_e1_t"]
+
+
 def test_an_enqueued_item_reads_back_with_every_field(store: StateStore) -> None:
     before = time.time()
     item = an_item(1, next_attempt_at=before + 5)
