@@ -186,8 +186,7 @@ class ProfileDefaults:
 _MB = 1_000_000
 PROFILE_DEFAULTS: dict[TargetProfile, ProfileDefaults] = {
     TargetProfile.GENERIC: ProfileDefaults(max_body_bytes=16 * _MB),
-    TargetProfile.MAKE: ProfileDefaults(max_body_bytes=5 * _MB,
-                                        retried_statuses=frozenset({429, 500, 502, 503, 504})),
+    TargetProfile.MAKE: ProfileDefaults(max_body_bytes=5 * _MB, retried_statuses=frozenset({429, *range(500, 600)})),
     TargetProfile.N8N: ProfileDefaults(max_body_bytes=16 * _MB),
     TargetProfile.ZAPIER: ProfileDefaults(max_body_bytes=10 * _MB, rate_per_second=30.0),
 }

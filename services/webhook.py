@@ -131,11 +131,12 @@ def next_delay(attempt_number: int, schedule: tuple[float, ...], retry_after: fl
     return delay
 
 
-def classify_status(status: int) -> tuple[OutcomeKind, str | None]:
-    """2xx delivered; 408, 429 and 5xx retry; 3xx (not followed) and other 4xx permanent."""
+def classify_status(status: int, retried: frozenset[int] | None = None) -> tuple[OutcomeKind, str | None]:
+    """2xx delivered; 408, 429 and 5xx retry (or exactly ``retried``, a target profile's list); 3xx (not
+    followed) and other 4xx permanent."""
     if 200 <= status <= 299:
         return "delivered", None
-    if status in RETRY_STATUSES or 500 <= status <= 599:
+    if (status in retried) if retried is not None else (status in RETRY_STATUSES or 500 <= status <= 599):
         return "retry", f"http_{status}"
     # 3xx, the other 4xx, and anything outside HTTP's ranges: retrying the same request cannot help.
     return "permanent", f"http_{status}"
@@ -302,6 +303,8 @@ class WebhookSender:
         self._timeout = (target.timeout_seconds, target.timeout_seconds)
         self._signer = Webhook(target.secret) if target.secret else None
         self._extra_headers = dict(target.headers)
+        self._retried = target.defaults.retried_statuses
+        self._auth = (target.basic_auth.user, target.basic_auth.password) if target.basic_auth else None
         raw_version = version or DEFAULT_VERSION
         self.user_agent = f"render-signal/{_VERSION_UNSAFE.sub('', raw_version) or DEFAULT_VERSION}"
         self._owns_session = session is None
@@ -366,7 +369,7 @@ class WebhookSender:
               started: float) -> AttemptOutcome:
         try:
             response = self._session.post(self._url, data=body, headers=headers, timeout=self._timeout,
-                                          allow_redirects=False, stream=True)
+                                          allow_redirects=False, stream=True, auth=self._auth)
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                 requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader) as exc:
             raise WebhookError(f"cannot send to {redact_url(self._url)}: {type(exc).__name__}") from None
@@ -382,7 +385,7 @@ class WebhookSender:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
         finally:
             response.close()
-        kind, error = classify_status(status)
+        kind, error = classify_status(status, self._retried)
         return AttemptOutcome(kind=kind, status=status, retry_after=retry_after if kind == "retry" else None,
                               excerpt=excerpt, elapsed_ms=_elapsed_ms(started), error=error)
 

@@ -304,3 +304,41 @@ def test_one_sender_per_thread_delivers_concurrently(webhook_receiver, make_send
         thread.join(10)
     assert results == ["delivered"] * 5
     assert sorted(webhook_receiver.delivered_ids()) == [f"msg_{i}" for i in range(5)]
+
+
+# --- target profiles and credentials (issue 17) ------------------------------------------------------------------
+
+def test_a_target_with_basic_auth_sends_it_and_standard_webhooks_headers_still_win(webhook_receiver):
+    import base64
+    import dataclasses
+
+    from config import BasicAuth
+
+    target = dataclasses.replace(TargetConfig.from_settings(settings_for(webhook_receiver.url)),
+                                 basic_auth=BasicAuth("make", "s3cret-pass"),
+                                 headers=(("x-make-apikey", "key-123"), ("webhook-id", "forged")))
+    with WebhookSender(target) as sender:
+        outcome = sender.attempt("msg_auth", BODY)
+
+    assert outcome.kind == "delivered"
+    headers = webhook_receiver.events[-1]["headers"]
+    assert headers["authorization"] == "Basic " + base64.b64encode(b"make:s3cret-pass").decode()
+    assert headers["x-make-apikey"] == "key-123"
+    assert headers["webhook-id"] == "msg_auth"
+
+
+@pytest.mark.parametrize("profile, status, kind", [
+    ("make", 429, "retry"), ("make", 501, "retry"), ("make", 408, "permanent"),
+    ("generic", 408, "retry"), ("zapier", 503, "retry"), ("n8n", 404, "permanent"),
+])
+def test_a_targets_profile_decides_which_statuses_are_retried(make_webhook_receiver, profile, status, kind):
+    import dataclasses
+
+    from config import TargetProfile
+
+    receiver = make_webhook_receiver()
+    receiver.respond_with(status, b"no")
+    target = dataclasses.replace(TargetConfig.from_settings(settings_for(receiver.url)),
+                                 profile=TargetProfile(profile))
+    with WebhookSender(target) as sender:
+        assert sender.attempt("msg_profile", BODY).kind == kind
