@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from config import DROP, RouteConfig, RouteMatch, ServiceConfig, TargetConfig
+from config import RouteConfig, RouteMatch, ServiceConfig
 from harness.mail import make_email
 from harness.pipeline import service_env
 from harness.receiver import WebhookReceiver
