@@ -43,7 +43,9 @@ from config import (
     check_id,
 )
 from settings import (
+    FALSE_WORDS,
     SPEC_BY_ENV,
+    TRUE_WORDS,
     ConfigError,
     Settings,
     authserv_id,
@@ -225,7 +227,7 @@ class _Reader:
 
     def boolean(self, path: str, raw: Any) -> Any:
         if not isinstance(raw, bool):
-            hint = " (unquoted)" if isinstance(raw, str) else ""
+            hint = " (unquoted)" if isinstance(raw, str) and raw.strip().lower() in TRUE_WORDS | FALSE_WORDS else ""
             return self.error(path, f"expected true or false{hint}, got {_kind(raw)}")
         return raw
 
@@ -393,9 +395,11 @@ def _check_unique(reader: _Reader, section: str, kind: str, raw: Any) -> set[str
 
 def _check_state_keys(reader: _Reader, mailboxes: list[Any]) -> None:
     seen: set[str] = set()
+    ids: set[str] = set()
     for index, mailbox in enumerate(mailboxes):
-        if not isinstance(mailbox, MailboxConfig):
+        if not isinstance(mailbox, MailboxConfig) or mailbox.id in ids:  # a repeated id is its own error
             continue
+        ids.add(mailbox.id)
         if mailbox.state_key in seen:
             reader.error(f"mailboxes[{index}].folder", f"shares the state of another mailbox ({mailbox.state_key}):"
                                                        " rename the folder or the id")
@@ -567,6 +571,7 @@ def _read_headers(reader: _Reader, path: str, raw: Any, has_basic_auth: bool) ->
 
 
 def _read_retry(reader: _Reader, path: str, raw: Any, settings: Settings) -> RetryPolicy | Any:
+    errors_before = len(reader.errors)
     values = reader.mapping(path, raw, RETRY_KEYS)
     if values is None:
         return _BAD
@@ -579,7 +584,7 @@ def _read_retry(reader: _Reader, path: str, raw: Any, settings: Settings) -> Ret
     hours = reader.spec_value(_join(path, "hours"), values.get("hours"), "WEBHOOK_RETRY_HOURS")
     if isinstance(hours, float) and settings.state_retention_days * 24 <= hours:
         reader.error(_join(path, "hours"), _retention_reason(settings))
-    if _BAD in schedule or hours is _BAD:
+    if len(reader.errors) > errors_before:
         return _BAD
     try:
         return RetryPolicy(schedule=tuple(float(delay) for delay in schedule), hours=hours)
@@ -588,6 +593,7 @@ def _read_retry(reader: _Reader, path: str, raw: Any, settings: Settings) -> Ret
 
 
 def _read_window(reader: _Reader, path: str, raw: Any) -> DeliveryWindow | Any:
+    errors_before = len(reader.errors)
     values = reader.mapping(path, raw, WINDOW_KEYS, required=("timezone",))
     if values is None:
         return _BAD
@@ -608,7 +614,7 @@ def _read_window(reader: _Reader, path: str, raw: Any) -> DeliveryWindow | Any:
             closed.append(item)  # an unquoted YYYY-MM-DD: a date either way
         else:
             closed.append(reader.string(item_path, item, check=_iso_date))
-    if _BAD in (timezone, opens, closes) or _BAD in days or _BAD in closed:
+    if len(reader.errors) > errors_before:
         return _BAD
     try:
         return DeliveryWindow(timezone=timezone, days=days, opens=opens, closes=closes, closed_dates=tuple(closed))
