@@ -149,6 +149,8 @@ class Spec:
 
 
 SPECS: tuple[Spec, ...] = (
+    # Configuration file
+    Spec("RENDER_SIGNAL_CONFIG", "config_path", text, None, "Path of a YAML file describing several mailboxes, targets and routes (README \"Configuration file\"); cannot be combined with the per-mailbox and per-target variables (IMAP_*, EMAIL_*, SENDER_*, FIRST_START_MAX_AGE_HOURS, MARK_AS_READ, ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS, MAX_LINKS_PER_EMAIL, WEBHOOK_*, OAUTH_*)."),
     # Mailbox
     Spec("IMAP_SERVER", "imap_server", text, None, "IMAP host name. With EMAIL_ADDRESS and EMAIL_PASSWORD it enables the poller."),
     Spec("IMAP_PORT", "imap_port", integer(1, 65535), 993, "IMAP port."),
@@ -234,6 +236,7 @@ def _settings_field(attr: str) -> Any:
 class Settings:
     """All configuration, validated. Build with ``Settings.from_env(environ)``; tests pass a dict."""
 
+    config_path: str | None = _settings_field("config_path")
     imap_server: str | None = _settings_field("imap_server")
     imap_port: int = _settings_field("imap_port")
     imap_use_ssl: bool = _settings_field("imap_use_ssl")
@@ -304,6 +307,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         """Parse and validate every variable of ``SPECS`` from ``environ`` (``os.environ`` when None)."""
         env = os.environ if environ is None else environ
+        _check_config_file_conflicts(env)
         values: dict[str, Any] = {}
         for spec in SPECS:
             raw = env.get(spec.env)
@@ -325,7 +329,7 @@ class Settings:
 
     def validate(self) -> None:
         """Cross-field rules: a feature that is on has what it needs."""
-        for rule in (_check_mailbox, _check_sender_auth, _check_outside_urls, _check_webhook, _check_r2_fetch,
+        for rule in (_check_config_file, _check_mailbox, _check_sender_auth, _check_outside_urls, _check_webhook, _check_r2_fetch,
                      _check_presign, _check_retention):
             rule(self)
 
@@ -377,6 +381,44 @@ class Settings:
 
 
 # --- cross-field rules (one per feature), run by Settings.validate ---------------------------------------------
+
+# The variables that describe mailbox and target ``default``: with RENDER_SIGNAL_CONFIG the file describes every
+# mailbox and target, and one of these set beside it would be silently ignored, so it is an error instead.
+# (MAX_LINKS_PER_EMAIL is a per-mailbox setting too: the file's mailboxes have max_links_per_email.)
+PER_MAILBOX_AND_TARGET_PREFIXES = ("IMAP_", "EMAIL_", "SENDER_", "WEBHOOK_", "OAUTH_")
+PER_MAILBOX_AND_TARGET_NAMES = frozenset({"FIRST_START_MAX_AGE_HOURS", "MARK_AS_READ",
+                                          "ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS", "MAX_LINKS_PER_EMAIL"})
+
+
+def is_per_mailbox_or_target(name: str) -> bool:
+    return name.startswith(PER_MAILBOX_AND_TARGET_PREFIXES) or name in PER_MAILBOX_AND_TARGET_NAMES
+
+
+def _config_file_conflict(names: list[str]) -> ConfigError:
+    return ConfigError("RENDER_SIGNAL_CONFIG", f"cannot be combined with {', '.join(sorted(names))}: the file "
+                                               "describes every mailbox and target (unset them)")
+
+
+def _check_config_file_conflicts(env: Mapping[str, str]) -> None:
+    """RENDER_SIGNAL_CONFIG beside any per-mailbox or per-target variable present and non-empty (checked on the raw
+    environment: OAUTH_* and a variable set to its default count too)."""
+    if not (env.get("RENDER_SIGNAL_CONFIG") or "").strip():
+        return
+    names = [name for name, value in env.items() if is_per_mailbox_or_target(name) and value.strip()]
+    if names:
+        raise _config_file_conflict(names)
+
+
+def _check_config_file(s: Settings) -> None:
+    if not s.config_path:
+        return
+    names = [spec.env for spec in SPECS
+             if is_per_mailbox_or_target(spec.env) and getattr(s, spec.attr) != spec.default]
+    if names:
+        raise _config_file_conflict(names)
+    if not os.path.isfile(s.config_path):
+        raise ConfigError("RENDER_SIGNAL_CONFIG", "file not found")
+
 
 def _check_mailbox(s: Settings) -> None:
     mailbox = {"IMAP_SERVER": s.imap_server, "EMAIL_ADDRESS": s.email_address, "EMAIL_PASSWORD": s.email_password}
@@ -431,10 +473,11 @@ def _check_outside_urls(s: Settings) -> None:
 
 
 def _check_webhook(s: Settings) -> None:
-    if s.mailbox_configured and s.enable_background_tasks and not s.webhook_url:
+    # With RENDER_SIGNAL_CONFIG the file names the targets (and the loader demands one when it has a mailbox).
+    if s.mailbox_configured and s.enable_background_tasks and not s.webhook_url and not s.config_path:
         raise ConfigError("WEBHOOK_URL", "required when the mailbox is configured")
     if s.webhook_secret is not None:
-        _validate_webhook_secret(s.webhook_secret)
+        validate_webhook_secret(s.webhook_secret)
 
 
 def _check_r2_fetch(s: Settings) -> None:
@@ -469,18 +512,20 @@ def _check_retention(s: Settings) -> None:
                                                       "have to outlive it")
 
 
-def _validate_webhook_secret(secret: str) -> None:
+def validate_webhook_secret(secret: str, variable: str = "WEBHOOK_SECRET") -> None:
+    """A Standard Webhooks secret: ``whsec_`` and base64 of at least 16 bytes (``ConfigError`` naming ``variable``,
+    the configuration file's path for a target's ``secret``)."""
     import base64
     import binascii
 
     if not secret.startswith("whsec_"):
-        raise ConfigError("WEBHOOK_SECRET", "must start with whsec_")
+        raise ConfigError(variable, "must start with whsec_")
     try:
         decoded = base64.b64decode(secret[len("whsec_"):], validate=True)
     except (binascii.Error, ValueError):
-        raise ConfigError("WEBHOOK_SECRET", "must be whsec_ followed by base64") from None
+        raise ConfigError(variable, "must be whsec_ followed by base64") from None
     if len(decoded) < 16:
-        raise ConfigError("WEBHOOK_SECRET", "must decode to at least 16 bytes")
+        raise ConfigError(variable, "must decode to at least 16 bytes")
 
 
 def load_settings_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
