@@ -7,16 +7,26 @@ hook starts the background machinery (see gunicorn.conf.py).
 
 from __future__ import annotations
 
+import os
+import sys
+
 from flask import Flask
 
 from background.runner import ServiceRuntime
+from config import ServiceConfig
+from config_file import service_config_or_exit
 from log_setup import configure_logging
 from settings import Settings, load_settings_or_exit
 
 
 def create_app(settings: Settings | None = None) -> Flask:
+    """The app on ``settings`` (read from the environment when None) and the configuration they name: the
+    RENDER_SIGNAL_CONFIG file, read and checked here (a bad file exits 3), or the environment form."""
+    config = None
     if settings is None:
         settings = load_settings_or_exit()
+        # check-config reads the file itself and reports every error; the app it loads never runs.
+        config = ServiceConfig() if _checking_config() else service_config_or_exit(settings, os.environ)
     configure_logging(settings)
 
     flask_app = Flask(__name__)
@@ -26,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # a forged Host. Repeated slashes inside a path are simply not found. Rules take this when they are added, so
     # it is set before any route is registered.
     flask_app.url_map.merge_slashes = False
-    runtime = ServiceRuntime(settings)
+    runtime = ServiceRuntime(settings, config)
     flask_app.extensions["render_signal"] = runtime
 
     from cli import register_cli
@@ -35,6 +45,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_routes(flask_app, runtime.status_source())
     register_cli(flask_app)
     return flask_app
+
+
+def _checking_config() -> bool:
+    """True in ``flask --app app check-config``: the command reads the file itself, reporting every error (the
+    app must load for the command to run at all)."""
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return program in ("flask", "__main__.py") and "check-config" in sys.argv[1:]
 
 
 app = create_app()

@@ -333,6 +333,17 @@ def service_config(settings: Settings, environ: Mapping[str, str]) -> ServiceCon
     return config
 
 
+def service_config_or_exit(settings: Settings, environ: Mapping[str, str]) -> ServiceConfig:
+    """``service_config``; on a bad file print every ``CONFIG:`` line and exit with code 3 (as a bad variable)."""
+    import sys
+
+    try:
+        return service_config(settings, environ)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
+
+
 # --- one section each -------------------------------------------------------------------------------------------
 
 def _read_service(reader: _Reader, document: Any, settings: Settings, source: str) -> ServiceConfig | None:

@@ -137,7 +137,11 @@ class ServiceRuntime:
         self.settings = settings
         # The typed values every adapter takes (one mailbox and one target today), built once from the settings
         # unless given (tests of several mailbox values).
-        self.config = config or ServiceConfig.from_settings(settings)
+        if config is None:
+            from config_file import service_config
+
+            config = service_config(settings, os.environ)
+        self.config = config
         self.version = settings.render_git_commit or PACKAGE_VERSION
         self.instance = InstanceInfo(socket.gethostname(), os.getpid(), time.time(), self.version)
         self.poller_status = PollerStatus(
@@ -213,7 +217,7 @@ class ServiceRuntime:
         """not_configured | disabled | enabled."""
         if not self.settings.enable_background_tasks:
             return "disabled"
-        if not self.settings.mailbox_configured:
+        if not self.config.mailboxes:
             return "not_configured"
         return "enabled"
 
