@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from email_processing.payload import for_target, with_links
 from services.state_store import OutboxItem, OutboxStatus, StateStoreError
@@ -62,6 +62,12 @@ def group_by_email(items: Iterable[OutboxItem]) -> dict[str, list[OutboxItem]]:
     return groups
 
 
+class Wakeable(Protocol):
+    """What the enricher sets when items became deliverable (an Event, or one that wakes several)."""
+
+    def set(self) -> None: ...
+
+
 class Enricher:
     """Finishes the enrichment of queued emails. ``holds(mailbox_id)``: whether this process holds that mailbox
     (only its holder enriches its emails); ``offloader_factory``: the R2 offloader (built on first use);
@@ -69,7 +75,7 @@ class Enricher:
     deliverable."""
 
     def __init__(self, store, offloader_factory: Callable[[], Any], *, budget_seconds: float,
-                 holds: Callable[[str], bool], wakeup: threading.Event, delivery_wakeup: threading.Event,
+                 holds: Callable[[str], bool], wakeup: threading.Event, delivery_wakeup: Wakeable,
                  threads: int = ENRICH_THREADS, clock: Callable[[], float] = time.time,
                  stale_margin_seconds: float = STALE_MARGIN_SECONDS) -> None:
         self.store = store

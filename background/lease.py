@@ -24,6 +24,7 @@ import time
 from enum import StrEnum
 from typing import Any, Callable, Protocol
 
+from config import DEFAULT_ID
 from timestamps import iso_utc_ms
 
 logger = logging.getLogger(__name__)
@@ -571,16 +572,32 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def make_lease(settings: Any, redis_client: Any = None) -> Lease:
-    """RedisLease when ``settings.redis_url`` is set (never the file lock then, reachable or not), else FileLease."""
+def lease_key(mailbox_id: str = DEFAULT_ID) -> str:
+    """The Redis key of a mailbox's lease: ``render_signal:poller_lock`` for mailbox ``default`` (the key of every
+    earlier release), ``render_signal:poller_lock:<id>`` for any other."""
+    return LEASE_KEY if mailbox_id == DEFAULT_ID else f"{LEASE_KEY}:{mailbox_id}"
+
+
+def lock_file_for(path: str, mailbox_id: str = DEFAULT_ID) -> str:
+    """The lock file of a mailbox's lease: ``path`` for mailbox ``default``, ``<path stem>-<id><suffix>`` else."""
+    if mailbox_id == DEFAULT_ID:
+        return path
+    stem, suffix = os.path.splitext(path)
+    return f"{stem}-{mailbox_id}{suffix}"
+
+
+def make_lease(settings: Any, redis_client: Any = None, mailbox_id: str = DEFAULT_ID) -> Lease:
+    """The lease of mailbox ``mailbox_id``: RedisLease when ``settings.redis_url`` is set (never the file lock
+    then, reachable or not), else FileLease (one lock file per mailbox, shared by the container's workers)."""
     global _file_warning_logged
     if settings.redis_url:
         if redis_client is None:
             from services.redis_client import make_redis_client
 
             redis_client = make_redis_client(settings)
-        return RedisLease(redis_client, settings.redis_lock_ttl_seconds, max_backoff_s=settings.lease_retry_interval)
-    path = settings.lock_file_path
+        return RedisLease(redis_client, settings.redis_lock_ttl_seconds, key=lease_key(mailbox_id),
+                          max_backoff_s=settings.lease_retry_interval)
+    path = lock_file_for(settings.lock_file_path, mailbox_id)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     with _file_warning_lock:

@@ -146,6 +146,7 @@ class ServiceRuntime:
         self.instance = InstanceInfo(socket.gethostname(), os.getpid(), time.time(), self.version)
         self.poller_status = PollerStatus(
             mailbox=self.config.mailboxes[0].folder if self.config.mailboxes else settings.imap_mailbox)
+        self.poller_statuses: dict[str, PollerStatus] = {}  # per mailbox id, once the background is built
         self._lock = threading.RLock()
         self._store: StateStore | None = None
         self._redis: redis.Redis | None = None
@@ -246,26 +247,31 @@ class ServiceRuntime:
             self.background = background
 
     def _build_background(self) -> BackgroundServices:
-        """The background threads, each given exactly what it uses (opens the store and makes the lease)."""
+        """The background threads, each given exactly what it uses (opens the store and makes the leases: one per
+        mailbox, ``background.lease.lease_key``)."""
         from background.health import HealthTimings
         from background.lease import LeaseKeeper, make_lease
-        from background.services import OBSERVE_INTERVAL_SECONDS, BackgroundServices, StatusObserver
+        from background.services import OBSERVE_INTERVAL_SECONDS, BackgroundServices, MailboxLease, StatusObserver
         from services.webhook import WebhookSender
 
         settings = self.settings
         store = self.store
-        lease = make_lease(settings, self.redis_client)
-        mailbox = self.mailbox
         if not self.config.targets:
             self.target  # noqa: B018 - raises WebhookError: a configured mailbox needs a target
+        mailboxes = []
+        for index, mailbox in enumerate(self.config.mailboxes):
+            lease = make_lease(settings, self.redis_client, mailbox.id)
+            status = self.poller_status if index == 0 else PollerStatus(mailbox=mailbox.folder)
+            self.poller_statuses[mailbox.id] = status
+            keeper = LeaseKeeper(lease, retry_interval=settings.lease_retry_interval)
+            mailboxes.append(MailboxLease(mailbox, lease, keeper, status))
         observer = StatusObserver(
-            lease=lease, store=store, poller_status=self.poller_status, instance=lambda: self.instance,
+            lease=mailboxes[0].lease, store=store, poller_status=self.poller_status, instance=lambda: self.instance,
             timings=HealthTimings.from_settings(settings, observe_interval=OBSERVE_INTERVAL_SECONDS),
             heartbeat_interval_seconds=settings.heartbeat_interval_seconds, config=self.config)
         return BackgroundServices(
-            mailbox=mailbox, targets=self.config.targets, store=store, lease=lease,
-            keeper=LeaseKeeper(lease, retry_interval=settings.lease_retry_interval), observer=observer,
-            poller_status=self.poller_status, offloader_factory=lambda: self.offloader,
+            mailboxes=mailboxes, targets=self.config.targets, store=store, observer=observer,
+            offloader_factory=lambda: self.offloader,
             sender_factory=lambda target: WebhookSender(target, version=self.version),
             enrich_budget_seconds=self.config.r2.email_budget_seconds if self.config.r2.fetch_enabled else None,
             routes=self.config.routes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -34,79 +35,140 @@ TRIM_INTERVAL_SECONDS = 3600
 STRANDED_INTERVAL_SECONDS = 300  # the survey of work left by removed mailboxes and targets
 
 
-class BackgroundServices:
-    """The four threads of one worker. The poller and the delivery workers share one ownership guard on ``lease``
-    and the wake-up events; ``offloader_factory`` and ``sender_factory`` build their adapters on first use (one
-    sender per delivery thread)."""
+@dataclass
+class MailboxUnit:
+    """One mailbox's share of a worker: its lease and keeper, its ownership guard, its poller and its delivery
+    threads (per target), its wake-up events. Only while the lease is held here do they act."""
 
-    def __init__(self, *, mailbox: MailboxConfig, targets: Sequence[TargetConfig], store: StateStore,
-                 lease: Lease, keeper: LeaseKeeper, observer: StatusObserver, poller_status: PollerStatus,
-                 offloader_factory: Callable[[], Any], sender_factory: Callable[[TargetConfig], Any],
-                 enrich_budget_seconds: float | None = None, routes: Sequence[RouteConfig] = ()) -> None:
-        """``targets``: each gets its own delivery threads (``concurrency`` of them), claiming only its own items
-        of ``mailbox``, so a dead or slow target never delays the others; ``sender_factory(target)`` builds one
-        sender per thread. ``routes``: which targets each email goes to (empty: all of them). ``enrich_budget_
-        seconds``: R2 is on and each email's copies are made by the enricher thread within that budget
-        (``background.enrichment``); None: R2 is off, no enricher."""
+    mailbox: MailboxConfig
+    lease: Lease
+    keeper: LeaseKeeper
+    guard: OwnershipGuard
+    poller: MailboxPoller
+    deliveries: list[DeliveryWorker]
+    delivery_wakeup: threading.Event
+    flag_wakeup: threading.Event
+
+    def holds(self) -> bool:
+        return self.keeper.held_event.is_set() and self.lease.holds_locally()
+
+
+@dataclass(frozen=True)
+class MailboxLease:
+    """What the runtime hands over per mailbox: the mailbox, its lease and keeper, and its poller's status."""
+
+    mailbox: MailboxConfig
+    lease: Lease
+    keeper: LeaseKeeper
+    poller_status: PollerStatus
+
+
+class _AnyHeld:
+    """``is_set()`` while this worker holds at least one mailbox (what the shared enricher's sweeper waits on)."""
+
+    def __init__(self, units: list[MailboxUnit]) -> None:
+        self._units = units
+
+    def is_set(self) -> bool:
+        return any(unit.holds() for unit in self._units)
+
+
+class BackgroundServices:
+    """The threads of one worker: per mailbox a lease keeper, a poller and delivery threads, plus one status
+    observer (and, with R2, one enricher). ``offloader_factory`` and ``sender_factory`` build their adapters on
+    first use (one sender per delivery thread). Compatibility: ``lease``, ``keeper``, ``guard``, ``poller`` and
+    ``deliveries`` are those of the first mailbox (whose lease also runs the cluster's chores: ``observer``)."""
+
+    def __init__(self, *, mailboxes: Sequence[MailboxLease], targets: Sequence[TargetConfig], store: StateStore,
+                 observer: StatusObserver, offloader_factory: Callable[[], Any],
+                 sender_factory: Callable[[TargetConfig], Any], enrich_budget_seconds: float | None = None,
+                 routes: Sequence[RouteConfig] = ()) -> None:
+        """``targets``: each gets its own delivery threads per mailbox (``concurrency`` of them), claiming only its
+        own items of that mailbox, so a dead or slow target never delays the others; ``sender_factory(target)``
+        builds one sender per thread. ``routes``: which targets each email goes to (empty: all of them).
+        ``enrich_budget_seconds``: R2 is on and each email's copies are made by the enricher thread within that
+        budget (``background.enrichment``); None: R2 is off, no enricher."""
+        if not mailboxes:
+            raise ValueError("BackgroundServices needs at least one mailbox")
         self.store = store
-        self.lease = lease
-        self.guard = OwnershipGuard(lease)
-        self.keeper = keeper
-        self.delivery_wakeup = threading.Event()
-        self.flag_wakeup = threading.Event()
         self.enrich_wakeup = threading.Event() if enrich_budget_seconds is not None else None
-        self.poller = MailboxPoller(mailbox, store, lease, self.guard, poller_status,
-                                    target_ids=tuple(target.id for target in targets), routes=tuple(routes),
-                                    offloader_factory=offloader_factory,
-                                    delivery_wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup,
-                                    enrich_wakeup=self.enrich_wakeup)
+        self.units: list[MailboxUnit] = []
+        for entry in mailboxes:
+            guard = OwnershipGuard(entry.lease)
+            delivery_wakeup, flag_wakeup = threading.Event(), threading.Event()
+            poller = MailboxPoller(entry.mailbox, store, entry.lease, guard, entry.poller_status,
+                                   target_ids=tuple(target.id for target in targets), routes=tuple(routes),
+                                   offloader_factory=offloader_factory,
+                                   delivery_wakeup=delivery_wakeup, flag_wakeup=flag_wakeup,
+                                   enrich_wakeup=self.enrich_wakeup)
+            # The first mailbox's holder also delivers what removed mailboxes left (their items are still sent).
+            adopted = self._removed_mailboxes if not self.units else tuple
+            deliveries = [
+                DeliveryWorker(target, store, entry.lease, guard, partial(sender_factory, target),
+                               wakeup=delivery_wakeup, flag_wakeup=flag_wakeup, mailbox_id=entry.mailbox.id,
+                               adopted_mailboxes=adopted)
+                for target in targets for _ in range(target.concurrency)]
+            self.units.append(MailboxUnit(entry.mailbox, entry.lease, entry.keeper, guard, poller, deliveries,
+                                          delivery_wakeup, flag_wakeup))
+        first = self.units[0]
+        self.lease, self.keeper, self.guard, self.poller = first.lease, first.keeper, first.guard, first.poller
+        self.deliveries = first.deliveries
+        self.delivery_wakeup, self.flag_wakeup = first.delivery_wakeup, first.flag_wakeup
         self.enricher: Enricher | None = None
+        self._any_held = _AnyHeld(self.units)
         if self.enrich_wakeup is not None and enrich_budget_seconds is not None:
-            held = keeper.held_event
+            by_id = {unit.mailbox.id: unit for unit in self.units}
             self.enricher = Enricher(store, offloader_factory, budget_seconds=enrich_budget_seconds,
-                                     holds=lambda mailbox_id: held.is_set() and mailbox_id == mailbox.id,
-                                     wakeup=self.enrich_wakeup, delivery_wakeup=self.delivery_wakeup)
-        self.deliveries = [
-            DeliveryWorker(target, store, lease, self.guard, partial(sender_factory, target),
-                           wakeup=self.delivery_wakeup, flag_wakeup=self.flag_wakeup, mailbox_id=mailbox.id,
-                           adopted_mailboxes=self._removed_mailboxes)
-            for target in targets for _ in range(target.concurrency)]
+                                     holds=lambda mailbox_id: mailbox_id in by_id and by_id[mailbox_id].holds(),
+                                     wakeup=self.enrich_wakeup, delivery_wakeup=_WakeAll(self.units))
         self.observer = observer
         self._stop_workers = threading.Event()
         self._stop_keeper = threading.Event()
         self._stopping = False
         self.threads: list[threading.Thread] = []
+        self._keeper_threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        held = self.keeper.held_event
-        specs: list[tuple[str, Callable[..., None], tuple]] = [
-            ("lease-keeper", self.keeper.run, (self._stop_keeper,)),
-            ("poller", self.poller.run, (self._stop_workers, held)),
-            *((f"delivery-{n}", worker.run, (self._stop_workers, held))
-              for n, worker in enumerate(self.deliveries, start=1)),
-            ("status-observer", self.observer.run, (self._stop_workers,)),
-        ]
+        specs: list[tuple[str, Callable[..., None], tuple]] = []
+        for unit in self.units:
+            suffix = "" if unit.mailbox.id == self.units[0].mailbox.id else f"-{unit.mailbox.id}"
+            held = unit.keeper.held_event
+            specs.append((f"poller{suffix}", unit.poller.run, (self._stop_workers, held)))
+            specs.extend((f"delivery{suffix}-{n}", worker.run, (self._stop_workers, held))
+                         for n, worker in enumerate(unit.deliveries, start=1))
+        specs.append(("status-observer", self.observer.run, (self._stop_workers,)))
         if self.enricher is not None:
-            specs.append(("enricher", self.enricher.run, (self._stop_workers, held)))
+            specs.append(("enricher", self.enricher.run, (self._stop_workers, self._any_held)))
+        for unit in self.units:
+            suffix = "" if unit.mailbox.id == self.units[0].mailbox.id else f"-{unit.mailbox.id}"
+            thread = threading.Thread(target=unit.keeper.run, args=(self._stop_keeper,),
+                                      name=f"render-signal-lease-keeper{suffix}", daemon=True)
+            thread.start()
+            self._keeper_threads.append(thread)
         for name, target, args in specs:
             thread = threading.Thread(target=target, args=args, name=f"render-signal-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
-        logger.info("BG_POLLER: background threads started (lease backend %s)", self.lease.backend)
+        self.threads = self._keeper_threads + self.threads
+        logger.info("BG_POLLER: background threads started for %d mailbox(es) (lease backend %s)",
+                    len(self.units), self.lease.backend)
 
     def stop(self, timeout: float) -> None:
-        """Stop the workers first (no new IMAP command, no new attempt), then release the lease."""
+        """Stop the workers first (no new IMAP command, no new attempt), then release the leases."""
         self._stopping = True
         deadline = time.monotonic() + timeout
         self._stop_workers.set()
-        self.delivery_wakeup.set()
-        self.flag_wakeup.set()
+        for unit in self.units:
+            unit.delivery_wakeup.set()
+            unit.flag_wakeup.set()
         if self.enrich_wakeup is not None:
             self.enrich_wakeup.set()
-        for thread in self.threads[1:]:
+        workers = [thread for thread in self.threads if thread not in self._keeper_threads]
+        for thread in workers:
             thread.join(max(0.0, deadline - time.monotonic() - 1.0))
         self._stop_keeper.set()
-        self.threads[0].join(max(0.1, deadline - time.monotonic()))
+        for thread in self._keeper_threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
         alive = [thread.name for thread in self.threads if thread.is_alive()]
         if alive:
             logger.warning("BG_POLLER: threads still running at shutdown: %s", ", ".join(alive))
@@ -127,6 +189,17 @@ class BackgroundServices:
 
     def cluster_view(self) -> dict:
         return self.observer.view
+
+
+class _WakeAll:
+    """``set()`` wakes the delivery threads of every mailbox (the enricher made items deliverable)."""
+
+    def __init__(self, units: list[MailboxUnit]) -> None:
+        self._units = units
+
+    def set(self) -> None:
+        for unit in self._units:
+            unit.delivery_wakeup.set()
 
 
 class StatusObserver:
