@@ -23,7 +23,7 @@ import pytest
 from config import R2Config
 from email_processing.links import DeliveryLink
 from email_processing.orchestrator import OffloadedLink
-from services.r2_offload import R2Offloader, build_offloader
+from services.r2_offload import R2Offloader, build_offloader, key_form
 from settings import Settings
 
 TOKEN = "r2-token-Zq81-never-logged"
@@ -298,8 +298,10 @@ def test_a_dropbox_link_is_copied_with_the_documented_request_and_recorded_for_r
     headers = {name.lower(): value for name, value in request["headers"].items()}
     assert headers["x-r2-fetch-token"] == TOKEN and headers["content-type"] == "application/json"
     body = request["body"]
-    assert set(body) == {"source_url", "object_key", "bucket", "provider", "email_id"}
-    assert body["source_url"] == link.direct_url
+    assert set(body) == {"source_url", "source_key", "object_key", "bucket", "provider", "email_id", "max_bytes"}
+    # the link's key form (Dropbox: only its identifying parameters, sorted), as source_url and source_key
+    assert body["source_url"] == body["source_key"] == key_form("dropbox", link.direct_url)
+    assert body["max_bytes"] == 2 * 1024 ** 3
     assert (body["bucket"], body["provider"], body["email_id"]) == ("deliveries", "dropbox", "email-ok")
     provider, first, second, name = body["object_key"].split("/")
     assert provider == "dropbox" and len(first) == len(second) == 8 and name == "Project_Files.zip"
@@ -310,7 +312,7 @@ def test_a_dropbox_link_is_copied_with_the_documented_request_and_recorded_for_r
                and "email_id=email-ok" in r.getMessage() for r in r2_logs.records)
     assert not fallback_messages(r2_logs)
     # and the copy is remembered for the bucket's retention (24 h by default)
-    assert store.records[link.direct_url]["r2_url"] == result[0].r2_url and store.ttls == [24 * 3600.0]
+    assert store.records[body["source_key"]]["r2_url"] == result[0].r2_url and store.ttls == [24 * 3600.0]
 
 
 def test_a_source_already_copied_is_not_fetched_again(fake_worker):
@@ -367,7 +369,7 @@ def test_a_url_outside_the_allow_list_is_never_sent(fake_worker, r2_logs):
     # When
     result = offloader_for(worker.url).offload_links("email-evil", [evil, genuine])
     # Then only the genuine link reached the Worker
-    assert [request["body"]["source_url"] for request in worker.requests] == [genuine.direct_url]
+    assert [request["body"]["source_url"] for request in worker.requests] == [key_form("dropbox", genuine.direct_url)]
     assert result[0] == OffloadedLink("dropbox", evil.raw_url, evil.direct_url, None, None)
     assert result[1].r2_url is not None
     security = [r for r in r2_logs.records if r.getMessage().startswith("SECURITY:")]
