@@ -176,6 +176,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("ENABLE_BACKGROUND_TASKS", "enable_background_tasks", parse_bool, True, "false = web side only; /health says the poller is disabled."),
     Spec("REDIS_URL", "redis_url", redis_url, None, "Redis for the lease and the shared state. Unset = file lock + SQLite (single container).", secret=True),
     Spec("REDIS_LOCK_TTL_SECONDS", "redis_lock_ttl_seconds", number(1, 86400), 300.0, "Lease TTL; the holder renews it every TTL/3."),
+    Spec("MAX_MAILBOXES_PER_PROCESS", "max_mailboxes_per_process", integer(1, 100000), None, "The most mailboxes one worker process takes (with Redis; mailboxes are spread over the live processes by rendezvous hashing).", default_doc="unlimited"),
     Spec("LEASE_RETRY_SECONDS", "lease_retry_seconds", number(0.05, 3600), None, "How often standby processes try to take the lease.", default_doc="TTL/3, at most 30"),
     Spec("REDIS_TIMEOUT_SECONDS", "redis_timeout_seconds", number(0.05, 60), 3.0, "Connect and read timeout of every Redis call (no hidden retries)."),
     Spec("BG_POLLER_LOCK_FILE", "bg_poller_lock_file", text, None, "Lock file of the file lease (without REDIS_URL).", default_doc="$STATE_DIR/poller.lock"),
@@ -260,6 +261,7 @@ class Settings:
     enable_background_tasks: bool = _settings_field("enable_background_tasks")
     redis_url: str | None = _settings_field("redis_url")
     redis_lock_ttl_seconds: float = _settings_field("redis_lock_ttl_seconds")
+    max_mailboxes_per_process: int | None = _settings_field("max_mailboxes_per_process")
     lease_retry_seconds: float | None = _settings_field("lease_retry_seconds")
     redis_timeout_seconds: float = _settings_field("redis_timeout_seconds")
     bg_poller_lock_file: str | None = _settings_field("bg_poller_lock_file")

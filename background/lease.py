@@ -656,8 +656,11 @@ class LeaseKeeper:
 
     def __init__(self, lease: Lease, settings: Any = None, *, retry_interval: float | None = None,
                  renew_interval: float | None = None,
-                 on_change: Callable[[dict], None] | None = None) -> None:
+                 on_change: Callable[[dict], None] | None = None, policy: Any = None) -> None:
+        """``policy``: a ``background.membership.SpreadPolicy`` deciding whether this process tries the lease
+        and when it hands it over to the mailbox's preferred member (None: always try, never hand over)."""
         self.lease = lease
+        self.policy = policy
         if retry_interval is None:
             retry_interval = settings.lease_retry_interval if settings is not None else lease.ttl_seconds / 3.0
         self.retry_interval = float(retry_interval)
@@ -692,6 +695,8 @@ class LeaseKeeper:
     # --- states -----------------------------------------------------------------------------------------------
 
     def _standby_step(self) -> float:
+        if self.policy is not None and not self.policy.may_acquire():
+            return self.retry_interval
         try:
             acquired = self.lease.try_acquire()
         except LeaseStoreUnreachable:
@@ -729,6 +734,10 @@ class LeaseKeeper:
                 logger.info("BG_POLLER: lease re-confirmed pid=%s", os.getpid())
                 self.held_event.set()
                 self._notify()
+            if self.policy is not None and self.policy.should_hand_over():
+                self.stop_holding()
+                self.policy.handed_over()
+                return self.retry_interval
             return self.renew_interval
         logger.error("BG_POLLER: lease lost (%s)", self.lease.last_loss_reason)
         self.held_event.clear()

@@ -258,12 +258,18 @@ class ServiceRuntime:
         store = self.store
         if not self.config.targets:
             self.target  # noqa: B018 - raises WebhookError: a configured mailbox needs a target
+        membership = None
+        if settings.redis_url:
+            from background.membership import Membership
+
+            membership = Membership(self.redis_client, settings.redis_lock_ttl_seconds)
+        leases = [make_lease(settings, self.redis_client, mailbox.id) for mailbox in self.config.mailboxes]
         mailboxes = []
-        for index, mailbox in enumerate(self.config.mailboxes):
-            lease = make_lease(settings, self.redis_client, mailbox.id)
+        for index, (mailbox, lease) in enumerate(zip(self.config.mailboxes, leases, strict=True)):
             status = self.poller_status if index == 0 else PollerStatus(mailbox=mailbox.folder)
             self.poller_statuses[mailbox.id] = status
-            keeper = LeaseKeeper(lease, retry_interval=settings.lease_retry_interval)
+            policy = self._spread_policy(membership, mailbox.id, lease, leases) if membership else None
+            keeper = LeaseKeeper(lease, retry_interval=settings.lease_retry_interval, policy=policy)
             mailboxes.append(MailboxLease(mailbox, lease, keeper, status))
         observer = StatusObserver(
             lease=mailboxes[0].lease, store=store, poller_status=self.poller_status, instance=lambda: self.instance,
@@ -274,7 +280,24 @@ class ServiceRuntime:
             offloader_factory=lambda: self.offloader,
             sender_factory=lambda target: WebhookSender(target, version=self.version),
             enrich_budget_seconds=self.config.r2.email_budget_seconds if self.config.r2.fetch_enabled else None,
-            routes=self.config.routes)
+            routes=self.config.routes, membership=membership)
+
+    def _spread_policy(self, membership, mailbox_id: str, lease, leases: list) -> Any:
+        """Which mailboxes this process tries and hands over (``background.membership``)."""
+        from background.membership import SpreadPolicy
+
+        settings = self.settings
+        store = self.store
+
+        def lease_is_free() -> bool:
+            return not lease.redis.exists(lease.key)
+
+        return SpreadPolicy(
+            membership, mailbox_id, lease_is_free=lease_is_free,
+            held_count=lambda: sum(1 for other in leases if other.is_held),
+            max_held=settings.max_mailboxes_per_process,
+            grace_seconds=settings.redis_lock_ttl_seconds + settings.lease_retry_interval,
+            on_move=lambda moved: store.incr("mailbox_moves", labels={"mailbox": moved}))
 
     def stop_background(self, timeout: float) -> None:
         with self._lock:

@@ -82,7 +82,7 @@ class BackgroundServices:
     def __init__(self, *, mailboxes: Sequence[MailboxLease], targets: Sequence[TargetConfig], store: StateStore,
                  observer: StatusObserver, offloader_factory: Callable[[], Any],
                  sender_factory: Callable[[TargetConfig], Any], enrich_budget_seconds: float | None = None,
-                 routes: Sequence[RouteConfig] = ()) -> None:
+                 routes: Sequence[RouteConfig] = (), membership: Any = None) -> None:
         """``targets``: each gets its own delivery threads per mailbox (``concurrency`` of them), claiming only its
         own items of that mailbox, so a dead or slow target never delays the others; ``sender_factory(target)``
         builds one sender per thread. ``routes``: which targets each email goes to (empty: all of them).
@@ -91,6 +91,7 @@ class BackgroundServices:
         if not mailboxes:
             raise ValueError("BackgroundServices needs at least one mailbox")
         self.store = store
+        self.membership = membership  # background.membership.Membership with Redis: left on stop
         self.enrich_wakeup = threading.Event() if enrich_budget_seconds is not None else None
         self.units: list[MailboxUnit] = []
         for entry in mailboxes:
@@ -169,6 +170,8 @@ class BackgroundServices:
         self._stop_keeper.set()
         for thread in self._keeper_threads:
             thread.join(max(0.1, deadline - time.monotonic()))
+        if self.membership is not None:
+            self.membership.leave()  # the other members take this process's mailboxes at once
         alive = [thread.name for thread in self.threads if thread.is_alive()]
         if alive:
             logger.warning("BG_POLLER: threads still running at shutdown: %s", ", ".join(alive))
