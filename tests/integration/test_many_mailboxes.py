@@ -8,6 +8,7 @@ and every email of every mailbox is delivered once, under its own mailbox's id.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -72,3 +73,52 @@ def test_two_workers_share_three_mailboxes_each_polled_by_one_and_every_email_de
     # and no action was taken by a worker that did not hold the mailbox
     for pipeline in (first, second):
         assert all(unit.guard.actions_without_ownership == 0 for unit in pipeline.background.units)
+
+
+def holders(pipelines, mailbox_id: str) -> list:
+    return [pipeline for pipeline in pipelines
+            if next(unit for unit in pipeline.background.units if unit.mailbox.id == mailbox_id).lease.holds_locally()]
+
+
+def test_mailboxes_move_to_a_joining_worker_once_it_has_lived_two_ttls_and_back_when_it_stops(
+        dovecot_server, webhook_receiver, redis_server, redis_url, pipeline_factory):
+    from background.membership import preferred_member
+
+    accounts = [dovecot_server.new_account() for _ in range(6)]
+    env = service_env(accounts[0], webhook_receiver, redis_url=redis_url)
+    ids = ("default", *(f"box-{n}" for n in range(1, 6)))
+    base = ServiceConfig.from_settings(Settings.from_env(env))
+    mailboxes = tuple(dataclasses.replace(MailboxConfig.from_settings(Settings.from_env({**env, **a.settings_env()})),
+                                          id=mailbox_id) for mailbox_id, a in zip(ids, accounts, strict=True))
+    config = dataclasses.replace(base, mailboxes=mailboxes)
+    # Given one worker holding all six mailboxes
+    first = pipeline_factory(env, config=config)
+    first.wait_until(lambda: all(holders([first], m) for m in ids), what="all held by the first", timeout=15)
+    # When a second worker joins
+    second = pipeline_factory(dict(env), config=config)
+    members = [first.background.membership.member, second.background.membership.member]
+    wanted = {m: preferred_member(m, members) for m in ids}
+    assert set(wanted.values()) == set(members), "six mailboxes over two members: both get some (sha-256)"
+    joined = time.monotonic()
+    # Then within a few TTLs each mailbox is held by its preferred worker, exactly one at a time
+    by_member = {first.background.membership.member: first, second.background.membership.member: second}
+
+    def settled() -> bool:
+        return all(holders([first, second], m) == [by_member[wanted[m]]] for m in ids)
+
+    first.wait_until(settled, what="mailboxes spread", timeout=25)
+    # not before the joining worker had lived 2 x TTL (3 s here)
+    assert time.monotonic() - joined >= 2 * 3 - 0.5
+    moved = sum(1 for m in ids if wanted[m] == second.background.membership.member)
+    series = {(name, tuple(sorted(labels.items()))): value for name, labels, value in first.store.counter_series()}
+    assert sum(value for (name, _), value in series.items() if name == "mailbox_moves") == moved
+    # and every email still goes out once, whoever holds its mailbox
+    for account in accounts:
+        account.server.append(account.user, make_email())
+    events = webhook_receiver.wait_for(6, timeout=30)
+    assert len({event["headers"]["webhook-id"] for event in events}) == 6
+    # When the second worker stops, the first takes its mailboxes back within TTL + retry
+    second.stop()
+    stopped = time.monotonic()
+    first.wait_until(lambda: all(holders([first], m) for m in ids), what="all back on the first", timeout=15)
+    assert time.monotonic() - stopped <= 3 + 0.3 + 2.0
