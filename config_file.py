@@ -16,6 +16,7 @@ import datetime
 import difflib
 import functools
 import re
+import time
 import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -42,6 +43,7 @@ from config import (
     TlsMode,
     check_id,
 )
+from email_processing.delivery_window import check_window
 from settings import (
     FALSE_WORDS,
     SPEC_BY_ENV,
@@ -628,7 +630,9 @@ def _read_window(reader: _Reader, path: str, raw: Any) -> DeliveryWindow | Any:
     if len(reader.errors) > errors_before:
         return _BAD
     try:
-        return DeliveryWindow(timezone=timezone, days=days, opens=opens, closes=closes, closed_dates=tuple(closed))
+        window = DeliveryWindow(timezone=timezone, days=days, opens=opens, closes=closes, closed_dates=tuple(closed))
+        check_window(window, time.time())  # a window that never opens would hold its items for ever
+        return window
     except ValueError as exc:
         return reader.error(path, str(exc))
 

@@ -10,7 +10,6 @@ serialised → dead letter ``encode_error``; any other error → a retry (``atte
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -20,8 +19,12 @@ from typing import Any, Callable, Iterable
 from background.lease import LeaseLost, wait_for_ownership
 from background.stranded import TARGET_REMOVED
 from config import RetryPolicy, TargetConfig
+from email_processing.body_fit import fit_body
+from email_processing.delivery_window import window_opens_at
+from email_processing.payload import payload_bytes
 from services.state_store import OutboxItem, StateStoreError
 from services.webhook import AttemptOutcome, next_delay
+from timestamps import iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +32,9 @@ CLAIM_BATCH = 1            # one item per claim: a lost lease never leaves claim
 ACK_RETRY_PAUSES = (0.2, 0.5, 1.0)   # a 2xx whose recording fails is recorded again after these pauses
 CLAIM_MARGIN_SECONDS = 15  # a claim outlives one attempt's timeout by this much
 IDLE_WAIT_SECONDS = 1.0
+BODY_TOO_LARGE = "body_too_large"  # over the target's cap even with the text cut and the file names dropped
 ENCODE_ERROR = "encode_error"    # the stored body cannot be serialised as UTF-8 JSON: no retry can change that
 ATTEMPT_ERROR = "attempt_error"  # the attempt failed outside the network (a bug): retried, the window still runs
-
-
-def payload_bytes(payload: dict) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 class DeliveryWorker:
@@ -138,21 +138,52 @@ class DeliveryWorker:
             logger.error("WEBHOOK: dead letter %s reason=%s (target %s)", item.event_id, TARGET_REMOVED,
                          item.target_id)
             return "dead"
+        now = self.clock()
+        opens = self._window_opens_at(now)
+        if opens is not None:
+            # Outside the target's delivery window: held, durably pending, no attempt counted.
+            self.store.hold(item.event_id, opens, now)
+            logger.info("WEBHOOK: held %s until %s (target %s is outside its delivery window)", item.event_id,
+                        iso_utc(opens), self.target.id)
+            return "held"
         self.guard.record_action()
-        outcome = attempt_item(self.sender, item)
+        outcome = attempt_item(self.sender, item, cap=self.target.body_cap)
         return record_outcome(self.target.retry, self.store, item, outcome, self.clock(), self.rng, self.flag_wakeup)
 
+    def _window_opens_at(self, now: float) -> float | None:
+        """When the target's delivery window next opens, or None when it is open (or has none)."""
+        if self.target.window is None:
+            return None
+        try:
+            return window_opens_at(self.target.window, now)
+        except ValueError:  # never opens (refused at start-up): deliver rather than hold for ever
+            logger.error("WEBHOOK: the delivery window of target %s never opens; delivering", self.target.id)
+            return None
 
-def attempt_item(sender, item: OutboxItem) -> AttemptOutcome:
+
+def attempt_item(sender, item: OutboxItem, cap: int | None = None) -> AttemptOutcome:
     """One attempt of ``item``. Never raises: the sender reports what the network does, and what fails outside it
     becomes an outcome here, so that the caller always records one (an escaped error would leave the item in
-    flight, re-claimed for ever once its claim lapses)."""
+    flight, re-claimed for ever once its claim lapses). ``cap``: the target's body cap; a larger body is shrunk
+    (``email_processing.body_fit``, the same bytes on every attempt) or, when even that does not fit, the item is
+    a dead letter ``body_too_large``: never sent over the cap."""
     try:
         body = payload_bytes(item.payload)
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
         logger.error("WEBHOOK: cannot serialise the body of %s (%s)", item.event_id, exc)
         return AttemptOutcome(kind="permanent", status=None, retry_after=None,
                               excerpt=f"body cannot be serialised: {exc}", elapsed_ms=0, error=ENCODE_ERROR)
+    if cap is not None and len(body) > cap:
+        fitted = fit_body(item.payload, cap)
+        if fitted.body is None:
+            logger.error("WEBHOOK: the body of %s is %d bytes, over the target's cap of %d even shrunk",
+                         item.event_id, len(body), cap)
+            return AttemptOutcome(kind="permanent", status=None, retry_after=None,
+                                  excerpt=f"body of {len(body)} bytes does not fit the cap of {cap}", elapsed_ms=0,
+                                  error=BODY_TOO_LARGE)
+        logger.warning("WEBHOOK: the body of %s was shrunk from %d to %d bytes to fit the target's cap of %d",
+                       item.event_id, len(body), len(fitted.body), cap)
+        body = fitted.body
     started = time.monotonic()
     try:
         return sender.attempt(item.event_id, body)

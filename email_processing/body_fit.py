@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from email_processing.payload import body_preview
+from email_processing.payload import body_preview, payload_bytes
 
 BODY_TOO_LARGE = "body_too_large"
 DETAIL_KEYS = ("original_filename",)  # per-file details of a delivery link, dropped (null) in step 2
@@ -61,11 +61,7 @@ def fit_body(payload: dict[str, Any], cap: int) -> FitResult:
 
 
 def serialized(payload: Any) -> bytes:
-    """The bytes the delivery loop sends for ``payload``."""
-    # Imported here, not at the top: the delivery loop is the caller of fit_body, and a module-level import both
-    # ways would be a cycle. Its function, not a copy, so that a change of serialisation cannot go unnoticed here.
-    from background.delivery import payload_bytes
-
+    """The bytes the delivery loop sends for ``payload`` (``email_processing.payload.payload_bytes``)."""
     return payload_bytes(payload)
 
 

@@ -13,6 +13,7 @@ name longer than 255 bytes reaches a receiver.
 from __future__ import annotations
 
 import codecs
+import json
 import re
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -177,3 +178,8 @@ def with_links(payload: dict[str, Any], links: Iterable[LinkLike]) -> dict[str, 
 def for_target(payload: dict[str, Any], target_id: str) -> dict[str, Any]:
     """The body as sent to target ``target_id``: the same fields, the event id of that target."""
     return {**payload, "event_id": event_id_for(payload["microsoft_graph_email_id"], target_id)}
+
+
+def payload_bytes(payload: dict) -> bytes:
+    """The bytes a webhook body is sent as: compact JSON, UTF-8, non-ASCII kept (the delivery loop's one rule)."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

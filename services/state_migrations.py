@@ -70,13 +70,15 @@ STEPS: tuple[Step, ...] = (
                     "outbox:pending, so no release claims it"),
     Step(5, "an email is done once every item of it (one per target) has ended",
          sqlite=("CREATE INDEX IF NOT EXISTS outbox_email ON outbox (email_id)",
+                 "ALTER TABLE outbox ADD COLUMN held_until REAL",
                  "CREATE INDEX IF NOT EXISTS outbox_owner_due ON outbox (mailbox_id, target_id, due_at) "
                  "WHERE status = 'pending'"),
          redis_note="new keys email:<email_id> (a hash: open = items not yet ended, dead = the first dead "
                     "reason; an item queued before has none and ends its email alone, as it always did) and "
                     "outbox:due:<mailbox_id>:<target_id> (each owner's due items, so that one target's backlog "
                     "never delays another's; an index kept in step lazily from outbox:pending, which stays the "
-                    "authority; items queued by an older release are adopted from it as they come due)"),
+                    "authority; items queued by an older release are adopted from it as they come due); item "
+                    "hashes gain held_until"),
 )
 
 

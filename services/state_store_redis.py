@@ -85,7 +85,8 @@ PREFIX = "render_signal:v1:"
 _errors = translating(redis.RedisError, OSError)
 
 _INT_FIELDS = ("uidvalidity", "uid", "attempts", "last_status")
-_FLOAT_FIELDS = ("next_attempt_at", "created_at", "first_attempt_at", "delivered_at", "dead_at", "claimed_until")
+_FLOAT_FIELDS = ("next_attempt_at", "created_at", "first_attempt_at", "delivered_at", "dead_at", "claimed_until",
+                 "held_until")
 _STR_FIELDS = ("event_id", "email_id", "mailbox", "message_id", "status", "last_error", "dead_reason",
                "response_excerpt", "claim_owner", "mailbox_id", "target_id")
 
@@ -320,6 +321,32 @@ redis.call('ZADD', ARGV[2] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[
 return 1
 """
 
+# KEYS: item, pending, pending_since, held.  ARGV: event_id, until, seconds held, prefix.  Holds a claimed item
+# outside its target's window: no attempt counted, due at ``until``, its retry window and backlog age moved on by
+# the time held (``outbox:held``: event id -> until, what the stats count as held rather than pending).
+_HOLD = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' or redis.call('HGET', KEYS[1], 'in_flight') ~= '1' then
+  return 0
+end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+if attempts <= 1 then
+  redis.call('HSET', KEYS[1], 'attempts', '0')
+  redis.call('HDEL', KEYS[1], 'first_attempt_at')
+else
+  redis.call('HSET', KEYS[1], 'attempts', tostring(attempts - 1))
+  local first = redis.call('HGET', KEYS[1], 'first_attempt_at')
+  if first then redis.call('HSET', KEYS[1], 'first_attempt_at', tostring(tonumber(first) + tonumber(ARGV[3]))) end
+end
+redis.call('HSET', KEYS[1], 'in_flight', '0', 'next_attempt_at', ARGV[2], 'held_until', ARGV[2])
+redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+local o = redis.call('HMGET', KEYS[1], 'mailbox_id', 'target_id')
+redis.call('ZADD', ARGV[4] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), ARGV[2], ARGV[1])
+return 1
+"""
+
 # KEYS: schema_version, schema_oldest_reader.  ARGV: this release's version, its oldest reader.
 # Returns the stored version and oldest reader before the call; records ours when the stored one is older.
 _MIGRATE = """
@@ -466,6 +493,8 @@ class RedisStateStore:
         self._outbox_stats = client.register_script(_OUTBOX_STATS)
         self._migrate_script = client.register_script(_MIGRATE)
         self._release_claim = client.register_script(_RELEASE_CLAIM)
+        self._hold = client.register_script(_HOLD)
+        self._held = prefix + "outbox:held"
         self._schema_version_key = prefix + "schema_version"
         self._schema_oldest_reader_key = prefix + "schema_oldest_reader"
         self._schema_checked = False
@@ -615,6 +644,12 @@ class RedisStateStore:
         return bool(self._release_claim(keys=[self._item_key(event_id), self._pending], args=[event_id, self._p]))
 
     @_errors
+    def hold(self, event_id: str, until: float, now: float) -> bool:
+        """Hold a claimed item outside its target's delivery window (see ``_HOLD``)."""
+        return bool(self._hold(keys=[self._item_key(event_id), self._pending, self._pending_since, self._held],
+                               args=[event_id, _num(until), _num(max(0.0, until - now)), self._p]))
+
+    @_errors
     def dead_letter(self, event_id: str, reason: str, status: int | None, excerpt: str | None,
                     now: float | None = None, attempt: dict | None = None) -> bool:
         at = now_or_clock(now)
@@ -672,12 +707,16 @@ class RedisStateStore:
         pipe = self._client.pipeline(transaction=False)
         pipe.zcard(self._enriching)
         pipe.zrange(self._enriching, 0, 0, withscores=True)
-        enriching, enriching_head = pipe.execute()
+        pipe.zremrangebyscore(self._held, "-inf", _num(now))  # no longer held: due (or gone) since
+        pipe.zcard(self._held)
+        enriching, enriching_head, _, held = pipe.execute()
         since = [float(oldest)] if oldest else []
         since += [float(score) for _, score in enriching_head]
         return {
-            "pending": int(pending) + int(enriching),   # an enriching item is queued work too
+            # an enriching item is queued work too; a held one is not backlog
+            "pending": max(0, int(pending) - int(held)) + int(enriching),
             "enriching": int(enriching),
+            "held": int(held),
             "oldest_pending_age_s": max(0.0, now - min(since)) if since else None,
             "oldest_due_at": due_at,
             "oldest_due_delay": delay,

@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS recent (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL
 _ITEM_COLUMNS = ("event_id", "email_id", "payload", "mailbox", "uidvalidity", "uid", "message_id", "status",
                  "attempts", "next_attempt_at", "created_at", "first_attempt_at", "last_error", "last_status",
                  "dead_reason", "response_excerpt", "delivered_at", "dead_at", "in_flight", "claimed_until",
-                 "claim_owner", "mailbox_id", "target_id", "attempt_log")
+                 "claim_owner", "mailbox_id", "target_id", "attempt_log", "held_until")
 _SELECT_ITEM = f"SELECT {', '.join(_ITEM_COLUMNS)} FROM outbox"
 _COUNTER_UPSERT = ("INSERT INTO counters (name, labelled, label, value) VALUES (?, ?, ?, ?) "
                    "ON CONFLICT (name, labelled, label) DO UPDATE SET value = value + excluded.value")
@@ -440,6 +440,21 @@ class SqliteStateStore:
             return cursor.rowcount > 0
 
     @_errors
+    def hold(self, event_id: str, until: float, now: float) -> bool:
+        """Hold a claimed item outside its target's delivery window: the claim is undone without counting an
+        attempt, the item is due at ``until`` (``held_until``), and the time held is added to the start of its
+        retry window (``first_attempt_at``), so that held time does not count toward RETRY hours."""
+        held_for = max(0.0, float(until) - float(now))
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE outbox SET attempts = max(attempts - 1, 0), in_flight = 0, claimed_until = NULL, "
+                "claim_owner = NULL, next_attempt_at = ?, due_at = ?, held_until = ?, pending_since = ?, "
+                "first_attempt_at = CASE WHEN attempts <= 1 THEN NULL ELSE first_attempt_at + ? END "
+                "WHERE event_id = ? AND status = 'pending' AND in_flight = 1",
+                (float(until), float(until), float(until), float(until), held_for, event_id))
+            return cursor.rowcount > 0
+
+    @_errors
     def dead_letter(self, event_id: str, reason: str, status: int | None, excerpt: str | None,
                     now: float | None = None, attempt: dict | None = None) -> bool:
         at = now_or_clock(now)
@@ -488,8 +503,10 @@ class SqliteStateStore:
     def outbox_stats(self, now: float) -> dict:
         cutoff = now - self._retention
         with self._read() as conn:
-            pending, oldest = conn.execute(
-                "SELECT count(*), min(pending_since) FROM outbox WHERE status = 'pending'").fetchone()
+            # A held item (outside its target's window) is neither backlog nor stall: its age starts when it opens.
+            pending, oldest, held = conn.execute(
+                "SELECT coalesce(sum(held_until IS NULL OR held_until <= ?), 0), min(pending_since), "
+                "coalesce(sum(held_until > ?), 0) FROM outbox WHERE status = 'pending'", (now, now)).fetchone()
             enriching, oldest_enriching = conn.execute(
                 "SELECT count(*), min(created_at) FROM outbox WHERE status = 'enriching'").fetchone()
             oldest = min((value for value in (oldest, oldest_enriching) if value is not None), default=None)
@@ -503,6 +520,7 @@ class SqliteStateStore:
         return {
             "pending": int(pending) + int(enriching),   # an enriching item is queued work too
             "enriching": int(enriching),
+            "held": int(held),
             "oldest_pending_age_s": None if oldest is None else max(0.0, now - float(oldest)),
             "oldest_due_at": None if due is None else float(due[0]),
             "oldest_due_delay": None if due is None else _scheduled_delay(float(due[1]), due[2]),

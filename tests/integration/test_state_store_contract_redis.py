@@ -18,6 +18,7 @@ from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract 
     an_item,
     an_item_for,
     test_a_claim_by_owner_sees_rescheduled_released_and_finished_items_as_they_are,
+    test_a_held_item_counts_no_attempt_is_due_when_its_window_opens_and_is_not_backlog,
     test_a_replayed_item_can_be_delivered,
     test_a_single_item_email_ends_with_its_item_as_before,
     test_an_email_fanned_out_is_done_and_flagged_only_when_every_item_has_ended,

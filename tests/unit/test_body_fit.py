@@ -13,12 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import background.delivery
-from background.delivery import payload_bytes
+import email_processing.body_fit
 from email_processing.body_fit import BODY_TOO_LARGE, DETAIL_KEYS, FitResult, fit_body, without_link_details
 from email_processing.orchestrator import OffloadedLink
 from email_processing.parsing import ParsedEmail
-from email_processing.payload import FILENAME_MAX_BYTES, body_preview, build_payload, for_target
+from email_processing.payload import FILENAME_MAX_BYTES, body_preview, build_payload, for_target, payload_bytes
 from harness.contract import validate_webhook_body
 
 
@@ -76,12 +75,12 @@ def test_the_body_is_serialised_as_the_delivery_loop_serialises_it():
     assert "é".encode() in result.body  # ensure_ascii=False: two bytes a character, not a six-byte escape
 
 
-def test_the_size_is_measured_with_the_delivery_loops_own_function(monkeypatch):
+def test_the_size_is_measured_with_the_one_serialisation_function(monkeypatch):
     # Given a delivery loop that serialised differently (indented)
     def indented(body: dict) -> bytes:
         return json.dumps(body, ensure_ascii=False, indent=4).encode("utf-8")
 
-    monkeypatch.setattr(background.delivery, "payload_bytes", indented)
+    monkeypatch.setattr(email_processing.body_fit, "payload_bytes", indented)
     original = payload("word " * 2000)
     # When a body is fitted, Then its size is that of the bytes that function makes
     result = fit_body(original, 6000)
@@ -253,14 +252,14 @@ def test_fitting_a_one_mebibyte_text_serialises_the_whole_body_a_few_times_only(
     # Given a 1 MiB text (the payload's own cap) of mixed widths and a 5 kB cap
     original = payload(("abc é € 😀 " * 120_000)[:1_048_576 // 3])
     whole_bodies: list[int] = []
-    real = background.delivery.payload_bytes
+    real = email_processing.body_fit.payload_bytes
 
     def counting(body: dict) -> bytes:
         if "event_id" in body:
             whole_bodies.append(1)
         return real(body)
 
-    monkeypatch.setattr(background.delivery, "payload_bytes", counting)
+    monkeypatch.setattr(email_processing.body_fit, "payload_bytes", counting)
     started = time.perf_counter()
     result = fit_body(original, 5_000)
     elapsed = time.perf_counter() - started

@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from background.delivery import payload_bytes
 from email_processing import payload as payload_module
 from email_processing.orchestrator import NullOffloader, OffloadedLink, process_email
 from email_processing.parsing import parse_message
-from email_processing.payload import build_payload, received_at_from_date_header
+from email_processing.payload import build_payload, payload_bytes, received_at_from_date_header
 from harness.contract import validate_webhook_body
 
 HEADERS = (b"From: =?utf-7?Q?J+2D0-ane?= <jane@example.com>\r\n"

@@ -173,6 +173,26 @@ def test_a_claim_by_owner_sees_rescheduled_released_and_finished_items_as_they_a
     assert [item.event_id for item in later] == ["msg_e1_t"]
 
 
+def test_a_held_item_counts_no_attempt_is_due_when_its_window_opens_and_is_not_backlog(store: StateStore) -> None:
+    now = time.time()
+    store.enqueue_all([an_item_for("t", 8)])
+    [claimed] = store.claim_due("w", now, 10, 30, mailbox_id="default", target_id="t")
+    # When the claimed item is held for an hour (its target's window is closed)
+    assert store.hold(claimed.event_id, now + 3600, now) is True
+    # Then no attempt is counted, it shows when it is held until, and it is not pending backlog
+    item = store.get_item(claimed.event_id)
+    assert (item.attempts, item.in_flight, item.held_until) == (0, False, pytest.approx(now + 3600))
+    stats = store.outbox_stats(now)
+    assert (stats["pending"], stats["held"]) == (0, 1)
+    assert store.claim_due("w", now + 10, 10, 30, mailbox_id="default", target_id="t") == []
+    # and when the window opens it is claimable again, and backlog again
+    assert store.outbox_stats(now + 3601)["pending"] == 1
+    assert [i.event_id for i in store.claim_due("w", now + 3601, 10, 30, mailbox_id="default", target_id="t")] == [
+        claimed.event_id]
+    # holding an item that is not claimed changes nothing
+    assert store.hold("msg_unknown", now + 10, now) is False
+
+
 def test_an_enqueued_item_reads_back_with_every_field(store: StateStore) -> None:
     before = time.time()
     item = an_item(1, next_attempt_at=before + 5)

@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from background.delivery import payload_bytes
 from email_processing.links import PROVIDERS, DeliveryLink
 from email_processing.orchestrator import NullOffloader, OffloadedLink, process_email
 from email_processing.parsing import parse_message
-from email_processing.payload import build_payload, received_at_from_date_header
+from email_processing.payload import build_payload, payload_bytes, received_at_from_date_header
 from harness.contract import SCHEMA_PATH, WebhookContractError, load_schema, validate_webhook_body
 from tests.unit.test_golden_corpus import CORPUS, MESSAGES
 
