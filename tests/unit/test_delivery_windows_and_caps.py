@@ -12,14 +12,27 @@ import dataclasses
 import datetime
 import json
 import time
+from pathlib import Path
+from typing import Iterator
 from zoneinfo import ZoneInfo
+
+import pytest
 
 from config import DeliveryWindow, RetryPolicy, TargetProfile
 from services.state_store import OutboxItem
+from services.state_store_sqlite import SqliteStateStore
 from services.webhook import AttemptOutcome
-from tests.unit.test_delivery_attempt_failures import Clock, RecordingSender, queue, store, target, worker  # noqa: F401
+from tests.unit.test_delivery_attempt_failures import Clock, RecordingSender, queue, target, worker
 
 PARIS = ZoneInfo("Europe/Paris")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStateStore]:
+    store = SqliteStateStore(str(tmp_path / "state.sqlite3"), retention_seconds=3600)
+    yield store
+    store.close()
+
 DELIVERED = AttemptOutcome("delivered", 200, None, None, 1, None)
 FAILED = AttemptOutcome("retry", 503, None, "busy", 1, "http_503")
 
