@@ -41,13 +41,14 @@ class DeliveryWorker:
     def __init__(self, target: TargetConfig, store, lease, guard, sender_factory: Callable[[], Any], *,
                  wakeup: threading.Event, flag_wakeup: threading.Event, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.time, mailbox_id: str | None = None,
-                 adopted_mailboxes: Callable[[], Iterable[str]] = tuple) -> None:
+                 adopted_mailboxes: Callable[[], Iterable[str]] = tuple, rate_limiter: Any = None) -> None:
         """Delivers ``target``'s items; with ``mailbox_id``, only those of that mailbox (its lease is ``lease``)
         and of the removed mailboxes ``adopted_mailboxes()`` names (their items are still delivered), claimed on
         their own so that another target's backlog never delays these."""
         self.target = target
         self.mailbox_id = mailbox_id
         self.adopted_mailboxes = adopted_mailboxes
+        self.rate_limiter = rate_limiter  # services.rate_limit: the target's token bucket (None: no limit)
         self.store = store
         self.lease = lease
         self.guard = guard
@@ -146,9 +147,18 @@ class DeliveryWorker:
             logger.info("WEBHOOK: held %s until %s (target %s is outside its delivery window)", item.event_id,
                         iso_utc(opens), self.target.id)
             return "held"
+        self._wait_for_a_token()
         self.guard.record_action()
         outcome = attempt_item(self.sender, item, cap=self.target.body_cap)
         return record_outcome(self.target.retry, self.store, item, outcome, self.clock(), self.rng, self.flag_wakeup)
+
+    def _wait_for_a_token(self) -> None:
+        """The target's rate limit: wait (checking the lease) until its bucket gives a token."""
+        if self.rate_limiter is None:
+            return
+        while (wait := self.rate_limiter.take()) > 0:
+            self.guard.check_local()
+            time.sleep(min(wait, 1.0))
 
     def _window_opens_at(self, now: float) -> float | None:
         """When the target's delivery window next opens, or None when it is open (or has none)."""

@@ -280,7 +280,20 @@ class ServiceRuntime:
             offloader_factory=lambda: self.offloader,
             sender_factory=lambda target: WebhookSender(target, version=self.version),
             enrich_budget_seconds=self.config.r2.email_budget_seconds if self.config.r2.fetch_enabled else None,
-            routes=self.config.routes, membership=membership)
+            routes=self.config.routes, membership=membership, rate_limiters=self._rate_limiters())
+
+    def _rate_limiters(self) -> dict[str, Any]:
+        """One token bucket per rate-limited target: cluster-wide in Redis, else this process's."""
+        from services.rate_limit import LocalTokenBucket, RedisTokenBucket
+
+        limiters: dict[str, Any] = {}
+        for target in self.config.targets:
+            rate = target.rate_limit
+            if rate is None:
+                continue
+            limiters[target.id] = (RedisTokenBucket(self.redis_client, target.id, rate) if self.settings.redis_url
+                                   else LocalTokenBucket(rate))
+        return limiters
 
     def _spread_policy(self, membership, mailbox_id: str, lease, leases: list) -> Any:
         """Which mailboxes this process tries and hands over (``background.membership``)."""

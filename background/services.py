@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from background.delivery import DeliveryWorker
 from background.enrichment import Enricher
@@ -82,7 +82,8 @@ class BackgroundServices:
     def __init__(self, *, mailboxes: Sequence[MailboxLease], targets: Sequence[TargetConfig], store: StateStore,
                  observer: StatusObserver, offloader_factory: Callable[[], Any],
                  sender_factory: Callable[[TargetConfig], Any], enrich_budget_seconds: float | None = None,
-                 routes: Sequence[RouteConfig] = (), membership: Any = None) -> None:
+                 routes: Sequence[RouteConfig] = (), membership: Any = None,
+                 rate_limiters: Mapping[str, Any] | None = None) -> None:
         """``targets``: each gets its own delivery threads per mailbox (``concurrency`` of them), claiming only its
         own items of that mailbox, so a dead or slow target never delays the others; ``sender_factory(target)``
         builds one sender per thread. ``routes``: which targets each email goes to (empty: all of them).
@@ -107,7 +108,7 @@ class BackgroundServices:
             deliveries = [
                 DeliveryWorker(target, store, entry.lease, guard, partial(sender_factory, target),
                                wakeup=delivery_wakeup, flag_wakeup=flag_wakeup, mailbox_id=entry.mailbox.id,
-                               adopted_mailboxes=adopted)
+                               adopted_mailboxes=adopted, rate_limiter=(rate_limiters or {}).get(target.id))
                 for target in targets for _ in range(target.concurrency)]
             self.units.append(MailboxUnit(entry.mailbox, entry.lease, entry.keeper, guard, poller, deliveries,
                                           delivery_wakeup, flag_wakeup))
