@@ -337,7 +337,8 @@ class ServiceRuntime:
             lease_backend="redis" if settings.redis_url else "file", shared_redis=bool(settings.redis_url),
             mailbox_folder=settings.imap_mailbox, open_store=lambda: self.store,
             instance=lambda: self.instance.as_dict(), poller_snapshot=lambda: self.poller_status.snapshot(),
-            lease_snapshot=self.lease_snapshot, cluster_view=self.cluster_view, threads_dead=self.threads_dead)
+            lease_snapshot=self.lease_snapshot, cluster_view=self.cluster_view, threads_dead=self.threads_dead,
+            mailbox_ids=tuple(mailbox.id for mailbox in self.config.mailboxes), targets=self.config.targets)
 
     def lease_snapshot(self) -> dict | None:
         background = self.background

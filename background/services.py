@@ -124,6 +124,7 @@ class BackgroundServices:
                                      holds=lambda mailbox_id: mailbox_id in by_id and by_id[mailbox_id].holds(),
                                      wakeup=self.enrich_wakeup, delivery_wakeup=_WakeAll(self.units))
         self.observer = observer
+        observer.mailbox_units = lambda: self.units
         self._stop_workers = threading.Event()
         self._stop_keeper = threading.Event()
         self._stopping = False
@@ -226,6 +227,8 @@ class StatusObserver:
                                      "published": None, "outbox_stats": None, "stale": False}
         self._last_counters: dict | None = None
         self.config = config
+        # The mailboxes of this worker (set by BackgroundServices): each one held here publishes its own status.
+        self.mailbox_units: Callable[[], list[MailboxUnit]] = list
         self.stranded: Stranded | None = None  # what removed mailboxes and targets left (the last survey)
         # Holder-only chores, run from observe_once: trimming and the stranded-work survey at once and then on their
         # intervals, the heartbeat every interval.
@@ -261,6 +264,7 @@ class StatusObserver:
             if held:
                 self.store.publish_status(self.status_document(), ttl_seconds=self.timings.publish_ttl)
                 self.housekeeping.run_due()
+            self.publish_mailboxes()
             published = self.store.read_status()
             stats = self.store.outbox_stats(time.time())
             self.last_read_ok = time.time()
@@ -274,6 +278,17 @@ class StatusObserver:
             own_poller=self.poller_status.snapshot(), published=published, stats=stats,
             read_ok=read_ok, now=time.time(), last_read_ok=self.last_read_ok, started=self.started,
             timings=self.timings)
+
+    def publish_mailboxes(self) -> None:
+        """Each mailbox held here publishes its own status (``mailboxes[]`` of /api/status): its lease, its poller."""
+        instance = None
+        for unit in self.mailbox_units():
+            if not unit.holds():
+                continue
+            instance = instance or self.instance().as_dict()
+            self.store.publish_mailbox_status(
+                unit.mailbox.id, {"lease": unit.lease.snapshot(), "poller": unit.poller.status.snapshot(),
+                                  "instance": instance}, ttl_seconds=self.timings.publish_ttl)
 
     def log_heartbeat(self) -> None:
         """The heartbeat chore: one log line with the counters that changed since the last one."""

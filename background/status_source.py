@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
+    from config import TargetConfig
     from services.state_store import StateStore
 
 
@@ -28,3 +29,5 @@ class StatusSource:
     lease_snapshot: Callable[[], dict | None]          # this worker's lease (None while no background runs)
     cluster_view: Callable[[], dict | None]            # the status observer's cached view (None likewise)
     threads_dead: Callable[[], bool]                   # the background died or never started: restart helps
+    mailbox_ids: tuple[str, ...] = ()                  # every configured mailbox, in the file's order
+    targets: tuple[TargetConfig, ...] = ()             # every configured target (their URLs are never shown)

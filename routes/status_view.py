@@ -58,6 +58,9 @@ class ClusterReads:
     parked_count: int | None = None
     parked: list = field(default_factory=list)                      # the newest ParkedEmail records
     outbox_stats: dict | None = None
+    mailbox_statuses: dict[str, dict] = field(default_factory=dict)  # each mailbox holder's published status
+    target_stats: dict[str, dict] | None = None
+    backlog: dict[str, int] = field(default_factory=dict)            # pending items per mailbox id
     recent: list[dict] = field(default_factory=list)
     read: bool = False   # False when the store was deliberately not consulted (nothing shared to read)
 
@@ -89,6 +92,9 @@ def read_cluster_state(source: StatusSource, now: float, *, recent_limit: int = 
         reads.outbox_stats = store.outbox_stats(now)
         reads.parked_count = store.parked_count()
         reads.parked = store.list_parked(PARKED_SHOWN)
+        reads.mailbox_statuses = store.read_mailbox_statuses(source.mailbox_ids)
+        reads.target_stats = store.target_stats(now)
+        reads.backlog = dict(store.pending_owners().get("mailboxes", {}))
         if recent_limit > 0:
             reads.recent = list(store.recent(recent_limit))
         return reads
@@ -99,7 +105,8 @@ def read_cluster_state(source: StatusSource, now: float, *, recent_limit: int = 
 
 def build_status_document(*, mode: str, lease_backend: str, mailbox_folder: str, version: str, instance: dict,
                           local_lease: dict | None, local_poller: dict, health: dict | None, reads: ClusterReads,
-                          now: float, problems: list[dict] | None = None) -> dict:
+                          now: float, problems: list[dict] | None = None, mailbox_ids: tuple[str, ...] = (),
+                          targets: tuple = ()) -> dict:
     """The status document (pure): see the module docstring and the README's "Operations" section. ``problems``
     are ``/health``'s (``background.health``); ``lease_backend`` is ``redis`` or ``file``."""
     published = reads.published if not reads.stale else None
@@ -148,8 +155,8 @@ def build_status_document(*, mode: str, lease_backend: str, mailbox_folder: str,
         "source": source,
         "health": health,
         "problems": list(problems or []),
-        "mailboxes": [_mailbox_entry(DEFAULT_ID, poller, lease, lease_held(published))],
-        "targets": [_target_entry(DEFAULT_ID, outbox)],
+        "mailboxes": _mailboxes_section(mailbox_ids, poller, lease, lease_held(published), reads),
+        "targets": _targets_section(targets, outbox, reads, now),
         "stranded": (published or {}).get("stranded"),
         "parked": _parked_section(reads) if reads.parked_count is not None else None,
         "oldest_unfinished_email_age_s": _oldest_unfinished_age(published, reads.outbox_stats, now),
@@ -168,7 +175,8 @@ def build_status(source: StatusSource, *, now: float | None = None, recent_limit
         mode=source.background_mode, lease_backend=source.lease_backend, mailbox_folder=source.mailbox_folder,
         version=source.version, instance=source.instance(), local_lease=source.lease_snapshot(),
         local_poller=source.poller_snapshot(), health={"status": health.status, "checks": health.checks},
-        reads=reads, now=now, problems=health.problem_dicts())
+        reads=reads, now=now, problems=health.problem_dicts(), mailbox_ids=source.mailbox_ids,
+        targets=source.targets)
     recent = [_recent_entry(entry) for entry in reads.recent[:recent_limit]] if not reads.stale else []
     return document, scrub_document(recent)
 
@@ -261,6 +269,56 @@ def _mailbox_entry(mailbox_id: str, poller: dict, lease: dict, held: bool) -> di
                       "expires_in_s": lease.get("expires_in_s")},
             "checkpoint": {"uidvalidity": poller.get("uidvalidity"), "last_uid": poller.get("last_uid")},
             "idle": poller.get("idle"), "last_success_at": poller.get("last_success_at")}
+
+
+def _mailboxes_section(mailbox_ids: tuple[str, ...], poller: dict, lease: dict, held: bool,
+                       reads: ClusterReads) -> list[dict]:
+    """Every configured mailbox: the first from the poller and lease sections (the single-mailbox fields), each
+    other from the status its holder published (``no_holder`` when none did within TTL + retry)."""
+    ids = mailbox_ids or (DEFAULT_ID,)
+    entries = []
+    for index, mailbox_id in enumerate(ids):
+        if index == 0:
+            entry = _mailbox_entry(mailbox_id, poller, lease, held)
+        elif mailbox_id in reads.mailbox_statuses:
+            published = reads.mailbox_statuses[mailbox_id]
+            entry = _mailbox_entry(mailbox_id, _poller_section(published.get("poller") or {}),
+                                   _lease_section(published.get("lease"), lease.get("backend") or "redis"), True)
+        else:
+            entry = {"id": mailbox_id, "folder": None, "state": "no_holder", "imap": None,
+                     "lease": {"held": False, "holder": None, "state": None, "expires_in_s": None},
+                     "checkpoint": {"uidvalidity": None, "last_uid": None}, "idle": None, "last_success_at": None}
+        entry["backlog"] = reads.backlog.get(mailbox_id, 0) if reads.read and not reads.stale else None
+        entries.append(entry)
+    return entries
+
+
+def _targets_section(targets: tuple, outbox: dict | None, reads: ClusterReads, now: float) -> list[dict]:
+    """Every configured target: its own counts (pending, held, oldest pending age, dead) and its window."""
+    if not targets:
+        return [_target_entry(DEFAULT_ID, outbox)]
+    from email_processing.delivery_window import window_opens_at
+
+    entries = []
+    for target in targets:
+        stats = (reads.target_stats or {}).get(target.id, {"pending": 0, "held": 0, "dead": 0,
+                                                             "oldest_pending_age_s": None})
+        window = None
+        if target.window is not None:
+            try:
+                opens = window_opens_at(target.window, now)
+            except ValueError:
+                opens = None
+            window = {"open": opens is None, "opens_at": iso_utc_ms(opens) if opens is not None else None,
+                      "timezone": target.window.timezone}
+        known = reads.target_stats is not None
+        oldest = stats.get("oldest_pending_age_s")
+        entries.append({"id": target.id, "profile": target.profile.value,
+                        "pending": stats["pending"] if known else None, "held": stats["held"] if known else None,
+                        "oldest_pending_age_s": round(float(oldest), 1) if known and oldest is not None else None,
+                        "dead": stats["dead"] if known else None, "window": window,
+                        "rate_per_second": target.rate_limit, "body_cap_bytes": target.body_cap})
+    return entries
 
 
 def _target_entry(target_id: str, outbox: dict | None) -> dict:

@@ -71,6 +71,8 @@ STEPS: tuple[Step, ...] = (
     Step(5, "an email is done once every item of it (one per target) has ended",
          sqlite=("CREATE INDEX IF NOT EXISTS outbox_email ON outbox (email_id)",
                  "ALTER TABLE outbox ADD COLUMN held_until REAL",
+                 "CREATE TABLE IF NOT EXISTS mailbox_status (mailbox_id TEXT PRIMARY KEY, doc TEXT NOT NULL, "
+                 "expires_at REAL NOT NULL)",
                  "CREATE INDEX IF NOT EXISTS outbox_owner_due ON outbox (mailbox_id, target_id, due_at) "
                  "WHERE status = 'pending'"),
          redis_note="new keys email:<email_id> (a hash: open = items not yet ended, dead = the first dead "
@@ -78,7 +80,7 @@ STEPS: tuple[Step, ...] = (
                     "outbox:due:<mailbox_id>:<target_id> (each owner's due items, so that one target's backlog "
                     "never delays another's; an index kept in step lazily from outbox:pending, which stays the "
                     "authority; items queued by an older release are adopted from it as they come due); item "
-                    "hashes gain held_until"),
+                    "hashes gain held_until; new keys status:mailbox:<id> (each mailbox holder's status)"),
 )
 
 

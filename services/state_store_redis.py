@@ -224,7 +224,7 @@ return 1
 """
 
 # KEYS: item, pending, counters, attempts.  ARGV: event_id, next_attempt_at, error, http status or '', attempt
-# JSON or '', retention ms
+# JSON or '', retention ms, prefix (the owner's due set must learn a due time earlier than the claim's end)
 _RESCHEDULE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[2], 'last_error', ARGV[3], 'in_flight', '0')
@@ -232,6 +232,8 @@ if ARGV[4] == '' then redis.call('HDEL', KEYS[1], 'last_status')
 else redis.call('HSET', KEYS[1], 'last_status', ARGV[4]) end
 redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+local o = redis.call('HMGET', KEYS[1], 'mailbox_id', 'target_id')
+redis.call('ZADD', ARGV[7] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), ARGV[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'webhook_retries:target=' .. (redis.call('HGET', KEYS[1], 'target_id') or 'default'), 1)
 if ARGV[5] ~= '' then
   redis.call('RPUSH', KEYS[4], ARGV[5])
@@ -380,6 +382,25 @@ for i = 1, #ids, 2 do
 end
 return {pending, oldest[2] or '', dead, recent}
 """
+
+
+def _target_entry(stats: dict[str, dict], target_id: str | None) -> dict:
+    return stats.setdefault(target_id or DEFAULT_ID, {"pending": 0, "held": 0, "dead": 0, "oldest_pending_age_s": None})
+
+
+def _count_pending(stats: dict[str, dict], fields: list, since: Any, now: float) -> None:
+    """Count one pending item (status, target_id, held_until, created_at) into its target's entry."""
+    status, target_id, held_until, created_at = fields
+    if status not in (OutboxStatus.PENDING, OutboxStatus.ENRICHING):
+        return
+    counts = _target_entry(stats, target_id)
+    if held_until is not None and float(held_until) > now:
+        counts["held"] += 1
+        return
+    counts["pending"] += 1
+    age = max(0.0, now - (float(since) if since is not None else float(created_at or now)))
+    if counts["oldest_pending_age_s"] is None or age > counts["oldest_pending_age_s"]:
+        counts["oldest_pending_age_s"] = age
 
 
 def _num(value: float) -> str:
@@ -635,7 +656,7 @@ class RedisStateStore:
         done = self._reschedule(
             keys=[self._item_key(event_id), self._pending, self._counters, self._attempts_key(event_id)],
             args=[event_id, _num(next_attempt_at), bounded(error) or "", "" if status is None else int(status),
-                  _attempt_json(attempt), self._retention_ms])
+                  _attempt_json(attempt), self._retention_ms, self._p])
         return bool(done)
 
     @_errors
@@ -985,6 +1006,43 @@ class RedisStateStore:
     def publish_status(self, doc: dict, ttl_seconds: float) -> None:
         stored = {**doc, "published_at": now_or_clock(None)}
         self._client.set(self._status, dumps(stored), px=max(1, int(ttl_seconds * 1000)))
+
+    @_errors
+    def publish_mailbox_status(self, mailbox_id: str, doc: dict, ttl_seconds: float) -> None:
+        stored = {**doc, "published_at": now_or_clock(None)}
+        self._client.set(f"{self._p}status:mailbox:{mailbox_id}", dumps(stored), px=max(1, int(ttl_seconds * 1000)))
+
+    @_errors
+    def read_mailbox_statuses(self, mailbox_ids: Sequence[str]) -> dict[str, dict]:
+        ids = list(mailbox_ids)
+        if not ids:
+            return {}
+        raws = self._client.mget([f"{self._p}status:mailbox:{mailbox_id}" for mailbox_id in ids])
+        return {mailbox_id: json.loads(raw) for mailbox_id, raw in zip(ids, raws, strict=True) if raw is not None}
+
+    @_errors
+    def target_stats(self, now: float) -> dict[str, dict]:
+        """Per target: pending (not held), held, the oldest pending age, dead letters within the retention (reads
+        the fields of every pending and recent dead item: the sets are small in a working service)."""
+        stats: dict[str, dict] = {}
+
+        pending_ids = self._client.zrange(self._pending, 0, -1) + self._client.zrange(self._enriching, 0, -1)
+        for start in range(0, len(pending_ids), 500):
+            pipe = self._client.pipeline(transaction=False)
+            for event_id in pending_ids[start:start + 500]:
+                pipe.hmget(self._item_key(event_id), "status", "target_id", "held_until", "created_at")
+                pipe.zscore(self._pending_since, event_id)
+            answers = pipe.execute()
+            for fields, since in zip(answers[::2], answers[1::2], strict=True):
+                _count_pending(stats, fields, since, now)
+        dead_ids = self._client.zrangebyscore(self._dead, self._cutoff(now), "+inf")
+        for start in range(0, len(dead_ids), 500):
+            pipe = self._client.pipeline(transaction=False)
+            for event_id in dead_ids[start:start + 500]:
+                pipe.hget(self._item_key(event_id), "target_id")
+            for target_id in pipe.execute():
+                _target_entry(stats, target_id)["dead"] += 1
+        return stats
 
     @_errors
     def read_status(self) -> dict | None:

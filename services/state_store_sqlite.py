@@ -728,6 +728,38 @@ class SqliteStateStore:
                          (dumps({**doc, "published_at": now}), now + ttl_seconds))
 
     @_errors
+    def publish_mailbox_status(self, mailbox_id: str, doc: dict, ttl_seconds: float) -> None:
+        now = time.time()
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO mailbox_status (mailbox_id, doc, expires_at) VALUES (?, ?, ?)",
+                         (mailbox_id, dumps({**doc, "published_at": now}), now + ttl_seconds))
+
+    @_errors
+    def read_mailbox_statuses(self, mailbox_ids: Sequence[str]) -> dict[str, dict]:
+        rows = self._conn().execute("SELECT mailbox_id, doc FROM mailbox_status WHERE expires_at > ?",
+                                    (time.time(),)).fetchall()
+        wanted = set(mailbox_ids)
+        return {mailbox_id: json.loads(doc) for mailbox_id, doc in rows if mailbox_id in wanted}
+
+    @_errors
+    def target_stats(self, now: float) -> dict[str, dict]:
+        """Per target: pending (not held), held, the oldest pending age, dead letters within the retention."""
+        cutoff = now - self._retention
+        stats: dict[str, dict] = {}
+        with self._read() as conn:
+            for target_id, pending, held, oldest in conn.execute(
+                    "SELECT target_id, coalesce(sum(held_until IS NULL OR held_until <= ?), 0), "
+                    "coalesce(sum(held_until > ?), 0), min(CASE WHEN held_until IS NULL OR held_until <= ? "
+                    "THEN pending_since END) FROM outbox WHERE status IN ('pending', 'enriching') GROUP BY target_id",
+                    (now, now, now)):
+                stats[target_id] = {"pending": int(pending), "held": int(held), "dead": 0,
+                                    "oldest_pending_age_s": None if oldest is None else max(0.0, now - oldest)}
+            for target_id, dead in conn.execute("SELECT target_id, count(*) FROM outbox WHERE status = 'dead' "
+                                                "AND dead_at > ? GROUP BY target_id", (cutoff,)):
+                stats.setdefault(target_id, {"pending": 0, "held": 0, "oldest_pending_age_s": None})["dead"] = dead
+        return stats
+
+    @_errors
     def read_status(self) -> dict | None:
         row = self._conn().execute("SELECT doc FROM status WHERE id = 1 AND expires_at > ?",
                                    (time.time(),)).fetchone()

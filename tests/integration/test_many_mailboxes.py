@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from config import MailboxConfig, ServiceConfig
+from config import MailboxConfig, RouteConfig, ServiceConfig
 from harness.mail import make_email
 from harness.pipeline import service_env
 from settings import Settings
@@ -122,3 +122,34 @@ def test_mailboxes_move_to_a_joining_worker_once_it_has_lived_two_ttls_and_back_
     stopped = time.monotonic()
     first.wait_until(lambda: all(holders([first], m) for m in ids), what="all back on the first", timeout=15)
     assert time.monotonic() - stopped <= 3 + 0.3 + 2.0
+
+
+def test_the_status_lists_every_mailbox_with_its_holder_and_every_target_with_its_counts(
+        dovecot_server, webhook_receiver, redis_server, redis_url, pipeline_factory):
+    from routes.status_view import build_status
+
+    accounts = [dovecot_server.new_account() for _ in IDS]
+    env = service_env(accounts[0], webhook_receiver, redis_url=redis_url)
+    config = config_with(env, accounts)
+    second_target = dataclasses.replace(config.targets[0], id="archive", max_body_bytes=50_000)
+    config = dataclasses.replace(config, targets=(config.targets[0], second_target),
+                                 routes=(RouteConfig(to=("default", "archive")),))
+    first = pipeline_factory(env, config=config)
+    for account in accounts:
+        account.server.append(account.user, make_email())
+    webhook_receiver.wait_for(6, timeout=40)  # three emails, two targets each
+
+    def every_mailbox_published() -> bool:
+        document, _ = build_status(first.runtime.status_source())
+        return all(entry["lease"]["held"] and entry["checkpoint"]["last_uid"] and entry["state"] != "standby"
+                   for entry in document["mailboxes"])
+
+    first.wait_until(every_mailbox_published, what="every mailbox published", timeout=15)
+    document, _ = build_status(first.runtime.status_source())
+    assert [entry["id"] for entry in document["mailboxes"]] == list(IDS)
+    assert all(entry["state"] != "no_holder" and entry["checkpoint"]["last_uid"]
+               for entry in document["mailboxes"]), document["mailboxes"]
+    assert [entry["id"] for entry in document["targets"]] == ["default", "archive"]
+    archive = document["targets"][1]
+    assert (archive["pending"], archive["held"], archive["dead"], archive["body_cap_bytes"]) == (0, 0, 0, 50_000)
+    assert webhook_receiver.url not in str(document)

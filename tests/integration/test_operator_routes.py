@@ -277,10 +277,11 @@ def test_status_document_lists_the_default_mailbox_and_target_from_its_sections(
         "lease": {"held": True, "holder": published["lease"]["holder"], "state": "held",
                   "expires_in_s": body["lease"]["expires_in_s"]},
         "checkpoint": {"uidvalidity": 1700000000, "last_uid": 42}, "idle": True,
-        "last_success_at": body["poller"]["last_success_at"]}]
-    # And one target, "default", with the outbox figures and nothing of its URL
-    assert body["targets"] == [{"id": "default", "pending": 1,
-                                "oldest_pending_age_s": body["outbox"]["oldest_pending_age_s"], "dead": 1}]
+        "last_success_at": body["poller"]["last_success_at"], "backlog": 1}]
+    # And one target, "default", with its own figures and nothing of its URL
+    assert body["targets"] == [{"id": "default", "profile": "generic", "pending": 1, "held": 0,
+                                "oldest_pending_age_s": body["outbox"]["oldest_pending_age_s"], "dead": 1,
+                                "window": None, "rate_per_second": None, "body_cap_bytes": 16_000_000}]
     text = response.get_data(as_text=True)
     assert "whk-path-7f3a" not in text and "127.0.0.1:9" not in text
     # And no background runs here, so health has nothing to report
@@ -291,7 +292,8 @@ def test_without_a_background_the_default_mailbox_says_the_mode_and_the_target_h
     env = {key: value for key, value in service_env(None, ENABLE_BACKGROUND_TASKS="false").items()}
     body = get_status(make_app(env), **bearer()).get_json()
     assert [(m["id"], m["state"], m["folder"]) for m in body["mailboxes"]] == [("default", "disabled", "INBOX")]
-    assert body["targets"] == [{"id": "default", "pending": None, "oldest_pending_age_s": None, "dead": None}]
+    assert [(t["id"], t["pending"], t["held"], t["oldest_pending_age_s"], t["dead"]) for t in body["targets"]] == [
+        ("default", None, None, None, None)]
     assert body["problems"] == []
 
 

@@ -20,6 +20,7 @@ from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract 
     test_a_claim_by_owner_sees_rescheduled_released_and_finished_items_as_they_are,
     test_a_held_item_counts_no_attempt_is_due_when_its_window_opens_and_is_not_backlog,
     test_a_replayed_item_can_be_delivered,
+    test_a_retry_due_before_its_claim_would_end_is_claimed_by_its_owner_when_due,
     test_a_single_item_email_ends_with_its_item_as_before,
     test_an_email_fanned_out_is_done_and_flagged_only_when_every_item_has_ended,
     test_an_email_with_a_dead_item_is_done_as_dead_once_the_others_end,
@@ -31,6 +32,7 @@ from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract 
     test_counters_add_up_with_and_without_labels,
     test_dead_letter_parks_the_item_with_reason_and_bounded_excerpt,
     test_done_records_are_stored_by_email_id,
+    test_each_mailbox_holder_publishes_its_own_status,
     test_each_target_claims_its_own_due_items_whatever_the_backlog_of_another,
     test_enqueue_is_idempotent_by_event_id_in_every_status,
     test_finished_items_done_records_flags_and_history_expire_but_pending_work_stays,
@@ -45,6 +47,7 @@ from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract 
     test_recent_history_keeps_the_newest_hundred,
     test_replay_moves_dead_letters_back_to_pending_with_attempts_reset,
     test_reschedule_keeps_the_item_pending_until_its_next_attempt,
+    test_target_stats_count_pending_held_and_dead_per_target,
     test_threads_enqueueing_the_same_items_create_each_once,
 )
 from tests.unit.test_state_store_mailboxes import (  # noqa: F401 - several mailboxes and targets, again on Redis

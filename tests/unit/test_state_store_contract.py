@@ -193,6 +193,38 @@ def test_a_held_item_counts_no_attempt_is_due_when_its_window_opens_and_is_not_b
     assert store.hold("msg_unknown", now + 10, now) is False
 
 
+def test_target_stats_count_pending_held_and_dead_per_target(store: StateStore) -> None:
+    now = time.time()
+    store.enqueue_all([an_item_for("a", 1), an_item_for("b", 1)])
+    store.enqueue_all([an_item_for("a", 2), an_item_for("c", 2)])
+    claimed = {item.event_id: item for item in store.claim_due("w", now, 10, 30)}
+    store.hold("msg_e2_c", now + 600, now)
+    store.dead_letter("msg_e1_b", "http_400", 400, None)
+    assert len(claimed) == 4
+    stats = store.target_stats(now)
+    assert {target: (entry["pending"], entry["held"], entry["dead"]) for target, entry in stats.items()} == {
+        "a": (2, 0, 0), "b": (0, 0, 1), "c": (0, 1, 0)}
+    assert stats["a"]["oldest_pending_age_s"] is not None and stats["a"]["oldest_pending_age_s"] >= 0
+
+
+def test_each_mailbox_holder_publishes_its_own_status(store: StateStore) -> None:
+    store.publish_mailbox_status("studio", {"poller": {"state": "idle"}}, ttl_seconds=30)
+    store.publish_mailbox_status("agency", {"poller": {"state": "polling"}}, ttl_seconds=0.2)
+    time.sleep(0.3)
+    statuses = store.read_mailbox_statuses(["studio", "agency", "other"])
+    assert list(statuses) == ["studio"] and statuses["studio"]["poller"] == {"state": "idle"}
+    assert statuses["studio"]["published_at"] > 0
+
+
+def test_a_retry_due_before_its_claim_would_end_is_claimed_by_its_owner_when_due(store: StateStore) -> None:
+    now = time.time()
+    store.enqueue_all([an_item_for("t", 9)])
+    [claimed] = store.claim_due("w", now, 10, 1000, mailbox_id="default", target_id="t")
+    store.reschedule(claimed.event_id, now + 1, "http_503", 503)
+    again = store.claim_due("w", now + 2, 10, 30, mailbox_id="default", target_id="t")
+    assert [item.event_id for item in again] == [claimed.event_id]
+
+
 def test_an_enqueued_item_reads_back_with_every_field(store: StateStore) -> None:
     before = time.time()
     item = an_item(1, next_attempt_at=before + 5)
