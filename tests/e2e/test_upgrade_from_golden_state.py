@@ -4,6 +4,11 @@ delivered once with its old event id, nothing delivered is sent again, dead lett
 Issue 14 and later issues add migration steps; each one extends this test instead of writing its own. Step 2
 (issue 14): outbox items name their mailbox and target; the old ones read as ``default``. Step 3 (issue 15): new
 records (parked emails, fetch retries, identities, attempt logs) start empty; old items have an empty attempt log.
+Step 5 (issue 17): an email ends with all its items (an old item, queued without the count, ends its email alone),
+and each owner's items are claimed on their own (old items are adopted by their owner's claim).
+
+Two generations of golden state: ``v0`` (the release before versioned state, schema 1) and ``v4`` (the release
+before issue 17, schema 4, written by commit 539a03c's own generator: ``v4/MANIFEST.json``).
 """
 
 from __future__ import annotations
@@ -27,24 +32,38 @@ from settings import Settings
 pytestmark = [pytest.mark.imap, pytest.mark.redis, pytest.mark.slow]
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden_state"
-MANIFEST = json.loads((GOLDEN / "MANIFEST.json").read_text(encoding="utf-8"))
+GENERATIONS = {
+    "v0": (GOLDEN / "v0.sqlite3", GOLDEN / "v0.redis.rdb", GOLDEN / "MANIFEST.json"),
+    "v4": (GOLDEN / "v4" / "state.sqlite3", GOLDEN / "v4" / "dump.rdb", GOLDEN / "v4" / "MANIFEST.json"),
+}
 
 
 def _digest(body: bytes) -> str:
     return hashlib.sha256(dumps(json.loads(body)).encode("utf-8")).hexdigest()
 
 
+@pytest.fixture(params=["v0", "v4"])
+def generation(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def MANIFEST(generation) -> dict:  # noqa: N802 - the manifest of the generation under test
+    return json.loads(GENERATIONS[generation][2].read_text(encoding="utf-8"))
+
+
 @pytest.fixture(params=["sqlite", "redis"])
-def golden_env(request, imap_account, webhook_receiver):
-    # The fixtures were written with a 10-year retention on 2026-12-01; a long retry window keeps their pending
-    # items inside it, so what this test sees is the upgrade, not the retry window running out.
+def golden_env(request, generation, imap_account, webhook_receiver):
+    # The fixtures were written with a 10-year retention; a long retry window keeps their pending items inside it,
+    # so what this test sees is the upgrade, not the retry window running out.
+    sqlite_file, redis_file, _ = GENERATIONS[generation]
     env = service_env(imap_account, webhook_receiver, STATE_RETENTION_DAYS="3650", WEBHOOK_RETRY_HOURS="720")
     if request.param == "sqlite":
-        shutil.copyfile(GOLDEN / "v0.sqlite3", os.path.join(env["STATE_DIR"], DB_FILE_NAME))
+        shutil.copyfile(sqlite_file, os.path.join(env["STATE_DIR"], DB_FILE_NAME))
         yield env
         return
     server = RedisServer(request.getfixturevalue("redis_binary"))
-    shutil.copyfile(GOLDEN / "v0.redis.rdb", os.path.join(server.dir, "dump.rdb"))
+    shutil.copyfile(redis_file, os.path.join(server.dir, "dump.rdb"))
     try:
         server.start()
         yield {**env, "REDIS_URL": server.url}
@@ -54,7 +73,7 @@ def golden_env(request, imap_account, webhook_receiver):
 
 @pytest.mark.timeout(120)
 def test_the_previous_releases_pending_items_are_delivered_once_with_their_event_ids(golden_env, webhook_receiver,
-                                                                                      service_factory):
+                                                                                      service_factory, MANIFEST):
     pending = MANIFEST["outbox"]["pending"]
     due = {item["event_id"]: item for item in pending if item["next_attempt_at"] <= time.time()}
     later = [item for item in pending if item["next_attempt_at"] > time.time()]
@@ -91,5 +110,8 @@ def test_the_previous_releases_pending_items_are_delivered_once_with_their_event
         assert store.parked_count() == 0
         for item in due:
             assert store.get_item(item).attempt_log[-1]["status"] == 200, item
+        # Migration step 5 (issue 17): each old item ended its email alone: done, and its flag request queued
+        for item in due:
+            assert store.get_done(store.get_item(item).email_id) == "delivered", item
     finally:
         store.close()
