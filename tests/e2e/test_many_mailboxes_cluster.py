@@ -80,14 +80,71 @@ def email_for(n: int, to: str) -> tuple[bytes, tuple[str, ...]]:
     return bytes(message), targets
 
 
+def holder_pids(raw, ids) -> dict[str, str | None]:
+    """The worker pid each mailbox's lease key names (None: no holder)."""
+    pids: dict[str, str | None] = {}
+    for mailbox_id, value in zip(ids, raw.mget([lease_key(mailbox_id) for mailbox_id in ids]), strict=True):
+        match = HOLDER_PID.search(value or "")
+        pids[mailbox_id] = match.group(1) if match else None
+    return pids
+
+
+class LeaseSampler:
+    """Reads every lease key every 0.25 s in a thread: (monotonic time, {mailbox: holder pid})."""
+
+    def __init__(self, raw, ids) -> None:
+        self.raw, self.ids = raw, ids
+        self.samples: list[tuple[float, dict[str, str | None]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-sampler", daemon=True)
+
+    def start(self) -> "LeaseSampler":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), holder_pids(self.raw, self.ids)))
+            self._stop.wait(0.25)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def wait_until(check, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, what
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def send(batch, expected: dict[str, set[str]]) -> None:
+    for n, account in batch:
+        body, targets = email_for(n, account.user)
+        account.server.append(account.user, body)
+        for target in targets:
+            expected[target].add(f"cluster email {n}")
+
+
+def assert_exactly_their_emails_once(receivers, expected) -> None:
+    for name in ("folders", "transfers"):
+        delivered = receivers[name].delivered()
+        subjects = [event["json"]["subject"] for event in delivered]
+        assert sorted(subjects) == sorted(expected[name]), name
+        assert len({event["headers"]["webhook-id"] for event in delivered}) == len(subjects), name
+    assert receivers["down"].events, "the dead target was tried"
+    assert not receivers["down"].delivered()
+
+
 @pytest.mark.timeout(240)
 def test_twelve_mailboxes_on_three_masters_survive_a_kill_and_reach_exactly_their_targets(
         dovecot_server, redis_url, service_factory):
     accounts = [dovecot_server.new_account() for _ in range(MAILBOXES)]
     receivers = {name: WebhookReceiver().start() for name in ("folders", "transfers", "down")}
     receivers["down"].respond_with(503, b"Service Unavailable")
-    config_dir = tempfile.mkdtemp(prefix="cluster-config-")
-    config_path = os.path.join(config_dir, "render-signal.yaml")
+    config_path = os.path.join(tempfile.mkdtemp(prefix="cluster-config-"), "render-signal.yaml")
     with open(config_path, "w", encoding="utf-8") as handle:
         handle.write(config_text(accounts, receivers))
     env = {"RENDER_SIGNAL_CONFIG": config_path, "REDIS_URL": redis_url, "REDIS_LOCK_TTL_SECONDS": str(TTL),
@@ -95,74 +152,31 @@ def test_twelve_mailboxes_on_three_masters_survive_a_kill_and_reach_exactly_thei
            **{f"PW_{n}": account.password for n, account in enumerate(accounts)}}
     ids = ["default", *(f"box-{n:02d}" for n in range(1, MAILBOXES))]
     raw = redis.Redis.from_url(redis_url, decode_responses=True)
-    samples: list[dict[str, str | None]] = []
-    stop_sampling = threading.Event()
-
-    def sample() -> None:
-        while not stop_sampling.is_set():
-            values = raw.mget([lease_key(mailbox_id) for mailbox_id in ids])
-            samples.append({"at": str(time.monotonic()), **dict(zip(ids, values, strict=True))})
-            stop_sampling.wait(0.25)
-
+    sampler = LeaseSampler(raw, ids)
     try:
         # Given three masters of two workers each on one Redis and one configuration file
         masters = [service_factory(env, workers=2) for _ in range(3)]
-        sampler = threading.Thread(target=sample, name="lease-sampler", daemon=True)
         sampler.start()
         # and the mailboxes spread over the members (rendezvous hashing; hand-overs once a member lived 2 x TTL)
-        def holder_pids() -> set[str]:
-            pids = set()
-            for value in raw.mget([lease_key(mailbox_id) for mailbox_id in ids]):
-                match = HOLDER_PID.search(value or "")
-                if match:
-                    pids.add(match.group(1))
-            return pids
-
-        spread_deadline = time.monotonic() + 30
-        while len(holder_pids()) < 4:
-            assert time.monotonic() < spread_deadline, f"mailboxes not spread: held by {holder_pids()}"
-            time.sleep(0.2)
+        wait_until(lambda: len(set(holder_pids(raw, ids).values()) - {None}) >= 4, 30, "mailboxes not spread")
         expected: dict[str, set[str]] = {name: set() for name in receivers}
         started = time.monotonic()
-        # When 120 emails arrive, the first 60 before one master is killed
+        # When 120 emails arrive, the first 60 before one master is killed with SIGKILL
         order = [(n, accounts[n % MAILBOXES]) for n in range(MAILBOXES * PER_MAILBOX)]
-        for n, account in order[:60]:
-            body, targets = email_for(n, account.user)
-            account.server.append(account.user, body)
-            for target in targets:
-                expected[target].add(f"cluster email {n}")
+        send(order[:60], expected)
         victim = masters[0]
         victim_pids = {str(pid) for pid in victim.worker_pids()}
-        victim_boxes = []
-        for mailbox_id in ids:
-            holder = raw.get(lease_key(mailbox_id)) or ""
-            match = HOLDER_PID.search(holder)
-            if match and match.group(1) in victim_pids:
-                victim_boxes.append(mailbox_id)
+        victim_boxes = [m for m, pid in holder_pids(raw, ids).items() if pid in victim_pids]
         victim.kill9()
         killed_at = time.monotonic()
-        for n, account in order[60:]:
-            body, targets = email_for(n, account.user)
-            account.server.append(account.user, body)
-            for target in targets:
-                expected[target].add(f"cluster email {n}")
-        # Then every mailbox the killed master held is held by a live process within TTL + retry (+ slack)
+        send(order[60:], expected)
+        # Then every mailbox is held by a live worker within TTL for the key to expire plus the next member's
+        # retry (a member whose view still lists the dead workers waits TTL + retry more: 2 x TTL + retry at most)
         live_pids = {str(pid) for master in masters[1:] for pid in master.worker_pids()}
-
-        def all_held_by_the_living() -> bool:
-            for mailbox_id in ids:
-                match = HOLDER_PID.search(raw.get(lease_key(mailbox_id)) or "")
-                if not match or match.group(1) not in live_pids:
-                    return False
-            return True
-
-        while not all_held_by_the_living():
-            assert time.monotonic() - killed_at < 3 * TTL + RETRY + 10, "mailboxes not taken over"
-            time.sleep(0.1)
-        takeover = time.monotonic() - killed_at
-        # (TTL for the key to expire, then the next member's retry; a member whose view still lists the dead
-        # workers as live waits TTL + retry more: at most 2 x TTL + retry, plus sampling)
+        takeover = wait_until(lambda: set(holder_pids(raw, ids).values()) <= live_pids, 3 * TTL + RETRY + 10,
+                              "mailboxes not taken over")
         assert takeover <= 2 * TTL + RETRY + 2.0, takeover
+        assert 0 < len(victim_boxes) < MAILBOXES, "the killed master held some of the mailboxes, not all"
         # and the killed master comes back
         masters.append(service_factory(env, workers=2))
         # and the healthy targets get exactly their emails, once each, while "down" answers 503 throughout
@@ -170,28 +184,17 @@ def test_twelve_mailboxes_on_three_masters_survive_a_kill_and_reach_exactly_thei
             receivers[name].wait_for(len(expected[name]), timeout=120)
         healthy_done = time.monotonic() - started
         time.sleep(2.0)  # time for a duplicate to show
-        for name in ("folders", "transfers"):
-            delivered = receivers[name].delivered()
-            subjects = [event["json"]["subject"] for event in delivered]
-            assert sorted(subjects) == sorted(expected[name]), name
-            assert len({event["headers"]["webhook-id"] for event in delivered}) == len(subjects), name
-        assert receivers["down"].events, "the dead target was tried"
-        assert not receivers["down"].delivered()
-        stop_sampling.set()
-        sampler.join(5)
-        # and every sampled lease key named one process that was alive then (the killed one only before the kill
-        # and for at most one TTL after it, while its key expired)
-        for entry in samples:
-            at = float(entry["at"] or 0)
-            for mailbox_id in ids:
-                match = HOLDER_PID.search(entry[mailbox_id] or "")
-                if match and match.group(1) in victim_pids:
+        assert_exactly_their_emails_once(receivers, expected)
+        sampler.stop()
+        # and no sampled lease key named a killed worker later than one TTL after the kill (its key expiring)
+        for at, holders in sampler.samples:
+            for mailbox_id, pid in holders.items():
+                if pid in victim_pids:
                     assert at < killed_at + TTL + 0.5, (mailbox_id, at - killed_at)
         print(f"\nCLUSTER: takeover of {len(victim_boxes)} mailboxes in {takeover:.1f} s (TTL {TTL} s, retry "
-              f"{RETRY} s); healthy targets done in {healthy_done:.1f} s; {len(samples)} lease samples")
-        assert 0 < len(victim_boxes) < MAILBOXES, "the killed master held some of the mailboxes, not all"
+              f"{RETRY} s); healthy targets done in {healthy_done:.1f} s; {len(sampler.samples)} lease samples")
     finally:
-        stop_sampling.set()
+        sampler.stop()
         raw.close()
         for receiver in receivers.values():
             receiver.stop()
