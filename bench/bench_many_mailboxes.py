@@ -199,7 +199,6 @@ def bench_failover(count: int = 12) -> None:
         by_master = [sum(1 for pid in held.values() if pid in {str(p) for p in master.worker_pids()})
                      for master in masters]
         victim = masters[by_master.index(max(by_master))]
-        victim_pids = {str(pid) for pid in victim.worker_pids()}
         live = {str(pid) for master in masters if master is not victim for pid in master.worker_pids()}
         victim.kill9()
         took = wait(lambda: set(holders(client, ids).values()) <= live, 60, "taken over")

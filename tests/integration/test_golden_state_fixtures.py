@@ -28,7 +28,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "golden_state"
 MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text(encoding="utf-8"))
 ITEM_FIELDS = [f.name for f in fields(OutboxItem) if f.name != "payload"]
 # Fields later schema versions added: the fixtures predate them, and an old item reads them as these values.
-ADDED_FIELDS: dict[str, object] = {"mailbox_id": "default", "target_id": "default", "attempt_log": []}
+ADDED_FIELDS: dict[str, object] = {"mailbox_id": "default", "target_id": "default", "attempt_log": [],
+                                   "held_until": None}
 T0 = MANIFEST["clock"]["T0"]
 
 
