@@ -82,6 +82,7 @@ def test_the_outbox_reads_back_with_the_listed_ids_fields_and_payloads(golden: S
     # Added by issue 15 (the outbox stall rule): the oldest due item at T0 + 1000, and its delay (no attempt log)
     oldest_due = (stats.pop("oldest_due_at"), stats.pop("oldest_due_delay"))
     assert stats.pop("enriching") == 0   # added by issue 16: a v1 store has no item waiting for R2 copies
+    assert stats.pop("held") == 0        # added by issue 17: nothing is held outside a delivery window
     assert stats == MANIFEST["outbox_stats_at_T0_plus_1000"]
     # (a claimed item is due when its claim lapses)
     due_at = [item.get("claimed_until") or item["next_attempt_at"] for item in MANIFEST["outbox"]["pending"]]
