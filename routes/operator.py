@@ -178,10 +178,38 @@ class StatusCollector:
                                              labels=["state"])
             state_family.add_metric([str(state)], 1.0)
             yield state_family
+        yield from _per_target_and_mailbox(doc)
         info = GaugeMetricFamily(f"{METRIC_PREFIX}build_info", "Version of the answering instance.",
                                  labels=["version"])
         info.add_metric([str((doc.get("instance") or {}).get("version") or "")], 1.0)
         yield info
+
+
+def _per_target_and_mailbox(doc: dict) -> Iterator[Any]:
+    """Gauges labelled ``target`` (pending, held, oldest pending age, dead) and ``mailbox`` (backlog, held here)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    targets = [entry for entry in doc.get("targets") or [] if entry.get("pending") is not None]
+    for key, name, help_text in (
+            ("pending", "target_pending", "Webhooks waiting for delivery, per target (not those held)."),
+            ("held", "target_held", "Webhooks held outside their target's delivery window."),
+            ("oldest_pending_age_s", "target_oldest_pending_age_seconds", "Age of a target's oldest pending webhook."),
+            ("dead", "target_dead_letters", "Dead letters currently kept, per target.")):
+        family = GaugeMetricFamily(f"{METRIC_PREFIX}{name}", help_text, labels=["target"])
+        for entry in targets:
+            family.add_metric([str(entry["id"])], float(entry.get(key) or 0))
+        yield family
+    mailboxes = doc.get("mailboxes") or []
+    backlog = GaugeMetricFamily(f"{METRIC_PREFIX}mailbox_backlog", "Pending webhooks per mailbox.",
+                                labels=["mailbox"])
+    held = GaugeMetricFamily(f"{METRIC_PREFIX}mailbox_lease_held", "1 when some process holds the mailbox's lease.",
+                             labels=["mailbox"])
+    for entry in mailboxes:
+        if entry.get("backlog") is not None:
+            backlog.add_metric([str(entry["id"])], float(entry["backlog"]))
+        held.add_metric([str(entry["id"])], 1.0 if (entry.get("lease") or {}).get("held") else 0.0)
+    yield backlog
+    yield held
 
 
 def _counter_families(series: list[dict]) -> Iterator[Any]:

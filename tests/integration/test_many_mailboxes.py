@@ -153,3 +153,15 @@ def test_the_status_lists_every_mailbox_with_its_holder_and_every_target_with_it
     archive = document["targets"][1]
     assert (archive["pending"], archive["held"], archive["dead"], archive["body_cap_bytes"]) == (0, 0, 0, 50_000)
     assert webhook_receiver.url not in str(document)
+    # and /metrics carries the same figures, labelled by target and mailbox
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from routes.operator import StatusCollector
+
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(document))
+    text = generate_latest(registry).decode()
+    assert 'render_signal_target_pending{target="archive"} 0.0' in text
+    assert 'render_signal_target_dead_letters{target="default"} 0.0' in text
+    for mailbox_id in IDS:
+        assert f'render_signal_mailbox_lease_held{{mailbox="{mailbox_id}"}} 1.0' in text
