@@ -90,6 +90,24 @@ def mailbox_stall(published: dict | None, *, now: float, timings: HealthTimings)
     return None
 
 
+def other_mailbox_problems(mailbox_ids: tuple[str, ...], statuses: dict[str, dict], *, now: float, started: float,
+                           timings: HealthTimings) -> list[dict]:
+    """The problems of the configuration's other mailboxes (each published by its own holder): ``stalled`` by the
+    one stall rule, ``no_holder`` when none published for longer than the cluster allows a holder to be missing."""
+    problems = []
+    for mailbox_id in mailbox_ids:
+        published = statuses.get(mailbox_id)
+        if published is None:
+            if now - started > timings.publish_ttl:
+                problems.append(Problem("mailbox", mailbox_id, "no_holder",
+                                        f"no process has held mailbox {mailbox_id} within TTL + retry").as_dict())
+            continue
+        stall = mailbox_stall(published, now=now, timings=timings)
+        if stall:
+            problems.append(Problem("mailbox", mailbox_id, "stalled", stall).as_dict())
+    return problems
+
+
 def outbox_stall(stats: dict | None, *, now: float) -> str | None:
     """Why the outbox is stalled, or None: its oldest due item is overdue by more than max(2 × its scheduled delay,
     60 s). Items waiting for a later attempt (or held by a live claim) are not due."""
@@ -104,7 +122,9 @@ def outbox_stall(stats: dict | None, *, now: float) -> str | None:
 
 
 def observed_view(*, lease_state: str, held: bool, own_poller: dict, published: dict | None, stats: dict | None,
-                  read_ok: bool, now: float, last_read_ok: float, started: float, timings: HealthTimings) -> dict:
+                  read_ok: bool, now: float, last_read_ok: float, started: float, timings: HealthTimings,
+                  first_mailbox: str = DEFAULT_ID, other_mailboxes: tuple[str, ...] = (),
+                  mailbox_statuses: dict[str, dict] | None = None) -> dict:
     """The cluster view the observer caches for ``/health``. ``published`` and ``stats`` are the last ones read
     (the cached ones when this read failed); a failed read turns the cluster ``stale`` only after ``stale_after``,
     so one slow answer does not flap the health."""
@@ -117,7 +137,9 @@ def observed_view(*, lease_state: str, held: bool, own_poller: dict, published: 
     if cluster != "stale":
         mailbox = mailbox_stall(published, now=now, timings=timings)
         if mailbox:
-            stalls.append(Problem("mailbox", DEFAULT_ID, "stalled", mailbox).as_dict())
+            stalls.append(Problem("mailbox", first_mailbox, "stalled", mailbox).as_dict())
+        stalls += other_mailbox_problems(other_mailboxes, mailbox_statuses or {}, now=now, started=started,
+                                         timings=timings)
         outbox = outbox_stall(stats, now=now)
         if outbox:
             stalls.append(Problem("outbox", None, "stalled", outbox).as_dict())

@@ -259,6 +259,7 @@ class StatusObserver:
         held = snapshot.get("state") == LeaseState.HELD and lease.holds_locally()
         published = None
         stats = None
+        statuses: dict[str, dict] = {}
         read_ok = True
         try:
             if held:
@@ -267,17 +268,33 @@ class StatusObserver:
             self.publish_mailboxes()
             published = self.store.read_status()
             stats = self.store.outbox_stats(time.time())
+            others = self._other_mailbox_ids()
+            statuses = self.store.read_mailbox_statuses(others) if others else {}
             self.last_read_ok = time.time()
         except StateStoreError as exc:
             read_ok = False
             logger.debug("BG_POLLER: status store unreadable: %s", exc)
         if not read_ok:  # keep answering from what was last read; the health rules decide when that is stale
             published, stats = self.view.get("published"), self.view.get("outbox_stats")
+            statuses = self.view.get("mailbox_statuses") or {}
         self.view = observed_view(
             lease_state=snapshot.get("state") or LeaseState.STANDBY, held=held,
             own_poller=self.poller_status.snapshot(), published=published, stats=stats,
             read_ok=read_ok, now=time.time(), last_read_ok=self.last_read_ok, started=self.started,
-            timings=self.timings)
+            timings=self.timings, first_mailbox=self._first_mailbox_id(),
+            other_mailboxes=self._other_mailbox_ids(), mailbox_statuses=statuses)
+        self.view["mailbox_statuses"] = statuses
+
+    def _mailbox_ids(self) -> tuple[str, ...]:
+        return tuple(mailbox.id for mailbox in self.config.mailboxes) if self.config is not None else ()
+
+    def _first_mailbox_id(self) -> str:
+        ids = self._mailbox_ids()
+        return ids[0] if ids else "default"
+
+    def _other_mailbox_ids(self) -> tuple[str, ...]:
+        """The configured mailboxes after the first (the first is the one the published status speaks for)."""
+        return self._mailbox_ids()[1:]
 
     def publish_mailboxes(self) -> None:
         """Each mailbox held here publishes its own status (``mailboxes[]`` of /api/status): its lease, its poller."""

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from config import MailboxConfig, RouteConfig, ServiceConfig
+from config import MailboxConfig, PasswordCredentials, RouteConfig, ServiceConfig
 from harness.mail import make_email
 from harness.pipeline import service_env
 from settings import Settings
@@ -165,3 +165,24 @@ def test_the_status_lists_every_mailbox_with_its_holder_and_every_target_with_it
     assert 'render_signal_target_dead_letters{target="default"} 0.0' in text
     for mailbox_id in IDS:
         assert f'render_signal_mailbox_lease_held{{mailbox="{mailbox_id}"}} 1.0' in text
+
+
+def test_health_names_the_mailbox_at_fault(dovecot_server, webhook_receiver, redis_server, redis_url,
+                                           pipeline_factory):
+    from routes.health import assess_source
+
+    accounts = [dovecot_server.new_account() for _ in IDS]
+    env = service_env(accounts[0], webhook_receiver, redis_url=redis_url)
+    config = config_with(env, accounts)
+    # Given a second mailbox whose password is wrong (its holder holds the lease but no cycle ever completes)
+    broken = dataclasses.replace(config.mailboxes[1], credentials=PasswordCredentials("wrong-password"))
+    config = dataclasses.replace(config, mailboxes=(config.mailboxes[0], broken))
+    pipeline = pipeline_factory(env, config=config)
+
+    def problems() -> list[dict]:
+        return assess_source(pipeline.runtime.status_source()).problem_dicts()
+
+    # Then /health reports that mailbox, by id, as stalled, and not the healthy one
+    pipeline.wait_until(lambda: any(p["kind"] == "mailbox" and p["id"] == IDS[1] for p in problems()),
+                        what="the broken mailbox reported", timeout=30)
+    assert not any(p["kind"] == "mailbox" and p["id"] == IDS[0] for p in problems())
