@@ -661,6 +661,8 @@ class LeaseKeeper:
         and when it hands it over to the mailbox's preferred member (None: always try, never hand over)."""
         self.lease = lease
         self.policy = policy
+        # Called right after an acquisition, before any thread may act (background.fencing: the lease's epoch).
+        self.on_acquired: Callable[[], None] | None = None
         if retry_interval is None:
             retry_interval = settings.lease_retry_interval if settings is not None else lease.ttl_seconds / 3.0
         self.retry_interval = float(retry_interval)
@@ -711,6 +713,13 @@ class LeaseKeeper:
         self._note_reachable()
         if not acquired:
             return self.retry_interval
+        if self.on_acquired is not None:
+            try:
+                self.on_acquired()
+            except Exception as exc:  # no epoch, no fencing: do not act under this lease
+                logger.error("BG_POLLER: could not fence the new lease (%s); releasing it", _describe(exc))
+                self.lease.release()
+                return self.retry_interval
         logger.info("BG_POLLER: Singleton lock acquired (%s) pid=%s",
                     "Redis" if self.lease.backend == "redis" else "file", os.getpid())
         self.held_event.set()

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from background.delivery import DeliveryWorker
 from background.enrichment import Enricher
+from background.fencing import FencedStore, LeaseFence
 from background.health import HealthTimings, observed_view
 from background.housekeeping import Chore, Housekeeping
 from background.lease import Lease, LeaseKeeper, LeaseState, OwnershipGuard
@@ -97,8 +98,11 @@ class BackgroundServices:
         self.units: list[MailboxUnit] = []
         for entry in mailboxes:
             guard = OwnershipGuard(entry.lease)
+            fence = LeaseFence(store, entry.mailbox.id)
+            entry.keeper.on_acquired = fence.advance
+            fenced = FencedStore(store, fence, entry.lease)
             delivery_wakeup, flag_wakeup = threading.Event(), threading.Event()
-            poller = MailboxPoller(entry.mailbox, store, entry.lease, guard, entry.poller_status,
+            poller = MailboxPoller(entry.mailbox, fenced, entry.lease, guard, entry.poller_status,
                                    target_ids=tuple(target.id for target in targets), routes=tuple(routes),
                                    offloader_factory=offloader_factory,
                                    delivery_wakeup=delivery_wakeup, flag_wakeup=flag_wakeup,
@@ -106,7 +110,7 @@ class BackgroundServices:
             # The first mailbox's holder also delivers what removed mailboxes left (their items are still sent).
             adopted = self._removed_mailboxes if not self.units else tuple
             deliveries = [
-                DeliveryWorker(target, store, entry.lease, guard, partial(sender_factory, target),
+                DeliveryWorker(target, fenced, entry.lease, guard, partial(sender_factory, target),
                                wakeup=delivery_wakeup, flag_wakeup=flag_wakeup, mailbox_id=entry.mailbox.id,
                                adopted_mailboxes=adopted, rate_limiter=(rate_limiters or {}).get(target.id))
                 for target in targets for _ in range(target.concurrency)]

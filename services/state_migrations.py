@@ -73,6 +73,7 @@ STEPS: tuple[Step, ...] = (
                  "ALTER TABLE outbox ADD COLUMN held_until REAL",
                  "CREATE TABLE IF NOT EXISTS mailbox_status (mailbox_id TEXT PRIMARY KEY, doc TEXT NOT NULL, "
                  "expires_at REAL NOT NULL)",
+                 "CREATE TABLE IF NOT EXISTS epochs (mailbox_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL)",
                  "CREATE INDEX IF NOT EXISTS outbox_owner_due ON outbox (mailbox_id, target_id, due_at) "
                  "WHERE status = 'pending'"),
          redis_note="new keys email:<email_id> (a hash: open = items not yet ended, dead = the first dead "
@@ -80,7 +81,8 @@ STEPS: tuple[Step, ...] = (
                     "outbox:due:<mailbox_id>:<target_id> (each owner's due items, so that one target's backlog "
                     "never delays another's; an index kept in step lazily from outbox:pending, which stays the "
                     "authority; items queued by an older release are adopted from it as they come due); item "
-                    "hashes gain held_until; new keys status:mailbox:<id> (each mailbox holder's status)"),
+                    "hashes gain held_until; new keys status:mailbox:<id> (each mailbox holder's status) and "
+                    "epoch:<mailbox_id> (the lease epoch that fences claims, enqueues and checkpoint moves)"),
 )
 
 

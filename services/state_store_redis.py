@@ -52,7 +52,7 @@ import hashlib
 import json
 import logging
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import redis
 
@@ -61,10 +61,12 @@ from services.state_migrations import OLDEST_READER, SCHEMA_VERSION, SchemaTooNe
 from services.state_store import (
     DEAD_RECENT_COUNT,
     RECENT_KEEP,
+    Fence,
     FlagRequest,
     OutboxItem,
     OutboxStatus,
     ParkedEmail,
+    StaleFence,
     StateStoreError,
     bounded,
     check_counter_name,
@@ -566,8 +568,40 @@ class RedisStateStore:
         return None if value is None else int(value)
 
     @_errors
-    def set_checkpoint(self, mailbox: str, uidvalidity: int, last_uid: int) -> None:
-        self._set_checkpoint(keys=[f"{self._p}checkpoint:{mailbox}"], args=[int(uidvalidity), int(last_uid)])
+    def set_checkpoint(self, mailbox: str, uidvalidity: int, last_uid: int, *, fence: Fence | None = None) -> None:
+        def move(client: Any) -> None:
+            self._set_checkpoint(keys=[f"{self._p}checkpoint:{mailbox}"], args=[int(uidvalidity), int(last_uid)],
+                                 client=client)
+
+        self._fenced(fence, move)
+
+    @_errors
+    def advance_epoch(self, mailbox_id: str) -> int:
+        """A new lease holder's epoch for ``mailbox_id``: one more than any before (INCR, never expires)."""
+        return int(self._client.incr(self._epoch_key(mailbox_id)))
+
+    def _epoch_key(self, mailbox_id: str) -> str:
+        return f"{self._p}epoch:{mailbox_id}"
+
+    def _fenced(self, fence: Fence | None, write: Callable[[Any], Any]) -> list:
+        """Run ``write(pipe)`` in MULTI/EXEC, refused (``StaleFence``) when the mailbox's epoch is newer than the
+        fence's, checked under WATCH so that no new holder can slip in between the check and the write."""
+        if fence is None:
+            pipe = self._client.pipeline(transaction=True)
+            write(pipe)
+            return pipe.execute()
+        key = self._epoch_key(fence[0])
+        with self._client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                current = int(pipe.get(key) or 0)
+                if current > int(fence[1]):
+                    raise StaleFence(f"redis: the lease of mailbox {fence[0]} has epoch {current}, not {fence[1]}")
+                pipe.multi()
+                write(pipe)
+                return pipe.execute()
+            except redis.WatchError:
+                raise StaleFence(f"redis: the lease of mailbox {fence[0]} changed hands during the write") from None
 
     @_errors
     def has_any_checkpoint(self, mailbox: str) -> bool:
@@ -590,14 +624,14 @@ class RedisStateStore:
         return self.enqueue_all([item])[0]
 
     @_errors
-    def enqueue_all(self, items: Sequence[OutboxItem]) -> list[bool]:
+    def enqueue_all(self, items: Sequence[OutboxItem], *, fence: Fence | None = None) -> list[bool]:
         """Queue the items of one email (one per target) in one transaction (MULTI/EXEC), so that no item of it
         can end, and the email be flagged done, before all of them are queued; True for each item created."""
         if not items:
             return []
         self._ensure_schema()
         now = now_or_clock(None)
-        pipe = self._client.pipeline(transaction=True)
+        calls: list[tuple[list[str], list]] = []
         for item in items:
             status = queued_status(item)
             stored = OutboxItem(**{**item.__dict__, "status": status, "in_flight": False,
@@ -611,12 +645,15 @@ class RedisStateStore:
             due_set, since_set = ((self._pending, self._pending_since) if status == OutboxStatus.PENDING
                                   else (self._enriching, self._enriching))
             owner_set = self._owner_due(item.mailbox_id, item.target_id) if status == OutboxStatus.PENDING else ""
-            self._enqueue(
-                keys=[self._item_key(item.event_id), due_set, since_set, f"{self._p}done:{item.email_id}",
-                      f"{self._p}email:{item.email_id}", owner_set],
-                args=[item.event_id, _num(stored.next_attempt_at), _num(now), self._retention_ms, *flat],
-                client=pipe)
-        return [bool(created) for created in pipe.execute()]
+            calls.append(([self._item_key(item.event_id), due_set, since_set, f"{self._p}done:{item.email_id}",
+                           f"{self._p}email:{item.email_id}", owner_set],
+                          [item.event_id, _num(stored.next_attempt_at), _num(now), self._retention_ms, *flat]))
+
+        def enqueue(pipe: Any) -> None:
+            for keys, args in calls:
+                self._enqueue(keys=keys, args=args, client=pipe)
+
+        return [bool(created) for created in self._fenced(fence, enqueue)]
 
     @_errors
     def finish_enrichment(self, event_id: str, payload: dict, now: float) -> bool:
@@ -628,21 +665,30 @@ class RedisStateStore:
 
     @_errors
     def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float, *,
-                  mailbox_id: str | None = None, target_id: str | None = None) -> list[OutboxItem]:
+                  mailbox_id: str | None = None, target_id: str | None = None,
+                  fence: Fence | None = None) -> list[OutboxItem]:
         self._ensure_schema()
         if limit <= 0:
             return []
         if mailbox_id is not None and target_id is not None:
-            rows = self._claim_for(
-                keys=[self._owner_due(mailbox_id, target_id), self._pending, self._pending_since, self._counters],
-                args=[_num(now), int(limit), _num(now + claim_seconds), owner, self._p])
+            def claim(pipe: Any) -> None:
+                self._claim_for(
+                    keys=[self._owner_due(mailbox_id, target_id), self._pending, self._pending_since,
+                          self._counters],
+                    args=[_num(now), int(limit), _num(now + claim_seconds), owner, self._p], client=pipe)
+
+            [rows] = self._fenced(fence, claim)
             return [item_from_fields(_pairs(row)) for row in rows]
         rows = self._claim(keys=[self._pending, self._pending_since, self._counters],
                            args=[_num(now), int(limit), _num(now + claim_seconds), owner, f"{self._p}item:"])
         return [item_from_fields(_pairs(row)) for row in rows]
 
     @_errors
-    def mark_delivered(self, event_id: str, status: int, now: float, attempt: dict | None = None) -> bool:
+    def mark_delivered(self, event_id: str, status: int, now: float, attempt: dict | None = None, *,
+                       fence: Fence | None = None) -> bool:
+        """Never refused: the receiver has the webhook. A stale fence is only counted (``late_acknowledgements``)."""
+        if fence is not None and int(self._client.get(self._epoch_key(fence[0])) or 0) > int(fence[1]):
+            self._client.hincrby(self._counters, "late_acknowledgements", 1)
         done = self._mark_delivered(
             keys=[self._item_key(event_id), self._pending, self._pending_since, self._delivered, self._counters,
                   self._attempts_key(event_id)],

@@ -28,10 +28,12 @@ from services.state_migrations import OLDEST_READER, SCHEMA_VERSION, SchemaTooNe
 from services.state_store import (
     DEAD_RECENT_COUNT,
     RECENT_KEEP,
+    Fence,
     FlagRequest,
     OutboxItem,
     OutboxStatus,
     ParkedEmail,
+    StaleFence,
     StateStoreError,
     appended_log,
     bounded,
@@ -101,6 +103,16 @@ _FLAG_INSERT = ("INSERT INTO flags (mailbox, uidvalidity, uid, message_id, reque
 # _SCHEMA is the layout of version 1; services/state_migrations.py's steps bring it (and any older file) up to date.
 _META_GET = "SELECT value FROM meta WHERE key = ?"
 _META_SET = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+
+
+def _fence_is_stale(conn: sqlite3.Connection, fence: Fence) -> bool:
+    row = conn.execute("SELECT epoch FROM epochs WHERE mailbox_id = ?", (fence[0],)).fetchone()
+    return row is not None and int(row[0]) > int(fence[1])
+
+
+def _check_fence(conn: sqlite3.Connection, fence: Fence | None) -> None:
+    if fence is not None and _fence_is_stale(conn, fence):
+        raise StaleFence(f"sqlite: the lease of mailbox {fence[0]} has a newer epoch than {fence[1]}")
 
 
 def state_db_path(settings: Settings) -> str:
@@ -284,13 +296,22 @@ class SqliteStateStore:
         return None if row is None else int(row[0])
 
     @_errors
-    def set_checkpoint(self, mailbox: str, uidvalidity: int, last_uid: int) -> None:
+    def set_checkpoint(self, mailbox: str, uidvalidity: int, last_uid: int, *, fence: Fence | None = None) -> None:
         with self._write() as conn:
+            _check_fence(conn, fence)
             conn.execute(
                 "INSERT INTO checkpoints (mailbox, uidvalidity, last_uid, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (mailbox, uidvalidity) DO UPDATE SET last_uid = excluded.last_uid, "
                 "updated_at = excluded.updated_at WHERE excluded.last_uid > checkpoints.last_uid",
                 (mailbox, int(uidvalidity), int(last_uid), time.time()))
+
+    @_errors
+    def advance_epoch(self, mailbox_id: str) -> int:
+        """A new lease holder's epoch for ``mailbox_id``: one more than any before."""
+        with self._write() as conn:
+            conn.execute("INSERT INTO epochs (mailbox_id, epoch) VALUES (?, 1) "
+                         "ON CONFLICT (mailbox_id) DO UPDATE SET epoch = epoch + 1", (mailbox_id,))
+            return int(conn.execute("SELECT epoch FROM epochs WHERE mailbox_id = ?", (mailbox_id,)).fetchone()[0])
 
     @_errors
     def has_any_checkpoint(self, mailbox: str) -> bool:
@@ -317,12 +338,13 @@ class SqliteStateStore:
         return self.enqueue_all([item])[0]
 
     @_errors
-    def enqueue_all(self, items: Sequence[OutboxItem]) -> list[bool]:
+    def enqueue_all(self, items: Sequence[OutboxItem], *, fence: Fence | None = None) -> list[bool]:
         """Queue the items of one email (one per target) in one transaction, so that no item of it can end, and
         the email be flagged done, before all of them are queued; True for each item created."""
         now = time.time()
         created: list[bool] = []
         with self._write() as conn:
+            _check_fence(conn, fence)
             for item in items:
                 status = queued_status(item)
                 cursor = conn.execute(
@@ -352,7 +374,8 @@ class SqliteStateStore:
 
     @_errors
     def claim_due(self, owner: str, now: float, limit: int, claim_seconds: float, *,
-                  mailbox_id: str | None = None, target_id: str | None = None) -> list[OutboxItem]:
+                  mailbox_id: str | None = None, target_id: str | None = None,
+                  fence: Fence | None = None) -> list[OutboxItem]:
         if limit <= 0:
             return []
         claimed_until = now + claim_seconds
@@ -362,6 +385,7 @@ class SqliteStateStore:
             where += " AND mailbox_id = ? AND target_id = ?"
             params += [mailbox_id, target_id]
         with self._write() as conn:
+            _check_fence(conn, fence)
             rows = conn.execute(f"{_SELECT_ITEM} WHERE {where} ORDER BY due_at LIMIT ?",
                                 (*params, int(limit))).fetchall()
             if not rows:
@@ -407,8 +431,12 @@ class SqliteStateStore:
         return True
 
     @_errors
-    def mark_delivered(self, event_id: str, status: int, now: float, attempt: dict | None = None) -> bool:
+    def mark_delivered(self, event_id: str, status: int, now: float, attempt: dict | None = None, *,
+                       fence: Fence | None = None) -> bool:
+        """Never refused: the receiver has the webhook. A stale fence is only counted (``late_acknowledgements``)."""
         with self._write() as conn:
+            if fence is not None and _fence_is_stale(conn, fence):
+                conn.execute(_COUNTER_UPSERT, ("late_acknowledgements", 0, "", 1))
             return self._finish(conn, event_id, "status = 'delivered', delivered_at = ?, last_status = ?",
                                 (now, int(status)), "delivered", "webhooks_delivered", now, attempt)
 

@@ -49,6 +49,7 @@ from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract 
     test_reschedule_keeps_the_item_pending_until_its_next_attempt,
     test_target_stats_count_pending_held_and_dead_per_target,
     test_threads_enqueueing_the_same_items_create_each_once,
+    test_writes_fenced_with_a_stale_lease_epoch_are_refused_and_a_late_2xx_is_only_counted,
 )
 from tests.unit.test_state_store_mailboxes import (  # noqa: F401 - several mailboxes and targets, again on Redis
     test_an_item_from_no_imap_message_queues_no_flag_request,

@@ -225,6 +225,35 @@ def test_a_retry_due_before_its_claim_would_end_is_claimed_by_its_owner_when_due
     assert [item.event_id for item in again] == [claimed.event_id]
 
 
+def test_writes_fenced_with_a_stale_lease_epoch_are_refused_and_a_late_2xx_is_only_counted(store: StateStore) -> None:
+    from services.state_store import StaleFence
+
+    # Given a first holder of mailbox default's lease (epoch 1) and then a second one (epoch 2)
+    old = ("default", store.advance_epoch("default"))
+    new = ("default", store.advance_epoch("default"))
+    assert new[1] == old[1] + 1
+    now = time.time()
+    # Then the old holder can no longer enqueue, claim or move the checkpoint
+    with pytest.raises(StaleFence):
+        store.enqueue_all([an_item_for("t", 1)], fence=old)
+    with pytest.raises(StaleFence):
+        store.set_checkpoint("INBOX", 5, 10, fence=old)
+    assert store.get_item("msg_e1_t") is None and store.get_checkpoint("INBOX", 5) is None
+    # while the new one can
+    assert store.enqueue_all([an_item_for("t", 1)], fence=new) == [True]
+    store.set_checkpoint("INBOX", 5, 10, fence=new)
+    assert store.get_checkpoint("INBOX", 5) == 10
+    with pytest.raises(StaleFence):
+        store.claim_due("w", now, 10, 30, mailbox_id="default", target_id="t", fence=old)
+    [claimed] = store.claim_due("w", now, 10, 30, mailbox_id="default", target_id="t", fence=new)
+    # and a 2xx the old holder records late is kept (the receiver has it), only counted
+    assert store.mark_delivered(claimed.event_id, 200, now, fence=old) is True
+    assert store.get_item(claimed.event_id).status == "delivered"
+    assert store.counters()["late_acknowledgements"] == 1
+    # epochs are per mailbox
+    assert store.advance_epoch("studio") == 1
+
+
 def test_an_enqueued_item_reads_back_with_every_field(store: StateStore) -> None:
     before = time.time()
     item = an_item(1, next_attempt_at=before + 5)
