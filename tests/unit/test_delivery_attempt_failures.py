@@ -82,11 +82,12 @@ def worker(store: SqliteStateStore, sender: RecordingSender, clock: Clock, **tar
                           rng=random.Random(1), clock=clock)
 
 
-def queue(store: SqliteStateStore, subject: str, event_id: str = "msg_0123456789abcdef0123456789abcdef") -> str:
+def queue(store: SqliteStateStore, subject: str, event_id: str = "msg_0123456789abcdef0123456789abcdef",
+          at: float = NOW) -> str:
     payload = {"event_id": event_id, "subject": subject, "sender_email": "jane@example.com", "delivery_links": []}
     assert store.enqueue(OutboxItem(event_id=event_id, email_id=event_id[4:], payload=payload, mailbox=MAILBOX,
-                                    uidvalidity=7, uid=42, message_id="m@example.com", created_at=NOW,
-                                    next_attempt_at=NOW))
+                                    uidvalidity=7, uid=42, message_id="m@example.com", created_at=at,
+                                    next_attempt_at=at))
     return event_id
 
 

@@ -37,8 +37,16 @@ DELIVERED = AttemptOutcome("delivered", 200, None, None, 1, None)
 FAILED = AttemptOutcome("retry", 503, None, "busy", 1, "http_503")
 
 
-def paris(*args: int) -> float:
-    return datetime.datetime(*args, tzinfo=PARIS).timestamp()
+# A Friday at least a week after today: the fake clock stays ahead of the store's real-time retention, and the
+# items are queued at the fake clock's time, so the tests hold whatever day they run on.
+_TODAY = datetime.date.today()
+FRIDAY = _TODAY + datetime.timedelta(days=7 + (4 - _TODAY.weekday()) % 7)
+
+
+def paris(day_offset: int, hour: int, minute: int) -> float:
+    """Paris wall-clock time on ``FRIDAY + day_offset``."""
+    day = FRIDAY + datetime.timedelta(days=day_offset)
+    return datetime.datetime(day.year, day.month, day.day, hour, minute, tzinfo=PARIS).timestamp()
 
 
 OFFICE_HOURS = DeliveryWindow(timezone="Europe/Paris", days=(0, 1, 2, 3, 4), opens=datetime.time(8, 0),
@@ -52,22 +60,22 @@ def windowed(delivery, window=OFFICE_HOURS):
 
 def test_an_item_queued_outside_the_window_is_held_until_it_opens_then_delivered(store):
     # Given a target open on weekdays 08:00-19:00 Paris time, and an item queued on a Friday at 21:30
-    clock = Clock(paris(2026, 12, 4, 21, 30))
-    event_id = queue(store, "après l'heure")
+    clock = Clock(paris(0, 21, 30))
+    event_id = queue(store, "après l'heure", at=clock.now)
     sender = RecordingSender(DELIVERED)
     delivery = windowed(worker(store, sender, clock))
     # When the delivery loop runs
     delivery.run_once()
     # Then nothing is sent: the item is held until Monday 08:00, with no attempt counted
     item = store.get_item(event_id)
-    monday = paris(2026, 12, 7, 8, 0)
+    monday = paris(3, 8, 0)
     assert sender.bodies == []
     assert (item.status, item.attempts, item.held_until, item.next_attempt_at) == ("pending", 0, monday, monday)
     # and it is held, not backlog
     stats = store.outbox_stats(clock.now)
     assert (stats["pending"], stats["held"]) == (0, 1)
     # When Saturday comes, it is still held (not due); when Monday 08:00 comes, it is delivered
-    clock.now = paris(2026, 12, 5, 12, 0)
+    clock.now = paris(1, 12, 0)
     assert delivery.run_once() is False
     clock.now = monday + 1
     delivery.run_once()
@@ -76,19 +84,19 @@ def test_an_item_queued_outside_the_window_is_held_until_it_opens_then_delivered
 
 def test_held_time_does_not_count_toward_the_retry_window(store):
     # Given a target retrying for 1 hour, whose first attempt failed at 18:50 on a Friday
-    clock = Clock(paris(2026, 12, 4, 18, 50))
-    event_id = queue(store, "retry across the weekend")
+    clock = Clock(paris(0, 18, 50))
+    event_id = queue(store, "retry across the weekend", at=clock.now)
     sender = RecordingSender(FAILED)
     delivery = windowed(worker(store, sender, clock, hours=1.0))
     delivery.run_once()
     assert store.get_item(event_id).attempts == 1
     # When the retry comes due after the window closed, it is held over the weekend
-    clock.now = paris(2026, 12, 4, 19, 30)
+    clock.now = paris(0, 19, 30)
     delivery.run_once()
     held = store.get_item(event_id)
-    assert held.held_until == paris(2026, 12, 7, 8, 0) and held.attempts == 1
+    assert held.held_until == paris(3, 8, 0) and held.attempts == 1
     # Then on Monday 08:00 it is attempted again, not a dead letter for a retry window long past
-    clock.now = paris(2026, 12, 7, 8, 0) + 1
+    clock.now = paris(3, 8, 0) + 1
     delivery.run_once()
     item = store.get_item(event_id)
     assert item.status == "pending" and item.attempts == 2 and len(sender.bodies) == 2
