@@ -251,7 +251,8 @@ class ServiceRuntime:
         mailbox, ``background.lease.lease_key``)."""
         from background.health import HealthTimings
         from background.lease import LeaseKeeper, make_lease
-        from background.services import OBSERVE_INTERVAL_SECONDS, BackgroundServices, MailboxLease, StatusObserver
+        from background.observer import OBSERVE_INTERVAL_SECONDS, StatusObserver
+        from background.services import BackgroundServices, MailboxLease
         from services.webhook import WebhookSender
 
         settings = self.settings

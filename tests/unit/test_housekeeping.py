@@ -9,8 +9,8 @@ import pytest
 
 from background.health import HealthTimings
 from background.housekeeping import Chore, Housekeeping
+from background.observer import StatusObserver
 from background.runner import InstanceInfo, PollerStatus
-from background.services import StatusObserver
 from services.state_store import StateStoreError
 
 
@@ -176,7 +176,7 @@ def heartbeats(caplog) -> list[str]:
 
 
 def test_the_holders_observer_trims_at_once_and_logs_the_heartbeat_every_interval(caplog):
-    caplog.set_level(logging.INFO, logger="background.services")
+    caplog.set_level(logging.INFO, logger="background.observer")
     # Given the lease holder's observer on a schedule started at t=0
     clock, store = FakeClock(0.0), FakeStore()
     observer = make_observer(store, clock=clock)
