@@ -51,6 +51,7 @@ class StatusObserver:
         self.config = config
         # The mailboxes of this worker (set by BackgroundServices): each one held here publishes its own status.
         self.mailbox_units: Callable[[], list[MailboxUnit]] = list
+        self.circuits: Callable[[], dict[str, str]] = dict  # each target's circuit in this process (set likewise)
         self.stranded: Stranded | None = None  # what removed mailboxes and targets left (the last survey)
         # Holder-only chores, run from observe_once: trimming and the stranded-work survey at once and then on their
         # intervals, the heartbeat every interval.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
-from background.delivery import DeliveryWorker
+from background.delivery import DeliveryWorker, Lane, target_breaker
 from background.enrichment import Enricher
 from background.fencing import FencedStore, LeaseFence
 from background.lease import Lease, LeaseKeeper, OwnershipGuard
@@ -33,15 +33,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class MailboxUnit:
-    """One mailbox's share of a worker: its lease and keeper, its ownership guard, its poller and its delivery
-    threads (per target), its wake-up events. Only while the lease is held here do they act."""
+    """One mailbox's share of a worker: its lease and keeper, its ownership guard, its poller, its lane in the
+    targets' delivery threads, its wake-up events. Only while the lease is held here do they act."""
 
     mailbox: MailboxConfig
     lease: Lease
     keeper: LeaseKeeper
     guard: OwnershipGuard
     poller: MailboxPoller
-    deliveries: list[DeliveryWorker]
+    lane: Lane
     delivery_wakeup: threading.Event
     flag_wakeup: threading.Event
 
@@ -80,55 +80,74 @@ class BackgroundServices:
                  sender_factory: Callable[[TargetConfig], Any], enrich_budget_seconds: float | None = None,
                  routes: Sequence[RouteConfig] = (), membership: Any = None,
                  rate_limiters: Mapping[str, Any] | None = None) -> None:
-        """``targets``: each gets its own delivery threads per mailbox (``concurrency`` of them), claiming only its
-        own items of that mailbox, so a dead or slow target never delays the others; ``sender_factory(target)``
-        builds one sender per thread. ``routes``: which targets each email goes to (empty: all of them).
-        ``enrich_budget_seconds``: R2 is on and each email's copies are made by the enricher thread within that
-        budget (``background.enrichment``); None: R2 is off, no enricher."""
+        """``targets``: each gets its own delivery threads (``concurrency`` of them in this process), shared by
+        the mailboxes held here (each claim is one mailbox's item, under its lease, the mailboxes in turn) and
+        claiming only that target's items, so a dead or slow target never delays the others; each target has one
+        circuit breaker per process; ``sender_factory(target)`` builds one sender per thread. ``routes``: which
+        targets each email goes to (empty: all of them). ``enrich_budget_seconds``: R2 is on and each email's
+        copies are made by the enricher thread within that budget (``background.enrichment``); None: R2 is off."""
         if not mailboxes:
             raise ValueError("BackgroundServices needs at least one mailbox")
         self.store = store
         self.membership = membership  # background.membership.Membership with Redis: left on stop
         self.enrich_wakeup = threading.Event() if enrich_budget_seconds is not None else None
+        self.delivery_wakeup = threading.Event()  # set when items may be due: an enqueue, an acquired lease
         self.units: list[MailboxUnit] = []
         for entry in mailboxes:
-            guard = OwnershipGuard(entry.lease)
-            fence = LeaseFence(store, entry.mailbox.id)
-            entry.keeper.on_acquired = fence.advance
-            fenced = FencedStore(store, fence, entry.lease)
-            delivery_wakeup, flag_wakeup = threading.Event(), threading.Event()
-            poller = MailboxPoller(entry.mailbox, fenced, entry.lease, guard, entry.poller_status,
-                                   target_ids=tuple(target.id for target in targets), routes=tuple(routes),
-                                   offloader_factory=offloader_factory,
-                                   delivery_wakeup=delivery_wakeup, flag_wakeup=flag_wakeup,
-                                   enrich_wakeup=self.enrich_wakeup)
-            # The first mailbox's holder also delivers what removed mailboxes left (their items are still sent).
-            adopted = self._removed_mailboxes if not self.units else tuple
-            deliveries = [
-                DeliveryWorker(target, fenced, entry.lease, guard, partial(sender_factory, target),
-                               wakeup=delivery_wakeup, flag_wakeup=flag_wakeup, mailbox_id=entry.mailbox.id,
-                               adopted_mailboxes=adopted, rate_limiter=(rate_limiters or {}).get(target.id))
-                for target in targets for _ in range(target.concurrency)]
-            self.units.append(MailboxUnit(entry.mailbox, entry.lease, entry.keeper, guard, poller, deliveries,
-                                          delivery_wakeup, flag_wakeup))
+            self.units.append(self._unit(entry, store, targets, routes, offloader_factory))
         first = self.units[0]
         self.lease, self.keeper, self.guard, self.poller = first.lease, first.keeper, first.guard, first.poller
-        self.deliveries = first.deliveries
-        self.delivery_wakeup, self.flag_wakeup = first.delivery_wakeup, first.flag_wakeup
+        self.flag_wakeup = first.flag_wakeup
+        self.breakers = {target.id: target_breaker(target.id) for target in targets}
+        lanes = tuple(unit.lane for unit in self.units)
+        self.deliveries = [
+            DeliveryWorker(target, first.lane.store, first.lease, first.guard, partial(sender_factory, target),
+                           wakeup=self.delivery_wakeup, flag_wakeup=first.flag_wakeup, lanes=lanes,
+                           rate_limiter=(rate_limiters or {}).get(target.id), breaker=self.breakers[target.id])
+            for target in targets for _ in range(target.concurrency)]
         self.enricher: Enricher | None = None
         self._any_held = _AnyHeld(self.units)
         if self.enrich_wakeup is not None and enrich_budget_seconds is not None:
             by_id = {unit.mailbox.id: unit for unit in self.units}
             self.enricher = Enricher(store, offloader_factory, budget_seconds=enrich_budget_seconds,
                                      holds=lambda mailbox_id: mailbox_id in by_id and by_id[mailbox_id].holds(),
-                                     wakeup=self.enrich_wakeup, delivery_wakeup=_WakeAll(self.units))
+                                     wakeup=self.enrich_wakeup, delivery_wakeup=self.delivery_wakeup)
         self.observer = observer
         observer.mailbox_units = lambda: self.units
+        observer.circuits = self.circuits
         self._stop_workers = threading.Event()
         self._stop_keeper = threading.Event()
         self._stopping = False
         self.threads: list[threading.Thread] = []
         self._keeper_threads: list[threading.Thread] = []
+
+    def _unit(self, entry: MailboxLease, store: StateStore, targets: Sequence[TargetConfig],
+              routes: Sequence[RouteConfig], offloader_factory: Callable[[], Any]) -> MailboxUnit:
+        """One mailbox's share: its fence (each acquisition takes a new epoch, then wakes the delivery threads),
+        its fenced store, its poller and its lane (the first mailbox's holder also delivers what removed mailboxes
+        left: their items are still sent)."""
+        guard = OwnershipGuard(entry.lease)
+        fence = LeaseFence(store, entry.mailbox.id)
+        wakeup = self.delivery_wakeup
+
+        def acquired() -> None:
+            fence.advance()
+            wakeup.set()
+
+        entry.keeper.on_acquired = acquired
+        fenced = FencedStore(store, fence, entry.lease)
+        flag_wakeup = threading.Event()
+        poller = MailboxPoller(entry.mailbox, fenced, entry.lease, guard, entry.poller_status,
+                               target_ids=tuple(target.id for target in targets), routes=tuple(routes),
+                               offloader_factory=offloader_factory, delivery_wakeup=wakeup, flag_wakeup=flag_wakeup,
+                               enrich_wakeup=self.enrich_wakeup)
+        adopted = self._removed_mailboxes if not self.units else tuple
+        lane = Lane(entry.mailbox.id, fenced, entry.lease, guard, flag_wakeup, adopted)
+        return MailboxUnit(entry.mailbox, entry.lease, entry.keeper, guard, poller, lane, wakeup, flag_wakeup)
+
+    def circuits(self) -> dict[str, str]:
+        """Each target's circuit in this process: closed | open | half_open (published with the status)."""
+        return {target_id: breaker.state.value for target_id, breaker in self.breakers.items()}
 
     def start(self) -> None:
         specs: list[tuple[str, Callable[..., None], tuple]] = []
@@ -136,8 +155,8 @@ class BackgroundServices:
             suffix = "" if unit.mailbox.id == self.units[0].mailbox.id else f"-{unit.mailbox.id}"
             held = unit.keeper.held_event
             specs.append((f"poller{suffix}", unit.poller.run, (self._stop_workers, held)))
-            specs.extend((f"delivery{suffix}-{n}", worker.run, (self._stop_workers, held))
-                         for n, worker in enumerate(unit.deliveries, start=1))
+        specs.extend((f"delivery-{worker.target.id}-{n}", worker.run, (self._stop_workers,))
+                     for n, worker in enumerate(self.deliveries, start=1))
         specs.append(("status-observer", self.observer.run, (self._stop_workers,)))
         if self.enricher is not None:
             specs.append(("enricher", self.enricher.run, (self._stop_workers, self._any_held)))
@@ -160,8 +179,8 @@ class BackgroundServices:
         self._stopping = True
         deadline = time.monotonic() + timeout
         self._stop_workers.set()
+        self.delivery_wakeup.set()
         for unit in self.units:
-            unit.delivery_wakeup.set()
             unit.flag_wakeup.set()
         if self.enrich_wakeup is not None:
             self.enrich_wakeup.set()
@@ -193,14 +212,3 @@ class BackgroundServices:
 
     def cluster_view(self) -> dict:
         return self.observer.view
-
-
-class _WakeAll:
-    """``set()`` wakes the delivery threads of every mailbox (the enricher made items deliverable)."""
-
-    def __init__(self, units: list[MailboxUnit]) -> None:
-        self._units = units
-
-    def set(self) -> None:
-        for unit in self._units:
-            unit.delivery_wakeup.set()

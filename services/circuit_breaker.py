@@ -76,6 +76,13 @@ class CircuitBreaker:
             transition = self._move_to(BreakerState.CLOSED)
         self._announce(transition)
 
+    def release_trial(self) -> None:
+        """The caller that was granted the half-open trial made no call after all (nothing to do, or an outcome
+        that says nothing of the dependency): the next ``allow`` grants the trial again."""
+        with self._lock:
+            if self._state is BreakerState.HALF_OPEN:
+                self._trial_in_flight = False
+
     def record_failure(self) -> None:
         transition = None
         with self._lock:
