@@ -452,10 +452,14 @@ def dashboard() -> Response:
         health_doc, _ = health_document(source)
         health = {"status": health_doc["status"], "checks": health_doc["checks"]}
         document, recent, generated_at = None, [], iso_utc(time.time())
-    # The style is our constant: unescaped, or its quotes would become entities (broken CSS, wrong CSP hash).
+    return _html(render_page(document, recent, health=health, version=source.version, generated_at=generated_at))
+
+
+def render_page(document: dict | None, recent: list[dict], *, health: dict, version: str, generated_at: str) -> str:
+    """The page's HTML for one status document (None: the ``/health`` summary only); needs an app context."""
     mailboxes = [mailbox_row(entry) for entry in (document or {}).get("mailboxes") or []]
     targets = [target_row(entry) for entry in (document or {}).get("targets") or []]
-    body = render_template("status.html", style=Markup(page_style().css), doc=document, recent=recent,
-                           health=health, version=source.version, generated_at=generated_at,
-                           recent_limit=RECENT_LIMIT, mailboxes=mailboxes, targets=targets)
-    return _html(body)
+    # The style is our constant: unescaped, or its quotes would become entities (broken CSS, wrong CSP hash).
+    return render_template("status.html", style=Markup(page_style().css), doc=document, recent=recent,
+                           health=health, version=version, generated_at=generated_at, recent_limit=RECENT_LIMIT,
+                           mailboxes=mailboxes, targets=targets)
