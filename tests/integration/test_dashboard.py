@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
+import threading
 import time
+from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
 import lxml.html
 import pytest
 
+from tests.fixtures.chromium import HeadlessChromium, running_chromium
 from tests.integration.test_operator_routes import SERVICE_ADDRESS, TOKEN, publish_holder_status, service_env  # noqa: F401 - service_env is a fixture
 
 pytestmark = pytest.mark.redis
@@ -312,3 +316,85 @@ def test_the_single_mailbox_sections_still_show_the_default_mailbox_beside_the_t
     assert tree.get_element_by_id("lease-holder").text_content() == status["lease"]["holder"]
     assert tree.get_element_by_id("poller-state").text_content() == status["poller"]["state"] == "polling"
     assert tree.get_element_by_id("outbox-pending").text_content() == "2"
+
+
+# --- in a real browser --------------------------------------------------------------------------------------------
+
+# Measured in the browser after layout: the page's own width against the window's, and for each table its
+# container, every cell's font size and line count, and whether scrolling the container brings the last column in.
+LAYOUT = """(() => {
+  const page = document.documentElement;
+  const lines = (cell) => { const range = document.createRange(); range.selectNodeContents(cell);
+                            const lineHeight = parseFloat(getComputedStyle(cell).lineHeight);
+                            if (!(lineHeight > 0)) throw new Error("no line height in px");
+                            return Math.round(range.getBoundingClientRect().height / lineHeight); };
+  const tables = ["mailboxes", "targets"].map((id) => {
+    const table = document.getElementById(id), box = table.parentElement, cells = [...table.querySelectorAll("th,td")];
+    const before = box.getBoundingClientRect();
+    box.scrollLeft = box.scrollWidth;
+    const last = table.rows[0].cells[table.rows[0].cells.length - 1].getBoundingClientRect();
+    const seen = {left: last.left >= before.left - 1, right: last.right <= before.right + 1};
+    box.scrollLeft = 0;
+    return {id, rows: table.rows.length, overflowX: getComputedStyle(box).overflowX,
+            boxLeft: before.left, boxRight: before.right, boxWidth: box.clientWidth, tableWidth: table.scrollWidth,
+            lastColumnSeen: seen.left && seen.right,
+            minFontPx: Math.min(...cells.map((c) => parseFloat(getComputedStyle(c).fontSize))),
+            multiLine: cells.filter((c) => c.textContent.trim() && lines(c) > 1).map((c) => c.textContent.trim()),
+            headers: [...table.rows[0].cells].map((c) => c.innerText.trim())};
+  });
+  return {pageWidth: page.scrollWidth, windowWidth: page.clientWidth, tables};
+})()"""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[HeadlessChromium]:
+    with running_chromium() as browser:
+        yield browser
+
+
+@contextlib.contextmanager
+def served(app) -> Iterator[str]:
+    """The app on a real HTTP server on loopback (werkzeug, threaded), for the browser; stopped on exit."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="page-server",
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("width", [360, 1280])
+def test_both_tables_render_in_chromium_and_stay_readable_in_a_narrow_window(several, chromium, width):
+    # Given the page of three mailboxes and two targets, served over HTTP with its real headers (CSP included)
+    with served(several) as url:
+        # When a browser window of this width opens it with the operator's credentials
+        tab = chromium.open(url, width=width, height=900, headers=basic())
+        try:
+            layout = tab.evaluate(LAYOUT)
+            title = tab.evaluate("document.title")
+        finally:
+            tab.close()
+    assert title == "render-signal status"
+    mailboxes, targets = layout["tables"]
+    # Then both tables are there, one row per mailbox / target under their headers
+    assert (mailboxes["rows"], targets["rows"]) == (1 + 3, 1 + 2)
+    assert mailboxes["headers"] == ["id", "folder", "state", "holder", "checkpoint", "backlog", "last success"]
+    assert targets["headers"][:7] == ["id", "profile", "pending", "held", "oldest pending", "dead", "circuit"]
+    # and the page itself never scrolls sideways: a table wider than the window scrolls inside its own container
+    assert layout["pageWidth"] <= layout["windowWidth"], layout
+    for table in (mailboxes, targets):
+        assert table["overflowX"] == "auto"
+        assert 0 <= table["boxLeft"] and table["boxRight"] <= layout["windowWidth"], table
+        # readable: no cell text below 12 px, none broken over lines, and every column reachable by scrolling
+        assert table["minFontPx"] >= 12, table
+        assert table["multiLine"] == [], table
+        assert table["lastColumnSeen"], table
+    if width == 360:
+        assert targets["tableWidth"] > targets["boxWidth"], "ten columns do not fit 360 px: the container scrolls"
