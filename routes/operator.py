@@ -13,6 +13,7 @@ the templates of ``routes/templates/``; the CSS is inlined and allowed by the Co
 from __future__ import annotations
 
 import base64
+import datetime
 import functools
 import hashlib
 import hmac
@@ -22,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Blueprint, Response, jsonify, render_template, request
 from markupsafe import Markup
@@ -29,7 +31,7 @@ from markupsafe import Markup
 from routes import status_source
 from routes.health import health_document
 from routes.status_view import KNOWN_COUNTERS, LABELLED_COUNTERS, RECENT_LIMIT, build_status
-from timestamps import iso_utc
+from timestamps import epoch_of, iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +298,135 @@ def page_style() -> InlineStyle:
     return inline_style(STYLE_PATH.read_text(encoding="utf-8"))
 
 
+# --- the page's Mailboxes and Targets tables: display text built here, so the template only prints it ----------
+
+NOT_KNOWN = "\u2014"  # an em dash: no value (not configured, not published, or the store was unreadable)
+CIRCUIT_MARKS = {"open": "bad", "half_open": "warn"}
+
+
+@dataclass(frozen=True)
+class MailboxRow:
+    """One row of the page's Mailboxes table. ``mark`` names a state that needs the operator's eye (a CSS class,
+    always beside a text saying it, never colour alone)."""
+
+    id: str
+    folder: str
+    state: str
+    mark: str | None
+    holder: str
+    checkpoint: str
+    backlog: str
+    last_success: str
+
+
+@dataclass(frozen=True)
+class TargetRow:
+    """One row of the page's Targets table (counts and policy only: a target's URL, secret and headers are never
+    in the status document, so never here)."""
+
+    id: str
+    profile: str
+    pending: str
+    held: str
+    oldest_pending: str
+    dead: str
+    circuit: str
+    circuit_mark: str | None
+    window: str
+    window_opens_at: str | None   # the UTC instant behind "opens ...", for the <time> element
+    rate_limit: str
+    body_cap: str
+
+
+def human_age(seconds: float | None) -> str:
+    """``42 s``, ``3 min``, ``2 h 5 min``, ``3 d 4 h``: how long an operator reads an age (rounded down)."""
+    if seconds is None:
+        return NOT_KNOWN
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes, hours, days = whole // 60, whole // 3600, whole // 86400
+    if whole < 3600:
+        return f"{minutes} min"
+    if whole < 86400:
+        return f"{hours} h {minutes % 60} min" if minutes % 60 else f"{hours} h"
+    return f"{days} d {hours % 24} h" if hours % 24 else f"{days} d"
+
+
+def human_bytes(count: int | None) -> str:
+    """Decimal units, as the configuration is written (``max_body_bytes: 4000000`` is ``4 MB``)."""
+    if count is None:
+        return NOT_KNOWN
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if count >= size:
+            return f"{count / size:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{count} B"
+
+
+def _shown(value: Any) -> str:
+    return NOT_KNOWN if value is None or value == "" else str(value)
+
+
+def mailbox_row(entry: dict) -> MailboxRow:
+    """A ``mailboxes[]`` entry of the status document as the page shows it."""
+    lease = entry.get("lease") or {}
+    checkpoint = entry.get("checkpoint") or {}
+    if entry.get("state") == "no_holder":
+        state, mark = "no holder", "warn"
+    else:
+        state, mark = _shown(entry.get("state")), None
+    if lease.get("held"):
+        holder = f"held by {lease['holder']}" if lease.get("holder") else "held"
+    else:
+        holder = "none"
+    uidvalidity, last_uid = checkpoint.get("uidvalidity"), checkpoint.get("last_uid")
+    position = NOT_KNOWN if uidvalidity is None and last_uid is None else f"{_shown(uidvalidity)}/{_shown(last_uid)}"
+    return MailboxRow(id=_shown(entry.get("id")), folder=_shown(entry.get("folder")), state=state, mark=mark,
+                      holder=holder, checkpoint=position, backlog=_shown(entry.get("backlog")),
+                      last_success=_shown(entry.get("last_success_at")))
+
+
+def _window_text(entry: dict) -> tuple[str, str | None]:
+    """``(text, UTC instant)``: "always open" (no window), "open", or "opens <local time> <zone>"."""
+    if "window" not in entry:
+        return NOT_KNOWN, None
+    window = entry["window"]
+    if window is None:
+        return "always open", None
+    if window.get("open"):
+        return "open", None
+    opens_at, zone_name = window.get("opens_at"), window.get("timezone") or "UTC"
+    epoch = epoch_of(opens_at)
+    if epoch is None:
+        return "closed", None
+    try:
+        zone: datetime.tzinfo = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone, zone_name = datetime.timezone.utc, "UTC"
+    local = datetime.datetime.fromtimestamp(epoch, zone)
+    return f"opens {local:%a %Y-%m-%d %H:%M} {zone_name}", opens_at
+
+
+def target_row(entry: dict) -> TargetRow:
+    """A ``targets[]`` entry of the status document as the page shows it; ``circuit`` ("closed", "open",
+    "half_open") only when the document carries one."""
+    circuit = entry.get("circuit")
+    window, opens_at = _window_text(entry)
+    if "rate_per_second" not in entry:
+        rate = NOT_KNOWN
+    elif entry["rate_per_second"] is None:
+        rate = "unlimited"
+    else:
+        rate = f"{float(entry['rate_per_second']):g}/s"
+    return TargetRow(id=_shown(entry.get("id")), profile=_shown(entry.get("profile")),
+                     pending=_shown(entry.get("pending")), held=_shown(entry.get("held")),
+                     oldest_pending=human_age(entry.get("oldest_pending_age_s")), dead=_shown(entry.get("dead")),
+                     circuit=_shown(circuit).replace("_", "-"),
+                     circuit_mark=CIRCUIT_MARKS.get(circuit) if isinstance(circuit, str) else None,
+                     window=window, window_opens_at=opens_at, rate_limit=rate,
+                     body_cap=human_bytes(entry.get("body_cap_bytes")))
+
+
 def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     response = Response(body, status=status, content_type="text/html; charset=utf-8")
     response.headers.update(COMMON_HEADERS)
@@ -321,8 +452,14 @@ def dashboard() -> Response:
         health_doc, _ = health_document(source)
         health = {"status": health_doc["status"], "checks": health_doc["checks"]}
         document, recent, generated_at = None, [], iso_utc(time.time())
+    return _html(render_page(document, recent, health=health, version=source.version, generated_at=generated_at))
+
+
+def render_page(document: dict | None, recent: list[dict], *, health: dict, version: str, generated_at: str) -> str:
+    """The page's HTML for one status document (None: the ``/health`` summary only); needs an app context."""
+    mailboxes = [mailbox_row(entry) for entry in (document or {}).get("mailboxes") or []]
+    targets = [target_row(entry) for entry in (document or {}).get("targets") or []]
     # The style is our constant: unescaped, or its quotes would become entities (broken CSS, wrong CSP hash).
-    body = render_template("status.html", style=Markup(page_style().css), doc=document, recent=recent,
-                           health=health, version=source.version, generated_at=generated_at,
-                           recent_limit=RECENT_LIMIT)
-    return _html(body)
+    return render_template("status.html", style=Markup(page_style().css), doc=document, recent=recent,
+                           health=health, version=version, generated_at=generated_at, recent_limit=RECENT_LIMIT,
+                           mailboxes=mailboxes, targets=targets)
