@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs (real servers, not fakes): redis-server, dovecot-imapd,
-# and python3-venv when this Python cannot create a virtualenv. Idempotent; does nothing when all are present.
+# chromium (the status page is checked in headless Chromium), and python3-venv when this Python cannot create a
+# virtualenv. Idempotent; does nothing when all are present.
 # Installing the packages does not start their system services on our machines; the tests start their own
 # instances on free loopback ports with their own configuration either way.
 set -euo pipefail
@@ -9,6 +10,7 @@ PYTHON=${PYTHON:-python3}
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${1:-}" = "--venv-only" ]; then need=(); fi
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then need+=(python3-venv); fi
 [ ${#need[@]} -eq 0 ] && exit 0
