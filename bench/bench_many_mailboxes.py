@@ -148,7 +148,11 @@ def bench_mailboxes(count: int = 50) -> None:
           f"p95 {percentile(everything, 95) * 1000:.0f} ms; worst mailbox p95 {worst_p95 * 1000:.0f} ms")
     result("many_mailboxes_worst_p95_s", round(worst_p95, 3), "s", goal="<= 1.5",
            p50_s=round(percentile(everything, 50), 3), p95_s=round(percentile(everything, 95), 3),
-           rss_mib=[round(value) for value in rss], threads=threads, imap_connections=imap, mailboxes=count)
+           rss_mib=[round(value) for value in rss], threads=threads, imap_connections=imap, mailboxes=count,
+           details=(f"p50 {percentile(everything, 50):.3f} s, p95 {percentile(everything, 95):.3f} s over all "
+                    f"{len(everything)} emails; RSS per worker {', '.join(f'{v:.0f}' for v in rss)} MiB; threads "
+                    f"per worker {', '.join(str(t) for t in threads)}; {imap} IMAP connections for {count} "
+                    "mailboxes"))
 
 
 def bench_burst(count: int = 500) -> None:
@@ -179,7 +183,9 @@ def bench_burst(count: int = 500) -> None:
     print(f"burst of {count} emails to a receiver answering after 250 ms, target concurrency 16: appended in "
           f"{appended:.1f} s, all delivered after {delivered:.1f} s, all flagged done after {flagged:.1f} s")
     result("burst_500_slow_receiver_s", round(flagged, 2), "s", goal="<= 12", delivered_s=round(delivered, 2),
-           appended_s=round(appended, 2))
+           appended_s=round(appended, 2),
+           details=f"appended in {appended:.2f} s, all delivered after {delivered:.2f} s, all flagged done after "
+                   f"{flagged:.2f} s")
 
 
 def bench_failover(count: int = 12) -> None:
@@ -205,7 +211,8 @@ def bench_failover(count: int = 12) -> None:
     print(f"failover: {max(by_master)} of {count} mailboxes on the killed master (SIGKILL), every mailbox held by a "
           f"live worker again after {took:.2f} s (TTL {TTL:g} s, retry {RETRY:g} s; goal <= {TTL + RETRY + 2:g} s)")
     result("failover_all_mailboxes_s", round(took, 2), "s", goal=f"<= {TTL + RETRY + 2:g}", ttl_s=TTL,
-           retry_s=RETRY, moved=max(by_master))
+           retry_s=RETRY, moved=max(by_master),
+           details=f"{max(by_master)} of {count} mailboxes on the killed master; TTL {TTL:g} s + retry {RETRY:g} s")
 
 
 def main() -> int:
