@@ -187,6 +187,26 @@ class StatusCollector:
         yield info
 
 
+def _target_states(targets: list[dict]) -> Iterator[Any]:
+    """``target_circuit_open`` (1 while some holder's breaker of the target is open or half-open; only targets whose
+    circuit a holder reported) and ``target_window_open`` (only targets with a delivery window)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    circuit = GaugeMetricFamily(f"{METRIC_PREFIX}target_circuit_open",
+                                "1 while a holder's circuit breaker of the target is open or half-open.",
+                                labels=["target"])
+    window = GaugeMetricFamily(f"{METRIC_PREFIX}target_window_open",
+                               "1 while the target's delivery window is open (targets with a window only).",
+                               labels=["target"])
+    for entry in targets:
+        if entry.get("circuit") is not None:
+            circuit.add_metric([str(entry["id"])], 0.0 if entry["circuit"] == "closed" else 1.0)
+        if isinstance(entry.get("window"), dict):
+            window.add_metric([str(entry["id"])], 1.0 if entry["window"].get("open") else 0.0)
+    yield circuit
+    yield window
+
+
 def _per_target_and_mailbox(doc: dict) -> Iterator[Any]:
     """Gauges labelled ``target`` (pending, held, oldest pending age, dead) and ``mailbox`` (backlog, held here)."""
     from prometheus_client.core import GaugeMetricFamily
@@ -201,6 +221,7 @@ def _per_target_and_mailbox(doc: dict) -> Iterator[Any]:
         for entry in targets:
             family.add_metric([str(entry["id"])], float(entry.get(key) or 0))
         yield family
+    yield from _target_states(doc.get("targets") or [])
     mailboxes = doc.get("mailboxes") or []
     backlog = GaugeMetricFamily(f"{METRIC_PREFIX}mailbox_backlog", "Pending webhooks per mailbox.",
                                 labels=["mailbox"])
