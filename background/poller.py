@@ -20,7 +20,7 @@ import logging
 import random
 import threading
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from background.ingest import Ingest, IngestPolicy, Where
@@ -54,7 +54,6 @@ REPLAY_BATCH = 50                   # replay requests carried out per cycle
 # The poller's IMAP state for a server that would keep no done mark (no custom keywords, MARK_AS_READ=false,
 # ALLOW_NO_SERVER_DONE_MARK unset): nothing is read from that mailbox.
 NO_SERVER_DONE_MARK = "no_server_done_mark"
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def backoff_delay(attempt: int, cap: float, rng: random.Random, base: float = 1.0) -> float:
@@ -298,9 +297,9 @@ class MailboxPoller:
             logger.info("IMAP: first start on %s (UIDVALIDITY %s): processing unseen messages",
                         self.state_key, state.uidvalidity)
         uidnext = state.uidnext
-        cutoff = datetime.now(timezone.utc) - timedelta(hours=self.config.first_start_max_age_hours)
         self.guard.check_remote()
-        candidates = sorted(uid for uid in self._first_pass_search(client, state, changed, cutoff) if uid < uidnext)
+        candidates = sorted(uid for uid in self._first_pass_search(client, state, changed) if uid < uidnext)
+        cutoff = datetime.now(timezone.utc) - timedelta(hours=self.config.first_start_max_age_hours)
         handled = 0
         for start in range(0, len(candidates), BATCH_SIZE):
             self.guard.check_remote()
@@ -309,11 +308,11 @@ class MailboxPoller:
         self.store.set_checkpoint(self.state_key, state.uidvalidity, max(uidnext - 1, 0))
         return handled
 
-    def _first_pass_search(self, client: MailboxClient, state, changed: bool, cutoff: datetime) -> list[int]:
+    def _first_pass_search(self, client: MailboxClient, state, changed: bool) -> list[int]:
         """The candidates of a first pass. With the done keyword: the messages without it (first start: the unseen
-        ones). Without it (the server stores none, or refused to search for it): first start, the unseen messages;
-        UIDVALIDITY change, every message, the state store's done records deciding. Both since the day before the
-        age limit, so a large mailbox is not fetched whole only to be passed over."""
+        ones). Without it (the server stores none, or refused to search for it): first start, the unseen messages
+        (``\\Seen`` is the done mark left when the state store is new or lost); UIDVALIDITY change, every message, the
+        state store's done records deciding (as the keyword would: a message read by a person is not done)."""
         if state.keywords_allowed and not self._keyword_search_refused:
             criteria = ["UNKEYWORD", DONE_KEYWORD] if changed else ["UNSEEN", "UNKEYWORD", DONE_KEYWORD]
             try:
@@ -324,8 +323,7 @@ class MailboxPoller:
                 self._keyword_search_refused = True
                 logger.warning("IMAP: the server refused to search for %s mailbox=%s (%s); the state store and "
                                "\\Seen decide what is done", DONE_KEYWORD, self.config.id, exc)
-        criteria = ["ALL"] if changed else ["UNSEEN"]
-        return client.search_uids([*criteria, "SINCE", imap_date(cutoff.date() - timedelta(days=1))])
+        return client.search_uids(["ALL"] if changed else ["UNSEEN"])
 
     def _process_batch(self, client: MailboxClient, state, uids: list[int], too_old: datetime | None = None,
                        advance_checkpoint: bool = True) -> int:
@@ -598,11 +596,6 @@ class MailboxPoller:
             logger.warning("IMAP: flag request for uid %s failed (%d of %d): %s", request.uid, failures,
                            FLAG_MAX_FAILURES, reason)
         return 1
-
-
-def imap_date(day: date) -> str:
-    """``day`` as an IMAP search date (RFC 3501 date-text, e.g. ``4-Dec-2026``), whatever the locale."""
-    return f"{day.day}-{_MONTHS[day.month - 1]}-{day.year}"
 
 
 def find_by_message_id(client: MailboxClient, message_id: str) -> list[int]:
