@@ -93,6 +93,8 @@ class MailboxConfig:
     use_idle: bool = True
     first_start_max_age_hours: float = 72.0
     mark_as_read: bool = True
+    # A server without custom keywords and MARK_AS_READ=false keeps no done mark: polled only when this is true.
+    allow_no_server_done_mark: bool = False
     timeout_seconds: float = 30.0
     reconnect_max_seconds: float = 60.0
     allow_without_links: bool = False
@@ -129,7 +131,9 @@ class MailboxConfig:
                    sender_allowlist=settings.sender_allowlist, sender_auth=SenderAuth.from_settings(settings),
                    poll_interval_seconds=settings.email_polling_interval_seconds,
                    use_idle=settings.imap_use_idle, first_start_max_age_hours=settings.first_start_max_age_hours,
-                   mark_as_read=settings.mark_as_read, timeout_seconds=settings.imap_timeout_seconds,
+                   mark_as_read=settings.mark_as_read,
+                   allow_no_server_done_mark=settings.allow_no_server_done_mark,
+                   timeout_seconds=settings.imap_timeout_seconds,
                    reconnect_max_seconds=settings.imap_reconnect_max_seconds,
                    fetch_max_failures=settings.imap_fetch_max_failures,
                    allow_without_links=settings.allow_webhook_without_links,

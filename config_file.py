@@ -71,8 +71,8 @@ _PLACEHOLDER_SECRET = "whsec_" + "A" * 24  # 18 zero bytes: a well-formed secret
 TOP_KEYS = ("mailboxes", "targets", "routes")
 MAILBOX_KEYS = ("id", "server", "port", "tls", "ca_file", "user", "password", "folder", "senders", "sender_auth",
                 "idle", "poll_interval_seconds", "timeout_seconds", "reconnect_max_seconds",
-                "first_start_max_age_hours", "mark_as_read", "fetch_max_failures", "max_links_per_email",
-                "allow_without_links")
+                "first_start_max_age_hours", "mark_as_read", "allow_no_server_done_mark", "fetch_max_failures",
+                "max_links_per_email", "allow_without_links")
 SENDER_AUTH_KEYS = ("authserv_id",)
 TARGET_KEYS = ("id", "url", "secret", "profile", "headers", "basic_auth", "timeout_seconds", "concurrency",
                "max_body_bytes", "rate_per_second", "retry", "window", "allow_insecure", "ca_file")
@@ -91,6 +91,7 @@ _MAILBOX_SPECS = {
     "reconnect_max_seconds": "IMAP_RECONNECT_MAX_SECONDS",
     "first_start_max_age_hours": "FIRST_START_MAX_AGE_HOURS",
     "mark_as_read": "MARK_AS_READ",
+    "allow_no_server_done_mark": "ALLOW_NO_SERVER_DONE_MARK",
     "fetch_max_failures": "IMAP_FETCH_MAX_FAILURES",
     "max_links_per_email": "MAX_LINKS_PER_EMAIL",
     "allow_without_links": "ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS",
@@ -468,6 +469,7 @@ def _read_mailbox(reader: _Reader, path: str, raw: Any, settings: Settings) -> M
             ca_file=ca_file, folder=tuned["folder"], sender_allowlist=senders, sender_auth=sender_auth,
             poll_interval_seconds=tuned["poll_interval_seconds"], use_idle=tuned["idle"],
             first_start_max_age_hours=first_start, mark_as_read=tuned["mark_as_read"],
+            allow_no_server_done_mark=tuned["allow_no_server_done_mark"],
             timeout_seconds=tuned["timeout_seconds"], reconnect_max_seconds=tuned["reconnect_max_seconds"],
             allow_without_links=tuned["allow_without_links"], fetch_max_failures=tuned["fetch_max_failures"],
             max_links_per_email=tuned["max_links_per_email"])

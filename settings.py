@@ -150,7 +150,7 @@ class Spec:
 
 SPECS: tuple[Spec, ...] = (
     # Configuration file
-    Spec("RENDER_SIGNAL_CONFIG", "config_path", text, None, "Path of a YAML file describing several mailboxes, targets and routes (README \"Configuration file\"); cannot be combined with the per-mailbox and per-target variables (IMAP_*, EMAIL_*, SENDER_*, FIRST_START_MAX_AGE_HOURS, MARK_AS_READ, ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS, MAX_LINKS_PER_EMAIL, WEBHOOK_*, OAUTH_*)."),
+    Spec("RENDER_SIGNAL_CONFIG", "config_path", text, None, "Path of a YAML file describing several mailboxes, targets and routes (README \"Configuration file\"); cannot be combined with the per-mailbox and per-target variables (IMAP_*, EMAIL_*, SENDER_*, FIRST_START_MAX_AGE_HOURS, MARK_AS_READ, ALLOW_NO_SERVER_DONE_MARK, ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS, MAX_LINKS_PER_EMAIL, WEBHOOK_*, OAUTH_*)."),
     # Mailbox
     Spec("IMAP_SERVER", "imap_server", text, None, "IMAP host name. With EMAIL_ADDRESS and EMAIL_PASSWORD it enables the poller."),
     Spec("IMAP_PORT", "imap_port", integer(1, 65535), 993, "IMAP port."),
@@ -169,7 +169,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("SENDER_REQUIRE_AUTHENTICATED", "sender_require_authenticated", parse_bool, False, "An allow-listed sender counts only when the Authentication-Results header of SENDER_AUTHSERV_ID says dmarc=pass for its From domain or dkim=pass with an aligned header.d (README \"Sender filter\")."),
     Spec("SENDER_AUTHSERV_ID", "sender_authserv_id", authserv_id, None, "The authserv-id of the Authentication-Results header to trust (your receiving server's, e.g. mx.google.com), or `topmost` for the topmost header (Microsoft 365 writes none)."),
     Spec("FIRST_START_MAX_AGE_HOURS", "first_start_max_age_hours", number(0, 100000), 72.0, "On first start, unseen emails older than this are passed over (counted and logged)."),
-    Spec("MARK_AS_READ", "mark_as_read", parse_bool, True, "Set \\Seen on done emails (the $RenderSignalDone keyword is set regardless)."),
+    Spec("MARK_AS_READ", "mark_as_read", parse_bool, True, "Set \\Seen on done emails (the $RenderSignalDone keyword is set regardless, where the server stores custom keywords)."),
+    Spec("ALLOW_NO_SERVER_DONE_MARK", "allow_no_server_done_mark", parse_bool, False, "Poll a server that stores no custom keywords (Exchange Online) with MARK_AS_READ=false, so the server keeps no done mark at all and only the state store knows what is done; without it such a mailbox stops at its first SELECT in the state no_server_done_mark (README \"Servers without custom keywords\")."),
     Spec("ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS", "allow_webhook_without_links", parse_bool, False, "Send a webhook for emails without any delivery link."),
     Spec("MAX_LINKS_PER_EMAIL", "max_links_per_email", integer(1, 1000), DEFAULT_MAX_LINKS_PER_EMAIL, "Delivery links kept per email: the first ones in document order, before the R2 offload; the payload says `delivery_links_truncated: true` when there were more (counted as links_truncated, one log line with the counts)."),
     # Background machinery and lease
@@ -256,6 +257,7 @@ class Settings:
     sender_authserv_id: str | None = _settings_field("sender_authserv_id")
     first_start_max_age_hours: float = _settings_field("first_start_max_age_hours")
     mark_as_read: bool = _settings_field("mark_as_read")
+    allow_no_server_done_mark: bool = _settings_field("allow_no_server_done_mark")
     allow_webhook_without_links: bool = _settings_field("allow_webhook_without_links")
     max_links_per_email: int = _settings_field("max_links_per_email")
     enable_background_tasks: bool = _settings_field("enable_background_tasks")
@@ -388,7 +390,7 @@ class Settings:
 # mailbox and target, and one of these set beside it would be silently ignored, so it is an error instead.
 # (MAX_LINKS_PER_EMAIL is a per-mailbox setting too: the file's mailboxes have max_links_per_email.)
 PER_MAILBOX_AND_TARGET_PREFIXES = ("IMAP_", "EMAIL_", "SENDER_", "WEBHOOK_", "OAUTH_")
-PER_MAILBOX_AND_TARGET_NAMES = frozenset({"FIRST_START_MAX_AGE_HOURS", "MARK_AS_READ",
+PER_MAILBOX_AND_TARGET_NAMES = frozenset({"FIRST_START_MAX_AGE_HOURS", "MARK_AS_READ", "ALLOW_NO_SERVER_DONE_MARK",
                                           "ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS", "MAX_LINKS_PER_EMAIL"})
 
 

@@ -7,6 +7,11 @@ about a second) and runs a reconciliation cycle every ``EMAIL_POLLING_INTERVAL_S
 or a silently dead connection cannot stall the mailbox. Any IMAP error ends the session; the next one starts
 after an exponential, jittered, capped backoff. Reading never sets ``\\Seen`` (BODY.PEEK): an email is flagged
 only once it is done (delivered, skipped or dead-lettered), from the flag requests the store keeps.
+
+A server that stores no custom keywords (PERMANENTFLAGS without ``\\*``, e.g. Exchange Online) gets no
+``$RenderSignalDone`` and is never searched for it: the state store's done records (and ``\\Seen`` with MARK_AS_READ)
+carry the done state. With MARK_AS_READ=false such a server would keep no done mark at all, so the mailbox stops at
+its SELECT in the state ``no_server_done_mark`` unless ALLOW_NO_SERVER_DONE_MARK=true.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ FLAG_MAX_FAILURES = 3               # failed applications of one flag request be
 MAX_UIDS_PER_CYCLE = 100_000        # new UIDs one cycle takes (one search); the rest come next cycle
 RETRY_BATCH = 100                   # retry-set UIDs per cycle
 REPLAY_BATCH = 50                   # replay requests carried out per cycle
+# The poller's IMAP state for a server that would keep no done mark (no custom keywords, MARK_AS_READ=false,
+# ALLOW_NO_SERVER_DONE_MARK unset): nothing is read from that mailbox.
+NO_SERVER_DONE_MARK = "no_server_done_mark"
 
 
 def backoff_delay(attempt: int, cap: float, rng: random.Random, base: float = 1.0) -> float:
@@ -85,6 +93,8 @@ class MailboxPoller:
         self._tried_this_cycle: set[int] = set()
         self._last_checkpoint: int | None = None
         self._checkpoint_moved_at: float | None = None
+        self._no_done_mark_streak = False   # the no_server_done_mark ERROR is logged once per streak
+        self._keyword_search_refused = False  # the server answered NO/BAD to UNKEYWORD $RenderSignalDone once
 
     # --- thread body ----------------------------------------------------------------------------------------
 
@@ -105,6 +115,8 @@ class MailboxPoller:
             client.connect()
             state = client.select(self.config.folder)
             self._on_connected(state)
+            if not self._server_keeps_done_mark(state):
+                return self.config.reconnect_max_seconds  # looked at again at the backoff's cap, quietly
             use_idle = self.config.use_idle and client.has_idle()
             while not stop_event.is_set():
                 self.run_cycle(client, state)
@@ -149,6 +161,33 @@ class MailboxPoller:
             logger.info("IMAP: login succeeded again for %s", self.config.user)
         self._auth_streak = False
         self.status.update(state=PollerState.POLLING, imap=ImapState.OK, uidvalidity=state.uidvalidity)
+
+    def _server_keeps_done_mark(self, state) -> bool:
+        """Whether this session may go on: the server stores the done keyword, or ``\\Seen`` (MARK_AS_READ), or the
+        operator accepted a server without any done mark. Says once per session how done state is kept."""
+        mailbox_id = self.config.id
+        if state.keywords_allowed:
+            self._no_done_mark_streak = False
+            return True
+        if self.config.mark_as_read:
+            self._no_done_mark_streak = False
+            logger.info("IMAP: server stores no custom keywords mailbox=%s; done state from the state store and "
+                        "\\Seen", mailbox_id)
+            return True
+        if self.config.allow_no_server_done_mark:
+            logger.warning("IMAP: server stores no custom keywords mailbox=%s; done state from the state store only "
+                           "(MARK_AS_READ=false, ALLOW_NO_SERVER_DONE_MARK=true: the server keeps no done mark)",
+                           mailbox_id)
+            return True
+        message = (f"IMAP: {NO_SERVER_DONE_MARK} mailbox={mailbox_id}: the server stores no custom keywords and "
+                   "MARK_AS_READ=false, so it would keep no done mark; set MARK_AS_READ=true, or "
+                   "ALLOW_NO_SERVER_DONE_MARK=true to rely on the state store alone")
+        if not self._no_done_mark_streak:
+            self._no_done_mark_streak = True
+            logger.error("%s", message)
+        self.status.error(message)
+        self.status.update(imap=NO_SERVER_DONE_MARK)
+        return False
 
     def _backoff(self) -> float:
         delay = backoff_delay(self._failures, self.config.reconnect_max_seconds, self.rng)
@@ -254,14 +293,12 @@ class MailboxPoller:
         if changed:
             logger.warning("IMAP: UIDVALIDITY of %s is now %s: matching messages by Message-ID",
                            self.state_key, state.uidvalidity)
-            criteria = ["UNKEYWORD", DONE_KEYWORD]
         else:
             logger.info("IMAP: first start on %s (UIDVALIDITY %s): processing unseen messages",
                         self.state_key, state.uidvalidity)
-            criteria = ["UNSEEN", "UNKEYWORD", DONE_KEYWORD]
         uidnext = state.uidnext
         self.guard.check_remote()
-        candidates = sorted(uid for uid in client.search_uids(criteria) if uid < uidnext)
+        candidates = sorted(uid for uid in self._first_pass_search(client, state, changed) if uid < uidnext)
         cutoff = datetime.now(timezone.utc) - timedelta(hours=self.config.first_start_max_age_hours)
         handled = 0
         for start in range(0, len(candidates), BATCH_SIZE):
@@ -270,6 +307,23 @@ class MailboxPoller:
                                            advance_checkpoint=False)
         self.store.set_checkpoint(self.state_key, state.uidvalidity, max(uidnext - 1, 0))
         return handled
+
+    def _first_pass_search(self, client: MailboxClient, state, changed: bool) -> list[int]:
+        """The candidates of a first pass. With the done keyword: the messages without it (first start: the unseen
+        ones). Without it (the server stores none, or refused to search for it): first start, the unseen messages
+        (``\\Seen`` is the done mark left when the state store is new or lost); UIDVALIDITY change, every message, the
+        state store's done records deciding (as the keyword would: a message read by a person is not done)."""
+        if state.keywords_allowed and not self._keyword_search_refused:
+            criteria = ["UNKEYWORD", DONE_KEYWORD] if changed else ["UNSEEN", "UNKEYWORD", DONE_KEYWORD]
+            try:
+                return client.search_uids(criteria)
+            except (ImapConnectionError, ImapTimeout):
+                raise
+            except ImapError as exc:  # some servers answer NO/BAD to a keyword they do not know: never loop on it
+                self._keyword_search_refused = True
+                logger.warning("IMAP: the server refused to search for %s mailbox=%s (%s); the state store and "
+                               "\\Seen decide what is done", DONE_KEYWORD, self.config.id, exc)
+        return client.search_uids(["ALL"] if changed else ["UNSEEN"])
 
     def _process_batch(self, client: MailboxClient, state, uids: list[int], too_old: datetime | None = None,
                        advance_checkpoint: bool = True) -> int:
@@ -468,8 +522,9 @@ class MailboxPoller:
             logger.error("IMAP: applying flag requests failed; reading new mail anyway", exc_info=True)
 
     def apply_flags(self, client: MailboxClient, state) -> int:
-        """Flag done emails on the server (``\\Seen`` unless MARK_AS_READ=false, plus the done keyword), draining
-        the pending requests in batches (bounded, so one call never runs for ever)."""
+        """Flag done emails on the server (``\\Seen`` unless MARK_AS_READ=false, plus the done keyword where the server
+        stores keywords), draining the pending requests in batches (bounded, so one call never runs for ever). With
+        neither, a request is cleared without a STORE: the state store's done record is the only mark."""
         applied = 0
         for _ in range(MAX_FLAG_BATCHES_PER_CALL):
             done, failed = self._apply_flag_batch(client, state)

@@ -116,6 +116,20 @@ _NO_AUTH_PENALTY = """\
 """
 
 
+# Every IMAP ACL right (RFC 4314) but w: l lookup, r read, s \Seen, t \Deleted, i insert, p post, e expunge,
+# k create, x delete, a administer. Without w Dovecot stores no other flag and no keyword: PERMANENTFLAGS lacks \*.
+_RIGHTS_WITHOUT_WRITE = "lrstipekxa"
+_ACL_WITHOUT_WRITE = """\
+mail_plugins = $mail_plugins acl
+protocol imap {{
+  mail_plugins = $mail_plugins imap_acl
+}}
+plugin {{
+  acl = vfile:{dir}/global-acl
+}}
+"""
+
+
 @dataclass(frozen=True)
 class ImapAccount:
     """One test user on a Dovecot server, with what a client needs to reach it."""
@@ -147,10 +161,14 @@ class ImapAccount:
 class DovecotServer:
     _user_counter = itertools.count(1)
 
-    def __init__(self, binary: str, auth_failure_delay: str = "0", auth_penalty: bool = False) -> None:
+    def __init__(self, binary: str, auth_failure_delay: str = "0", auth_penalty: bool = False,
+                 acl_without_write: bool = False) -> None:
         """``auth_failure_delay`` and ``auth_penalty`` are off by default: Dovecot delays a failed login by 2 s
         and, with its per-IP penalty, every later login from 127.0.0.1 by up to 15 s, which would turn one
-        wrong-password test into timeouts in the tests after it."""
+        wrong-password test into timeouts in the tests after it.
+
+        ``acl_without_write``: the ACL plugin with a global ACL granting every right but ``w``, so PERMANENTFLAGS
+        holds only ``\\Seen \\Deleted`` (no ``\\*``) and no custom keyword can be stored, as on Exchange Online."""
         import trustme
 
         self.binary = binary
@@ -168,6 +186,7 @@ class DovecotServer:
         self.mail_root = os.path.join(self.dir, "mail")
         self.auth_failure_delay = auth_failure_delay
         self.auth_penalty = auth_penalty
+        self.acl_without_write = acl_without_write
         self.proc: subprocess.Popen | None = None
         self._guardian: subprocess.Popen | None = None
         self._users: dict[str, str] = {}
@@ -233,6 +252,16 @@ class DovecotServer:
                                         auth_failure_delay=self.auth_failure_delay,
                                         login_chroot=chroot, anvil_chroot=chroot,
                                         anvil_penalty="" if self.auth_penalty else _NO_AUTH_PENALTY))
+            if self.acl_without_write:
+                handle.write(_ACL_WITHOUT_WRITE.format(dir=self.dir))
+        if self.acl_without_write:
+            self._write_global_acl()
+
+    def _write_global_acl(self) -> None:
+        path = os.path.join(self.dir, "global-acl")
+        with open(path, "w") as handle:
+            handle.write(f"* owner {_RIGHTS_WITHOUT_WRITE}\n")
+        os.chmod(path, 0o644)
 
     def _greets(self) -> bool:
         with socket.create_connection((self.host, self.port), timeout=1) as sock:

@@ -229,6 +229,7 @@ class MailboxClient:
         self._state: MailboxState | None = None
         self._idling = False
         self._phase = "connect"
+        self._refusal_told: set[str] = set()  # keywords add_flags said it leaves out, since the last select()
 
     # --- state ----------------------------------------------------------------------------------------------
 
@@ -324,6 +325,7 @@ class MailboxClient:
         """SELECT (read-write, flags are stored later); returns UIDVALIDITY, UIDNEXT, EXISTS, PERMANENTFLAGS."""
         client = self._require("select")
         self._state = None
+        self._refusal_told = set()
         info = self._call("select", client.select_folder, mailbox)
         uidnext = info.get(b"UIDNEXT")
         if uidnext is None:  # optional in RFC 3501's SELECT; STATUS always has it
@@ -406,7 +408,7 @@ class MailboxClient:
 
     def add_flags(self, uids: Iterable[int], flags: Iterable[str | bytes]) -> tuple[bytes, ...]:
         """UID STORE +FLAGS.SILENT. Keywords are sent only where PERMANENTFLAGS allows them (``\\*`` or listed);
-        returns the flags actually sent."""
+        returns the flags actually sent. A keyword left out is said once per selected mailbox, not per call."""
         client = self._require_selected("store")
         state = self._require_selected_state("store")
         targets = sorted({int(uid) for uid in uids})
@@ -422,7 +424,8 @@ class MailboxClient:
                 allowed.append(raw)
             else:
                 refused.append(name)
-        if refused:
+        if set(refused) - self._refusal_told:
+            self._refusal_told.update(refused)
             logger.info("IMAP: the server keeps no keyword %s in this mailbox; storing %s only",
                         ", ".join(refused), b" ".join(allowed).decode() or "nothing")
         if not targets or not allowed:
