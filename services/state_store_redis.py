@@ -387,7 +387,8 @@ return {pending, oldest[2] or '', dead, recent}
 
 
 def _target_entry(stats: dict[str, dict], target_id: str | None) -> dict:
-    return stats.setdefault(target_id or DEFAULT_ID, {"pending": 0, "held": 0, "dead": 0, "oldest_pending_age_s": None})
+    return stats.setdefault(target_id or DEFAULT_ID, {"pending": 0, "held": 0, "dead": 0, "oldest_pending_age_s": None,
+                                                      "oldest_due_at": None, "oldest_due_delay": None})
 
 
 def _count_pending(stats: dict[str, dict], fields: list, since: Any, now: float) -> None:
@@ -403,6 +404,14 @@ def _count_pending(stats: dict[str, dict], fields: list, since: Any, now: float)
     age = max(0.0, now - (float(since) if since is not None else float(created_at or now)))
     if counts["oldest_pending_age_s"] is None or age > counts["oldest_pending_age_s"]:
         counts["oldest_pending_age_s"] = age
+
+
+def _scheduled_delay(next_attempt_at: str | None, last_attempt: str | None) -> float:
+    """How long the item was scheduled to wait after its last attempt (0 without one): its ``next_attempt_at``
+    field and the newest entry (JSON) of its attempt log."""
+    if not last_attempt or next_attempt_at is None:
+        return 0.0
+    return max(0.0, float(next_attempt_at) - float(json.loads(last_attempt).get("at") or 0.0))
 
 
 def _num(value: float) -> str:
@@ -817,13 +826,20 @@ class RedisStateStore:
         if not head:
             return None, None
         event_id, due_at = head[0]
+        [delay] = self._scheduled_delays([event_id])
+        return float(due_at), delay
+
+    def _scheduled_delays(self, event_ids: list[str]) -> list[float]:
+        """Each item's scheduled delay after its last attempt (``_scheduled_delay``), read in one round trip."""
+        if not event_ids:
+            return []
         pipe = self._client.pipeline(transaction=False)
-        pipe.hget(self._item_key(event_id), "next_attempt_at")
-        pipe.lindex(self._attempts_key(event_id), -1)
-        next_attempt_at, last = pipe.execute()
-        if not last or next_attempt_at is None:
-            return float(due_at), 0.0
-        return float(due_at), max(0.0, float(next_attempt_at) - float(json.loads(last).get("at") or 0.0))
+        for event_id in event_ids:
+            pipe.hget(self._item_key(event_id), "next_attempt_at")
+            pipe.lindex(self._attempts_key(event_id), -1)
+        answers = pipe.execute()
+        return [_scheduled_delay(next_attempt_at, last)
+                for next_attempt_at, last in zip(answers[::2], answers[1::2], strict=True)]
 
     # --- IMAP flag requests ------------------------------------------------------------------------------------
 
@@ -1068,19 +1084,31 @@ class RedisStateStore:
 
     @_errors
     def target_stats(self, now: float) -> dict[str, dict]:
-        """Per target: pending (not held), held, the oldest pending age, dead letters within the retention (reads
-        the fields of every pending and recent dead item: the sets are small in a working service)."""
+        """Per target: pending (not held), held, the oldest pending age, the oldest due item's due time and
+        scheduled delay (as ``outbox_stats``), dead letters within the retention (reads the fields of every pending
+        and recent dead item: the sets are small in a working service)."""
         stats: dict[str, dict] = {}
 
-        pending_ids = self._client.zrange(self._pending, 0, -1) + self._client.zrange(self._enriching, 0, -1)
-        for start in range(0, len(pending_ids), 500):
+        # (event id, its score in outbox:pending: when claimable next), in claim order; an enriching item is not due
+        queued = self._client.zrange(self._pending, 0, -1, withscores=True)
+        queued += [(event_id, None) for event_id in self._client.zrange(self._enriching, 0, -1)]
+        heads: dict[str, tuple[str, float]] = {}  # per target: its oldest due item (event id, due at)
+        for start in range(0, len(queued), 500):
+            chunk = queued[start:start + 500]
             pipe = self._client.pipeline(transaction=False)
-            for event_id in pending_ids[start:start + 500]:
+            for event_id, _ in chunk:
                 pipe.hmget(self._item_key(event_id), "status", "target_id", "held_until", "created_at")
                 pipe.zscore(self._pending_since, event_id)
             answers = pipe.execute()
-            for fields, since in zip(answers[::2], answers[1::2], strict=True):
+            for (event_id, due_at), fields, since in zip(chunk, answers[::2], answers[1::2], strict=True):
                 _count_pending(stats, fields, since, now)
+                # due exactly as outbox_stats' oldest due item: a live claim's or a hold's score is still ahead
+                if due_at is not None and due_at <= now and fields[0] == OutboxStatus.PENDING:
+                    heads.setdefault(fields[1] or DEFAULT_ID, (event_id, float(due_at)))
+        for (target_id, (_, due_at)), delay in zip(heads.items(), self._scheduled_delays(
+                [event_id for event_id, _ in heads.values()]), strict=True):
+            stats[target_id]["oldest_due_at"] = due_at
+            stats[target_id]["oldest_due_delay"] = delay
         dead_ids = self._client.zrangebyscore(self._dead, self._cutoff(now), "+inf")
         for start in range(0, len(dead_ids), 500):
             pipe = self._client.pipeline(transaction=False)

@@ -48,6 +48,7 @@ from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract 
     test_replay_moves_dead_letters_back_to_pending_with_attempts_reset,
     test_reschedule_keeps_the_item_pending_until_its_next_attempt,
     test_target_stats_count_pending_held_and_dead_per_target,
+    test_target_stats_give_each_target_its_oldest_due_item_and_its_scheduled_delay,
     test_threads_enqueueing_the_same_items_create_each_once,
     test_writes_fenced_with_a_stale_lease_epoch_are_refused_and_a_late_2xx_is_only_counted,
 )
