@@ -51,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import redis
@@ -391,19 +391,38 @@ def _target_entry(stats: dict[str, dict], target_id: str | None) -> dict:
                                                       "oldest_due_at": None, "oldest_due_delay": None})
 
 
-def _count_pending(stats: dict[str, dict], fields: list, since: Any, now: float) -> None:
-    """Count one pending item (status, target_id, held_until, created_at) into its target's entry."""
-    status, target_id, held_until, created_at = fields
-    if status not in (OutboxStatus.PENDING, OutboxStatus.ENRICHING):
-        return
-    counts = _target_entry(stats, target_id)
-    if held_until is not None and float(held_until) > now:
-        counts["held"] += 1
-        return
-    counts["pending"] += 1
-    age = max(0.0, now - (float(since) if since is not None else float(created_at or now)))
-    if counts["oldest_pending_age_s"] is None or age > counts["oldest_pending_age_s"]:
-        counts["oldest_pending_age_s"] = age
+@dataclass
+class _PendingPass:
+    """What one pass over the pending and enriching items finds (``outbox_breakdown``): per target the
+    ``target_stats`` entry (dead letters are added after the pass), per mailbox and per target how many items are
+    queued (``pending_owners``), and per target its oldest due item."""
+
+    now: float
+    targets: dict[str, dict] = field(default_factory=dict)
+    mailbox_counts: dict[str, int] = field(default_factory=dict)
+    target_counts: dict[str, int] = field(default_factory=dict)
+    due_heads: dict[str, tuple[str, float]] = field(default_factory=dict)  # target -> (event id, due at)
+
+    def add(self, event_id: str, due_at: float | None, fields: list, since: Any) -> None:
+        """Count one item: ``due_at`` its score in outbox:pending (None when enriching), ``fields`` its status,
+        mailbox_id, target_id, held_until and created_at, ``since`` its score in outbox:pending_since."""
+        status, mailbox_id, target_id, held_until, created_at = fields
+        if status not in (OutboxStatus.PENDING, OutboxStatus.ENRICHING):
+            return
+        mailbox_id, target_id = mailbox_id or DEFAULT_ID, target_id or DEFAULT_ID
+        self.mailbox_counts[mailbox_id] = self.mailbox_counts.get(mailbox_id, 0) + 1
+        self.target_counts[target_id] = self.target_counts.get(target_id, 0) + 1
+        counts = _target_entry(self.targets, target_id)
+        if held_until is not None and float(held_until) > self.now:
+            counts["held"] += 1
+            return
+        counts["pending"] += 1
+        age = max(0.0, self.now - (float(since) if since is not None else float(created_at or self.now)))
+        if counts["oldest_pending_age_s"] is None or age > counts["oldest_pending_age_s"]:
+            counts["oldest_pending_age_s"] = age
+        # due exactly as outbox_stats' oldest due item: a live claim's score is its claimed_until, still ahead
+        if due_at is not None and due_at <= self.now and status == OutboxStatus.PENDING:
+            self.due_heads.setdefault(target_id, (event_id, float(due_at)))
 
 
 def _scheduled_delay(next_attempt_at: str | None, last_attempt: str | None) -> float:
@@ -803,21 +822,10 @@ class RedisStateStore:
 
     @_errors
     def pending_owners(self) -> dict[str, dict[str, int]]:
-        """How many pending items each mailbox id and each target id has (reads every pending item's two fields;
-        the pending set is small in a working service)."""
-        mailboxes: dict[str, int] = {}
-        targets: dict[str, int] = {}
-        ids = self._client.zrange(self._pending, 0, -1) + self._client.zrange(self._enriching, 0, -1)
-        for start in range(0, len(ids), 500):
-            pipe = self._client.pipeline(transaction=False)
-            for event_id in ids[start:start + 500]:
-                pipe.hmget(self._item_key(event_id), "status", "mailbox_id", "target_id")
-            for status, mailbox_id, target_id in pipe.execute():
-                if status not in (OutboxStatus.PENDING, OutboxStatus.ENRICHING):
-                    continue
-                mailboxes[mailbox_id or DEFAULT_ID] = mailboxes.get(mailbox_id or DEFAULT_ID, 0) + 1
-                targets[target_id or DEFAULT_ID] = targets.get(target_id or DEFAULT_ID, 0) + 1
-        return {"mailboxes": mailboxes, "targets": targets}
+        """How many pending items each mailbox id and each target id has (reads every pending item's fields; the
+        pending set is small in a working service)."""
+        found = self._pending_pass(now_or_clock(None))
+        return {"mailboxes": found.mailbox_counts, "targets": found.target_counts}
 
     def _oldest_due(self, now: float) -> tuple[float | None, float | None]:
         """The due time of the oldest due pending item and how long it was scheduled to wait after its last
@@ -1087,26 +1095,16 @@ class RedisStateStore:
         """Per target: pending (not held), held, the oldest pending age, the oldest due item's due time and
         scheduled delay (as ``outbox_stats``), dead letters within the retention (reads the fields of every pending
         and recent dead item: the sets are small in a working service)."""
-        stats: dict[str, dict] = {}
+        return self.outbox_breakdown(now)["targets"]
 
-        # (event id, its score in outbox:pending: when claimable next), in claim order; an enriching item is not due
-        queued = self._client.zrange(self._pending, 0, -1, withscores=True)
-        queued += [(event_id, None) for event_id in self._client.zrange(self._enriching, 0, -1)]
-        heads: dict[str, tuple[str, float]] = {}  # per target: its oldest due item (event id, due at)
-        for start in range(0, len(queued), 500):
-            chunk = queued[start:start + 500]
-            pipe = self._client.pipeline(transaction=False)
-            for event_id, _ in chunk:
-                pipe.hmget(self._item_key(event_id), "status", "target_id", "held_until", "created_at")
-                pipe.zscore(self._pending_since, event_id)
-            answers = pipe.execute()
-            for (event_id, due_at), fields, since in zip(chunk, answers[::2], answers[1::2], strict=True):
-                _count_pending(stats, fields, since, now)
-                # due exactly as outbox_stats' oldest due item: a live claim's or a hold's score is still ahead
-                if due_at is not None and due_at <= now and fields[0] == OutboxStatus.PENDING:
-                    heads.setdefault(fields[1] or DEFAULT_ID, (event_id, float(due_at)))
-        for (target_id, (_, due_at)), delay in zip(heads.items(), self._scheduled_delays(
-                [event_id for event_id, _ in heads.values()]), strict=True):
+    @_errors
+    def outbox_breakdown(self, now: float) -> dict[str, dict]:
+        """``target_stats(now)`` as "targets" and ``pending_owners()["mailboxes"]`` as "mailboxes", from one pass
+        over the pending items."""
+        found = self._pending_pass(now)
+        stats = found.targets
+        for (target_id, (_, due_at)), delay in zip(found.due_heads.items(), self._scheduled_delays(
+                [event_id for event_id, _ in found.due_heads.values()]), strict=True):
             stats[target_id]["oldest_due_at"] = due_at
             stats[target_id]["oldest_due_delay"] = delay
         dead_ids = self._client.zrangebyscore(self._dead, self._cutoff(now), "+inf")
@@ -1116,7 +1114,24 @@ class RedisStateStore:
                 pipe.hget(self._item_key(event_id), "target_id")
             for target_id in pipe.execute():
                 _target_entry(stats, target_id)["dead"] += 1
-        return stats
+        return {"targets": stats, "mailboxes": found.mailbox_counts}
+
+    def _pending_pass(self, now: float) -> _PendingPass:
+        """Read the fields of every pending and enriching item once (500 to a round trip) into a ``_PendingPass``."""
+        found = _PendingPass(now)
+        # (event id, its score in outbox:pending: when claimable next), in claim order; an enriching item is not due
+        queued = self._client.zrange(self._pending, 0, -1, withscores=True)
+        queued += [(event_id, None) for event_id in self._client.zrange(self._enriching, 0, -1)]
+        for start in range(0, len(queued), 500):
+            chunk = queued[start:start + 500]
+            pipe = self._client.pipeline(transaction=False)
+            for event_id, _ in chunk:
+                pipe.hmget(self._item_key(event_id), "status", "mailbox_id", "target_id", "held_until", "created_at")
+                pipe.zscore(self._pending_since, event_id)
+            answers = pipe.execute()
+            for (event_id, due_at), fields, since in zip(chunk, answers[::2], answers[1::2], strict=True):
+                found.add(event_id, due_at, fields, since)
+        return found
 
     @_errors
     def read_status(self) -> dict | None:

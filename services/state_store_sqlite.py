@@ -569,11 +569,15 @@ class SqliteStateStore:
     def pending_owners(self) -> dict[str, dict[str, int]]:
         """How many pending items each mailbox id and each target id has."""
         with self._read() as conn:
-            mailboxes = conn.execute("SELECT mailbox_id, count(*) FROM outbox WHERE status IN ('pending', "
-                                     "'enriching') GROUP BY mailbox_id").fetchall()
-            targets = conn.execute("SELECT target_id, count(*) FROM outbox WHERE status IN ('pending', "
-                                   "'enriching') GROUP BY target_id").fetchall()
-        return {"mailboxes": {name: int(n) for name, n in mailboxes}, "targets": {name: int(n) for name, n in targets}}
+            return {"mailboxes": self._pending_counts(conn, "mailbox_id"),
+                    "targets": self._pending_counts(conn, "target_id")}
+
+    @staticmethod
+    def _pending_counts(conn: sqlite3.Connection, owner: str) -> dict[str, int]:
+        """How many pending (and enriching) items each ``owner`` (``mailbox_id`` or ``target_id``) has."""
+        rows = conn.execute(f"SELECT {owner}, count(*) FROM outbox WHERE status IN ('pending', 'enriching') "
+                            f"GROUP BY {owner}").fetchall()
+        return {name: int(n) for name, n in rows}
 
     # --- IMAP flag requests ------------------------------------------------------------------------------------
 
@@ -781,25 +785,35 @@ class SqliteStateStore:
     def target_stats(self, now: float) -> dict[str, dict]:
         """Per target: pending (not held), held, the oldest pending age, the oldest due item's due time and
         scheduled delay (as ``outbox_stats``), dead letters within the retention."""
+        with self._read() as conn:
+            return self._target_stats(conn, now)
+
+    @_errors
+    def outbox_breakdown(self, now: float) -> dict[str, dict]:
+        """``target_stats(now)`` as "targets" and ``pending_owners()["mailboxes"]`` as "mailboxes", read in one
+        snapshot."""
+        with self._read() as conn:
+            return {"targets": self._target_stats(conn, now), "mailboxes": self._pending_counts(conn, "mailbox_id")}
+
+    def _target_stats(self, conn: sqlite3.Connection, now: float) -> dict[str, dict]:
         cutoff = now - self._retention
         stats: dict[str, dict] = {}
-        with self._read() as conn:
-            for target_id, pending, held, oldest in conn.execute(
-                    "SELECT target_id, coalesce(sum(held_until IS NULL OR held_until <= ?), 0), "
-                    "coalesce(sum(held_until > ?), 0), min(CASE WHEN held_until IS NULL OR held_until <= ? "
-                    "THEN pending_since END) FROM outbox WHERE status IN ('pending', 'enriching') GROUP BY target_id",
-                    (now, now, now)):
-                stats[target_id] = {"pending": int(pending), "held": int(held), "dead": 0,
-                                    "oldest_pending_age_s": None if oldest is None else max(0.0, now - oldest),
-                                    **_NO_DUE_ITEM}
-            for target_id, *due in conn.execute(
-                    f"SELECT target_id, {_DUE_COLUMNS} FROM (SELECT target_id, {_DUE_COLUMNS}, row_number() OVER "
-                    f"(PARTITION BY target_id ORDER BY due_at) AS n FROM outbox WHERE {_DUE}) WHERE n = 1", (now,)):
-                stats[target_id].update(_due_fields(*due))
-            for target_id, dead in conn.execute("SELECT target_id, count(*) FROM outbox WHERE status = 'dead' "
-                                                "AND dead_at > ? GROUP BY target_id", (cutoff,)):
-                stats.setdefault(target_id, {"pending": 0, "held": 0, "oldest_pending_age_s": None,
-                                             **_NO_DUE_ITEM})["dead"] = dead
+        for target_id, pending, held, oldest in conn.execute(
+                "SELECT target_id, coalesce(sum(held_until IS NULL OR held_until <= ?), 0), "
+                "coalesce(sum(held_until > ?), 0), min(CASE WHEN held_until IS NULL OR held_until <= ? "
+                "THEN pending_since END) FROM outbox WHERE status IN ('pending', 'enriching') GROUP BY target_id",
+                (now, now, now)):
+            stats[target_id] = {"pending": int(pending), "held": int(held), "dead": 0,
+                                "oldest_pending_age_s": None if oldest is None else max(0.0, now - oldest),
+                                **_NO_DUE_ITEM}
+        for target_id, *due in conn.execute(
+                f"SELECT target_id, {_DUE_COLUMNS} FROM (SELECT target_id, {_DUE_COLUMNS}, row_number() OVER "
+                f"(PARTITION BY target_id ORDER BY due_at) AS n FROM outbox WHERE {_DUE}) WHERE n = 1", (now,)):
+            stats[target_id].update(_due_fields(*due))
+        for target_id, dead in conn.execute("SELECT target_id, count(*) FROM outbox WHERE status = 'dead' "
+                                            "AND dead_at > ? GROUP BY target_id", (cutoff,)):
+            stats.setdefault(target_id, {"pending": 0, "held": 0, "oldest_pending_age_s": None,
+                                         **_NO_DUE_ITEM})["dead"] = dead
         return stats
 
     @_errors

@@ -247,6 +247,33 @@ def test_target_stats_give_each_target_its_oldest_due_item_and_its_scheduled_del
                                                                       outbox["oldest_due_delay"])
 
 
+def test_the_outbox_breakdown_is_target_stats_and_pending_mailboxes_in_one_answer(store: StateStore) -> None:
+    now = time.time()
+    # Given items of two mailboxes for three targets: due, held, claimed, enriching and dead
+    work = [OutboxItem(**{**_due_for(target, 10 + n, now - 30).__dict__, "mailbox_id": "work"})
+            for n, target in enumerate(("a", "b"))]
+    store.enqueue_all([_due_for("a", 1, now - 100), _due_for("b", 1, now - 100), *work])
+    store.enqueue_all([_due_for("c", 2, now - 60), _due_for("c", 3, now + 300)])
+    store.claim_due("w", now, 10, 30, mailbox_id="work", target_id="b")
+    store.claim_due("w", now, 10, 30, mailbox_id="default", target_id="c")
+    store.hold("msg_e2_c", now + 600, now)
+    store.claim_due("w", now, 10, 30, mailbox_id="default", target_id="a")
+    store.dead_letter("msg_e1_a", "http_400", 400, None, now)
+    store.enqueue_all([OutboxItem(**{**an_enriching_item(4).__dict__, "event_id": "msg_e4_d", "target_id": "d",
+                                     "mailbox_id": "work"})])
+
+    # When the breakdown is read, and the two answers it stands for
+    breakdown = store.outbox_breakdown(now)
+    targets, owners = store.target_stats(now), store.pending_owners()
+
+    # Then it is exactly those two answers
+    assert breakdown == {"targets": targets, "mailboxes": owners["mailboxes"]}
+    assert breakdown["mailboxes"] == {"default": 3, "work": 3}
+    assert {target: (entry["pending"], entry["held"], entry["dead"]) for target, entry in targets.items()} == {
+        "a": (1, 0, 1), "b": (2, 0, 0), "c": (1, 1, 0), "d": (1, 0, 0)}
+    assert store.outbox_breakdown(now) == breakdown   # reading changes nothing
+
+
 def test_each_mailbox_holder_publishes_its_own_status(store: StateStore) -> None:
     store.publish_mailbox_status("studio", {"poller": {"state": "idle"}}, ttl_seconds=30)
     store.publish_mailbox_status("agency", {"poller": {"state": "polling"}}, ttl_seconds=0.2)
