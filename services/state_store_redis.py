@@ -59,6 +59,7 @@ import redis
 from config import DEFAULT_ID
 from services.state_migrations import OLDEST_READER, SCHEMA_VERSION, SchemaTooNew, check_readable
 from services.state_store import (
+    ATTEMPT_LOG_KEEP,
     DEAD_RECENT_COUNT,
     RECENT_KEEP,
     Fence,
@@ -129,15 +130,80 @@ local function end_of_item(prefix, f, at, ttl, dead)
 end
 """
 
+# An item's owner's due set (Lua, shared by every script that moves an item's due time): the index
+# outbox:due:<mailbox_id>:<target_id> of outbox:pending (the key ``RedisStateStore._owner_due`` builds), named by the
+# item hash's mailbox_id and target_id (absent before schema version 2: default).
+_OWNER_DUE = """
+local function owner_due_key(prefix, key)
+  local o = redis.call('HMGET', key, 'mailbox_id', 'target_id')
+  return prefix .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default')
+end
+local function set_owner_due(prefix, key, due, id)
+  redis.call('ZADD', owner_due_key(prefix, key), due, id)
+end
+"""
+
+# Claim pending items (Lua, shared by the claim scripts): ``claim_item`` starts an attempt of one, in flight until
+# claimed_until, when outbox:pending (``pending``) has it due again, and keeps its fields (HGETALL) for the reply;
+# ``claims`` counts the possible duplicates (items claimed while still in flight) and returns what was claimed.
+_CLAIM_ITEM = """
+local claimed, possible_duplicates = {}, 0
+local function claim_item(key, id, pending, now, claimed_until, owner)
+  if redis.call('HGET', key, 'in_flight') == '1' then possible_duplicates = possible_duplicates + 1 end
+  redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('HSETNX', key, 'first_attempt_at', now)
+  redis.call('HSET', key, 'in_flight', '1', 'claimed_until', claimed_until, 'claim_owner', owner)
+  redis.call('ZADD', pending, claimed_until, id)
+  claimed[#claimed + 1] = redis.call('HGETALL', key)
+end
+local function claims(counters)
+  if possible_duplicates > 0 then redis.call('HINCRBY', counters, 'possible_duplicates', possible_duplicates) end
+  return claimed
+end
+"""
+
+# Undo the claim of an item in flight (Lua, shared by release and hold): the attempt it counted is taken back, and
+# when earlier attempts remain, the start of its retry window is moved on by ``shift`` seconds (nil: not moved).
+# Returns false, changing nothing, when the item is not pending and in flight.
+_UNDO_CLAIM = """
+local function undo_claim(key, shift)
+  if redis.call('HGET', key, 'status') ~= 'pending' or redis.call('HGET', key, 'in_flight') ~= '1' then
+    return false
+  end
+  local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0')
+  if attempts <= 1 then
+    redis.call('HSET', key, 'attempts', '0')
+    redis.call('HDEL', key, 'first_attempt_at')
+  else
+    redis.call('HSET', key, 'attempts', tostring(attempts - 1))
+    local first = shift and redis.call('HGET', key, 'first_attempt_at')
+    if first then redis.call('HSET', key, 'first_attempt_at', tostring(tonumber(first) + tonumber(shift))) end
+  end
+  redis.call('HSET', key, 'in_flight', '0')
+  redis.call('HDEL', key, 'claimed_until', 'claim_owner')
+  return true
+end
+"""
+
+# Append one attempt (JSON; '' for none) to an item's attempt log (Lua, shared by the scripts that end an attempt):
+# the last ATTEMPT_LOG_KEEP are kept, for the retention.
+_LOG_ATTEMPT = f"""
+local function log_attempt(log, attempt, ttl)
+  if attempt == '' then return end
+  redis.call('RPUSH', log, attempt)
+  redis.call('LTRIM', log, -{ATTEMPT_LOG_KEEP}, -1)
+  redis.call('PEXPIRE', log, ttl)
+end
+"""
+
 # KEYS: item, pending, pending_since, enriching.  ARGV: event_id, payload, now, prefix
-_FINISH_ENRICHMENT = """
+_FINISH_ENRICHMENT = _OWNER_DUE + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'enriching' then return 0 end
 local since = redis.call('ZSCORE', KEYS[4], ARGV[1]) or ARGV[3]
 redis.call('HSET', KEYS[1], 'payload', ARGV[2], 'status', 'pending', 'next_attempt_at', ARGV[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-local o = redis.call('HMGET', KEYS[1], 'mailbox_id', 'target_id')
-redis.call('ZADD', ARGV[4] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), ARGV[3], ARGV[1])
+set_owner_due(ARGV[4], KEYS[1], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], since, ARGV[1])
 return 1
 """
@@ -146,20 +212,16 @@ return 1
 # The owner's due set (outbox:due:<mailbox_id>:<target_id>) is an index of outbox:pending, which stays the
 # authority on due times: a stale entry (claimed, rescheduled or finished since) is brought in step when seen. Due
 # items at the front of outbox:pending that no owner set holds yet (queued by an older release) are adopted first.
-_CLAIM_FOR = """
+_CLAIM_FOR = _OWNER_DUE + _CLAIM_ITEM + """
 local prefix = ARGV[5]
 local limit = tonumber(ARGV[2])
 local front = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 20)
 for _, id in ipairs(front) do
-  local o = redis.call('HMGET', prefix .. 'item:' .. id, 'mailbox_id', 'target_id')
-  local set = prefix .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default')
-  redis.call('ZADD', set, 'NX', redis.call('ZSCORE', KEYS[2], id), id)
+  redis.call('ZADD', owner_due_key(prefix, prefix .. 'item:' .. id), 'NX', redis.call('ZSCORE', KEYS[2], id), id)
 end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit * 4)
-local out = {}
-local dups = 0
 for _, id in ipairs(ids) do
-  if #out >= limit then break end
+  if #claimed >= limit then break end
   local key = prefix .. 'item:' .. id
   local due = redis.call('ZSCORE', KEYS[2], id)
   if not due or redis.call('HGET', key, 'status') ~= 'pending' then
@@ -167,45 +229,32 @@ for _, id in ipairs(ids) do
   elseif tonumber(due) > tonumber(ARGV[1]) then
     redis.call('ZADD', KEYS[1], due, id)
   else
-    if redis.call('HGET', key, 'in_flight') == '1' then dups = dups + 1 end
-    redis.call('HINCRBY', key, 'attempts', 1)
-    redis.call('HSETNX', key, 'first_attempt_at', ARGV[1])
-    redis.call('HSET', key, 'in_flight', '1', 'claimed_until', ARGV[3], 'claim_owner', ARGV[4])
-    redis.call('ZADD', KEYS[2], ARGV[3], id)
     redis.call('ZADD', KEYS[1], ARGV[3], id)
-    out[#out + 1] = redis.call('HGETALL', key)
+    claim_item(key, id, KEYS[2], ARGV[1], ARGV[3], ARGV[4])
   end
 end
-if dups > 0 then redis.call('HINCRBY', KEYS[4], 'possible_duplicates', dups) end
-return out
+return claims(KEYS[4])
 """
 
-# KEYS: pending, pending_since, counters.  ARGV: now, limit, claimed_until, owner, item key prefix
-_CLAIM = """
+# KEYS: pending, pending_since, counters.  ARGV: now, limit, claimed_until, owner, item key prefix.  The owners'
+# due sets are not moved: a claim by owner brings a stale entry in step when it sees it (``_CLAIM_FOR``).
+_CLAIM = _CLAIM_ITEM + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
-local dups = 0
 for _, id in ipairs(ids) do
   local key = ARGV[5] .. id
   if redis.call('HGET', key, 'status') ~= 'pending' then
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZREM', KEYS[2], id)
   else
-    if redis.call('HGET', key, 'in_flight') == '1' then dups = dups + 1 end
-    redis.call('HINCRBY', key, 'attempts', 1)
-    redis.call('HSETNX', key, 'first_attempt_at', ARGV[1])
-    redis.call('HSET', key, 'in_flight', '1', 'claimed_until', ARGV[3], 'claim_owner', ARGV[4])
-    redis.call('ZADD', KEYS[1], ARGV[3], id)
-    out[#out + 1] = redis.call('HGETALL', key)
+    claim_item(key, id, KEYS[1], ARGV[1], ARGV[3], ARGV[4])
   end
 end
-if dups > 0 then redis.call('HINCRBY', KEYS[3], 'possible_duplicates', dups) end
-return out
+return claims(KEYS[3])
 """
 
 # KEYS: item, pending, pending_since, delivered, counters, attempts
 # ARGV: event_id, now, http status, retention ms, delivered cutoff, prefix, attempt JSON or ''
-_MARK_DELIVERED = _END_OF_ITEM + """
+_MARK_DELIVERED = _END_OF_ITEM + _LOG_ATTEMPT + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id', 'target_id')
 redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', ARGV[2], 'last_status', ARGV[3], 'in_flight', '0')
@@ -217,38 +266,29 @@ redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[5])
 end_of_item(ARGV[6], f, ARGV[2], ARGV[4], nil)
 redis.call('HINCRBY', KEYS[5], 'webhooks_delivered:target=' .. (f[6] or 'default'), 1)
-if ARGV[7] ~= '' then
-  redis.call('RPUSH', KEYS[6], ARGV[7])
-  redis.call('LTRIM', KEYS[6], -20, -1)
-  redis.call('PEXPIRE', KEYS[6], ARGV[4])
-end
+log_attempt(KEYS[6], ARGV[7], ARGV[4])
 return 1
 """
 
 # KEYS: item, pending, counters, attempts.  ARGV: event_id, next_attempt_at, error, http status or '', attempt
 # JSON or '', retention ms, prefix (the owner's due set must learn a due time earlier than the claim's end)
-_RESCHEDULE = """
+_RESCHEDULE = _OWNER_DUE + _LOG_ATTEMPT + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[2], 'last_error', ARGV[3], 'in_flight', '0')
 if ARGV[4] == '' then redis.call('HDEL', KEYS[1], 'last_status')
 else redis.call('HSET', KEYS[1], 'last_status', ARGV[4]) end
 redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-local o = redis.call('HMGET', KEYS[1], 'mailbox_id', 'target_id')
-redis.call('ZADD', ARGV[7] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), ARGV[2], ARGV[1])
+set_owner_due(ARGV[7], KEYS[1], ARGV[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'webhook_retries:target=' .. (redis.call('HGET', KEYS[1], 'target_id') or 'default'), 1)
-if ARGV[5] ~= '' then
-  redis.call('RPUSH', KEYS[4], ARGV[5])
-  redis.call('LTRIM', KEYS[4], -20, -1)
-  redis.call('PEXPIRE', KEYS[4], ARGV[6])
-end
+log_attempt(KEYS[4], ARGV[5], ARGV[6])
 return 1
 """
 
 # KEYS: item, pending, pending_since, dead, counters, attempts
 # ARGV: event_id, now, reason, http status or '', excerpt, has excerpt '1'/'0', retention ms, dead cutoff, prefix,
 # attempt JSON or ''
-_DEAD_LETTER = _END_OF_ITEM + """
+_DEAD_LETTER = _END_OF_ITEM + _LOG_ATTEMPT + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id', 'target_id')
 redis.call('HSET', KEYS[1], 'status', 'dead', 'dead_reason', ARGV[3], 'dead_at', ARGV[2], 'in_flight', '0')
@@ -264,16 +304,12 @@ redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[8])
 end_of_item(ARGV[9], f, ARGV[2], ARGV[7], ARGV[3])
 redis.call('HINCRBY', KEYS[5], 'dead_letters:target=' .. (f[6] or 'default'), 1)
-if ARGV[10] ~= '' then
-  redis.call('RPUSH', KEYS[6], ARGV[10])
-  redis.call('LTRIM', KEYS[6], -20, -1)
-  redis.call('PEXPIRE', KEYS[6], ARGV[7])
-end
+log_attempt(KEYS[6], ARGV[10], ARGV[7])
 return 1
 """
 
 # KEYS: dead, pending, pending_since.  ARGV: now, prefix, retention ms, event id ('' = every dead letter)
-_REPLAY = """
+_REPLAY = _OWNER_DUE + """
 local ids
 if ARGV[4] == '' then ids = redis.call('ZRANGE', KEYS[1], 0, -1) else ids = {ARGV[4]} end
 local n = 0
@@ -287,8 +323,7 @@ for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZADD', KEYS[2], ARGV[1], id)
     redis.call('ZADD', KEYS[3], ARGV[1], id)
-    local o = redis.call('HMGET', key, 'mailbox_id', 'target_id')
-    redis.call('ZADD', ARGV[2] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), ARGV[1], id)
+    set_owner_due(ARGV[2], key, ARGV[1], id)
     local email_id = redis.call('HGET', key, 'email_id')
     redis.call('SET', ARGV[2] .. 'done:' .. email_id, 'enqueued', 'PX', ARGV[3])
     -- open again; a replayed item clears the email's dead mark (the operator asked for another try)
@@ -305,49 +340,24 @@ return n
 """
 
 # KEYS: item, pending.  ARGV: event_id, prefix.  Undoes a claim that ended without an attempt.
-_RELEASE_CLAIM = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'pending' or redis.call('HGET', KEYS[1], 'in_flight') ~= '1' then
-  return 0
-end
-local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
-if attempts <= 1 then
-  redis.call('HSET', KEYS[1], 'attempts', '0')
-  redis.call('HDEL', KEYS[1], 'first_attempt_at')
-else
-  redis.call('HSET', KEYS[1], 'attempts', tostring(attempts - 1))
-end
-redis.call('HSET', KEYS[1], 'in_flight', '0')
-redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
+_RELEASE_CLAIM = _OWNER_DUE + _UNDO_CLAIM + """
+if not undo_claim(KEYS[1], nil) then return 0 end
 local due = redis.call('HGET', KEYS[1], 'next_attempt_at') or '0'
 redis.call('ZADD', KEYS[2], due, ARGV[1])
-local o = redis.call('HMGET', KEYS[1], 'mailbox_id', 'target_id')
-redis.call('ZADD', ARGV[2] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), due, ARGV[1])
+set_owner_due(ARGV[2], KEYS[1], due, ARGV[1])
 return 1
 """
 
 # KEYS: item, pending, pending_since, held.  ARGV: event_id, until, seconds held, prefix.  Holds a claimed item
 # outside its target's window: no attempt counted, due at ``until``, its retry window and backlog age moved on by
 # the time held (``outbox:held``: event id -> until, what the stats count as held rather than pending).
-_HOLD = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'pending' or redis.call('HGET', KEYS[1], 'in_flight') ~= '1' then
-  return 0
-end
-local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
-if attempts <= 1 then
-  redis.call('HSET', KEYS[1], 'attempts', '0')
-  redis.call('HDEL', KEYS[1], 'first_attempt_at')
-else
-  redis.call('HSET', KEYS[1], 'attempts', tostring(attempts - 1))
-  local first = redis.call('HGET', KEYS[1], 'first_attempt_at')
-  if first then redis.call('HSET', KEYS[1], 'first_attempt_at', tostring(tonumber(first) + tonumber(ARGV[3]))) end
-end
-redis.call('HSET', KEYS[1], 'in_flight', '0', 'next_attempt_at', ARGV[2], 'held_until', ARGV[2])
-redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
+_HOLD = _OWNER_DUE + _UNDO_CLAIM + """
+if not undo_claim(KEYS[1], ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[2], 'held_until', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-local o = redis.call('HMGET', KEYS[1], 'mailbox_id', 'target_id')
-redis.call('ZADD', ARGV[4] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), ARGV[2], ARGV[1])
+set_owner_due(ARGV[4], KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
 
