@@ -51,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import redis
@@ -59,6 +59,7 @@ import redis
 from config import DEFAULT_ID
 from services.state_migrations import OLDEST_READER, SCHEMA_VERSION, SchemaTooNew, check_readable
 from services.state_store import (
+    ATTEMPT_LOG_KEEP,
     DEAD_RECENT_COUNT,
     RECENT_KEEP,
     Fence,
@@ -129,15 +130,80 @@ local function end_of_item(prefix, f, at, ttl, dead)
 end
 """
 
+# An item's owner's due set (Lua, shared by every script that moves an item's due time): the index
+# outbox:due:<mailbox_id>:<target_id> of outbox:pending (the key ``RedisStateStore._owner_due`` builds), named by the
+# item hash's mailbox_id and target_id (absent before schema version 2: default).
+_OWNER_DUE = """
+local function owner_due_key(prefix, key)
+  local o = redis.call('HMGET', key, 'mailbox_id', 'target_id')
+  return prefix .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default')
+end
+local function set_owner_due(prefix, key, due, id)
+  redis.call('ZADD', owner_due_key(prefix, key), due, id)
+end
+"""
+
+# Claim pending items (Lua, shared by the claim scripts): ``claim_item`` starts an attempt of one, in flight until
+# claimed_until, when outbox:pending (``pending``) has it due again, and keeps its fields (HGETALL) for the reply;
+# ``claims`` counts the possible duplicates (items claimed while still in flight) and returns what was claimed.
+_CLAIM_ITEM = """
+local claimed, possible_duplicates = {}, 0
+local function claim_item(key, id, pending, now, claimed_until, owner)
+  if redis.call('HGET', key, 'in_flight') == '1' then possible_duplicates = possible_duplicates + 1 end
+  redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('HSETNX', key, 'first_attempt_at', now)
+  redis.call('HSET', key, 'in_flight', '1', 'claimed_until', claimed_until, 'claim_owner', owner)
+  redis.call('ZADD', pending, claimed_until, id)
+  claimed[#claimed + 1] = redis.call('HGETALL', key)
+end
+local function claims(counters)
+  if possible_duplicates > 0 then redis.call('HINCRBY', counters, 'possible_duplicates', possible_duplicates) end
+  return claimed
+end
+"""
+
+# Undo the claim of an item in flight (Lua, shared by release and hold): the attempt it counted is taken back, and
+# when earlier attempts remain, the start of its retry window is moved on by ``shift`` seconds (nil: not moved).
+# Returns false, changing nothing, when the item is not pending and in flight.
+_UNDO_CLAIM = """
+local function undo_claim(key, shift)
+  if redis.call('HGET', key, 'status') ~= 'pending' or redis.call('HGET', key, 'in_flight') ~= '1' then
+    return false
+  end
+  local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0')
+  if attempts <= 1 then
+    redis.call('HSET', key, 'attempts', '0')
+    redis.call('HDEL', key, 'first_attempt_at')
+  else
+    redis.call('HSET', key, 'attempts', tostring(attempts - 1))
+    local first = shift and redis.call('HGET', key, 'first_attempt_at')
+    if first then redis.call('HSET', key, 'first_attempt_at', tostring(tonumber(first) + tonumber(shift))) end
+  end
+  redis.call('HSET', key, 'in_flight', '0')
+  redis.call('HDEL', key, 'claimed_until', 'claim_owner')
+  return true
+end
+"""
+
+# Append one attempt (JSON; '' for none) to an item's attempt log (Lua, shared by the scripts that end an attempt):
+# the last ATTEMPT_LOG_KEEP are kept, for the retention.
+_LOG_ATTEMPT = f"""
+local function log_attempt(log, attempt, ttl)
+  if attempt == '' then return end
+  redis.call('RPUSH', log, attempt)
+  redis.call('LTRIM', log, -{ATTEMPT_LOG_KEEP}, -1)
+  redis.call('PEXPIRE', log, ttl)
+end
+"""
+
 # KEYS: item, pending, pending_since, enriching.  ARGV: event_id, payload, now, prefix
-_FINISH_ENRICHMENT = """
+_FINISH_ENRICHMENT = _OWNER_DUE + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'enriching' then return 0 end
 local since = redis.call('ZSCORE', KEYS[4], ARGV[1]) or ARGV[3]
 redis.call('HSET', KEYS[1], 'payload', ARGV[2], 'status', 'pending', 'next_attempt_at', ARGV[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-local o = redis.call('HMGET', KEYS[1], 'mailbox_id', 'target_id')
-redis.call('ZADD', ARGV[4] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), ARGV[3], ARGV[1])
+set_owner_due(ARGV[4], KEYS[1], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], since, ARGV[1])
 return 1
 """
@@ -146,20 +212,16 @@ return 1
 # The owner's due set (outbox:due:<mailbox_id>:<target_id>) is an index of outbox:pending, which stays the
 # authority on due times: a stale entry (claimed, rescheduled or finished since) is brought in step when seen. Due
 # items at the front of outbox:pending that no owner set holds yet (queued by an older release) are adopted first.
-_CLAIM_FOR = """
+_CLAIM_FOR = _OWNER_DUE + _CLAIM_ITEM + """
 local prefix = ARGV[5]
 local limit = tonumber(ARGV[2])
 local front = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 20)
 for _, id in ipairs(front) do
-  local o = redis.call('HMGET', prefix .. 'item:' .. id, 'mailbox_id', 'target_id')
-  local set = prefix .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default')
-  redis.call('ZADD', set, 'NX', redis.call('ZSCORE', KEYS[2], id), id)
+  redis.call('ZADD', owner_due_key(prefix, prefix .. 'item:' .. id), 'NX', redis.call('ZSCORE', KEYS[2], id), id)
 end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit * 4)
-local out = {}
-local dups = 0
 for _, id in ipairs(ids) do
-  if #out >= limit then break end
+  if #claimed >= limit then break end
   local key = prefix .. 'item:' .. id
   local due = redis.call('ZSCORE', KEYS[2], id)
   if not due or redis.call('HGET', key, 'status') ~= 'pending' then
@@ -167,45 +229,32 @@ for _, id in ipairs(ids) do
   elseif tonumber(due) > tonumber(ARGV[1]) then
     redis.call('ZADD', KEYS[1], due, id)
   else
-    if redis.call('HGET', key, 'in_flight') == '1' then dups = dups + 1 end
-    redis.call('HINCRBY', key, 'attempts', 1)
-    redis.call('HSETNX', key, 'first_attempt_at', ARGV[1])
-    redis.call('HSET', key, 'in_flight', '1', 'claimed_until', ARGV[3], 'claim_owner', ARGV[4])
-    redis.call('ZADD', KEYS[2], ARGV[3], id)
     redis.call('ZADD', KEYS[1], ARGV[3], id)
-    out[#out + 1] = redis.call('HGETALL', key)
+    claim_item(key, id, KEYS[2], ARGV[1], ARGV[3], ARGV[4])
   end
 end
-if dups > 0 then redis.call('HINCRBY', KEYS[4], 'possible_duplicates', dups) end
-return out
+return claims(KEYS[4])
 """
 
-# KEYS: pending, pending_since, counters.  ARGV: now, limit, claimed_until, owner, item key prefix
-_CLAIM = """
+# KEYS: pending, pending_since, counters.  ARGV: now, limit, claimed_until, owner, item key prefix.  The owners'
+# due sets are not moved: a claim by owner brings a stale entry in step when it sees it (``_CLAIM_FOR``).
+_CLAIM = _CLAIM_ITEM + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
-local dups = 0
 for _, id in ipairs(ids) do
   local key = ARGV[5] .. id
   if redis.call('HGET', key, 'status') ~= 'pending' then
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZREM', KEYS[2], id)
   else
-    if redis.call('HGET', key, 'in_flight') == '1' then dups = dups + 1 end
-    redis.call('HINCRBY', key, 'attempts', 1)
-    redis.call('HSETNX', key, 'first_attempt_at', ARGV[1])
-    redis.call('HSET', key, 'in_flight', '1', 'claimed_until', ARGV[3], 'claim_owner', ARGV[4])
-    redis.call('ZADD', KEYS[1], ARGV[3], id)
-    out[#out + 1] = redis.call('HGETALL', key)
+    claim_item(key, id, KEYS[1], ARGV[1], ARGV[3], ARGV[4])
   end
 end
-if dups > 0 then redis.call('HINCRBY', KEYS[3], 'possible_duplicates', dups) end
-return out
+return claims(KEYS[3])
 """
 
 # KEYS: item, pending, pending_since, delivered, counters, attempts
 # ARGV: event_id, now, http status, retention ms, delivered cutoff, prefix, attempt JSON or ''
-_MARK_DELIVERED = _END_OF_ITEM + """
+_MARK_DELIVERED = _END_OF_ITEM + _LOG_ATTEMPT + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id', 'target_id')
 redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', ARGV[2], 'last_status', ARGV[3], 'in_flight', '0')
@@ -217,38 +266,29 @@ redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[5])
 end_of_item(ARGV[6], f, ARGV[2], ARGV[4], nil)
 redis.call('HINCRBY', KEYS[5], 'webhooks_delivered:target=' .. (f[6] or 'default'), 1)
-if ARGV[7] ~= '' then
-  redis.call('RPUSH', KEYS[6], ARGV[7])
-  redis.call('LTRIM', KEYS[6], -20, -1)
-  redis.call('PEXPIRE', KEYS[6], ARGV[4])
-end
+log_attempt(KEYS[6], ARGV[7], ARGV[4])
 return 1
 """
 
 # KEYS: item, pending, counters, attempts.  ARGV: event_id, next_attempt_at, error, http status or '', attempt
 # JSON or '', retention ms, prefix (the owner's due set must learn a due time earlier than the claim's end)
-_RESCHEDULE = """
+_RESCHEDULE = _OWNER_DUE + _LOG_ATTEMPT + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[2], 'last_error', ARGV[3], 'in_flight', '0')
 if ARGV[4] == '' then redis.call('HDEL', KEYS[1], 'last_status')
 else redis.call('HSET', KEYS[1], 'last_status', ARGV[4]) end
 redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-local o = redis.call('HMGET', KEYS[1], 'mailbox_id', 'target_id')
-redis.call('ZADD', ARGV[7] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), ARGV[2], ARGV[1])
+set_owner_due(ARGV[7], KEYS[1], ARGV[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'webhook_retries:target=' .. (redis.call('HGET', KEYS[1], 'target_id') or 'default'), 1)
-if ARGV[5] ~= '' then
-  redis.call('RPUSH', KEYS[4], ARGV[5])
-  redis.call('LTRIM', KEYS[4], -20, -1)
-  redis.call('PEXPIRE', KEYS[4], ARGV[6])
-end
+log_attempt(KEYS[4], ARGV[5], ARGV[6])
 return 1
 """
 
 # KEYS: item, pending, pending_since, dead, counters, attempts
 # ARGV: event_id, now, reason, http status or '', excerpt, has excerpt '1'/'0', retention ms, dead cutoff, prefix,
 # attempt JSON or ''
-_DEAD_LETTER = _END_OF_ITEM + """
+_DEAD_LETTER = _END_OF_ITEM + _LOG_ATTEMPT + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 local f = redis.call('HMGET', KEYS[1], 'email_id', 'mailbox', 'uidvalidity', 'uid', 'message_id', 'target_id')
 redis.call('HSET', KEYS[1], 'status', 'dead', 'dead_reason', ARGV[3], 'dead_at', ARGV[2], 'in_flight', '0')
@@ -264,16 +304,12 @@ redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[8])
 end_of_item(ARGV[9], f, ARGV[2], ARGV[7], ARGV[3])
 redis.call('HINCRBY', KEYS[5], 'dead_letters:target=' .. (f[6] or 'default'), 1)
-if ARGV[10] ~= '' then
-  redis.call('RPUSH', KEYS[6], ARGV[10])
-  redis.call('LTRIM', KEYS[6], -20, -1)
-  redis.call('PEXPIRE', KEYS[6], ARGV[7])
-end
+log_attempt(KEYS[6], ARGV[10], ARGV[7])
 return 1
 """
 
 # KEYS: dead, pending, pending_since.  ARGV: now, prefix, retention ms, event id ('' = every dead letter)
-_REPLAY = """
+_REPLAY = _OWNER_DUE + """
 local ids
 if ARGV[4] == '' then ids = redis.call('ZRANGE', KEYS[1], 0, -1) else ids = {ARGV[4]} end
 local n = 0
@@ -287,8 +323,7 @@ for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZADD', KEYS[2], ARGV[1], id)
     redis.call('ZADD', KEYS[3], ARGV[1], id)
-    local o = redis.call('HMGET', key, 'mailbox_id', 'target_id')
-    redis.call('ZADD', ARGV[2] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), ARGV[1], id)
+    set_owner_due(ARGV[2], key, ARGV[1], id)
     local email_id = redis.call('HGET', key, 'email_id')
     redis.call('SET', ARGV[2] .. 'done:' .. email_id, 'enqueued', 'PX', ARGV[3])
     -- open again; a replayed item clears the email's dead mark (the operator asked for another try)
@@ -305,49 +340,24 @@ return n
 """
 
 # KEYS: item, pending.  ARGV: event_id, prefix.  Undoes a claim that ended without an attempt.
-_RELEASE_CLAIM = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'pending' or redis.call('HGET', KEYS[1], 'in_flight') ~= '1' then
-  return 0
-end
-local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
-if attempts <= 1 then
-  redis.call('HSET', KEYS[1], 'attempts', '0')
-  redis.call('HDEL', KEYS[1], 'first_attempt_at')
-else
-  redis.call('HSET', KEYS[1], 'attempts', tostring(attempts - 1))
-end
-redis.call('HSET', KEYS[1], 'in_flight', '0')
-redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
+_RELEASE_CLAIM = _OWNER_DUE + _UNDO_CLAIM + """
+if not undo_claim(KEYS[1], nil) then return 0 end
 local due = redis.call('HGET', KEYS[1], 'next_attempt_at') or '0'
 redis.call('ZADD', KEYS[2], due, ARGV[1])
-local o = redis.call('HMGET', KEYS[1], 'mailbox_id', 'target_id')
-redis.call('ZADD', ARGV[2] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), due, ARGV[1])
+set_owner_due(ARGV[2], KEYS[1], due, ARGV[1])
 return 1
 """
 
 # KEYS: item, pending, pending_since, held.  ARGV: event_id, until, seconds held, prefix.  Holds a claimed item
 # outside its target's window: no attempt counted, due at ``until``, its retry window and backlog age moved on by
 # the time held (``outbox:held``: event id -> until, what the stats count as held rather than pending).
-_HOLD = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'pending' or redis.call('HGET', KEYS[1], 'in_flight') ~= '1' then
-  return 0
-end
-local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
-if attempts <= 1 then
-  redis.call('HSET', KEYS[1], 'attempts', '0')
-  redis.call('HDEL', KEYS[1], 'first_attempt_at')
-else
-  redis.call('HSET', KEYS[1], 'attempts', tostring(attempts - 1))
-  local first = redis.call('HGET', KEYS[1], 'first_attempt_at')
-  if first then redis.call('HSET', KEYS[1], 'first_attempt_at', tostring(tonumber(first) + tonumber(ARGV[3]))) end
-end
-redis.call('HSET', KEYS[1], 'in_flight', '0', 'next_attempt_at', ARGV[2], 'held_until', ARGV[2])
-redis.call('HDEL', KEYS[1], 'claimed_until', 'claim_owner')
+_HOLD = _OWNER_DUE + _UNDO_CLAIM + """
+if not undo_claim(KEYS[1], ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[2], 'held_until', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-local o = redis.call('HMGET', KEYS[1], 'mailbox_id', 'target_id')
-redis.call('ZADD', ARGV[4] .. 'outbox:due:' .. (o[1] or 'default') .. ':' .. (o[2] or 'default'), ARGV[2], ARGV[1])
+set_owner_due(ARGV[4], KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
 
@@ -387,22 +397,50 @@ return {pending, oldest[2] or '', dead, recent}
 
 
 def _target_entry(stats: dict[str, dict], target_id: str | None) -> dict:
-    return stats.setdefault(target_id or DEFAULT_ID, {"pending": 0, "held": 0, "dead": 0, "oldest_pending_age_s": None})
+    return stats.setdefault(target_id or DEFAULT_ID, {"pending": 0, "held": 0, "dead": 0, "oldest_pending_age_s": None,
+                                                      "oldest_due_at": None, "oldest_due_delay": None})
 
 
-def _count_pending(stats: dict[str, dict], fields: list, since: Any, now: float) -> None:
-    """Count one pending item (status, target_id, held_until, created_at) into its target's entry."""
-    status, target_id, held_until, created_at = fields
-    if status not in (OutboxStatus.PENDING, OutboxStatus.ENRICHING):
-        return
-    counts = _target_entry(stats, target_id)
-    if held_until is not None and float(held_until) > now:
-        counts["held"] += 1
-        return
-    counts["pending"] += 1
-    age = max(0.0, now - (float(since) if since is not None else float(created_at or now)))
-    if counts["oldest_pending_age_s"] is None or age > counts["oldest_pending_age_s"]:
-        counts["oldest_pending_age_s"] = age
+@dataclass
+class _PendingPass:
+    """What one pass over the pending and enriching items finds (``outbox_breakdown``): per target the
+    ``target_stats`` entry (dead letters are added after the pass), per mailbox and per target how many items are
+    queued (``pending_owners``), and per target its oldest due item."""
+
+    now: float
+    targets: dict[str, dict] = field(default_factory=dict)
+    mailbox_counts: dict[str, int] = field(default_factory=dict)
+    target_counts: dict[str, int] = field(default_factory=dict)
+    due_heads: dict[str, tuple[str, float]] = field(default_factory=dict)  # target -> (event id, due at)
+
+    def add(self, event_id: str, due_at: float | None, fields: list, since: Any) -> None:
+        """Count one item: ``due_at`` its score in outbox:pending (None when enriching), ``fields`` its status,
+        mailbox_id, target_id, held_until and created_at, ``since`` its score in outbox:pending_since."""
+        status, mailbox_id, target_id, held_until, created_at = fields
+        if status not in (OutboxStatus.PENDING, OutboxStatus.ENRICHING):
+            return
+        mailbox_id, target_id = mailbox_id or DEFAULT_ID, target_id or DEFAULT_ID
+        self.mailbox_counts[mailbox_id] = self.mailbox_counts.get(mailbox_id, 0) + 1
+        self.target_counts[target_id] = self.target_counts.get(target_id, 0) + 1
+        counts = _target_entry(self.targets, target_id)
+        if held_until is not None and float(held_until) > self.now:
+            counts["held"] += 1
+            return
+        counts["pending"] += 1
+        age = max(0.0, self.now - (float(since) if since is not None else float(created_at or self.now)))
+        if counts["oldest_pending_age_s"] is None or age > counts["oldest_pending_age_s"]:
+            counts["oldest_pending_age_s"] = age
+        # due exactly as outbox_stats' oldest due item: a live claim's score is its claimed_until, still ahead
+        if due_at is not None and due_at <= self.now and status == OutboxStatus.PENDING:
+            self.due_heads.setdefault(target_id, (event_id, float(due_at)))
+
+
+def _scheduled_delay(next_attempt_at: str | None, last_attempt: str | None) -> float:
+    """How long the item was scheduled to wait after its last attempt (0 without one): its ``next_attempt_at``
+    field and the newest entry (JSON) of its attempt log."""
+    if not last_attempt or next_attempt_at is None:
+        return 0.0
+    return max(0.0, float(next_attempt_at) - float(json.loads(last_attempt).get("at") or 0.0))
 
 
 def _num(value: float) -> str:
@@ -794,21 +832,10 @@ class RedisStateStore:
 
     @_errors
     def pending_owners(self) -> dict[str, dict[str, int]]:
-        """How many pending items each mailbox id and each target id has (reads every pending item's two fields;
-        the pending set is small in a working service)."""
-        mailboxes: dict[str, int] = {}
-        targets: dict[str, int] = {}
-        ids = self._client.zrange(self._pending, 0, -1) + self._client.zrange(self._enriching, 0, -1)
-        for start in range(0, len(ids), 500):
-            pipe = self._client.pipeline(transaction=False)
-            for event_id in ids[start:start + 500]:
-                pipe.hmget(self._item_key(event_id), "status", "mailbox_id", "target_id")
-            for status, mailbox_id, target_id in pipe.execute():
-                if status not in (OutboxStatus.PENDING, OutboxStatus.ENRICHING):
-                    continue
-                mailboxes[mailbox_id or DEFAULT_ID] = mailboxes.get(mailbox_id or DEFAULT_ID, 0) + 1
-                targets[target_id or DEFAULT_ID] = targets.get(target_id or DEFAULT_ID, 0) + 1
-        return {"mailboxes": mailboxes, "targets": targets}
+        """How many pending items each mailbox id and each target id has (reads every pending item's fields; the
+        pending set is small in a working service)."""
+        found = self._pending_pass(now_or_clock(None))
+        return {"mailboxes": found.mailbox_counts, "targets": found.target_counts}
 
     def _oldest_due(self, now: float) -> tuple[float | None, float | None]:
         """The due time of the oldest due pending item and how long it was scheduled to wait after its last
@@ -817,13 +844,20 @@ class RedisStateStore:
         if not head:
             return None, None
         event_id, due_at = head[0]
+        [delay] = self._scheduled_delays([event_id])
+        return float(due_at), delay
+
+    def _scheduled_delays(self, event_ids: list[str]) -> list[float]:
+        """Each item's scheduled delay after its last attempt (``_scheduled_delay``), read in one round trip."""
+        if not event_ids:
+            return []
         pipe = self._client.pipeline(transaction=False)
-        pipe.hget(self._item_key(event_id), "next_attempt_at")
-        pipe.lindex(self._attempts_key(event_id), -1)
-        next_attempt_at, last = pipe.execute()
-        if not last or next_attempt_at is None:
-            return float(due_at), 0.0
-        return float(due_at), max(0.0, float(next_attempt_at) - float(json.loads(last).get("at") or 0.0))
+        for event_id in event_ids:
+            pipe.hget(self._item_key(event_id), "next_attempt_at")
+            pipe.lindex(self._attempts_key(event_id), -1)
+        answers = pipe.execute()
+        return [_scheduled_delay(next_attempt_at, last)
+                for next_attempt_at, last in zip(answers[::2], answers[1::2], strict=True)]
 
     # --- IMAP flag requests ------------------------------------------------------------------------------------
 
@@ -1068,19 +1102,21 @@ class RedisStateStore:
 
     @_errors
     def target_stats(self, now: float) -> dict[str, dict]:
-        """Per target: pending (not held), held, the oldest pending age, dead letters within the retention (reads
-        the fields of every pending and recent dead item: the sets are small in a working service)."""
-        stats: dict[str, dict] = {}
+        """Per target: pending (not held), held, the oldest pending age, the oldest due item's due time and
+        scheduled delay (as ``outbox_stats``), dead letters within the retention (reads the fields of every pending
+        and recent dead item: the sets are small in a working service)."""
+        return self.outbox_breakdown(now)["targets"]
 
-        pending_ids = self._client.zrange(self._pending, 0, -1) + self._client.zrange(self._enriching, 0, -1)
-        for start in range(0, len(pending_ids), 500):
-            pipe = self._client.pipeline(transaction=False)
-            for event_id in pending_ids[start:start + 500]:
-                pipe.hmget(self._item_key(event_id), "status", "target_id", "held_until", "created_at")
-                pipe.zscore(self._pending_since, event_id)
-            answers = pipe.execute()
-            for fields, since in zip(answers[::2], answers[1::2], strict=True):
-                _count_pending(stats, fields, since, now)
+    @_errors
+    def outbox_breakdown(self, now: float) -> dict[str, dict]:
+        """``target_stats(now)`` as "targets" and ``pending_owners()["mailboxes"]`` as "mailboxes", from one pass
+        over the pending items."""
+        found = self._pending_pass(now)
+        stats = found.targets
+        for (target_id, (_, due_at)), delay in zip(found.due_heads.items(), self._scheduled_delays(
+                [event_id for event_id, _ in found.due_heads.values()]), strict=True):
+            stats[target_id]["oldest_due_at"] = due_at
+            stats[target_id]["oldest_due_delay"] = delay
         dead_ids = self._client.zrangebyscore(self._dead, self._cutoff(now), "+inf")
         for start in range(0, len(dead_ids), 500):
             pipe = self._client.pipeline(transaction=False)
@@ -1088,7 +1124,24 @@ class RedisStateStore:
                 pipe.hget(self._item_key(event_id), "target_id")
             for target_id in pipe.execute():
                 _target_entry(stats, target_id)["dead"] += 1
-        return stats
+        return {"targets": stats, "mailboxes": found.mailbox_counts}
+
+    def _pending_pass(self, now: float) -> _PendingPass:
+        """Read the fields of every pending and enriching item once (500 to a round trip) into a ``_PendingPass``."""
+        found = _PendingPass(now)
+        # (event id, its score in outbox:pending: when claimable next), in claim order; an enriching item is not due
+        queued = self._client.zrange(self._pending, 0, -1, withscores=True)
+        queued += [(event_id, None) for event_id in self._client.zrange(self._enriching, 0, -1)]
+        for start in range(0, len(queued), 500):
+            chunk = queued[start:start + 500]
+            pipe = self._client.pipeline(transaction=False)
+            for event_id, _ in chunk:
+                pipe.hmget(self._item_key(event_id), "status", "mailbox_id", "target_id", "held_until", "created_at")
+                pipe.zscore(self._pending_since, event_id)
+            answers = pipe.execute()
+            for (event_id, due_at), fields, since in zip(chunk, answers[::2], answers[1::2], strict=True):
+                found.add(event_id, due_at, fields, since)
+        return found
 
     @_errors
     def read_status(self) -> dict | None:

@@ -94,6 +94,10 @@ _ITEM_COLUMNS = ("event_id", "email_id", "payload", "mailbox", "uidvalidity", "u
                  "dead_reason", "response_excerpt", "delivered_at", "dead_at", "in_flight", "claimed_until",
                  "claim_owner", "mailbox_id", "target_id", "attempt_log", "held_until")
 _SELECT_ITEM = f"SELECT {', '.join(_ITEM_COLUMNS)} FROM outbox"
+# Claimable now (one parameter: now): due_at is next_attempt_at, a live claim's claimed_until, a hold's held_until.
+_DUE = "status = 'pending' AND due_at <= ?"
+_DUE_COLUMNS = "due_at, next_attempt_at, attempt_log"  # what _due_fields reads of an oldest due item
+_NO_DUE_ITEM = {"oldest_due_at": None, "oldest_due_delay": None}
 _COUNTER_UPSERT = ("INSERT INTO counters (name, labelled, label, value) VALUES (?, ?, ?, ?) "
                    "ON CONFLICT (name, labelled, label) DO UPDATE SET value = value + excluded.value")
 _DONE_UPSERT = ("INSERT INTO done (email_id, outcome, expires_at) VALUES (?, ?, ?) "
@@ -130,6 +134,11 @@ def _scheduled_delay(next_attempt_at: float, log: str | None) -> float:
     """How long the item was scheduled to wait after its last attempt (0 without one)."""
     attempts = json.loads(log) if log else []
     return max(0.0, next_attempt_at - float(attempts[-1].get("at") or next_attempt_at)) if attempts else 0.0
+
+
+def _due_fields(due_at: float, next_attempt_at: float, log: str | None) -> dict:
+    """``oldest_due_at`` and ``oldest_due_delay`` of an oldest due item (a row of ``_DUE_COLUMNS``)."""
+    return {"oldest_due_at": float(due_at), "oldest_due_delay": _scheduled_delay(float(next_attempt_at), log)}
 
 
 def _log_with(log: str | None, attempt: dict | None) -> str | None:
@@ -379,7 +388,7 @@ class SqliteStateStore:
         if limit <= 0:
             return []
         claimed_until = now + claim_seconds
-        where = "status = 'pending' AND due_at <= ?"
+        where = _DUE
         params: list[float | str] = [now]
         if mailbox_id is not None and target_id is not None:
             where += " AND mailbox_id = ? AND target_id = ?"
@@ -543,15 +552,14 @@ class SqliteStateStore:
             recent = conn.execute(
                 "SELECT event_id, dead_reason, last_status, dead_at FROM outbox WHERE status = 'dead' AND dead_at > ? "
                 "ORDER BY dead_at DESC LIMIT ?", (cutoff, DEAD_RECENT_COUNT)).fetchall()
-            due = conn.execute("SELECT due_at, next_attempt_at, attempt_log FROM outbox WHERE status = 'pending' "
-                               "AND due_at <= ? ORDER BY due_at LIMIT 1", (now,)).fetchone()
+            due = conn.execute(f"SELECT {_DUE_COLUMNS} FROM outbox WHERE {_DUE} ORDER BY due_at LIMIT 1",
+                               (now,)).fetchone()
         return {
             "pending": int(pending) + int(enriching),   # an enriching item is queued work too
             "enriching": int(enriching),
             "held": int(held),
             "oldest_pending_age_s": None if oldest is None else max(0.0, now - float(oldest)),
-            "oldest_due_at": None if due is None else float(due[0]),
-            "oldest_due_delay": None if due is None else _scheduled_delay(float(due[1]), due[2]),
+            **(_NO_DUE_ITEM if due is None else _due_fields(*due)),
             "dead": int(dead),
             "dead_recent": [{"event_id": event_id, "reason": reason, "status": code, "at": at}
                             for event_id, reason, code, at in recent],
@@ -561,11 +569,15 @@ class SqliteStateStore:
     def pending_owners(self) -> dict[str, dict[str, int]]:
         """How many pending items each mailbox id and each target id has."""
         with self._read() as conn:
-            mailboxes = conn.execute("SELECT mailbox_id, count(*) FROM outbox WHERE status IN ('pending', "
-                                     "'enriching') GROUP BY mailbox_id").fetchall()
-            targets = conn.execute("SELECT target_id, count(*) FROM outbox WHERE status IN ('pending', "
-                                   "'enriching') GROUP BY target_id").fetchall()
-        return {"mailboxes": {name: int(n) for name, n in mailboxes}, "targets": {name: int(n) for name, n in targets}}
+            return {"mailboxes": self._pending_counts(conn, "mailbox_id"),
+                    "targets": self._pending_counts(conn, "target_id")}
+
+    @staticmethod
+    def _pending_counts(conn: sqlite3.Connection, owner: str) -> dict[str, int]:
+        """How many pending (and enriching) items each ``owner`` (``mailbox_id`` or ``target_id``) has."""
+        rows = conn.execute(f"SELECT {owner}, count(*) FROM outbox WHERE status IN ('pending', 'enriching') "
+                            f"GROUP BY {owner}").fetchall()
+        return {name: int(n) for name, n in rows}
 
     # --- IMAP flag requests ------------------------------------------------------------------------------------
 
@@ -771,20 +783,37 @@ class SqliteStateStore:
 
     @_errors
     def target_stats(self, now: float) -> dict[str, dict]:
-        """Per target: pending (not held), held, the oldest pending age, dead letters within the retention."""
+        """Per target: pending (not held), held, the oldest pending age, the oldest due item's due time and
+        scheduled delay (as ``outbox_stats``), dead letters within the retention."""
+        with self._read() as conn:
+            return self._target_stats(conn, now)
+
+    @_errors
+    def outbox_breakdown(self, now: float) -> dict[str, dict]:
+        """``target_stats(now)`` as "targets" and ``pending_owners()["mailboxes"]`` as "mailboxes", read in one
+        snapshot."""
+        with self._read() as conn:
+            return {"targets": self._target_stats(conn, now), "mailboxes": self._pending_counts(conn, "mailbox_id")}
+
+    def _target_stats(self, conn: sqlite3.Connection, now: float) -> dict[str, dict]:
         cutoff = now - self._retention
         stats: dict[str, dict] = {}
-        with self._read() as conn:
-            for target_id, pending, held, oldest in conn.execute(
-                    "SELECT target_id, coalesce(sum(held_until IS NULL OR held_until <= ?), 0), "
-                    "coalesce(sum(held_until > ?), 0), min(CASE WHEN held_until IS NULL OR held_until <= ? "
-                    "THEN pending_since END) FROM outbox WHERE status IN ('pending', 'enriching') GROUP BY target_id",
-                    (now, now, now)):
-                stats[target_id] = {"pending": int(pending), "held": int(held), "dead": 0,
-                                    "oldest_pending_age_s": None if oldest is None else max(0.0, now - oldest)}
-            for target_id, dead in conn.execute("SELECT target_id, count(*) FROM outbox WHERE status = 'dead' "
-                                                "AND dead_at > ? GROUP BY target_id", (cutoff,)):
-                stats.setdefault(target_id, {"pending": 0, "held": 0, "oldest_pending_age_s": None})["dead"] = dead
+        for target_id, pending, held, oldest in conn.execute(
+                "SELECT target_id, coalesce(sum(held_until IS NULL OR held_until <= ?), 0), "
+                "coalesce(sum(held_until > ?), 0), min(CASE WHEN held_until IS NULL OR held_until <= ? "
+                "THEN pending_since END) FROM outbox WHERE status IN ('pending', 'enriching') GROUP BY target_id",
+                (now, now, now)):
+            stats[target_id] = {"pending": int(pending), "held": int(held), "dead": 0,
+                                "oldest_pending_age_s": None if oldest is None else max(0.0, now - oldest),
+                                **_NO_DUE_ITEM}
+        for target_id, *due in conn.execute(
+                f"SELECT target_id, {_DUE_COLUMNS} FROM (SELECT target_id, {_DUE_COLUMNS}, row_number() OVER "
+                f"(PARTITION BY target_id ORDER BY due_at) AS n FROM outbox WHERE {_DUE}) WHERE n = 1", (now,)):
+            stats[target_id].update(_due_fields(*due))
+        for target_id, dead in conn.execute("SELECT target_id, count(*) FROM outbox WHERE status = 'dead' "
+                                            "AND dead_at > ? GROUP BY target_id", (cutoff,)):
+            stats.setdefault(target_id, {"pending": 0, "held": 0, "oldest_pending_age_s": None,
+                                         **_NO_DUE_ITEM})["dead"] = dead
         return stats
 
     @_errors

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import pytest
 import requests
@@ -15,6 +12,7 @@ import requests
 from config import R2Config
 from email_processing.links import DeliveryLink
 from services.r2_offload import R2Offloader
+from tests.fixtures.file_host import FileHost, HostedFile
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -22,38 +20,10 @@ FILE_BYTES = hashlib.sha256(b"policy").digest() * 10_000  # 320 KB
 FILE_PATH = "/scl/fi/k3yform/cut.mov"
 
 
-class _Dropbox(BaseHTTPRequestHandler):
-    requested: list[str] = []
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self.requested.append(self.path)
-        if self.path.split("?")[0].startswith("/scl/fi/"):
-            self.send_response(200)
-            self.send_header("Content-Type", "video/quicktime")
-            self.send_header("Content-Length", str(len(FILE_BYTES)))
-            self.end_headers()
-            self.wfile.write(FILE_BYTES)
-        else:
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def dropbox() -> Iterator[tuple[str, list[str]]]:
-    handler = type("Handler", (_Dropbox,), {"requested": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, name="dropbox-policy", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler.requested
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+def dropbox(file_host: FileHost) -> FileHost:
+    file_host.serve(FILE_PATH, HostedFile(FILE_BYTES, "video/quicktime"))
+    return file_host
 
 
 def offloader_for(worker, **overrides) -> R2Offloader:
@@ -69,8 +39,7 @@ def link(query: str) -> DeliveryLink:
 
 
 def test_links_differing_only_by_junk_parameters_share_one_copy_fetched_once(worker_on_miniflare, dropbox):
-    origin, requested = dropbox
-    worker = worker_on_miniflare(origin)
+    worker = worker_on_miniflare(dropbox.url)
     offloader = offloader_for(worker)
     try:
         # Given the same Dropbox link three times, twice with junk parameters, in three emails
@@ -85,15 +54,14 @@ def test_links_differing_only_by_junk_parameters_share_one_copy_fetched_once(wor
     urls = {result.r2_url for result in results}
     assert len(urls) == 1 and None not in urls, results
     assert other.r2_url and other.r2_url not in urls
-    assert len(requested) == 2, requested
+    assert len(dropbox.requested) == 2, dropbox.requested
     assert worker.log().count("R2_FETCH: reused key=") == 2
     assert requests.get(other.r2_url, timeout=10).content == FILE_BYTES
 
 
 def test_a_file_over_the_byte_cap_keeps_its_source_url_and_refusals_never_open_the_circuit(
         worker_on_miniflare, dropbox, caplog):
-    origin, requested = dropbox
-    worker = worker_on_miniflare(origin)
+    worker = worker_on_miniflare(dropbox.url)
     offloader = offloader_for(worker, max_bytes=len(FILE_BYTES) - 1, circuit_failures=2)
     links = [link(f"rlkey=big{n}&dl=1") for n in range(5)]
     try:
@@ -108,5 +76,5 @@ def test_a_file_over_the_byte_cap_keeps_its_source_url_and_refusals_never_open_t
     assert len(fallbacks) == 5 and all("reason=policy_too_large" in line for line in fallbacks), fallbacks
     assert not any("circuit open" in r.getMessage() for r in caplog.records)
     assert offloader.breaker.allow()
-    assert len(requested) == 5, "every link reached the Worker, none was skipped by an open circuit"
+    assert len(dropbox.requested) == 5, "every link reached the Worker, none was skipped by an open circuit"
     assert "rlkey=big" not in "\n".join(fallbacks), "links are capabilities: never logged"

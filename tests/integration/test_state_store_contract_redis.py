@@ -48,6 +48,8 @@ from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract 
     test_replay_moves_dead_letters_back_to_pending_with_attempts_reset,
     test_reschedule_keeps_the_item_pending_until_its_next_attempt,
     test_target_stats_count_pending_held_and_dead_per_target,
+    test_target_stats_give_each_target_its_oldest_due_item_and_its_scheduled_delay,
+    test_the_outbox_breakdown_is_target_stats_and_pending_mailboxes_in_one_answer,
     test_threads_enqueueing_the_same_items_create_each_once,
     test_writes_fenced_with_a_stale_lease_epoch_are_refused_and_a_late_2xx_is_only_counted,
 )
@@ -124,6 +126,32 @@ def test_items_queued_by_an_older_release_are_adopted_by_their_owners_claim(redi
         claimed = store.claim_due("w", time.time(), 10, 30, mailbox_id="default", target_id="t")
         # Then the item is found all the same
         assert [item.event_id for item in claimed] == ["msg_e7_t"]
+    finally:
+        raw.close()
+        store.close()
+
+
+def test_the_outbox_breakdown_reads_each_pending_item_once(redis_url, redis_server) -> None:
+    # Given 30 pending items (10 of them held) and 5 enriching ones
+    store = open_state_store(Settings.from_env({"REDIS_URL": redis_url}))
+    raw = redis_server.client()
+    try:
+        now = time.time()
+        store.enqueue_all([an_item_for(f"t{n % 3}", n) for n in range(30)])
+        for item in store.claim_due("w", now, 10, 30):
+            store.hold(item.event_id, now + 600, now)
+        store.enqueue_all([an_enriching_item(n) for n in range(100, 105)])
+
+        def item_reads(read) -> int:
+            raw.config_resetstat()
+            read()
+            return int(raw.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
+
+        # When the breakdown is read, and then the two answers it replaces
+        once = item_reads(lambda: store.outbox_breakdown(now))
+        twice = item_reads(lambda: (store.target_stats(now), store.pending_owners()))
+        # Then the breakdown reads each queued item's fields once, where the two answers read them twice
+        assert (once, twice) == (35, 70)
     finally:
         raw.close()
         store.close()

@@ -207,6 +207,73 @@ def test_target_stats_count_pending_held_and_dead_per_target(store: StateStore) 
     assert stats["a"]["oldest_pending_age_s"] is not None and stats["a"]["oldest_pending_age_s"] >= 0
 
 
+def _due_for(target_id: str, n: int, next_attempt_at: float) -> OutboxItem:
+    return OutboxItem(**{**an_item_for(target_id, n).__dict__, "next_attempt_at": next_attempt_at})
+
+
+def test_target_stats_give_each_target_its_oldest_due_item_and_its_scheduled_delay(store: StateStore) -> None:
+    now = time.time()
+    # Given target a with two never-tried items due 50 s and 100 s ago (the newer one queued first)
+    store.enqueue_all([_due_for("a", 2, now - 50)])
+    store.enqueue_all([_due_for("a", 1, now - 100)])
+    # target b: an item tried 400 s ago and rescheduled 200 s later (now 200 s overdue), and one due later
+    store.enqueue_all([_due_for("b", 3, now - 400), _due_for("b", 4, now + 500)])
+    assert [i.event_id for i in store.claim_due("w", now - 400, 10, 30, mailbox_id="default", target_id="b")] == [
+        "msg_e3_b"]
+    store.reschedule("msg_e3_b", now - 200, "http_503", 503, attempt={"at": now - 400, "status": 503, "ms": 5})
+    # target l: an item whose claim lapsed 370 s ago (due again since then)
+    store.enqueue_all([_due_for("l", 5, now - 400)])
+    store.claim_due("w", now - 400, 10, 30, mailbox_id="default", target_id="l")
+    # target c: one item under a live claim and one held outside its window; d: a dead letter; e: enriching only
+    store.enqueue_all([_due_for("c", 6, now - 10), _due_for("c", 7, now - 10), _due_for("d", 8, now - 10)])
+    assert len(store.claim_due("w", now, 10, 30, mailbox_id="default", target_id="c")) == 2
+    store.hold("msg_e7_c", now + 600, now)
+    store.claim_due("w", now, 10, 30, mailbox_id="default", target_id="d")
+    store.dead_letter("msg_e8_d", "http_400", 400, None, now)
+    store.enqueue_all([OutboxItem(**{**an_enriching_item(9).__dict__, "event_id": "msg_e9_e", "target_id": "e"})])
+
+    # When the per-target stats are read
+    stats = store.target_stats(now)
+
+    # Then each target names its oldest due item's due time and the delay it was scheduled to wait
+    due = {target: (entry["oldest_due_at"], entry["oldest_due_delay"]) for target, entry in stats.items()}
+    assert due == {"a": (pytest.approx(now - 100), 0.0), "b": (pytest.approx(now - 200), pytest.approx(200.0)),
+                   "l": (pytest.approx(now - 370), 0.0), "c": (None, None), "d": (None, None), "e": (None, None)}
+    # and the oldest of them is the outbox's own oldest due item, as outbox_stats reports it
+    outbox = store.outbox_stats(now)
+    oldest = min((entry for entry in stats.values() if entry["oldest_due_at"] is not None),
+                 key=lambda entry: entry["oldest_due_at"])
+    assert (oldest["oldest_due_at"], oldest["oldest_due_delay"]) == (outbox["oldest_due_at"],
+                                                                      outbox["oldest_due_delay"])
+
+
+def test_the_outbox_breakdown_is_target_stats_and_pending_mailboxes_in_one_answer(store: StateStore) -> None:
+    now = time.time()
+    # Given items of two mailboxes for three targets: due, held, claimed, enriching and dead
+    work = [OutboxItem(**{**_due_for(target, 10 + n, now - 30).__dict__, "mailbox_id": "work"})
+            for n, target in enumerate(("a", "b"))]
+    store.enqueue_all([_due_for("a", 1, now - 100), _due_for("b", 1, now - 100), *work])
+    store.enqueue_all([_due_for("c", 2, now - 60), _due_for("c", 3, now + 300)])
+    store.claim_due("w", now, 10, 30, mailbox_id="work", target_id="b")
+    store.claim_due("w", now, 10, 30, mailbox_id="default", target_id="c")
+    store.hold("msg_e2_c", now + 600, now)
+    store.claim_due("w", now, 10, 30, mailbox_id="default", target_id="a")
+    store.dead_letter("msg_e1_a", "http_400", 400, None, now)
+    store.enqueue_all([OutboxItem(**{**an_enriching_item(4).__dict__, "event_id": "msg_e4_d", "target_id": "d",
+                                     "mailbox_id": "work"})])
+
+    # When the breakdown is read, and the two answers it stands for
+    breakdown = store.outbox_breakdown(now)
+    targets, owners = store.target_stats(now), store.pending_owners()
+
+    # Then it is exactly those two answers
+    assert breakdown == {"targets": targets, "mailboxes": owners["mailboxes"]}
+    assert breakdown["mailboxes"] == {"default": 3, "work": 3}
+    assert {target: (entry["pending"], entry["held"], entry["dead"]) for target, entry in targets.items()} == {
+        "a": (1, 0, 1), "b": (2, 0, 0), "c": (1, 1, 0), "d": (1, 0, 0)}
+    assert store.outbox_breakdown(now) == breakdown   # reading changes nothing
+
+
 def test_each_mailbox_holder_publishes_its_own_status(store: StateStore) -> None:
     store.publish_mailbox_status("studio", {"poller": {"state": "idle"}}, ttl_seconds=30)
     store.publish_mailbox_status("agency", {"poller": {"state": "polling"}}, ttl_seconds=0.2)
