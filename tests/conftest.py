@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.fixtures.receiver",
     "tests.fixtures.service",
     "tests.fixtures.miniflare",
+    "tests.fixtures.file_host",
     "tests.fixtures.pipeline",
     "tests.fixtures.state_store",
 ]
