@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
 from harness.mail import make_email
 from harness.pipeline import service_env
+from tests.fixtures.file_host import HostedFile
 
 pytestmark = [pytest.mark.imap, pytest.mark.slow]
 
@@ -22,37 +21,14 @@ def source_bytes(path: str) -> bytes:
     return seed * (300_000 // len(seed))
 
 
-class _Source(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server API
-        body = source_bytes(self.path.split("?")[0])
-        name = self.path.split("?")[0].rsplit("/", 1)[-1]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Content-Disposition", f'attachment; filename="{name}"')
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def dropbox_source():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Source)
-    thread = threading.Thread(target=server.serve_forever, name="dropbox-source", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-
-
 @pytest.mark.timeout(120)
 def test_an_email_with_two_dropbox_links_yields_a_webhook_whose_r2_urls_serve_the_source_bytes(
-        imap_account, webhook_receiver, pipeline_factory, worker_on_miniflare, dropbox_source):
-    # Given the real Worker on Miniflare, with Dropbox's hosts answered by a local source server
-    worker = worker_on_miniflare(dropbox_source)
+        imap_account, webhook_receiver, pipeline_factory, worker_on_miniflare, file_host):
+    # Given the real Worker on Miniflare, with Dropbox's hosts answered by a local file host
+    for path in ("/scl/fi/aaa111/first_cut.mov", "/scl/fi/bbb222/poster.png"):
+        name = path.rsplit("/", 1)[-1]
+        file_host.serve(path, HostedFile(source_bytes(path), disposition=f'attachment; filename="{name}"'))
+    worker = worker_on_miniflare(file_host.url)
     env = service_env(imap_account, webhook_receiver, R2_FETCH_ENABLED="true", R2_FETCH_ENDPOINT=worker.url,
                       R2_ALLOW_INSECURE="true",
                       R2_FETCH_TOKEN=worker.token, R2_BUCKET_NAME="render-signal-test",
