@@ -53,6 +53,7 @@ from urllib.parse import unquote_plus
 from flask import Flask, Response, g, request
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
+from harness.dovecot import DovecotOAuth2
 from harness.identity_jwt import JwtError, ServiceAccountKey, check_times, parse_jwt
 
 HOST = "127.0.0.1"
@@ -82,8 +83,8 @@ def fingerprint(token: str) -> str:
 
 @dataclass(frozen=True)
 class IssuedToken:
-    """An access token the fake issued: ``user`` is who it introspects as, ``mailboxes`` what an app token may
-    also open."""
+    """An access token the fake issued: ``user`` is the mailbox it introspects as; an app token also lists its
+    client's ``mailboxes``."""
 
     access_token: str = field(repr=False)
     user: str | None
@@ -112,8 +113,7 @@ class Introspection:
     active: bool
     user: str | None
     expires_at: float | None
-    reason: str  # "active", "unknown", "expired", "revoked", "wrong-user", "missing"
-    requested_user: str | None = None
+    reason: str  # "active", "unknown", "expired", "revoked", "no-mailbox"
 
 
 @dataclass(frozen=True)
@@ -140,14 +140,6 @@ class DeviceFlow:
     expires_at: float
     status: str = "pending"  # "pending", "approved", "denied", "used"
     user: str | None = None
-
-
-@dataclass(frozen=True)
-class DovecotOAuth2:
-    """What Dovecot's oauth2 passdb needs to reach this fake (``DovecotServer(oauth2=...)``)."""
-
-    introspection_url: str
-    ca_file: str | None = None
 
 
 @dataclass
@@ -740,7 +732,7 @@ class IdentityProvider:
         try:
             jwt = parse_jwt(request.form["client_assertion"])
         except JwtError as exc:
-            raise OAuthError(401, "invalid_client", f"AADSTS50027: JWT token is invalid or malformed. {exc}")
+            raise OAuthError(401, "invalid_client", f"AADSTS50027: JWT token is invalid or malformed. {exc}") from None
         claims = jwt.claims
         if claims.get("iss") != client.client_id or claims.get("sub") != client.client_id or "aud" not in claims:
             raise OAuthError(401, "invalid_client", "AADSTS700023: Client assertion iss and sub must be the "
@@ -858,19 +850,19 @@ class IdentityProvider:
     # --- introspection ----------------------------------------------------------------------------------------
 
     def _introspect(self) -> Response:
-        """RFC 7662: ``active`` plus, for an active token, ``username``/``email``/``sub`` and ``exp``. A
-        ``user`` query parameter (Dovecot expands ``%u`` in the URL) asks whether the token opens that mailbox."""
+        """RFC 7662: ``active`` plus, for an active token, ``username``/``email``/``sub`` and ``exp``. Dovecot
+        sends the token alone (it expands no variable in ``introspection_url``), so an app token introspects as
+        one mailbox: the first of its client's ``mailboxes``."""
         token = request.form.get("token") or request.args.get("token") or _bearer(request.headers.get("Authorization"))
-        requested = request.args.get("user") or None
         now = time.time()
         with self._lock:
             issued = self._access.get(token or "")
             revoked = token in self._revoked_access
-        reason, user = self._judge(issued, revoked, requested, now)
+        reason = self._judge(issued, revoked, now)
+        user = issued.user if issued else None
         active = reason == "active"
         entry = Introspection(at=now, fingerprint=fingerprint(token) if token else "-", active=active, user=user,
-                              expires_at=issued.expires_at if issued else None, reason=reason,
-                              requested_user=requested)
+                              expires_at=issued.expires_at if issued else None, reason=reason)
         with self._cond:
             self._introspections.append(entry)
             self._cond.notify_all()
@@ -881,19 +873,16 @@ class IdentityProvider:
                       "iat": int(issued.issued_at)})
 
     @staticmethod
-    def _judge(issued: IssuedToken | None, revoked: bool, requested: str | None, now: float
-               ) -> tuple[str, str | None]:
+    def _judge(issued: IssuedToken | None, revoked: bool, now: float) -> str:
         if issued is None:
-            return "unknown", None
+            return "unknown"
         if revoked:
-            return "revoked", issued.user
+            return "revoked"
         if now >= issued.expires_at:
-            return "expired", issued.user
-        if requested is not None:
-            if requested == issued.user or requested in issued.mailboxes:
-                return "active", requested
-            return "wrong-user", issued.user
-        return "active", issued.user
+            return "expired"
+        if issued.user is None:
+            return "no-mailbox"  # an app token of a client with no mailboxes: Dovecot needs a username
+        return "active"
 
 
 def _basic_auth(header: str | None) -> tuple[str | None, str | None]:
