@@ -130,8 +130,10 @@ class DovecotOAuth2:
 
 # Appended to the config when oauth2 is on. A later auth_mechanisms overrides the one above; the password passdb
 # stays for plain/login (the tests' own APPENDs). auth_cache_size = 0 (also the default) says it: every login is
-# introspected, so an expired or revoked token is refused at once.
+# introspected, so an expired or revoked token is refused at once. Microsecond log stamps let a test compare a
+# session's end with its token's expiry (harness/identity_dovecot.py).
 _OAUTH2_CONFIG = """\
+log_timestamp = "%Y-%m-%d %H:%M:%S.%{{usecs}} "
 auth_mechanisms = plain login xoauth2 oauthbearer
 auth_cache_size = 0
 passdb {{
