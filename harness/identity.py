@@ -230,8 +230,11 @@ class _Server(ThreadedWSGIServer):
         try:
             if self.owner._tls is not None:
                 request.settimeout(_QuietHandler.timeout)
-                request = self.owner._tls.wrap_socket(request, server_side=True)
+                # wrap_socket detaches the plain socket (its fd moves to the TLS one): track the TLS socket before
+                # the handshake, so that stop() can interrupt a client that never completes it.
+                request = self.owner._tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
                 self.owner._track(threading.current_thread(), request)
+                request.do_handshake()
             self.finish_request(request, client_address)
         except OSError:
             pass  # the client went away, or stop() closed the connection
