@@ -65,6 +65,9 @@ DEFAULT_CLIENT_SECRET = "render-signal-test-secret"
 MICROSOFT_APP_SCOPE = "https://outlook.office365.com/.default"
 MICROSOFT_DELEGATED_SCOPE = "https://outlook.office.com/IMAP.AccessAsUser.All offline_access"
 GOOGLE_MAIL_SCOPE = "https://mail.google.com/"
+# google-auth puts Google's token endpoint in a service account's ``aud`` whatever the key file's ``token_uri``
+# (google/oauth2/service_account.py): a string compared here, never a URL anything connects to.
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 
 GRANT_REFRESH = "refresh_token"
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
@@ -817,8 +820,8 @@ class IdentityProvider:
                 raise JwtError("Invalid JWT Signature.")  # Google's answer to a key it does not know
             key.verify(jwt)
             check_times(jwt.claims, time.time())
-            if jwt.claims.get("aud") not in (self.google_token_uri, self.token_url):
-                raise JwtError(f"Invalid JWT: aud must be {self.google_token_uri}")
+            if jwt.claims.get("aud") not in (GOOGLE_TOKEN_AUDIENCE, self.google_token_uri, self.token_url):
+                raise JwtError(f"Invalid JWT: aud must be {GOOGLE_TOKEN_AUDIENCE} or {self.google_token_uri}")
         except JwtError as exc:
             raise OAuthError(400, "invalid_grant", str(exc)) from None
         scope = str(jwt.claims.get("scope") or "")

@@ -22,6 +22,7 @@ from harness.identity import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     GOOGLE_MAIL_SCOPE,
+    GOOGLE_TOKEN_AUDIENCE,
     GRANT_CLIENT_CREDENTIALS,
     GRANT_DEVICE_CODE,
     GRANT_JWT_BEARER,
@@ -90,7 +91,8 @@ def test_a_token_from_the_provider_signs_in_over_imap(oauth2_dovecot, mechanism)
     assert ok and challenges == []
     [check] = oauth2_dovecot.identity.introspections
     assert check.active and check.user == account.user and check.fingerprint == token.fingerprint
-    assert f"method={mechanism}" in oauth2_dovecot.server.log_text()
+    log = oauth2_dovecot.server.log_text()
+    assert f"method={mechanism}" in log and token.access_token not in log
 
 
 @pytest.mark.imap
@@ -404,12 +406,13 @@ def test_a_denied_or_expired_device_flow_ends_with_its_rfc_8628_error(make_ident
 # --- Google service account ---------------------------------------------------------------------------------------
 
 def _google_assertion(key_file: dict, subject: str, scope: str = GOOGLE_MAIL_SCOPE, lifetime: int = 3600,
-                      sign_with=None) -> str:
-    """The grant google-auth makes from a key file: an RS256 JWT, ``kid`` = the key id, ``aud`` = token_uri."""
+                      sign_with=None, audience: str = GOOGLE_TOKEN_AUDIENCE) -> str:
+    """The grant google-auth makes from a key file: an RS256 JWT, ``kid`` = the key id, ``aud`` = Google's token
+    endpoint (google-auth sends that whatever the file's ``token_uri``; the fake also takes its own URL)."""
     key = sign_with or serialization.load_pem_private_key(key_file["private_key"].encode(), password=None)
     now = int(time.time())
     header = {"alg": "RS256", "typ": "JWT", "kid": key_file["private_key_id"]}
-    claims = {"iss": key_file["client_email"], "scope": scope, "aud": key_file["token_uri"], "iat": now,
+    claims = {"iss": key_file["client_email"], "scope": scope, "aud": audience, "iat": now,
               "exp": now + lifetime, "sub": subject}
     signing_input = f"{b64encode(json.dumps(header).encode())}.{b64encode(json.dumps(claims).encode())}"
     return f"{signing_input}.{b64encode(key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()))}"
@@ -442,13 +445,17 @@ def test_a_jwt_bearer_grant_signed_by_another_key_or_too_long_is_refused(identit
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     cases = {"forged": _google_assertion(key_file, "alice", sign_with=stranger),
              "too long": _google_assertion(key_file, "alice", lifetime=7200),
-             "no scope": _google_assertion(key_file, "alice", scope="")}
+             "no scope": _google_assertion(key_file, "alice", scope=""),
+             "other audience": _google_assertion(key_file, "alice", audience="https://example.com/token"),
+             "own token_uri": _google_assertion(key_file, "alice", audience=key_file["token_uri"])}
     answers = {name: _post(identity_provider.google_token_uri, identity_provider,
                            {"grant_type": GRANT_JWT_BEARER, "assertion": assertion}).json()
                for name, assertion in cases.items()}
     assert answers["forged"] == {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
     assert answers["too long"]["error"] == "invalid_grant" and "short-lived" in answers["too long"]["error_description"]
     assert answers["no scope"]["error"] == "invalid_scope"
+    assert answers["other audience"]["error"] == "invalid_grant"
+    assert answers["own token_uri"]["access_token"]
 
 
 # --- Microsoft discovery -------------------------------------------------------------------------------------------
