@@ -9,7 +9,8 @@ Endpoints (the shapes are the providers' documented ones):
 
 - token, RFC 6749 section 3.2: ``POST /oauth2/token``, ``/token`` (Google's path) and Microsoft's
   ``/{tenant}/oauth2/v2.0/token``. Grants: ``refresh_token`` (rotated: every use issues a new refresh token and
-  the old one answers ``400 invalid_grant`` with ``AADSTS700082``, as does a revoked one), ``client_credentials``
+  the old one answers ``400 invalid_grant`` with ``AADSTS700082``, as does a revoked one; or, with
+  ``rotate_refresh_tokens=False``, kept as Google does), ``client_credentials``
   (``client_secret`` in the body or HTTP Basic, or a ``client_assertion`` JWT as MSAL builds for a certificate:
   any well-formed one is accepted and recorded in ``client_assertions``), the RFC 8628 device code grant, and the
   RFC 7523 ``jwt-bearer`` grant of a Google service account (RS256, verified against a key file the fake wrote).
@@ -250,11 +251,13 @@ class IdentityProvider:
     """The fake provider. ``start()`` listens, ``stop()`` closes every connection and joins every thread."""
 
     def __init__(self, *, tls: bool = False, lifetime: int = 3600, tenant: str = DEFAULT_TENANT,
-                 device_interval: int = 1, device_expires_in: int = 900) -> None:
+                 device_interval: int = 1, device_expires_in: int = 900, rotate_refresh_tokens: bool = True) -> None:
+        """``rotate_refresh_tokens=False`` answers a refresh like Google: no new refresh token, the old one stays."""
         self.tenant = tenant
         self.lifetime = int(lifetime)
         self.device_interval = device_interval
         self.device_expires_in = device_expires_in
+        self.rotate_refresh_tokens = rotate_refresh_tokens
         self.dir = tempfile.mkdtemp(prefix="idp-")
         os.chmod(self.dir, 0o755)  # Dovecot's auth process reads ca_file from here
         self.ca_file: str | None = None
@@ -783,9 +786,11 @@ class IdentityProvider:
                 raise OAuthError(400, "invalid_grant", "AADSTS700082: The refresh token has expired or was "
                                                        f"{'revoked' if grant.state == 'revoked' else 'already used'}"
                                                        ". Sign in again.")
-            grant.state = "used"
             scope = request.form.get("scope") or grant.scope
-            rotated = self._new_refresh(grant.user, grant.client_id, grant.scope, grant.family)
+            rotated = None
+            if self.rotate_refresh_tokens:
+                grant.state = "used"
+                rotated = self._new_refresh(grant.user, grant.client_id, grant.scope, grant.family)
         return self._token_answer(self._issue_access(grant.user, client.client_id, scope, GRANT_REFRESH), rotated)
 
     def _grant_device_code(self) -> Response:

@@ -241,6 +241,19 @@ def test_refresh_tokens_rotate_and_a_used_one_is_refused(identity_provider):
     assert second.status_code == 200 and second.json()["refresh_token"] != body["refresh_token"]
 
 
+def test_without_rotation_a_refresh_answers_no_new_refresh_token_and_the_old_one_stays(make_identity_provider):
+    provider = make_identity_provider(rotate_refresh_tokens=False)
+    kept = provider.issue_refresh_token("alice")
+    answers = [_post(provider.token_url, provider, {**CLIENT, "grant_type": "refresh_token", "refresh_token": kept})
+               for _ in range(2)]
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert all("refresh_token" not in answer.json() for answer in answers)
+    assert provider.latest_refresh_token(kept) == kept
+    provider.revoke(kept)
+    revoked = _post(provider.token_url, provider, {**CLIENT, "grant_type": "refresh_token", "refresh_token": kept})
+    assert revoked.status_code == 400 and revoked.json()["error"] == "invalid_grant"
+
+
 def test_revoking_a_refresh_token_revokes_its_whole_rotation_chain_but_not_other_grants(identity_provider):
     initial = identity_provider.issue_refresh_token("alice")
     unrelated = identity_provider.issue_refresh_token("alice")
