@@ -121,7 +121,7 @@ class DovecotOAuth2:
     """Settings of Dovecot's oauth2 passdb (``DovecotServer(oauth2=...)``): every XOAUTH2/OAUTHBEARER login is
     checked by an RFC 7662 POST to ``introspection_url`` (harness/identity.py serves one), trusting ``ca_file``
     for an https one. Keep the URL plain: Dovecot 2.3.19 expands no ``%u`` in it, and its auth process panics on
-    a URL with a query string or a ``%`` (the login then fails as a temporary error)."""
+    a URL with a query string or a ``%`` (it restarts, and that login fails)."""
 
     introspection_url: str
     ca_file: str | None = None

@@ -28,6 +28,15 @@ Test controls: ``add_client``, ``issue_token``, ``issue_refresh_token``, ``lates
 ``set_lifetime``, ``fail_next`` (5xx or OAuth errors, delays, dropped connections), ``approve``/``deny``,
 ``write_service_account_file``, the logs ``requests``, ``introspections``, ``client_assertions`` and
 ``wait_for_requests``.
+
+Clients (checked with msal 1.39 and google-auth 2.63 outside the project's venv): MSAL takes
+``authority=provider.authority()`` with ``instance_discovery=False`` (else it asks login.microsoftonline.com),
+and its CA through ``http_client=`` a ``requests.Session`` whose ``verify`` is ``ca_file`` and whose
+``trust_env`` is off: with ``REQUESTS_CA_BUNDLE`` set in the environment, requests prefers it to a session's
+``verify`` (MSAL's own ``verify=`` loses the same way). google-auth needs the same session in its
+``Request(session)``. MSAL treats a token with less than 5 minutes left as expired, so with lifetimes of seconds
+every call reaches the token endpoint; it replays a 5xx without ``Retry-After`` for 5 s and a 400 for 60 s from its
+own HTTP cache (``fail_next(..., retry_after=0)`` avoids the first).
 """
 
 from __future__ import annotations
