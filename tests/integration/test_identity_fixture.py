@@ -241,6 +241,28 @@ def test_refresh_tokens_rotate_and_a_used_one_is_refused(identity_provider):
     assert second.status_code == 200 and second.json()["refresh_token"] != body["refresh_token"]
 
 
+def test_two_refreshes_racing_with_one_refresh_token_get_one_success_and_one_invalid_grant(identity_provider):
+    # What two service processes refreshing at the same moment without a lock would meet
+    initial = identity_provider.issue_refresh_token("alice")
+    barrier = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def refresh() -> None:
+        barrier.wait(5)
+        statuses.append(_post(identity_provider.token_url, identity_provider,
+                              {**CLIENT, "grant_type": "refresh_token", "refresh_token": initial}).status_code)
+
+    threads = [threading.Thread(target=refresh) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert sorted(statuses) == [200] + [400] * 7
+    refused = [item for item in identity_provider.requests if item.error == "invalid_grant"]
+    assert len(refused) == 7
+
+
 def test_without_rotation_a_refresh_answers_no_new_refresh_token_and_the_old_one_stays(make_identity_provider):
     provider = make_identity_provider(rotate_refresh_tokens=False)
     kept = provider.issue_refresh_token("alice")
