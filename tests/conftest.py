@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.fixtures.tiers",
     "tests.fixtures.redis_server",
     "tests.fixtures.dovecot",
+    "tests.fixtures.identity",
     "tests.fixtures.receiver",
     "tests.fixtures.service",
     "tests.fixtures.miniflare",
