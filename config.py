@@ -47,9 +47,119 @@ class TlsMode(enum.Enum):
 
 @dataclass(frozen=True)
 class PasswordCredentials:
-    """A login with a password (the only kind today; OAuth2 credentials will be a sibling value)."""
+    """A login with a password (IMAP LOGIN); ``OAuth2Credentials`` is its sibling."""
 
     password: str = field(repr=False)
+
+
+class AuthMethod(enum.Enum):
+    """How the service signs in to a mailbox: a password (LOGIN), or an OAuth2 access token (SASL)."""
+
+    PASSWORD = "password"
+    OAUTH2 = "oauth2"
+
+
+class SaslMechanism(enum.Enum):
+    """The SASL mechanism that carries an OAuth2 access token: Google's and Microsoft's XOAUTH2, or RFC 7628."""
+
+    XOAUTH2 = "XOAUTH2"
+    OAUTHBEARER = "OAUTHBEARER"
+
+
+class OAuthProvider(enum.Enum):
+    """Where access tokens come from (README "OAuth2 sign-in")."""
+
+    MICROSOFT_CLIENT_CREDENTIALS = "microsoft_client_credentials"  # app-only, Microsoft 365 (MSAL)
+    REFRESH_TOKEN = "refresh_token"                                # delegated, any RFC 6749 provider
+    GOOGLE_SERVICE_ACCOUNT = "google_service_account"              # Workspace, domain-wide delegation
+    COMMAND = "command"                                            # a vault or token broker prints the token
+
+
+MICROSOFT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+MICROSOFT_IMAP_SCOPE = "https://outlook.office365.com/.default"
+GOOGLE_MAIL_SCOPE = "https://mail.google.com/"
+DEFAULT_TOKEN_COMMAND_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class OAuth2Credentials:
+    """A sign-in with OAuth2: the provider of access tokens and what it needs. Client secrets, refresh tokens and
+    the token command are secrets (never in a repr). ``problems()`` holds every rule; both readers (the environment
+    and the file) report its findings in their own names."""
+
+    provider: OAuthProvider
+    mechanism: SaslMechanism = SaslMechanism.XOAUTH2
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    authority_host: str = MICROSOFT_AUTHORITY_HOST
+    token_url: str | None = None
+    device_authorization_url: str | None = None
+    refresh_token: str | None = field(default=None, repr=False)   # the initial one: a stored newer one wins
+    scope: str | None = None
+    service_account_file: str | None = None
+    token_command: str | None = field(default=None, repr=False)
+    token_command_timeout_seconds: float = DEFAULT_TOKEN_COMMAND_TIMEOUT_SECONDS
+    ca_file: str | None = None
+    allow_insecure: bool = False      # OAUTH_ALLOW_INSECURE: http:// endpoints (local tests only)
+
+    @property
+    def effective_scope(self) -> str | None:
+        """The scope asked for: the configured one, else the provider's (None: the provider's own default)."""
+        if self.scope:
+            return self.scope
+        return {OAuthProvider.MICROSOFT_CLIENT_CREDENTIALS: MICROSOFT_IMAP_SCOPE,
+                OAuthProvider.GOOGLE_SERVICE_ACCOUNT: GOOGLE_MAIL_SCOPE}.get(self.provider)
+
+    @property
+    def effective_device_authorization_url(self) -> str | None:
+        """RFC 8628's endpoint: the configured one, else derived from the Microsoft authority and tenant."""
+        if self.device_authorization_url:
+            return self.device_authorization_url
+        if self.tenant_id:
+            return f"{self.authority_host.rstrip('/')}/{self.tenant_id}/oauth2/v2.0/devicecode"
+        return None
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every rule this sign-in breaks, as (key, reason); keys are the file's ``auth`` keys (the environment's
+        names are ``OAUTH_<KEY>``). Files are not looked at here (the readers check they exist)."""
+        found = [(key, f"required for provider {self.provider.value}")
+                 for key in _OAUTH_REQUIRED[self.provider] if not getattr(self, key)]
+        if self.provider is OAuthProvider.MICROSOFT_CLIENT_CREDENTIALS:
+            found += self._microsoft_credential_problems()
+        for key in ("authority_host", "token_url", "device_authorization_url"):
+            url = getattr(self, key)
+            if url and not url.startswith("https://") and not (self.allow_insecure and url.startswith("http://")):
+                found.append((key, "must be https:// (set OAUTH_ALLOW_INSECURE=true for a local identity server)"))
+        if not 0 < self.token_command_timeout_seconds <= 300:
+            found.append(("token_command_timeout_seconds", "must be > 0 and <= 300"))
+        return found
+
+    def _microsoft_credential_problems(self) -> list[tuple[str, str]]:
+        has_secret = bool(self.client_secret)
+        has_cert = bool(self.client_cert_file or self.client_key_file)
+        if has_secret and has_cert:
+            return [("client_secret", "give a client secret or a certificate (client_cert_file + client_key_file), "
+                                      "not both")]
+        if has_cert and not (self.client_cert_file and self.client_key_file):
+            missing = "client_key_file" if self.client_cert_file else "client_cert_file"
+            return [(missing, "required with a certificate credential (client_cert_file + client_key_file)")]
+        if not has_secret and not has_cert:
+            return [("client_secret", "required for provider microsoft_client_credentials (or client_cert_file + "
+                                      "client_key_file)")]
+        return []
+
+
+# What each provider cannot do without (a refresh token may come later, from ``oauth-login``).
+_OAUTH_REQUIRED: dict[OAuthProvider, tuple[str, ...]] = {
+    OAuthProvider.MICROSOFT_CLIENT_CREDENTIALS: ("tenant_id", "client_id"),
+    OAuthProvider.REFRESH_TOKEN: ("token_url", "client_id"),
+    OAuthProvider.GOOGLE_SERVICE_ACCOUNT: ("service_account_file",),
+    OAuthProvider.COMMAND: ("token_command",),
+}
+OAUTH_FILE_KEYS = ("client_cert_file", "client_key_file", "service_account_file", "ca_file")
 
 
 @dataclass(frozen=True)
@@ -82,7 +192,7 @@ class MailboxConfig:
     id: str
     server: str
     user: str
-    credentials: PasswordCredentials
+    credentials: PasswordCredentials | OAuth2Credentials
     port: int = 993
     tls: TlsMode = TlsMode.IMPLICIT
     ca_file: str | None = None
@@ -126,7 +236,7 @@ class MailboxConfig:
         else:
             tls = TlsMode.NONE
         return cls(id=id, server=settings.imap_server or "", user=settings.email_address or "",
-                   credentials=PasswordCredentials(settings.email_password or ""), port=settings.imap_port,
+                   credentials=credentials_from_settings(settings), port=settings.imap_port,
                    tls=tls, ca_file=settings.imap_ca_file or None, folder=settings.imap_mailbox,
                    sender_allowlist=settings.sender_allowlist, sender_auth=SenderAuth.from_settings(settings),
                    poll_interval_seconds=settings.email_polling_interval_seconds,
@@ -138,6 +248,22 @@ class MailboxConfig:
                    fetch_max_failures=settings.imap_fetch_max_failures,
                    allow_without_links=settings.allow_webhook_without_links,
                    max_links_per_email=settings.max_links_per_email)
+
+
+def credentials_from_settings(settings: Settings) -> PasswordCredentials | OAuth2Credentials:
+    """The sign-in IMAP_AUTH_METHOD and the EMAIL_PASSWORD or OAUTH_* variables describe."""
+    if settings.imap_auth_method != AuthMethod.OAUTH2.value:
+        return PasswordCredentials(settings.email_password or "")
+    return OAuth2Credentials(
+        provider=OAuthProvider(settings.oauth_provider), mechanism=SaslMechanism(settings.imap_sasl_mechanism),
+        tenant_id=settings.oauth_tenant_id, client_id=settings.oauth_client_id,
+        client_secret=settings.oauth_client_secret, client_cert_file=settings.oauth_client_cert_file,
+        client_key_file=settings.oauth_client_key_file, authority_host=settings.oauth_authority_host,
+        token_url=settings.oauth_token_url, device_authorization_url=settings.oauth_device_authorization_url,
+        refresh_token=settings.oauth_refresh_token, scope=settings.oauth_scope,
+        service_account_file=settings.oauth_service_account_file, token_command=settings.oauth_token_command,
+        token_command_timeout_seconds=settings.oauth_token_command_timeout_seconds, ca_file=settings.oauth_ca_file,
+        allow_insecure=settings.oauth_allow_insecure)
 
 
 @dataclass(frozen=True)

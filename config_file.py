@@ -27,15 +27,21 @@ import yaml
 from config import (
     DEFAULT_DELIVERY_CONCURRENCY,
     DROP,
+    MICROSOFT_AUTHORITY_HOST,
+    OAUTH_FILE_KEYS,
     WEEKDAYS,
+    AuthMethod,
     BasicAuth,
     DeliveryWindow,
     MailboxConfig,
+    OAuth2Credentials,
+    OAuthProvider,
     PasswordCredentials,
     R2Config,
     RetryPolicy,
     RouteConfig,
     RouteMatch,
+    SaslMechanism,
     SenderAuth,
     ServiceConfig,
     TargetConfig,
@@ -72,7 +78,13 @@ TOP_KEYS = ("mailboxes", "targets", "routes")
 MAILBOX_KEYS = ("id", "server", "port", "tls", "ca_file", "user", "password", "folder", "senders", "sender_auth",
                 "idle", "poll_interval_seconds", "timeout_seconds", "reconnect_max_seconds",
                 "first_start_max_age_hours", "mark_as_read", "allow_no_server_done_mark", "fetch_max_failures",
-                "max_links_per_email", "allow_without_links")
+                "max_links_per_email", "allow_without_links", "auth")
+AUTH_KEYS = ("method", "mechanism", "provider", "tenant_id", "client_id", "client_secret", "client_cert_file",
+             "client_key_file", "authority_host", "token_url", "device_authorization_url", "refresh_token", "scope",
+             "service_account_file", "token_command", "token_command_timeout_seconds", "ca_file")
+_AUTH_SECRETS = ("client_secret", "refresh_token", "token_command")
+_AUTH_URLS = ("authority_host", "token_url", "device_authorization_url")
+_AUTH_TEXT = ("tenant_id", "client_id", "scope")
 SENDER_AUTH_KEYS = ("authserv_id",)
 TARGET_KEYS = ("id", "url", "secret", "profile", "headers", "basic_auth", "timeout_seconds", "concurrency",
                "max_body_bytes", "rate_per_second", "retry", "window", "allow_insecure", "ca_file")
@@ -341,10 +353,22 @@ def service_config_or_exit(settings: Settings, environ: Mapping[str, str]) -> Se
     import sys
 
     try:
-        return service_config(settings, environ)
+        config = service_config(settings, environ)
+        refuse_oauth2_sign_in(config, from_file=bool(settings.config_path))
+        return config
     except ConfigError as exc:
         print(str(exc), file=sys.stderr, flush=True)
         raise SystemExit(3) from None
+
+
+def refuse_oauth2_sign_in(config: ServiceConfig, *, from_file: bool) -> None:
+    """OAuth2 sign-in is configured and checked (``check-config``) but the IMAP client cannot use it yet (issue 18
+    is being built): refuse to start rather than retry a login that cannot work."""
+    for index, mailbox in enumerate(config.mailboxes):
+        if isinstance(mailbox.credentials, OAuth2Credentials):
+            where = f"mailboxes[{index}].auth.method" if from_file else "IMAP_AUTH_METHOD"
+            raise ConfigError(where, "oauth2 sign-in is not available in this build yet (the configuration is "
+                                     "valid: check-config accepts it); use a password for now")
 
 
 # --- one section each -------------------------------------------------------------------------------------------
@@ -441,14 +465,16 @@ def _valid_id(value: str) -> bool:
 
 def _read_mailbox(reader: _Reader, path: str, raw: Any, settings: Settings) -> MailboxConfig | Any:
     errors_before = len(reader.errors)
-    values = reader.mapping(path, raw, MAILBOX_KEYS, required=("id", "server", "user", "password"))
+    values = reader.mapping(path, raw, MAILBOX_KEYS, required=("id", "server", "user"))
     if values is None:
         return _BAD
+    if values.get("password") is None and values.get("auth") is None:
+        reader.error(_join(path, "password"), "required (or an auth block with method: oauth2)")
     opt = functools.partial(reader.optional, values, path)
     mailbox_id = opt("id", lambda at, raw: _read_id(reader, at, raw, "mailbox"), _BAD)
     server = opt("server", reader.string, _BAD)
     user = opt("user", reader.string, _BAD)
-    password = opt("password", lambda at, raw: reader.string(at, raw, secret=True, strip=False), _BAD)
+    credentials = _read_credentials(reader, path, values, settings)
     tls = opt("tls", lambda at, raw: _enum(reader, at, reader.string(at, raw), TlsMode), TlsMode.IMPLICIT)
     port = opt("port", lambda at, raw: reader.number(at, raw, SPEC_BY_ENV["IMAP_PORT"].parse),
                _DEFAULT_PORTS.get(tls, 993))
@@ -465,7 +491,7 @@ def _read_mailbox(reader: _Reader, path: str, raw: Any, settings: Settings) -> M
         return _BAD
     try:
         return MailboxConfig(
-            id=mailbox_id, server=server, user=user, credentials=PasswordCredentials(password), port=port, tls=tls,
+            id=mailbox_id, server=server, user=user, credentials=credentials, port=port, tls=tls,
             ca_file=ca_file, folder=tuned["folder"], sender_allowlist=senders, sender_auth=sender_auth,
             poll_interval_seconds=tuned["poll_interval_seconds"], use_idle=tuned["idle"],
             first_start_max_age_hours=first_start, mark_as_read=tuned["mark_as_read"],
@@ -475,6 +501,83 @@ def _read_mailbox(reader: _Reader, path: str, raw: Any, settings: Settings) -> M
             max_links_per_email=tuned["max_links_per_email"])
     except ValueError as exc:
         return reader.error(path, str(exc))
+
+
+def _read_credentials(reader: _Reader, path: str, values: dict[str, Any],
+                      settings: Settings) -> PasswordCredentials | OAuth2Credentials | Any:
+    """``password``, or an ``auth`` block with ``method: oauth2`` (``method: password`` takes ``password``)."""
+    auth = reader.optional(values, path, "auth", lambda at, raw: _read_auth(reader, at, raw, settings))
+    raw_password = values.get("password")
+    if isinstance(auth, OAuth2Credentials):
+        if raw_password is not None:
+            return reader.error(_join(path, "password"), "cannot be combined with auth method oauth2")
+        return auth
+    if auth is _BAD or (auth is None and raw_password is None):  # the missing password is reported already
+        return _BAD
+    if raw_password is None:
+        return reader.error(_join(path, "password"), "required with auth method password")
+    password = reader.string(_join(path, "password"), raw_password, secret=True, strip=False)
+    return _BAD if password is _BAD else PasswordCredentials(password)
+
+
+def _read_auth(reader: _Reader, path: str, raw: Any, settings: Settings) -> OAuth2Credentials | str | Any:
+    """A mailbox's ``auth`` block: ``AuthMethod.PASSWORD.value`` for ``method: password`` (nothing else may be
+    given then), else the ``OAuth2Credentials`` it describes, checked by ``OAuth2Credentials.problems``."""
+    values = reader.mapping(path, raw, AUTH_KEYS, required=("method",))
+    if values is None or values.get("method") is None:
+        return _BAD
+    method = _enum(reader, _join(path, "method"), reader.string(_join(path, "method"), values["method"]), AuthMethod)
+    if method is AuthMethod.PASSWORD:
+        extra = [key for key in values if key != "method" and values[key] is not None]
+        return reader.error(_join(path, extra[0]), "only with method: oauth2") if extra else method.value
+    if method is _BAD:
+        return _BAD
+    errors_before = len(reader.errors)
+    fields = _auth_fields(reader, path, values)
+    if values.get("provider") is None:
+        reader.error(_join(path, "provider"), "required with method: oauth2")
+    if len(reader.errors) > errors_before:
+        return _BAD
+    credentials = OAuth2Credentials(allow_insecure=settings.oauth_allow_insecure, **fields)
+    for key, reason in credentials.problems():
+        reader.error(_join(path, key), reason)
+    if credentials.provider is OAuthProvider.REFRESH_TOKEN and not settings.redis_url \
+            and not settings.state_dir_persistent:
+        reader.error(_join(path, "provider"), "refresh_token needs REDIS_URL (or STATE_DIR_PERSISTENT=true): "
+                                              "providers rotate refresh tokens, and the newest must survive a restart")
+    return _BAD if len(reader.errors) > errors_before else credentials
+
+
+def _auth_fields(reader: _Reader, path: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The ``OAuth2Credentials`` keyword arguments of an ``auth`` block (errors recorded on the reader)."""
+    opt = functools.partial(reader.optional, values, path)
+    fields: dict[str, Any] = {
+        "provider": opt("provider", lambda at, raw: _enum(reader, at, reader.string(at, raw), OAuthProvider)),
+        "mechanism": opt("mechanism", lambda at, raw: _mechanism(reader, at, raw), SaslMechanism.XOAUTH2),
+        "token_command_timeout_seconds": reader.spec_value(
+            _join(path, "token_command_timeout_seconds"), values.get("token_command_timeout_seconds"),
+            "OAUTH_TOKEN_COMMAND_TIMEOUT_SECONDS")}
+    for key in _AUTH_TEXT:
+        fields[key] = opt(key, reader.string)
+    for key in _AUTH_SECRETS:
+        fields[key] = opt(key, lambda at, raw: reader.string(at, raw, secret=True, strip=False))
+    for key in _AUTH_URLS:
+        fields[key] = opt(key, lambda at, raw: reader.string(at, raw, check=http_url))
+    for key in OAUTH_FILE_KEYS:
+        fields[key] = opt(key, lambda at, raw: reader.string(at, raw, check=_existing_file))
+    if fields["authority_host"] is None:
+        fields["authority_host"] = MICROSOFT_AUTHORITY_HOST
+    return fields
+
+
+def _mechanism(reader: _Reader, path: str, raw: Any) -> SaslMechanism | Any:
+    word = reader.string(path, raw)
+    if word is _BAD:
+        return _BAD
+    try:
+        return SaslMechanism(word.upper())
+    except ValueError:
+        return reader.error(path, f"expected one of {' | '.join(member.value for member in SaslMechanism)}")
 
 
 def _read_sender_auth(reader: _Reader, path: str, raw: Any) -> SenderAuth | Any:

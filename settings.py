@@ -152,13 +152,32 @@ SPECS: tuple[Spec, ...] = (
     # Configuration file
     Spec("RENDER_SIGNAL_CONFIG", "config_path", text, None, "Path of a YAML file describing several mailboxes, targets and routes (README \"Configuration file\"); cannot be combined with the per-mailbox and per-target variables (IMAP_*, EMAIL_*, SENDER_*, FIRST_START_MAX_AGE_HOURS, MARK_AS_READ, ALLOW_NO_SERVER_DONE_MARK, ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS, MAX_LINKS_PER_EMAIL, WEBHOOK_*, OAUTH_*)."),
     # Mailbox
-    Spec("IMAP_SERVER", "imap_server", text, None, "IMAP host name. With EMAIL_ADDRESS and EMAIL_PASSWORD it enables the poller."),
+    Spec("IMAP_SERVER", "imap_server", text, None, "IMAP host name. With EMAIL_ADDRESS and a credential (EMAIL_PASSWORD, or IMAP_AUTH_METHOD=oauth2) it enables the poller."),
     Spec("IMAP_PORT", "imap_port", integer(1, 65535), 993, "IMAP port."),
     Spec("IMAP_USE_SSL", "imap_use_ssl", parse_bool, True, "Implicit TLS (IMAPS) with certificate and host name verification."),
     Spec("IMAP_STARTTLS", "imap_starttls", parse_bool, False, "Upgrade a plain connection with STARTTLS (with IMAP_USE_SSL=false)."),
     Spec("IMAP_CA_FILE", "imap_ca_file", text, None, "PEM bundle of CAs to trust for IMAP TLS instead of the system store."),
     Spec("EMAIL_ADDRESS", "email_address", text, None, "Mailbox login (the service's own address)."),
-    Spec("EMAIL_PASSWORD", "email_password", secret_text, None, "Mailbox password.", secret=True),
+    Spec("EMAIL_PASSWORD", "email_password", secret_text, None, "Mailbox password (IMAP_AUTH_METHOD=password).", secret=True),
+    Spec("IMAP_AUTH_METHOD", "imap_auth_method", choice("password", "oauth2"), "password", "How the service signs in: `password` (EMAIL_PASSWORD) or `oauth2` (an access token from OAUTH_PROVIDER over SASL; README \"OAuth2 sign-in\")."),
+    Spec("IMAP_SASL_MECHANISM", "imap_sasl_mechanism", choice("XOAUTH2", "OAUTHBEARER"), "XOAUTH2", "SASL mechanism carrying the access token with IMAP_AUTH_METHOD=oauth2 (XOAUTH2 for Microsoft and Google, OAUTHBEARER per RFC 7628)."),
+    Spec("OAUTH_PROVIDER", "oauth_provider", choice("microsoft_client_credentials", "refresh_token", "google_service_account", "command"), None, "Where access tokens come from with IMAP_AUTH_METHOD=oauth2 (required then)."),
+    Spec("OAUTH_TENANT_ID", "oauth_tenant_id", text, None, "Microsoft Entra tenant id (microsoft_client_credentials; the device flow of oauth-login)."),
+    Spec("OAUTH_CLIENT_ID", "oauth_client_id", text, None, "OAuth client (application) id."),
+    Spec("OAUTH_CLIENT_SECRET", "oauth_client_secret", secret_text, None, "OAuth client secret (or OAUTH_CLIENT_CERT_FILE + OAUTH_CLIENT_KEY_FILE for Microsoft).", secret=True),
+    Spec("OAUTH_CLIENT_CERT_FILE", "oauth_client_cert_file", text, None, "PEM certificate of a Microsoft certificate credential (with OAUTH_CLIENT_KEY_FILE)."),
+    Spec("OAUTH_CLIENT_KEY_FILE", "oauth_client_key_file", text, None, "PEM private key (RSA) of that certificate credential."),
+    Spec("OAUTH_AUTHORITY_HOST", "oauth_authority_host", http_url, "https://login.microsoftonline.com", "Microsoft identity platform host (the authority is <host>/<OAUTH_TENANT_ID>)."),
+    Spec("OAUTH_TOKEN_URL", "oauth_token_url", http_url, None, "RFC 6749 token endpoint of the refresh_token provider."),
+    Spec("OAUTH_DEVICE_AUTHORIZATION_URL", "oauth_device_authorization_url", http_url, None, "RFC 8628 device authorization endpoint for oauth-login.", default_doc="<OAUTH_AUTHORITY_HOST>/<OAUTH_TENANT_ID>/oauth2/v2.0/devicecode"),
+    Spec("OAUTH_REFRESH_TOKEN", "oauth_refresh_token", secret_text, None, "The initial refresh token (refresh_token provider); a newer one stored in the state store always wins.", secret=True),
+    Spec("OAUTH_SCOPE", "oauth_scope", text, None, "Scope asked for.", default_doc="https://outlook.office365.com/.default (Microsoft), https://mail.google.com/ (Google)"),
+    Spec("OAUTH_SERVICE_ACCOUNT_FILE", "oauth_service_account_file", text, None, "Google service account key file (JSON) with domain-wide delegation; the mailbox user is the subject."),
+    Spec("OAUTH_TOKEN_COMMAND", "oauth_token_command", secret_text, None, "Command (no shell) that prints an access token, or {\"access_token\", \"expires_in\"} as JSON, on stdout.", secret=True),
+    Spec("OAUTH_TOKEN_COMMAND_TIMEOUT_SECONDS", "oauth_token_command_timeout_seconds", number(0.1, 300), 10.0, "Bound on one run of OAUTH_TOKEN_COMMAND."),
+    Spec("OAUTH_CA_FILE", "oauth_ca_file", text, None, "PEM bundle of CAs to trust for the identity endpoints instead of the bundled store."),
+    Spec("OAUTH_ALLOW_INSECURE", "oauth_allow_insecure", parse_bool, False, "Allow http:// identity endpoints (local tests only); applies to every mailbox."),
+    Spec("OAUTH_REAUTH_RETRY_SECONDS", "oauth_reauth_retry_seconds", number(1, 86400), 60.0, "How often a mailbox in reauth_required tries again (at once when a new refresh token is stored); applies to every mailbox."),
     Spec("IMAP_MAILBOX", "imap_mailbox", text, "INBOX", "Folder to watch."),
     Spec("IMAP_TIMEOUT_SECONDS", "imap_timeout_seconds", number(0.1, 600), 30.0, "Bound on every IMAP network operation (connect, TLS, login, select, search, fetch, store, idle, noop)."),
     Spec("IMAP_USE_IDLE", "imap_use_idle", parse_bool, True, "Use IMAP IDLE when the server offers it (push); polling runs anyway."),
@@ -182,6 +201,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("REDIS_TIMEOUT_SECONDS", "redis_timeout_seconds", number(0.05, 60), 3.0, "Connect and read timeout of every Redis call (no hidden retries)."),
     Spec("BG_POLLER_LOCK_FILE", "bg_poller_lock_file", text, None, "Lock file of the file lease (without REDIS_URL).", default_doc="$STATE_DIR/poller.lock"),
     Spec("STATE_DIR", "state_dir", text, "./var", "Directory of the SQLite state and the lock file (without REDIS_URL)."),
+    Spec("STATE_DIR_PERSISTENT", "state_dir_persistent", parse_bool, False, "STATE_DIR is on a persistent disk: allows the refresh_token provider without REDIS_URL (its rotated tokens must survive a restart)."),
+    Spec("STATE_ENCRYPTION_KEY", "state_encryption_key", secret_text, None, "Fernet key (cryptography) that encrypts stored refresh tokens; without it they are stored in clear (README \"OAuth2 sign-in\").", secret=True),
     Spec("STATE_RETENTION_DAYS", "state_retention_days", number(0.001, 3650), 30.0, "How long delivered and dead outbox items, done records, flag requests and history are kept."),
     Spec("HEARTBEAT_INTERVAL_SECONDS", "heartbeat_interval_seconds", number(0.1, 86400), 300.0, "Interval of the lease holder's `BG_POLLER: heartbeat` log line."),
     # Webhook
@@ -246,6 +267,25 @@ class Settings:
     imap_ca_file: str | None = _settings_field("imap_ca_file")
     email_address: str | None = _settings_field("email_address")
     email_password: str | None = _settings_field("email_password")
+    imap_auth_method: str = _settings_field("imap_auth_method")
+    imap_sasl_mechanism: str = _settings_field("imap_sasl_mechanism")
+    oauth_provider: str | None = _settings_field("oauth_provider")
+    oauth_tenant_id: str | None = _settings_field("oauth_tenant_id")
+    oauth_client_id: str | None = _settings_field("oauth_client_id")
+    oauth_client_secret: str | None = _settings_field("oauth_client_secret")
+    oauth_client_cert_file: str | None = _settings_field("oauth_client_cert_file")
+    oauth_client_key_file: str | None = _settings_field("oauth_client_key_file")
+    oauth_authority_host: str = _settings_field("oauth_authority_host")
+    oauth_token_url: str | None = _settings_field("oauth_token_url")
+    oauth_device_authorization_url: str | None = _settings_field("oauth_device_authorization_url")
+    oauth_refresh_token: str | None = _settings_field("oauth_refresh_token")
+    oauth_scope: str | None = _settings_field("oauth_scope")
+    oauth_service_account_file: str | None = _settings_field("oauth_service_account_file")
+    oauth_token_command: str | None = _settings_field("oauth_token_command")
+    oauth_token_command_timeout_seconds: float = _settings_field("oauth_token_command_timeout_seconds")
+    oauth_ca_file: str | None = _settings_field("oauth_ca_file")
+    oauth_allow_insecure: bool = _settings_field("oauth_allow_insecure")
+    oauth_reauth_retry_seconds: float = _settings_field("oauth_reauth_retry_seconds")
     imap_mailbox: str = _settings_field("imap_mailbox")
     imap_timeout_seconds: float = _settings_field("imap_timeout_seconds")
     imap_use_idle: bool = _settings_field("imap_use_idle")
@@ -268,6 +308,8 @@ class Settings:
     redis_timeout_seconds: float = _settings_field("redis_timeout_seconds")
     bg_poller_lock_file: str | None = _settings_field("bg_poller_lock_file")
     state_dir: str = _settings_field("state_dir")
+    state_dir_persistent: bool = _settings_field("state_dir_persistent")
+    state_encryption_key: str | None = _settings_field("state_encryption_key")
     state_retention_days: float = _settings_field("state_retention_days")
     heartbeat_interval_seconds: float = _settings_field("heartbeat_interval_seconds")
     webhook_url: str | None = _settings_field("webhook_url")
@@ -341,7 +383,11 @@ class Settings:
 
     @property
     def mailbox_configured(self) -> bool:
-        return bool(self.imap_server and self.email_address and self.email_password)
+        return bool(self.imap_server and self.email_address and (self.email_password or self.oauth2))
+
+    @property
+    def oauth2(self) -> bool:
+        return self.imap_auth_method == "oauth2"
 
     @property
     def lease_retry_interval(self) -> float:
@@ -395,6 +441,8 @@ PER_MAILBOX_AND_TARGET_NAMES = frozenset({"FIRST_START_MAX_AGE_HOURS", "MARK_AS_
 
 
 def is_per_mailbox_or_target(name: str) -> bool:
+    if name in GLOBAL_OAUTH_NAMES:
+        return False
     return name.startswith(PER_MAILBOX_AND_TARGET_PREFIXES) or name in PER_MAILBOX_AND_TARGET_NAMES
 
 
@@ -425,13 +473,48 @@ def _check_config_file(s: Settings) -> None:
 
 
 def _check_mailbox(s: Settings) -> None:
-    mailbox = {"IMAP_SERVER": s.imap_server, "EMAIL_ADDRESS": s.email_address, "EMAIL_PASSWORD": s.email_password}
+    mailbox = {"IMAP_SERVER": s.imap_server, "EMAIL_ADDRESS": s.email_address}
+    if s.oauth2:
+        if s.email_password:
+            raise ConfigError("EMAIL_PASSWORD", "cannot be combined with IMAP_AUTH_METHOD=oauth2 (unset it)")
+    else:
+        mailbox["EMAIL_PASSWORD"] = s.email_password
     missing = [name for name, value in mailbox.items() if not value]
-    if 0 < len(missing) < len(mailbox):
-        raise ConfigError(missing[0], "required when any of IMAP_SERVER, EMAIL_ADDRESS, EMAIL_PASSWORD is set")
+    if 0 < len(missing) < len(mailbox) or (s.oauth2 and missing):
+        raise ConfigError(missing[0], f"required when any of {', '.join(mailbox)} is set"
+                                      + (" (IMAP_AUTH_METHOD=oauth2)" if s.oauth2 else ""))
+    _check_oauth(s)
     if s.imap_use_ssl and s.imap_starttls:
         raise ConfigError("IMAP_STARTTLS", "cannot be combined with IMAP_USE_SSL=true (implicit TLS)")
     check_ca_file("IMAP_CA_FILE", s.imap_ca_file)
+
+
+# OAUTH_* that apply to every mailbox (with a configuration file too); every other one describes mailbox default.
+GLOBAL_OAUTH_NAMES = frozenset({"OAUTH_ALLOW_INSECURE", "OAUTH_REAUTH_RETRY_SECONDS"})
+
+
+def _check_oauth(s: Settings) -> None:
+    """IMAP_AUTH_METHOD=oauth2 has a provider and what it needs (``OAuth2Credentials.problems``, in OAUTH_* names);
+    with a password, an OAUTH_* variable describing the mailbox would be ignored, so it is an error."""
+    from config import OAUTH_FILE_KEYS, OAuth2Credentials, credentials_from_settings
+
+    if not s.oauth2:
+        given = [spec.env for spec in SPECS if spec.env.startswith("OAUTH_") and spec.env not in GLOBAL_OAUTH_NAMES
+                 and getattr(s, spec.attr) != spec.default]
+        if given:
+            raise ConfigError(given[0], "only with IMAP_AUTH_METHOD=oauth2")
+        return
+    if not s.oauth_provider:
+        raise ConfigError("OAUTH_PROVIDER", "required with IMAP_AUTH_METHOD=oauth2")
+    credentials = credentials_from_settings(s)
+    assert isinstance(credentials, OAuth2Credentials)
+    for key, reason in credentials.problems():
+        raise ConfigError(f"OAUTH_{key.upper()}", reason)
+    for key in OAUTH_FILE_KEYS:
+        check_ca_file(f"OAUTH_{key.upper()}", getattr(credentials, key))
+    if s.oauth_provider == "refresh_token" and not s.redis_url and not s.state_dir_persistent:
+        raise ConfigError("OAUTH_PROVIDER", "refresh_token needs REDIS_URL (or STATE_DIR_PERSISTENT=true): providers "
+                                            "rotate refresh tokens, and the newest must survive a restart")
 
 
 def _check_sender_auth(s: Settings) -> None:

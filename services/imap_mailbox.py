@@ -27,7 +27,7 @@ from imapclient import exceptions as imapclient_errors
 from imapclient import tls as imapclient_tls
 from imapclient.response_parser import parse_response
 
-from config import MailboxConfig, TlsMode
+from config import MailboxConfig, OAuth2Credentials, TlsMode
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +257,8 @@ class MailboxClient:
     def connect(self) -> None:
         """Open the connection, secure it (implicit TLS or STARTTLS unless plain was asked for) and log in."""
         mailbox = self._mailbox
+        if isinstance(mailbox.credentials, OAuth2Credentials):
+            raise ImapError("IMAP: oauth2 sign-in is not available in this build yet", "connect")
         if not mailbox.server or not mailbox.user or mailbox.password is None:
             raise ImapError("IMAP: IMAP_SERVER, EMAIL_ADDRESS and EMAIL_PASSWORD must be set", "connect")
         self.close()

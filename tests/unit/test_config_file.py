@@ -403,7 +403,7 @@ def test_every_error_of_the_file_is_collected_not_just_the_first(tmp_path):
         to: drop
     """
     assert errors_of(tmp_path, text) == [
-        "CONFIG: mailboxes[0].password: required",
+        "CONFIG: mailboxes[0].password: required (or an auth block with method: oauth2)",
         "CONFIG: mailboxes[0].id: mailbox id 'Bad_Id' must be 1-32 characters of a-z, 0-9 and -",
         "CONFIG: mailboxes[0].port: must be <= 65535",
         "CONFIG: mailboxes[1].poll_interval_seconds: must be >= 0.1",
@@ -502,7 +502,8 @@ def test_a_target_needs_an_id_and_a_url(tmp_path):
 def test_a_mailbox_needs_an_id_a_server_a_user_and_a_password(tmp_path):
     assert errors_of(tmp_path, "mailboxes:\n  - folder: INBOX\ntargets: []\n") == [
         "CONFIG: mailboxes[0].id: required", "CONFIG: mailboxes[0].server: required",
-        "CONFIG: mailboxes[0].user: required", "CONFIG: mailboxes[0].password: required",
+        "CONFIG: mailboxes[0].user: required",
+        "CONFIG: mailboxes[0].password: required (or an auth block with method: oauth2)",
         "CONFIG: targets: at least one target is required when a mailbox is configured"]
 
 
