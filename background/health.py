@@ -1,13 +1,16 @@
 """Every health rule of the service, as pure functions: no I/O, no clock, no thread.
 
-The status observer (``background/services.py``) feeds it what it read from the shared store and gets back the
+The status observer (``background/observer.py``) feeds it what it read from the shared store and gets back the
 cluster view it caches; ``/health``, ``/api/status`` and the ``/`` page turn that view into ``checks``, a status
 (ok / degraded / down) and ``problems``, one per thing that makes the status degraded or down. The one rule that
 decides the HTTP code stays here too: 503 (``down``) only when this instance's background threads died and will
 not come back, so a restart would help; anything a restart would not fix is ``degraded`` with 200.
 
 Today's environment variables describe one mailbox and one webhook target, both ``DEFAULT_ID``. A new problem
-state is one row of ``PROBLEM_RULES``; a new kind is one row too (its ``kind`` and subject id).
+state is one row of ``PROBLEM_RULES``; a new kind is one row too (its ``kind`` and subject id). Problems of a named
+mailbox or target (``stalled``, ``no_holder``, ``circuit_open``) come from the observer's reads instead (the view's
+``stalls``): each mailbox is stalled by its own poll interval and IMAP timeout, each target by the outbox's stall
+rule applied to its own due items, and a target whose circuit breaker any holder published open is ``circuit_open``.
 """
 
 from __future__ import annotations
