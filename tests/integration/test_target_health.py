@@ -106,3 +106,70 @@ def test_without_a_published_circuit_the_target_reports_none(make_app, redis_url
     app = make_app(service_env(redis_url))
     [target] = status(app)["targets"]
     assert target["circuit"] is None
+
+
+CONFIG = """\
+mailboxes:
+  - id: default
+    server: 127.0.0.1
+    port: 1
+    tls: none
+    user: inbox@render-signal.test
+    password: imap-pw-Tg51-secret
+targets:
+  - id: make
+    url: http://127.0.0.1:9/make
+    allow_insecure: true
+  - id: archive
+    url: http://127.0.0.1:9/archive
+    allow_insecure: true
+  - id: night
+    url: http://127.0.0.1:9/night
+    allow_insecure: true
+"""
+
+
+def enqueue_overdue(store, event_id: str, target_id: str, overdue: float) -> None:
+    """An item of ``target_id`` whose attempt was due ``overdue`` seconds ago (first attempt: no scheduled delay)."""
+    from services.state_store import OutboxItem
+
+    at = time.time() - overdue
+    item = OutboxItem(event_id=event_id, email_id=event_id[4:], payload={"event_id": event_id}, mailbox="INBOX",
+                      uidvalidity=1, uid=abs(hash(event_id)) % 10000, message_id=None, created_at=at,
+                      next_attempt_at=at, target_id=target_id)
+    assert store.enqueue(item)
+
+
+@pytest.mark.timeout(60)
+def test_health_names_the_target_whose_due_webhooks_are_overdue_and_not_one_whose_items_are_held(
+        make_app, redis_url, tmp_path):
+    # Given three targets: make with a webhook due 5 minutes ago, archive with one due 10 s ago, and night with one
+    # due 5 minutes ago but held (its window closed) for an hour; nobody here holds the mailbox, so nothing delivers
+    config = tmp_path / "render-signal.yaml"
+    config.write_text(CONFIG)
+    app = make_app({"RENDER_SIGNAL_CONFIG": str(config), "REDIS_URL": redis_url, "REDIS_TIMEOUT_SECONDS": "0.3",
+                    "STATUS_API_TOKEN": TOKEN})
+    runtime = app.extensions["render_signal"]
+    holder = Holder(runtime)
+    try:
+        holder.publish({})
+        store = runtime.store
+        enqueue_overdue(store, "msg_make1_make", "make", 300)
+        enqueue_overdue(store, "msg_arch1_archive", "archive", 10)
+        enqueue_overdue(store, "msg_night1_night", "night", 300)
+        # (held the way delivery holds it: claimed, then put back until the window opens)
+        [claimed] = store.claim_due("test-delivery", time.time(), 1, 30.0, mailbox_id="default", target_id="night")
+        assert store.hold(claimed.event_id, time.time() + 3600, time.time())
+        # When this app's observer has read the store
+        runtime.start_background()
+        code, body = wait_for_health(app, lambda body: target_problems(body))
+        # Then /health is 200 degraded and names target make, stalled, and no other target
+        assert (code, body["status"]) == (200, "degraded")
+        assert target_problems(body) == [("make", "stalled")]
+        [make] = [p for p in body["problems"] if p["kind"] == "target"]
+        assert make["detail"].startswith("the oldest due webhook is ") and make["detail"].endswith(" s overdue")
+        # And /api/status's targets[] agree: night's item is held, not pending
+        targets = {t["id"]: t for t in status(app)["targets"]}
+        assert (targets["make"]["pending"], targets["night"]["pending"], targets["night"]["held"]) == (1, 0, 1)
+    finally:
+        holder.release()
