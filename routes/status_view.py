@@ -93,8 +93,9 @@ def read_cluster_state(source: StatusSource, now: float, *, recent_limit: int = 
         reads.parked_count = store.parked_count()
         reads.parked = store.list_parked(PARKED_SHOWN)
         reads.mailbox_statuses = store.read_mailbox_statuses(source.mailbox_ids)
-        reads.target_stats = store.target_stats(now)
-        reads.backlog = dict(store.pending_owners().get("mailboxes", {}))
+        breakdown = store.outbox_breakdown(now)   # the targets' figures and the mailboxes' backlog in one pass
+        reads.target_stats = breakdown["targets"]
+        reads.backlog = dict(breakdown["mailboxes"])
         if recent_limit > 0:
             reads.recent = list(store.recent(recent_limit))
         return reads
