@@ -1,33 +1,47 @@
 """Every health rule of the service, as pure functions: no I/O, no clock, no thread.
 
-The status observer (``background/services.py``) feeds it what it read from the shared store and gets back the
+The status observer (``background/observer.py``) feeds it what it read from the shared store and gets back the
 cluster view it caches; ``/health``, ``/api/status`` and the ``/`` page turn that view into ``checks``, a status
 (ok / degraded / down) and ``problems``, one per thing that makes the status degraded or down. The one rule that
 decides the HTTP code stays here too: 503 (``down``) only when this instance's background threads died and will
 not come back, so a restart would help; anything a restart would not fix is ``degraded`` with 200.
 
 Today's environment variables describe one mailbox and one webhook target, both ``DEFAULT_ID``. A new problem
-state is one row of ``PROBLEM_RULES``; a new kind is one row too (its ``kind`` and subject id).
+state is one row of ``PROBLEM_RULES``; a new kind is one row too (its ``kind`` and subject id). Problems of a named
+mailbox or target (``stalled``, ``no_holder``, ``circuit_open``) come from the observer's reads instead (the view's
+``stalls``): each mailbox is stalled by its own poll interval and IMAP timeout, each target by the outbox's stall
+rule applied to its own due items, and a target whose circuit breaker any holder published open is ``circuit_open``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from background.lease import LeaseState
 from background.runner import ImapState, PollerState
 from config import DEFAULT_ID  # the mailbox and the webhook target today's environment variables describe
 from timestamps import epoch_of
 
+if TYPE_CHECKING:
+    from config import MailboxConfig
+
 OUTBOX_BACKLOG_ITEMS = 100          # more pending than this is a backlog …
 OUTBOX_BACKLOG_AGE_SECONDS = 900    # … and so is a pending item older than this
 OUTBOX_STALL_MIN_SECONDS = 60.0     # a due item overdue by more than this (or 2 × its delay) is a stalled outbox
 
 CHECK_NAMES = ("poller", "lease", "imap", "outbox", "cluster")
+CIRCUIT_STATES = ("open", "half_open", "closed")   # worst first: the state a target reports when processes differ
 
 
 # --- the observer's cluster view ------------------------------------------------------------------------------------
+
+def stall_limit(poll_interval_seconds: float, imap_timeout_seconds: float) -> float:
+    """How long a mailbox may go without progress before it is stalled: 3 × its poll interval + 2 × its IMAP
+    timeout (three missed cycles, each allowed to time out twice)."""
+    return 3 * poll_interval_seconds + 2 * imap_timeout_seconds
+
 
 @dataclass(frozen=True)
 class HealthTimings:
@@ -36,6 +50,9 @@ class HealthTimings:
     publish_ttl: float       # a holder's published status lives this long (lease TTL + retry interval)
     stale_after: float       # the store unread for longer than this: the cluster view is stale
     stall_after: float       # mail waiting past a checkpoint that has not moved for this long: the mailbox stalled
+    # Each configured mailbox's own stall limit (from its poll interval and IMAP timeout), as (id, seconds);
+    # a mailbox not listed uses ``stall_after``.
+    mailbox_stall_after: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Any, *, observe_interval: float) -> HealthTimings:
@@ -43,7 +60,18 @@ class HealthTimings:
         return cls(
             publish_ttl=settings.redis_lock_ttl_seconds + settings.lease_retry_interval,
             stale_after=max(3 * observe_interval, 3 * settings.redis_timeout_seconds),
-            stall_after=3 * settings.email_polling_interval_seconds + 2 * settings.imap_timeout_seconds)
+            stall_after=stall_limit(settings.email_polling_interval_seconds, settings.imap_timeout_seconds))
+
+    def for_mailboxes(self, mailboxes: Iterable[MailboxConfig]) -> HealthTimings:
+        """These timings with each mailbox's own stall limit (the environment form's one mailbox gets the same
+        limit as ``stall_after``: its poll interval and timeout are the same settings)."""
+        return replace(self, mailbox_stall_after=tuple(
+            (mailbox.id, stall_limit(mailbox.poll_interval_seconds, mailbox.timeout_seconds))
+            for mailbox in mailboxes))
+
+    def stall_after_for(self, mailbox_id: str) -> float:
+        """The stall limit of ``mailbox_id``: its own when configured, else ``stall_after``."""
+        return dict(self.mailbox_stall_after).get(mailbox_id, self.stall_after)
 
 
 def outbox_state(stats: dict | None) -> str:
@@ -71,21 +99,23 @@ def cluster_state(published: dict | None, *, now: float, started: float, timings
     return "ok"
 
 
-def mailbox_stall(published: dict | None, *, now: float, timings: HealthTimings) -> str | None:
+def mailbox_stall(published: dict | None, *, now: float, timings: HealthTimings,
+                  mailbox_id: str = DEFAULT_ID) -> str | None:
     """Why the holder's mailbox is stalled, or None. The one stall rule: mail has been waiting past the checkpoint
-    for more than 3 × the poll interval + 2 × the IMAP timeout without the checkpoint moving (a holder that has not
-    completed a cycle for that long counts too: it cannot tell what waits)."""
+    for more than 3 × the mailbox's poll interval + 2 × its IMAP timeout without the checkpoint moving (a holder that
+    has not completed a cycle for that long counts too: it cannot tell what waits)."""
     if not published:
         return None
+    stall_after = timings.stall_after_for(mailbox_id)
     poller = published.get("poller") or {}
     lease = published.get("lease") or {}
     last_success = poller.get("last_success_epoch")
     reference = last_success or epoch_of(lease.get("acquired_at")) or published.get("published_at")
-    if reference and now - reference > timings.stall_after:
+    if reference and now - reference > stall_after:
         return f"no poller cycle completed for {int(now - reference)} s"
     waiting = int(poller.get("waiting") or 0)
     moved = poller.get("checkpoint_moved_epoch") or last_success
-    if waiting and moved and now - moved > timings.stall_after:
+    if waiting and moved and now - moved > stall_after:
         return f"{waiting} emails wait past the checkpoint, which has not moved for {int(now - moved)} s"
     return None
 
@@ -102,7 +132,7 @@ def other_mailbox_problems(mailbox_ids: tuple[str, ...], statuses: dict[str, dic
                 problems.append(Problem("mailbox", mailbox_id, "no_holder",
                                         f"no process has held mailbox {mailbox_id} within TTL + retry").as_dict())
             continue
-        stall = mailbox_stall(published, now=now, timings=timings)
+        stall = mailbox_stall(published, now=now, timings=timings, mailbox_id=mailbox_id)
         if stall:
             problems.append(Problem("mailbox", mailbox_id, "stalled", stall).as_dict())
     return problems
@@ -121,13 +151,75 @@ def outbox_stall(stats: dict | None, *, now: float) -> str | None:
     return None
 
 
+def circuit_states(documents: Iterable[dict | None]) -> dict[str, str]:
+    """Each target's circuit across the published statuses (each holder publishes its process's breakers under
+    ``circuits``): ``open`` if any process reports it open, else ``half_open`` if any does, else ``closed``. A target
+    no published status mentions is absent (nobody delivering to it published)."""
+    states: dict[str, str] = {}
+    for document in documents:
+        for target_id, state in ((document or {}).get("circuits") or {}).items():
+            if state not in CIRCUIT_STATES:
+                continue
+            known = states.get(target_id)
+            if known is None or CIRCUIT_STATES.index(state) < CIRCUIT_STATES.index(known):
+                states[target_id] = state
+    return states
+
+
+def target_problems(target_ids: tuple[str, ...], target_stats: dict[str, dict] | None, circuits: dict[str, str], *,
+                    now: float) -> list[dict]:
+    """The problems of each target: ``stalled`` by the outbox's stall rule applied to its own due items (held items
+    are not due, so a closed window never stalls it), ``circuit_open`` when a process's breaker skips it. Without
+    configured ids, every target the stats or the circuits name, sorted."""
+    ids = target_ids or tuple(sorted(set(target_stats or {}) | set(circuits)))
+    problems = []
+    for target_id in ids:
+        stall = outbox_stall((target_stats or {}).get(target_id), now=now)
+        if stall:
+            problems.append(Problem("target", target_id, "stalled", stall).as_dict())
+        if circuits.get(target_id) == "open":
+            problems.append(Problem("target", target_id, "circuit_open",
+                                    f"the circuit breaker of target {target_id} is open: deliveries to it are "
+                                    "paused in at least one process").as_dict())
+    return problems
+
+
+@dataclass(frozen=True)
+class ObservedReads:
+    """What the observer read from the shared store in one observation (the last good read when this one failed)."""
+
+    published: dict | None = None                    # the first mailbox's holder's status
+    stats: dict | None = None                        # outbox_stats
+    mailbox_statuses: dict[str, dict] | None = None  # each other mailbox's holder's status
+    target_stats: dict[str, dict] | None = None      # target_stats, per target id
+
+
+def _stalls(read: ObservedReads, *, now: float, started: float, timings: HealthTimings, first_mailbox: str,
+            other_mailboxes: tuple[str, ...], targets: tuple[str, ...]) -> list[dict]:
+    """Every problem of a named mailbox, target or the outbox the observer's read shows (never ``down``)."""
+    stalls = []
+    mailbox = mailbox_stall(read.published, now=now, timings=timings, mailbox_id=first_mailbox)
+    if mailbox:
+        stalls.append(Problem("mailbox", first_mailbox, "stalled", mailbox).as_dict())
+    statuses = read.mailbox_statuses or {}
+    stalls += other_mailbox_problems(other_mailboxes, statuses, now=now, started=started, timings=timings)
+    outbox = outbox_stall(read.stats, now=now)
+    if outbox:
+        stalls.append(Problem("outbox", None, "stalled", outbox).as_dict())
+    circuits = circuit_states([read.published, *statuses.values()])
+    stalls += target_problems(targets, read.target_stats, circuits, now=now)
+    return stalls
+
+
 def observed_view(*, lease_state: str, held: bool, own_poller: dict, published: dict | None, stats: dict | None,
                   read_ok: bool, now: float, last_read_ok: float, started: float, timings: HealthTimings,
                   first_mailbox: str = DEFAULT_ID, other_mailboxes: tuple[str, ...] = (),
-                  mailbox_statuses: dict[str, dict] | None = None) -> dict:
-    """The cluster view the observer caches for ``/health``. ``published`` and ``stats`` are the last ones read
-    (the cached ones when this read failed); a failed read turns the cluster ``stale`` only after ``stale_after``,
-    so one slow answer does not flap the health."""
+                  mailbox_statuses: dict[str, dict] | None = None, target_stats: dict[str, dict] | None = None,
+                  targets: tuple[str, ...] = ()) -> dict:
+    """The cluster view the observer caches for ``/health``. ``published``, ``stats``, ``mailbox_statuses`` and
+    ``target_stats`` are the last ones read (the cached ones when this read failed); a failed read turns the cluster
+    ``stale`` only after ``stale_after``, so one slow answer does not flap the health. ``targets``: the configured
+    target ids (their problems are reported in that order)."""
     poller, imap = polling_states(held=held, own_poller=own_poller, published=published)
     if not read_ok and now - last_read_ok > timings.stale_after:
         cluster = "stale"
@@ -135,17 +227,13 @@ def observed_view(*, lease_state: str, held: bool, own_poller: dict, published: 
         cluster = cluster_state(published, now=now, started=started, timings=timings)
     stalls = []
     if cluster != "stale":
-        mailbox = mailbox_stall(published, now=now, timings=timings)
-        if mailbox:
-            stalls.append(Problem("mailbox", first_mailbox, "stalled", mailbox).as_dict())
-        stalls += other_mailbox_problems(other_mailboxes, mailbox_statuses or {}, now=now, started=started,
-                                         timings=timings)
-        outbox = outbox_stall(stats, now=now)
-        if outbox:
-            stalls.append(Problem("outbox", None, "stalled", outbox).as_dict())
+        read = ObservedReads(published=published, stats=stats, mailbox_statuses=mailbox_statuses,
+                           target_stats=target_stats)
+        stalls = _stalls(read, now=now, started=started, timings=timings, first_mailbox=first_mailbox,
+                         other_mailboxes=other_mailboxes, targets=targets)
     return {"poller": poller, "lease": lease_state or LeaseState.STANDBY, "imap": imap, "outbox": outbox_state(stats),
             "cluster": cluster, "published": published, "outbox_stats": stats, "stale": not read_ok,
-            "stalls": stalls}
+            "mailbox_statuses": dict(mailbox_statuses or {}), "target_stats": target_stats, "stalls": stalls}
 
 
 # --- checks, status and problems ------------------------------------------------------------------------------------

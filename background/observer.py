@@ -11,7 +11,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from background.health import HealthTimings, observed_view
+from background.health import HealthTimings, ObservedReads, observed_view
 from background.housekeeping import Chore, Housekeeping
 from background.lease import Lease, LeaseState
 from background.runner import ImapState, InstanceInfo, PollerState, PollerStatus
@@ -41,7 +41,8 @@ class StatusObserver:
         self.store = store
         self.poller_status = poller_status
         self.instance = instance
-        self.timings = timings
+        # Each configured mailbox is stalled by its own limit (its poll interval and IMAP timeout).
+        self.timings = timings.for_mailboxes(config.mailboxes) if config is not None else timings
         self.started = time.time()
         self.last_read_ok = time.time()
         self.view: dict[str, Any] = {"poller": PollerState.STANDBY, "lease": LeaseState.STANDBY,
@@ -51,7 +52,8 @@ class StatusObserver:
         self.config = config
         # The mailboxes of this worker (set by BackgroundServices): each one held here publishes its own status.
         self.mailbox_units: Callable[[], list[MailboxUnit]] = list
-        self.circuits: Callable[[], dict[str, str]] = dict  # each target's circuit in this process (set likewise)
+        # This process's circuit breaker per target (set by BackgroundServices), published with every status.
+        self.circuits: Callable[[], dict[str, str]] = dict
         self.stranded: Stranded | None = None  # what removed mailboxes and targets left (the last survey)
         # Holder-only chores, run from observe_once: trimming and the stranded-work survey at once and then on their
         # intervals, the heartbeat every interval.
@@ -71,7 +73,7 @@ class StatusObserver:
 
     def status_document(self) -> dict:
         document = {"lease": self.lease.snapshot(), "poller": self.poller_status.snapshot(),
-                    "instance": self.instance().as_dict()}
+                    "instance": self.instance().as_dict(), "circuits": self.circuits()}
         if self.stranded is not None:
             document["stranded"] = self.stranded.as_dict()
         return document
@@ -80,33 +82,39 @@ class StatusObserver:
         lease = self.lease
         snapshot = lease.snapshot()
         held = snapshot.get("state") == LeaseState.HELD and lease.holds_locally()
-        published = None
-        stats = None
-        statuses: dict[str, dict] = {}
         read_ok = True
         try:
             if held:
                 self.store.publish_status(self.status_document(), ttl_seconds=self.timings.publish_ttl)
                 self.housekeeping.run_due()
             self.publish_mailboxes()
-            published = self.store.read_status()
-            stats = self.store.outbox_stats(time.time())
-            others = self._other_mailbox_ids()
-            statuses = self.store.read_mailbox_statuses(others) if others else {}
+            reads = self._read_cluster()
             self.last_read_ok = time.time()
         except StateStoreError as exc:
             read_ok = False
             logger.debug("BG_POLLER: status store unreadable: %s", exc)
-        if not read_ok:  # keep answering from what was last read; the health rules decide when that is stale
-            published, stats = self.view.get("published"), self.view.get("outbox_stats")
-            statuses = self.view.get("mailbox_statuses") or {}
+            # Keep answering from what was last read; the health rules decide when that is stale.
+            reads = ObservedReads(published=self.view.get("published"), stats=self.view.get("outbox_stats"),
+                                  mailbox_statuses=self.view.get("mailbox_statuses") or {},
+                                  target_stats=self.view.get("target_stats"))
         self.view = observed_view(
             lease_state=snapshot.get("state") or LeaseState.STANDBY, held=held,
-            own_poller=self.poller_status.snapshot(), published=published, stats=stats,
+            own_poller=self.poller_status.snapshot(), published=reads.published, stats=reads.stats,
             read_ok=read_ok, now=time.time(), last_read_ok=self.last_read_ok, started=self.started,
             timings=self.timings, first_mailbox=self._first_mailbox_id(),
-            other_mailboxes=self._other_mailbox_ids(), mailbox_statuses=statuses)
-        self.view["mailbox_statuses"] = statuses
+            other_mailboxes=self._other_mailbox_ids(), mailbox_statuses=reads.mailbox_statuses,
+            target_stats=reads.target_stats, targets=self._target_ids())
+
+    def _read_cluster(self) -> ObservedReads:
+        """One read of what the health rules need: the published statuses, the outbox and each target's figures."""
+        now = time.time()
+        others = self._other_mailbox_ids()
+        return ObservedReads(published=self.store.read_status(), stats=self.store.outbox_stats(now),
+                             mailbox_statuses=self.store.read_mailbox_statuses(others) if others else {},
+                             target_stats=self.store.target_stats(now))
+
+    def _target_ids(self) -> tuple[str, ...]:
+        return tuple(target.id for target in self.config.targets) if self.config is not None else ()
 
     def _mailbox_ids(self) -> tuple[str, ...]:
         return tuple(mailbox.id for mailbox in self.config.mailboxes) if self.config is not None else ()
@@ -128,7 +136,8 @@ class StatusObserver:
             instance = instance or self.instance().as_dict()
             self.store.publish_mailbox_status(
                 unit.mailbox.id, {"lease": unit.lease.snapshot(), "poller": unit.poller.status.snapshot(),
-                                  "instance": instance}, ttl_seconds=self.timings.publish_ttl)
+                                  "instance": instance, "circuits": self.circuits()},
+                ttl_seconds=self.timings.publish_ttl)
 
     def log_heartbeat(self) -> None:
         """The heartbeat chore: one log line with the counters that changed since the last one."""

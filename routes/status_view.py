@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from background.health import DEFAULT_ID, lease_held, local_poller_state
+from background.health import DEFAULT_ID, circuit_states, lease_held, local_poller_state
 from background.lease import LeaseState
 from background.runner import PollerState
 from background.status_source import StatusSource
@@ -93,8 +93,9 @@ def read_cluster_state(source: StatusSource, now: float, *, recent_limit: int = 
         reads.parked_count = store.parked_count()
         reads.parked = store.list_parked(PARKED_SHOWN)
         reads.mailbox_statuses = store.read_mailbox_statuses(source.mailbox_ids)
-        reads.target_stats = store.target_stats(now)
-        reads.backlog = dict(store.pending_owners().get("mailboxes", {}))
+        breakdown = store.outbox_breakdown(now)   # the targets' figures and the mailboxes' backlog in one pass
+        reads.target_stats = breakdown["targets"]
+        reads.backlog = dict(breakdown["mailboxes"])
         if recent_limit > 0:
             reads.recent = list(store.recent(recent_limit))
         return reads
@@ -294,9 +295,11 @@ def _mailboxes_section(mailbox_ids: tuple[str, ...], poller: dict, lease: dict, 
 
 
 def _targets_section(targets: tuple, outbox: dict | None, reads: ClusterReads, now: float) -> list[dict]:
-    """Every configured target: its own counts (pending, held, oldest pending age, dead) and its window."""
+    """Every configured target: its own counts (pending, held, oldest pending age, dead), its window and its
+    circuit (the worst any holder published: ``open``, ``half_open``, ``closed``; None when no holder published)."""
+    circuits = circuit_states([reads.published, *reads.mailbox_statuses.values()])
     if not targets:
-        return [_target_entry(DEFAULT_ID, outbox)]
+        return [_target_entry(DEFAULT_ID, outbox, circuits.get(DEFAULT_ID))]
     from email_processing.delivery_window import window_opens_at
 
     entries = []
@@ -316,17 +319,18 @@ def _targets_section(targets: tuple, outbox: dict | None, reads: ClusterReads, n
         entries.append({"id": target.id, "profile": target.profile.value,
                         "pending": stats["pending"] if known else None, "held": stats["held"] if known else None,
                         "oldest_pending_age_s": round(float(oldest), 1) if known and oldest is not None else None,
-                        "dead": stats["dead"] if known else None, "window": window,
+                        "dead": stats["dead"] if known else None, "circuit": circuits.get(target.id),
+                        "window": window,
                         "rate_per_second": target.rate_limit, "body_cap_bytes": target.body_cap})
     return entries
 
 
-def _target_entry(target_id: str, outbox: dict | None) -> dict:
+def _target_entry(target_id: str, outbox: dict | None, circuit: str | None) -> dict:
     """One webhook target, from the outbox section (counts only: its URL never appears in an answer)."""
     outbox = outbox or {}
     return {"id": target_id, "pending": outbox.get("pending"),
             "oldest_pending_age_s": outbox.get("oldest_pending_age_s"),
-            "dead": (outbox.get("dead_letters") or {}).get("count")}
+            "dead": (outbox.get("dead_letters") or {}).get("count"), "circuit": circuit}
 
 
 def _instance_section(instance: dict, version: str) -> dict:

@@ -15,6 +15,7 @@ from background.health import (
     Problem,
     ProblemRule,
     assess,
+    circuit_states,
     cluster_state,
     health_checks,
     lease_held,
@@ -26,6 +27,7 @@ from background.health import (
     polling_states,
     problems_of,
     status_of,
+    target_problems,
 )
 from settings import Settings
 
@@ -301,3 +303,140 @@ def test_a_worker_that_cannot_reach_redis_says_its_poller_is_redis_unavailable(p
 ])
 def test_the_lease_is_held_when_a_holder_published_a_held_lease(document, held):
     assert lease_held(document) is held
+
+
+# --- each mailbox's own stall limit -----------------------------------------------------------------------------------
+
+def mailbox(mailbox_id: str, *, poll: float, timeout: float):
+    from config import MailboxConfig, PasswordCredentials
+
+    return MailboxConfig(id=mailbox_id, server="imap.test", user="u", credentials=PasswordCredentials("p"),
+                         poll_interval_seconds=poll, timeout_seconds=timeout)
+
+
+# The first mailbox polls every 10 s (stalled after 3 × 10 + 2 × 5 = 40 s), the second every 300 s (3 × 300 + 2 × 30
+# = 960 s), the third every 10 s too.
+FAST, SLOW, FAST_TOO = (mailbox("fast", poll=10, timeout=5), mailbox("slow", poll=300, timeout=30),
+                        mailbox("fast-too", poll=10, timeout=5))
+PER_MAILBOX = TIMINGS.for_mailboxes([FAST, SLOW, FAST_TOO])
+
+
+def test_each_mailboxs_stall_limit_is_three_poll_intervals_and_two_imap_timeouts_of_its_own():
+    assert PER_MAILBOX.stall_after_for("fast") == 40.0
+    assert PER_MAILBOX.stall_after_for("slow") == 960.0
+    assert PER_MAILBOX.stall_after_for("not-configured") == TIMINGS.stall_after
+
+
+def test_a_slow_polling_mailbox_is_not_stalled_at_the_first_mailboxs_limit_and_a_fast_one_is():
+    # Given every holder's last completed cycle 500 s ago: far past the fast mailboxes' 40 s, within the slow one's
+    statuses = {"slow": published(last_success=NOW - 500), "fast-too": published(last_success=NOW - 500)}
+    # When the observer's view is made
+    view = observe(timings=PER_MAILBOX, first_mailbox="fast", published=published(last_success=NOW - 500),
+                   other_mailboxes=("slow", "fast-too"), mailbox_statuses=statuses)
+    # Then the two fast mailboxes are stalled and the slow one is not
+    assert [(p["kind"], p["id"], p["state"]) for p in view["stalls"]] == [
+        ("mailbox", "fast", "stalled"), ("mailbox", "fast-too", "stalled")]
+
+
+def test_the_first_mailbox_is_stalled_by_its_own_limit_not_the_global_one():
+    # Given a slow first mailbox (960 s) whose last cycle completed 500 s ago, past the global limit (100 s)
+    view = observe(timings=TIMINGS.for_mailboxes([SLOW]), first_mailbox="slow",
+                   published=published(last_success=NOW - 500))
+    assert view["stalls"] == []
+    # And a fast first mailbox (40 s) is stalled at 41 s, long before the global limit
+    view = observe(timings=TIMINGS.for_mailboxes([FAST]), first_mailbox="fast",
+                   published=published(last_success=NOW - 41))
+    assert [(p["id"], p["state"]) for p in view["stalls"]] == [("fast", "stalled")]
+
+
+@pytest.mark.parametrize("env", [{}, {"EMAIL_POLLING_INTERVAL_SECONDS": "7", "IMAP_TIMEOUT_SECONDS": "11"}],
+                         ids=["defaults", "custom"])
+def test_the_environment_forms_mailbox_keeps_the_global_stall_limit(env):
+    from config import MailboxConfig
+
+    settings = Settings.from_env(env)
+    timings = HealthTimings.from_settings(settings, observe_interval=1.0)
+    mailbox_default = MailboxConfig.from_settings(settings)
+    assert timings.for_mailboxes([mailbox_default]).stall_after_for(DEFAULT_ID) == timings.stall_after
+    assert timings.stall_after == 3 * settings.email_polling_interval_seconds + 2 * settings.imap_timeout_seconds
+
+
+# --- targets: stalls and circuits -------------------------------------------------------------------------------------
+
+def due(overdue: float, delay: float = 0.0, **extra: Any) -> dict:
+    return {"pending": 1, "held": 0, "dead": 0, "oldest_pending_age_s": overdue, "oldest_due_at": NOW - overdue,
+            "oldest_due_delay": delay, **extra}
+
+
+def test_a_target_whose_oldest_due_item_is_overdue_past_the_outbox_limit_is_stalled_under_its_own_id():
+    stats = {"make": due(61), "archive": due(59), "slow": due(3000, delay=3600.0), "late": due(7201, delay=3600.0)}
+    problems = target_problems(("make", "archive", "slow", "late"), stats, {}, now=NOW)
+    assert [(p["kind"], p["id"], p["state"]) for p in problems] == [
+        ("target", "make", "stalled"), ("target", "late", "stalled")]
+    # the same rule and the same words as the outbox's
+    assert problems[0]["detail"] == outbox_stall(stats["make"], now=NOW) == "the oldest due webhook is 61 s overdue"
+
+
+def test_a_target_with_only_held_items_is_never_stalled():
+    # Given a target whose window is closed: its items are held (not due), however old
+    stats = {"make": {"pending": 0, "held": 40, "dead": 0, "oldest_pending_age_s": None, "oldest_due_at": None,
+                      "oldest_due_delay": None}}
+    assert target_problems(("make",), stats, {}, now=NOW) == []
+
+
+def test_target_stats_without_the_due_fields_report_no_stall():
+    # (a store that does not yet give oldest_due_at / oldest_due_delay per target)
+    stats = {"make": {"pending": 3, "held": 0, "dead": 0, "oldest_pending_age_s": 10_000.0}}
+    assert target_problems(("make",), stats, {}, now=NOW) == []
+    assert target_problems(("make",), None, {}, now=NOW) == []
+
+
+@pytest.mark.parametrize("documents, expected", [
+    ([], {}),
+    ([None, {}, {"circuits": None}, {"circuits": {}}], {}),
+    ([{"circuits": {"make": "closed"}}], {"make": "closed"}),
+    ([{"circuits": {"make": "closed"}}, {"circuits": {"make": "half_open"}}], {"make": "half_open"}),
+    ([{"circuits": {"make": "half_open"}}, {"circuits": {"make": "open"}}, {"circuits": {"make": "closed"}}],
+     {"make": "open"}),
+    ([{"circuits": {"make": "open", "n8n": "closed"}}, {"circuits": {"zap": "half_open", "n8n": "closed"}}],
+     {"make": "open", "n8n": "closed", "zap": "half_open"}),
+    ([{"circuits": {"make": "melted"}}, {"circuits": {"make": "closed"}}], {"make": "closed"}),
+], ids=["nothing-published", "no-circuits", "one-closed", "half-open-beats-closed", "open-beats-all",
+        "several-targets", "unknown-state-ignored"])
+def test_a_targets_circuit_is_the_worst_any_published_status_reports(documents, expected):
+    assert circuit_states(documents) == expected
+
+
+def test_a_target_whose_circuit_is_open_anywhere_is_a_circuit_open_problem():
+    problems = target_problems(("make", "n8n", "zap"), {}, {"make": "open", "n8n": "half_open", "zap": "closed"},
+                               now=NOW)
+    assert [(p["kind"], p["id"], p["state"]) for p in problems] == [("target", "make", "circuit_open")]
+    assert "make" in problems[0]["detail"]
+
+
+def test_without_configured_ids_every_target_the_stats_or_circuits_name_is_checked_in_order():
+    problems = target_problems((), {"zap": due(100)}, {"make": "open"}, now=NOW)
+    assert [(p["id"], p["state"]) for p in problems] == [("make", "circuit_open"), ("zap", "stalled")]
+
+
+def test_target_problems_reach_health_as_degraded_never_down():
+    # Given a holder that reports target make's circuit open, and target archive's oldest due item 120 s overdue
+    view = observe(published={**published(last_success=NOW - 1), "circuits": {"make": "open", "archive": "closed"}},
+                   target_stats={"archive": due(120), "make": due(1)}, targets=("make", "archive"))
+    health = assess(mode="enabled", threads_dead=False, view=view)
+    # Then /health is 200 degraded and names both targets
+    assert (health.status, health.http_status) == ("degraded", 200)
+    assert [(p["kind"], p["id"], p["state"]) for p in health.problem_dicts()] == [
+        ("target", "make", "circuit_open"), ("target", "archive", "stalled")]
+
+
+def test_the_circuit_of_another_mailboxs_holder_counts_too():
+    view = observe(other_mailboxes=("studio",), targets=("make",),
+                   mailbox_statuses={"studio": {**published(last_success=NOW - 1), "circuits": {"make": "open"}}})
+    assert [(p["id"], p["state"]) for p in view["stalls"]] == [("make", "circuit_open")]
+
+
+def test_a_stale_cluster_view_reports_no_target_problem():
+    view = observe(read_ok=False, last_read_ok=NOW - 60, targets=("make",), target_stats={"make": due(500)},
+                   published={"circuits": {"make": "open"}})
+    assert view["cluster"] == "stale" and view["stalls"] == []

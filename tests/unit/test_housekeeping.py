@@ -144,6 +144,8 @@ class FakeStore:
         self.published: dict | None = None
         self.counter_values: dict = {}
         self.counters_fail = False
+        self.targets: dict[str, dict] = {}
+        self.target_reads = 0
 
     def publish_status(self, doc: dict, ttl_seconds: float) -> None:
         self.published = doc
@@ -153,6 +155,10 @@ class FakeStore:
 
     def outbox_stats(self, now: float) -> dict:
         return {"pending": 0, "oldest_pending_age_s": None, "dead": 0, "dead_recent": []}
+
+    def target_stats(self, now: float) -> dict[str, dict]:
+        self.target_reads += 1
+        return {target_id: dict(stats) for target_id, stats in self.targets.items()}
 
     def counters(self) -> dict:
         if self.counters_fail:
