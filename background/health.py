@@ -269,6 +269,9 @@ PROBLEM_RULES: tuple[ProblemRule, ...] = (
                 "this instance's background threads stopped; a restart brings them back", down=True),
     ProblemRule("imap", ImapState.UNREACHABLE, "mailbox", DEFAULT_ID, "the IMAP server cannot be reached"),
     ProblemRule("imap", ImapState.AUTH_FAILED, "mailbox", DEFAULT_ID, "the IMAP server refused the login"),
+    ProblemRule("imap", ImapState.NO_SERVER_DONE_MARK, "mailbox", DEFAULT_ID,
+                "the server stores no custom keywords and MARK_AS_READ=false: no done mark (set MARK_AS_READ=true or "
+                "ALLOW_NO_SERVER_DONE_MARK=true)"),
     ProblemRule("outbox", "backlog", "outbox", None,
                 f"more than {OUTBOX_BACKLOG_ITEMS} webhooks pending, or the oldest older than "
                 f"{OUTBOX_BACKLOG_AGE_SECONDS // 60} min"),

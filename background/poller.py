@@ -53,7 +53,7 @@ RETRY_BATCH = 100                   # retry-set UIDs per cycle
 REPLAY_BATCH = 50                   # replay requests carried out per cycle
 # The poller's IMAP state for a server that would keep no done mark (no custom keywords, MARK_AS_READ=false,
 # ALLOW_NO_SERVER_DONE_MARK unset): nothing is read from that mailbox.
-NO_SERVER_DONE_MARK = "no_server_done_mark"
+NO_SERVER_DONE_MARK = ImapState.NO_SERVER_DONE_MARK
 
 
 def backoff_delay(attempt: int, cap: float, rng: random.Random, base: float = 1.0) -> float:

@@ -53,6 +53,7 @@ class ImapState(StrEnum):
     OK = "ok"
     UNREACHABLE = "unreachable"
     AUTH_FAILED = "auth_failed"
+    NO_SERVER_DONE_MARK = "no_server_done_mark"  # no custom keywords and MARK_AS_READ=false: nothing is read
     NOT_APPLICABLE = "n/a"
 
 

@@ -152,6 +152,7 @@ def test_the_status_lists_every_mailbox_with_its_holder_and_every_target_with_it
     assert [entry["id"] for entry in document["targets"]] == ["default", "archive"]
     archive = document["targets"][1]
     assert (archive["pending"], archive["held"], archive["dead"], archive["body_cap_bytes"]) == (0, 0, 0, 50_000)
+    assert archive["circuit"] == "closed"  # published by the holders with their statuses
     assert webhook_receiver.url not in str(document)
     # and /metrics carries the same figures, labelled by target and mailbox
     from prometheus_client import CollectorRegistry, generate_latest
@@ -162,6 +163,7 @@ def test_the_status_lists_every_mailbox_with_its_holder_and_every_target_with_it
     registry.register(StatusCollector(document))
     text = generate_latest(registry).decode()
     assert 'render_signal_target_pending{target="archive"} 0.0' in text
+    assert 'render_signal_target_circuit_open{target="archive"} 0.0' in text
     assert 'render_signal_target_dead_letters{target="default"} 0.0' in text
     for mailbox_id in IDS:
         assert f'render_signal_mailbox_lease_held{{mailbox="{mailbox_id}"}} 1.0' in text

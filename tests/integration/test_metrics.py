@@ -87,7 +87,8 @@ def test_metrics_counters_match_the_status_route(make_app, redis_url):
         got = samples(families[f"render_signal_{row['name']}"])
         assert got[(f"render_signal_{row['name']}_total", tuple(sorted(row["labels"].items())))] == row["value"]
     # … and the gauges tell the same as the outbox and lease sections
-    gauge = {name: family.samples[0].value for name, family in families.items() if family.type == "gauge"}
+    gauge = {name: family.samples[0].value for name, family in families.items()
+             if family.type == "gauge" and family.samples}
     assert gauge["render_signal_outbox_pending"] == status["outbox"]["pending"] == 1
     assert gauge["render_signal_outbox_dead_letters"] == status["outbox"]["dead_letters"]["count"] == 1
     assert gauge["render_signal_lease_held"] == 1

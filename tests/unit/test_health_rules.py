@@ -225,12 +225,14 @@ def test_a_healthy_view_is_ok_with_no_problems():
 @pytest.mark.parametrize("change, problem", [
     ({"imap": "unreachable"}, ("mailbox", DEFAULT_ID, "unreachable")),
     ({"imap": "auth_failed"}, ("mailbox", DEFAULT_ID, "auth_failed")),
+    ({"imap": "no_server_done_mark"}, ("mailbox", DEFAULT_ID, "no_server_done_mark")),
     ({"outbox": "backlog"}, ("outbox", None, "backlog")),
     ({"lease": "redis_unreachable"}, ("cluster", None, "redis_unreachable")),
     ({"cluster": "no_poller"}, ("cluster", None, "no_poller")),
     ({"cluster": "stale"}, ("cluster", None, "stale")),
     ({"cluster": "something_new"}, ("cluster", None, "something_new")),
-], ids=["imap-unreachable", "imap-auth_failed", "outbox-backlog", "lease-redis_unreachable", "cluster-no_poller",
+], ids=["imap-unreachable", "imap-auth_failed", "imap-no_server_done_mark", "outbox-backlog",
+        "lease-redis_unreachable", "cluster-no_poller",
         "cluster-stale", "cluster-any-other-state"])
 def test_each_degraded_state_is_200_degraded_with_one_problem_naming_it(change, problem):
     health = assess(mode="enabled", threads_dead=False, view=view_with(**change))
