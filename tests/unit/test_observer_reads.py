@@ -10,19 +10,9 @@ from background.observer import StatusObserver
 from background.runner import InstanceInfo, PollerStatus
 from config import MailboxConfig, PasswordCredentials, ServiceConfig, TargetConfig
 from services.state_store import StateStoreError
+from tests.unit.test_housekeeping import FakeLease
 
 TIMINGS = HealthTimings(publish_ttl=30.0, stale_after=3.0, stall_after=100.0)
-
-
-class FakeLease:
-    def __init__(self, held: bool) -> None:
-        self.held = held
-
-    def snapshot(self) -> dict:
-        return {"backend": "file", "state": "held" if self.held else "standby"}
-
-    def holds_locally(self) -> bool:
-        return self.held
 
 
 class FakeStore:

@@ -21,22 +21,12 @@ from config import MailboxConfig, PasswordCredentials
 from email_processing.orchestrator import NullOffloader
 from services.imap_mailbox import ImapError, MailboxState, MessageMeta
 from services.state_store_sqlite import SqliteStateStore
+from tests.unit.test_poller_refused_messages import Guard, _raw
 
 UIDVALIDITY = 7
 WITH_KEYWORDS = MailboxState(UIDVALIDITY, 4, ("\\Seen", "\\Deleted", "\\*"), keywords_allowed=True)
 WITHOUT_KEYWORDS = MailboxState(UIDVALIDITY, 4, ("\\Seen", "\\Deleted"), keywords_allowed=False)
 
-
-def _raw(uid: int) -> bytes:
-    return (f"From: client@example.com\r\nSubject: files {uid}\r\nMessage-ID: <k{uid}@example.test>\r\n"
-            "Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nContent-Type: text/plain\r\n\r\n"
-            f"https://www.dropbox.com/scl/fi/u{uid}/f.zip?rlkey=k&dl=0\r\n").encode()
-
-
-class Guard:
-    def check_remote(self) -> None: ...
-    def check_local(self) -> None: ...
-    def record_action(self) -> None: ...
 
 
 class ScriptedServer:
@@ -173,7 +163,7 @@ def test_done_emails_on_a_keywordless_server_get_seen_alone(store):
     server = ScriptedServer(WITHOUT_KEYWORDS)
     poller = _poller(store, server)
     for uid in (1, 2):
-        store.queue_flag("INBOX", UIDVALIDITY, uid, f"k{uid}@example.test")
+        store.queue_flag("INBOX", UIDVALIDITY, uid, f"m{uid}@example.test")
     assert poller.apply_flags(server, WITHOUT_KEYWORDS) == 2
     assert server.stored == [([1, 2], ["\\Seen"])]
     assert store.pending_flags("INBOX", 10) == []
@@ -182,7 +172,7 @@ def test_done_emails_on_a_keywordless_server_get_seen_alone(store):
 def test_without_keywords_and_mark_as_read_a_flag_request_is_cleared_without_a_store(store):
     server = ScriptedServer(WITHOUT_KEYWORDS)
     poller = _poller(store, server, mark_as_read=False, allow_no_server_done_mark=True)
-    store.queue_flag("INBOX", UIDVALIDITY, 1, "k1@example.test")
+    store.queue_flag("INBOX", UIDVALIDITY, 1, "m1@example.test")
     assert poller.apply_flags(server, WITHOUT_KEYWORDS) == 1
     assert server.stored == []
     assert store.pending_flags("INBOX", 10) == []
