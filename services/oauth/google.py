@@ -122,7 +122,7 @@ class GoogleServiceAccountProvider:
                              timeout: float | None = timeout, **kwargs: Any) -> Any:
                     return super().__call__(url, method, body, headers, timeout, **kwargs)
 
-            self._request = _BoundedRequest(http_session(self.config.ca_file))
+            self._request = _BoundedRequest(http_session(self.config.ca_file, timeout))
             self._credentials = credentials
         return self._credentials, self._request
 

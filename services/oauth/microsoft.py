@@ -78,8 +78,15 @@ class MicrosoftClientCredentialsProvider:
         with self._lock:
             now = time.time()
             self._status.value = None
+            from msal.exceptions import MsalServiceError  # type: ignore[import-untyped]
+
             try:
                 result = self._application().acquire_token_for_client(scopes=[self.config.scope])
+            except MsalServiceError:
+                # MSAL raises (instead of answering the error body) for a 5xx from the token endpoint.
+                status = self._status.value
+                raise OAuthError("server_error", f"the Microsoft token endpoint answered HTTP {status}", False,
+                                 status=status) from None
             except requests.Timeout:
                 raise transient("timeout", "the Microsoft token endpoint did not answer in time") from None
             except requests.HTTPError as exc:
@@ -116,7 +123,7 @@ class MicrosoftClientCredentialsProvider:
         import msal.authority  # type: ignore[import-untyped]
 
         config = self.config
-        session = http_session(config.ca_file)
+        session = http_session(config.ca_file, config.timeout_seconds)
         session.hooks["response"].append(self._record_status)
         host = urlsplit(config.authority_host).hostname or ""
         try:
@@ -143,5 +150,21 @@ class MicrosoftClientCredentialsProvider:
         except OSError as exc:
             raise OAuthError("client_credential_unreadable", f"cannot read the client certificate or key "
                                                              f"({exc.strerror})", True) from None
+        _check_rsa_key(private_key)
         # With the certificate MSAL computes the SHA-256 thumbprint (x5t#S256) itself.
         return {"private_key": private_key, "public_certificate": certificate}
+
+
+def _check_rsa_key(private_key_pem: str) -> None:
+    """Entra signs in with RSA certificates only (MSAL's PS256 assertion): anything else fails here, clearly."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(private_key_pem.encode("utf-8"), password=None)
+    except (ValueError, TypeError):
+        raise OAuthError("client_credential_invalid", "client_key_file is not an unencrypted PEM private key",
+                         True) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise OAuthError("client_credential_invalid", f"client_key_file holds a {type(key).__name__.lstrip('_')}, "
+                                                      "not an RSA key", True)

@@ -7,6 +7,7 @@ CAs, proxies from the environment)."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -29,9 +30,22 @@ def require_secure_endpoint(url: str, *, allow_insecure: bool = False, name: str
     return url
 
 
-def http_session(ca_file: str | None = None) -> requests.Session:
-    """A session verifying certificates against ``ca_file`` (else the system store)."""
-    session = requests.Session()
+class _BoundedSession(requests.Session):
+    """Every request without its own ``timeout`` gets the session's (MSAL passes none to a session it is given)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.default_timeout = timeout
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.default_timeout
+        return super().request(method, url, *args, **kwargs)
+
+
+def http_session(ca_file: str | None = None, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> requests.Session:
+    """A session verifying certificates against ``ca_file`` (else the system store), bounded by ``timeout``."""
+    session = _BoundedSession(timeout)
     if ca_file:
         session.verify = ca_file
         session.trust_env = False
