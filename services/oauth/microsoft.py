@@ -76,27 +76,37 @@ class MicrosoftClientCredentialsProvider:
 
     def fetch_token(self) -> AccessToken:
         with self._lock:
-            now = time.time()
-            self._status.value = None
-            from msal.exceptions import MsalServiceError  # type: ignore[import-untyped]
-
             try:
-                result = self._application().acquire_token_for_client(scopes=[self.config.scope])
-            except MsalServiceError:
-                # MSAL raises (instead of answering the error body) for a 5xx from the token endpoint.
-                status = self._status.value
-                raise OAuthError("server_error", f"the Microsoft token endpoint answered HTTP {status}", False,
-                                 status=status) from None
-            except requests.Timeout:
-                raise transient("timeout", "the Microsoft token endpoint did not answer in time") from None
-            except requests.HTTPError as exc:
-                status = exc.response.status_code if exc.response is not None else None
-                raise OAuthError("server_error", f"Microsoft discovery answered HTTP {status}", False,
-                                 status=status) from None
-            except requests.RequestException as exc:
-                raise transient("connection_error", f"cannot reach the Microsoft identity platform "
-                                                    f"({type(exc).__name__})") from None
-            return self._token(result, now)
+                return self._fetch()
+            except OAuthError as exc:
+                if exc.terminal:
+                    # A new application next time: MSAL would replay this 4xx from its HTTP cache for 60 s, and an
+                    # operator's fix (consent granted, tenant corrected) must show at the next retry.
+                    self._app = None
+                raise
+
+    def _fetch(self) -> AccessToken:
+        now = time.time()
+        self._status.value = None
+        from msal.exceptions import MsalServiceError  # type: ignore[import-untyped]
+
+        try:
+            result = self._application().acquire_token_for_client(scopes=[self.config.scope])
+        except MsalServiceError:
+            # MSAL raises (instead of answering the error body) for a 5xx from the token endpoint.
+            status = self._status.value
+            raise OAuthError("server_error", f"the Microsoft token endpoint answered HTTP {status}", False,
+                             status=status) from None
+        except requests.Timeout:
+            raise transient("timeout", "the Microsoft token endpoint did not answer in time") from None
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            raise OAuthError("server_error", f"Microsoft discovery answered HTTP {status}", False,
+                             status=status) from None
+        except requests.RequestException as exc:
+            raise transient("connection_error", f"cannot reach the Microsoft identity platform "
+                                                f"({type(exc).__name__})") from None
+        return self._token(result, now)
 
     def _token(self, result: dict[str, Any] | None, now: float) -> AccessToken:
         secrets = (self.config.client_secret,)

@@ -576,3 +576,17 @@ def test_an_expired_token_gets_the_error_challenge_kept_and_a_clean_refusal(oaut
     assert "AUTHENTICATIONFAILED" in str(refused.value) or "failed" in str(refused.value).lower()
     assert [item.reason for item in identity.introspections] == ["expired", "active"]
     assert expired.access_token not in str(refused.value)
+
+
+def test_after_a_consent_error_the_next_call_asks_again_instead_of_msals_replay(identity_provider_tls):
+    identity = identity_provider_tls
+    identity.add_client("app", "app-secret", mailboxes=[MAILBOX])
+    provider = _microsoft(identity, client_secret="app-secret")
+    identity.fail_next(1, 400, error="invalid_grant",
+                       description="AADSTS65001: The user or administrator has not consented to use the application.")
+    with pytest.raises(OAuthError) as caught:
+        provider.fetch_token()
+    assert caught.value.terminal and caught.value.aadsts == 65001
+
+    # the admin consents; the next retry gets a token at once (MSAL alone would replay the 400 for 60 s)
+    assert identity.token_info(provider.fetch_token().value) is not None
