@@ -90,11 +90,12 @@ class RefreshTokenConfig:
 
 
 class RefreshTokenProvider:
-    """Access tokens from the newest refresh token in ``store``; a rotated one is saved before it returns."""
+    """Access tokens from the newest refresh token in ``refresh_token_store``; a rotated one is saved before it
+    returns. One store per mailbox (its lock is the mailbox's refresh lock)."""
 
-    def __init__(self, config: RefreshTokenConfig, store: RefreshTokenStore) -> None:
+    def __init__(self, config: RefreshTokenConfig, refresh_token_store: RefreshTokenStore) -> None:
         self.config = config
-        self.store = store
+        self.store = refresh_token_store
 
     @property
     def cache_key(self) -> CacheKey:
