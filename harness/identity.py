@@ -638,6 +638,7 @@ class IdentityProvider:
         if failure.delay > 0:
             self._stopping.wait(failure.delay)
         if failure.drop:
+            _ = request.form  # read the body first: the request is still recorded once its socket is shut
             conn = request.environ.get("werkzeug.socket")
             if conn is not None:
                 try:

@@ -88,7 +88,7 @@ class MicrosoftClientCredentialsProvider:
     def _fetch(self) -> AccessToken:
         now = time.time()
         self._status.value = None
-        from msal.exceptions import MsalServiceError  # type: ignore[import-untyped]
+        from msal.exceptions import MsalServiceError
 
         try:
             result = self._application().acquire_token_for_client(scopes=[self.config.scope])
@@ -129,8 +129,8 @@ class MicrosoftClientCredentialsProvider:
         return self._app
 
     def _build_application(self) -> Any:
-        import msal  # type: ignore[import-untyped]  # msal ships no type information
-        import msal.authority  # type: ignore[import-untyped]
+        import msal
+        import msal.authority
 
         config = self.config
         session = http_session(config.ca_file, config.timeout_seconds)

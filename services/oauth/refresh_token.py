@@ -123,8 +123,8 @@ class RefreshTokenProvider:
         return AccessToken(value, now + expires_in, now)
 
     def _refresh(self, refresh_token: str) -> dict[str, Any]:
-        from authlib.integrations.base_client.errors import OAuthError as AuthlibOAuthError  # type: ignore[import-untyped]
-        from authlib.integrations.requests_client import OAuth2Session  # type: ignore[import-untyped]
+        from authlib.integrations.base_client.errors import OAuthError as AuthlibOAuthError
+        from authlib.integrations.requests_client import OAuth2Session
 
         config = self.config
         secrets = (refresh_token, config.client_secret)
