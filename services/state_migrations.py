@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 OLDEST_READER = 1
 FIRST_VERSION = 1
 
@@ -83,6 +83,11 @@ STEPS: tuple[Step, ...] = (
                     "authority; items queued by an older release are adopted from it as they come due); item "
                     "hashes gain held_until; new keys status:mailbox:<id> (each mailbox holder's status) and "
                     "epoch:<mailbox_id> (the lease epoch that fences claims, enqueues and checkpoint moves)"),
+    Step(6, "each OAuth2 mailbox's newest refresh token (providers rotate them on use)",
+         sqlite=("CREATE TABLE IF NOT EXISTS oauth_tokens (mailbox_id TEXT PRIMARY KEY, token TEXT NOT NULL, "
+                 "updated_at REAL NOT NULL)",),
+         redis_note="new keys oauth:refresh:<mailbox_id> (the newest refresh token, as stored: encrypted with "
+                    "STATE_ENCRYPTION_KEY when it is set) and oauth:lock:<mailbox_id> (the lock one refresh holds)"),
 )
 
 

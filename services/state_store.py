@@ -25,7 +25,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Callable, ContextManager, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 from config import DEFAULT_ID
 from settings import Settings
@@ -121,6 +121,10 @@ class ParkedEmail:
     replay_refused: str | None = None   # why the last replay could not be carried out
 
 
+REFRESH_LOCK_TTL_SECONDS = 60.0    # one token refresh holds a mailbox's refresh lock at most this long
+REFRESH_LOCK_WAIT_SECONDS = 30.0   # … and another waits this long for it before giving up (a StateStoreError)
+
+
 @runtime_checkable
 class StateStore(Protocol):
     backend: str  # "redis" | "sqlite"
@@ -185,6 +189,10 @@ class StateStore(Protocol):
     def refuse_replay(self, parked_id: str, why: str) -> None: ...
     def pending_owners(self) -> dict[str, dict[str, int]]: ...
     def flag_keys(self) -> dict[str, int]: ...
+    def read_refresh_token(self, mailbox_id: str) -> str | None: ...
+    def write_refresh_token(self, mailbox_id: str, token: str) -> None: ...
+    def refresh_lock(self, mailbox_id: str, ttl_seconds: float = ...,
+                     wait_seconds: float = ...) -> ContextManager[None]: ...
     def close(self) -> None: ...
 
 

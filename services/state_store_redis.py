@@ -51,8 +51,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import redis
 
@@ -62,6 +63,8 @@ from services.state_store import (
     ATTEMPT_LOG_KEEP,
     DEAD_RECENT_COUNT,
     RECENT_KEEP,
+    REFRESH_LOCK_TTL_SECONDS,
+    REFRESH_LOCK_WAIT_SECONDS,
     Fence,
     FlagRequest,
     OutboxItem,
@@ -614,6 +617,44 @@ class RedisStateStore:
         self._fenced(fence, move)
 
     @_errors
+    # --- OAuth2 refresh tokens ----------------------------------------------------------------------------------
+
+    @_errors
+    def read_refresh_token(self, mailbox_id: str) -> str | None:
+        """The newest refresh token stored for ``mailbox_id`` (as stored: the caller encrypts), or None."""
+        value = self._client.get(f"{self._p}oauth:refresh:{mailbox_id}")
+        return None if value is None else str(value)
+
+    @_errors
+    def write_refresh_token(self, mailbox_id: str, token: str) -> None:
+        self._client.set(f"{self._p}oauth:refresh:{mailbox_id}", token)  # never expires: it is the credential
+
+    @contextmanager
+    def refresh_lock(self, mailbox_id: str, ttl_seconds: float = REFRESH_LOCK_TTL_SECONDS,
+                     wait_seconds: float = REFRESH_LOCK_WAIT_SECONDS) -> Iterator[None]:
+        """Exclude every other refresh of ``mailbox_id`` in the cluster: redis-py's ``Lock`` (a token-checked key
+        with a TTL, so a holder that died frees it after ``ttl_seconds``). ``StateStoreError`` after
+        ``wait_seconds``."""
+        from redis.exceptions import LockError
+
+        lock = self._client.lock(f"{self._p}oauth:lock:{mailbox_id}", timeout=ttl_seconds,
+                                 blocking_timeout=wait_seconds)
+        try:
+            acquired = lock.acquire()
+        except (redis.RedisError, OSError) as exc:
+            raise StateStoreError(f"redis refresh_lock: {type(exc).__name__}: {exc}") from exc
+        if not acquired:
+            raise StateStoreError(f"the refresh lock of mailbox {mailbox_id} is busy")
+        try:
+            yield
+        finally:
+            try:
+                lock.release()
+            except LockError:  # it expired meanwhile (a refresh longer than the TTL): nothing left to free
+                logger.warning("STATE: the refresh lock of mailbox %s expired before it was released", mailbox_id)
+            except (redis.RedisError, OSError) as exc:  # it expires by itself after the TTL
+                logger.warning("STATE: could not release the refresh lock of mailbox %s (%s)", mailbox_id, exc)
+
     def advance_epoch(self, mailbox_id: str) -> int:
         """A new lease holder's epoch for ``mailbox_id``: one more than any before (INCR, never expires)."""
         return int(self._client.incr(self._epoch_key(mailbox_id)))

@@ -28,6 +28,8 @@ from services.state_migrations import OLDEST_READER, SCHEMA_VERSION, SchemaTooNe
 from services.state_store import (
     DEAD_RECENT_COUNT,
     RECENT_KEEP,
+    REFRESH_LOCK_TTL_SECONDS,
+    REFRESH_LOCK_WAIT_SECONDS,
     Fence,
     FlagRequest,
     OutboxItem,
@@ -186,6 +188,7 @@ class SqliteStateStore:
         # soon as another one is opened, so short-lived threads (the R2 offload's) never pile up descriptors.
         self._all: list[tuple[int, weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._closed = False
+        self._refresh_locks: dict[str, threading.Lock] = {}
         self._initialise()
 
     # --- connections and transactions --------------------------------------------------------------------------
@@ -586,6 +589,54 @@ class SqliteStateStore:
         """How many flag requests wait under each mailbox state key."""
         rows = self._conn().execute("SELECT mailbox, count(*) FROM flags GROUP BY mailbox").fetchall()
         return {key: int(n) for key, n in rows}
+
+    # --- OAuth2 refresh tokens ----------------------------------------------------------------------------------
+
+    @_errors
+    def read_refresh_token(self, mailbox_id: str) -> str | None:
+        """The newest refresh token stored for ``mailbox_id`` (as stored: the caller encrypts), or None."""
+        row = self._conn().execute("SELECT token FROM oauth_tokens WHERE mailbox_id = ?", (mailbox_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @_errors
+    def write_refresh_token(self, mailbox_id: str, token: str) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO oauth_tokens (mailbox_id, token, updated_at) VALUES (?, ?, ?) ON CONFLICT "
+                         "(mailbox_id) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at",
+                         (mailbox_id, token, time.time()))
+
+    @contextmanager
+    def refresh_lock(self, mailbox_id: str, ttl_seconds: float = REFRESH_LOCK_TTL_SECONDS,
+                     wait_seconds: float = REFRESH_LOCK_WAIT_SECONDS) -> Iterator[None]:
+        """Exclude every other refresh of ``mailbox_id`` on this host: a per-mailbox lock in this process, then an
+        ``fcntl`` lock on ``oauth-<mailbox_id>.lock`` beside the database for the other processes (released by the
+        kernel if this one dies, so ``ttl_seconds`` is not needed here). ``StateStoreError`` after ``wait_seconds``."""
+        import fcntl
+
+        deadline = time.monotonic() + wait_seconds
+        with self._all_lock:
+            local = self._refresh_locks.setdefault(mailbox_id, threading.Lock())
+        if not local.acquire(timeout=max(0.0, wait_seconds)):
+            raise StateStoreError(f"the refresh lock of mailbox {mailbox_id} is busy")
+        try:
+            path = os.path.join(os.path.dirname(os.path.abspath(self.path)), f"oauth-{mailbox_id}.lock")
+            with open(path, "a+") as handle:
+                while True:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise StateStoreError(f"the refresh lock of mailbox {mailbox_id} is busy") from None
+                        time.sleep(0.05)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        except OSError as exc:
+            raise StateStoreError(f"the refresh lock of mailbox {mailbox_id} failed: {exc}") from exc
+        finally:
+            local.release()
 
     @_errors
     def queue_flag(self, mailbox: str, uidvalidity: int, uid: int, message_id: str | None) -> None:

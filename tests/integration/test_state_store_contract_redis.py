@@ -19,6 +19,7 @@ from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract 
     an_item_for,
     test_a_claim_by_owner_sees_rescheduled_released_and_finished_items_as_they_are,
     test_a_held_item_counts_no_attempt_is_due_when_its_window_opens_and_is_not_backlog,
+    test_a_mailboxs_newest_refresh_token_is_stored_and_replaced_per_mailbox,
     test_a_replayed_item_can_be_delivered,
     test_a_retry_due_before_its_claim_would_end_is_claimed_by_its_owner_when_due,
     test_a_single_item_email_ends_with_its_item_as_before,
@@ -50,6 +51,7 @@ from tests.unit.test_state_store_contract import (  # noqa: F401 - the contract 
     test_target_stats_count_pending_held_and_dead_per_target,
     test_target_stats_give_each_target_its_oldest_due_item_and_its_scheduled_delay,
     test_the_outbox_breakdown_is_target_stats_and_pending_mailboxes_in_one_answer,
+    test_the_refresh_lock_excludes_another_holder_of_the_same_mailbox_until_released,
     test_threads_enqueueing_the_same_items_create_each_once,
     test_writes_fenced_with_a_stale_lease_epoch_are_refused_and_a_late_2xx_is_only_counted,
 )

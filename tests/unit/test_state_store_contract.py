@@ -717,3 +717,30 @@ def test_finishing_enrichment_of_a_pending_or_unknown_item_changes_nothing(store
     assert store.finish_enrichment("msg_e2", {"replaced": True}, time.time()) is False
     assert store.get_item("msg_e2").payload != {"replaced": True}
     assert store.finish_enrichment("msg_nope", {}, time.time()) is False
+
+
+def test_a_mailboxs_newest_refresh_token_is_stored_and_replaced_per_mailbox(store: StateStore) -> None:
+    assert store.read_refresh_token("studio") is None
+    store.write_refresh_token("studio", "rt-1")
+    store.write_refresh_token("agency", "rt-a")
+    store.write_refresh_token("studio", "rt-2")  # rotated: the newest wins
+    assert (store.read_refresh_token("studio"), store.read_refresh_token("agency")) == ("rt-2", "rt-a")
+
+
+def test_the_refresh_lock_excludes_another_holder_of_the_same_mailbox_until_released(make_store) -> None:
+    from services.state_store import StateStoreError
+
+    # Given two stores on the same state (two processes' connections)
+    first, second = make_store(), make_store()
+    with first.refresh_lock("studio"):
+        # Then while one holds the mailbox's lock the other cannot take it (but can take another mailbox's)
+        started = time.monotonic()
+        with pytest.raises(StateStoreError, match="busy"):
+            with second.refresh_lock("studio", wait_seconds=0.3):
+                pass
+        assert time.monotonic() - started >= 0.15  # it waited for the lock (redis-py polls every 0.1 s)
+        with second.refresh_lock("agency", wait_seconds=0.3):
+            pass
+    # and once it is released the other takes it at once
+    with second.refresh_lock("studio", wait_seconds=0.3):
+        pass
