@@ -353,22 +353,11 @@ def service_config_or_exit(settings: Settings, environ: Mapping[str, str]) -> Se
     import sys
 
     try:
-        config = service_config(settings, environ)
-        refuse_oauth2_sign_in(config, from_file=bool(settings.config_path))
-        return config
+        return service_config(settings, environ)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr, flush=True)
         raise SystemExit(3) from None
 
-
-def refuse_oauth2_sign_in(config: ServiceConfig, *, from_file: bool) -> None:
-    """OAuth2 sign-in is configured and checked (``check-config``) but the IMAP client cannot use it yet (issue 18
-    is being built): refuse to start rather than retry a login that cannot work."""
-    for index, mailbox in enumerate(config.mailboxes):
-        if isinstance(mailbox.credentials, OAuth2Credentials):
-            where = f"mailboxes[{index}].auth.method" if from_file else "IMAP_AUTH_METHOD"
-            raise ConfigError(where, "oauth2 sign-in is not available in this build yet (the configuration is "
-                                     "valid: check-config accepts it); use a password for now")
 
 
 # --- one section each -------------------------------------------------------------------------------------------

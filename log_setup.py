@@ -40,6 +40,11 @@ TRACEBACK_PREFIX = "  | "
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
 _own_addresses: frozenset[str] = frozenset()
+# Short-lived secrets (OAuth2 access tokens): redacted until a while after they expire, then dropped, so the list
+# never grows with every token a long-running process was given.
+_expiring: dict[str, float] = {}
+_expiring_values: tuple[str, ...] = ()
+EXPIRED_SECRET_GRACE_SECONDS = 300.0
 
 
 def register_secrets(values: Iterable[str], own_addresses: Iterable[str] = ()) -> None:
@@ -49,6 +54,24 @@ def register_secrets(values: Iterable[str], own_addresses: Iterable[str] = ()) -
         merged = set(_secrets) | {value for value in values if value and len(value) >= 3}
         _secrets = tuple(sorted(merged, key=len, reverse=True))
         _own_addresses = _own_addresses | {address.lower() for address in own_addresses if address}
+
+
+def register_expiring_secret(value: str, expires_at: float, now: float | None = None) -> None:
+    """Redact ``value`` until ``EXPIRED_SECRET_GRACE_SECONDS`` after ``expires_at``; expired ones are dropped here."""
+    global _expiring_values
+    now = time.time() if now is None else now
+    with _lock:
+        live = {secret: until for secret, until in _expiring.items() if until > now}
+        if value and len(value) >= 3:
+            live[value] = max(expires_at + EXPIRED_SECRET_GRACE_SECONDS, live.get(value, 0.0))
+        _expiring.clear()
+        _expiring.update(live)
+        _expiring_values = tuple(sorted(live, key=len, reverse=True))
+
+
+def expiring_secret_count() -> int:
+    """How many short-lived secrets are redacted now (bounded: expired ones are dropped)."""
+    return len(_expiring_values)
 
 
 def mask_address(address: str | None) -> str:
@@ -63,7 +86,7 @@ def mask_address(address: str | None) -> str:
 
 def scrub(text: str) -> str:
     """Redact secrets and mask foreign addresses in an arbitrary string (logs, error pages)."""
-    for secret in _secrets:
+    for secret in _secrets + _expiring_values:
         if secret in text:
             text = text.replace(secret, REDACTED)
     own = _own_addresses

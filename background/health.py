@@ -32,6 +32,15 @@ OUTBOX_BACKLOG_AGE_SECONDS = 900    # … and so is a pending item older than th
 OUTBOX_STALL_MIN_SECONDS = 60.0     # a due item overdue by more than this (or 2 × its delay) is a stalled outbox
 
 CHECK_NAMES = ("poller", "lease", "imap", "outbox", "cluster")
+# IMAP states of a mailbox that only an operator mends, with what to do (the first mailbox's through PROBLEM_RULES,
+# every other's from the status its holder published).
+MAILBOX_IMAP_PROBLEMS = {
+    ImapState.AUTH_FAILED: "the IMAP server refused the login",
+    ImapState.NO_SERVER_DONE_MARK: "the server stores no custom keywords and MARK_AS_READ=false: no done mark (set "
+                                   "MARK_AS_READ=true or ALLOW_NO_SERVER_DONE_MARK=true)",
+    ImapState.REAUTH_REQUIRED: "the OAuth2 sign-in needs an operator (a revoked or expired grant, missing consent, or "
+                               "a token the server refused): sign in again (oauth-login) or fix the app's permission",
+}
 CIRCUIT_STATES = ("open", "half_open", "closed")   # worst first: the state a target reports when processes differ
 
 
@@ -132,6 +141,9 @@ def other_mailbox_problems(mailbox_ids: tuple[str, ...], statuses: dict[str, dic
                 problems.append(Problem("mailbox", mailbox_id, "no_holder",
                                         f"no process has held mailbox {mailbox_id} within TTL + retry").as_dict())
             continue
+        imap = (published.get("poller") or {}).get("imap")
+        if imap in MAILBOX_IMAP_PROBLEMS:
+            problems.append(Problem("mailbox", mailbox_id, imap, MAILBOX_IMAP_PROBLEMS[imap]).as_dict())
         stall = mailbox_stall(published, now=now, timings=timings, mailbox_id=mailbox_id)
         if stall:
             problems.append(Problem("mailbox", mailbox_id, "stalled", stall).as_dict())
@@ -268,10 +280,11 @@ PROBLEM_RULES: tuple[ProblemRule, ...] = (
     ProblemRule("poller", "down", "mailbox", DEFAULT_ID,
                 "this instance's background threads stopped; a restart brings them back", down=True),
     ProblemRule("imap", ImapState.UNREACHABLE, "mailbox", DEFAULT_ID, "the IMAP server cannot be reached"),
-    ProblemRule("imap", ImapState.AUTH_FAILED, "mailbox", DEFAULT_ID, "the IMAP server refused the login"),
+    ProblemRule("imap", ImapState.AUTH_FAILED, "mailbox", DEFAULT_ID, MAILBOX_IMAP_PROBLEMS[ImapState.AUTH_FAILED]),
     ProblemRule("imap", ImapState.NO_SERVER_DONE_MARK, "mailbox", DEFAULT_ID,
-                "the server stores no custom keywords and MARK_AS_READ=false: no done mark (set MARK_AS_READ=true or "
-                "ALLOW_NO_SERVER_DONE_MARK=true)"),
+                MAILBOX_IMAP_PROBLEMS[ImapState.NO_SERVER_DONE_MARK]),
+    ProblemRule("imap", ImapState.REAUTH_REQUIRED, "mailbox", DEFAULT_ID,
+                MAILBOX_IMAP_PROBLEMS[ImapState.REAUTH_REQUIRED]),
     ProblemRule("outbox", "backlog", "outbox", None,
                 f"more than {OUTBOX_BACKLOG_ITEMS} webhooks pending, or the oldest older than "
                 f"{OUTBOX_BACKLOG_AGE_SECONDS // 60} min"),

@@ -35,6 +35,7 @@ from services.imap_mailbox import (
     ImapTimeout,
     MailboxClient,
 )
+from services.oauth.errors import OAuthError
 from services.state_store import FlagRequest, StateStoreError
 
 logger = logging.getLogger(__name__)
@@ -69,9 +70,10 @@ class MailboxPoller:
                  delivery_wakeup: threading.Event, flag_wakeup: threading.Event,
                  target_ids: tuple[str, ...] = (DEFAULT_ID,), enrich_wakeup: threading.Event | None = None,
                  client_factory: Callable[..., MailboxClient] = MailboxClient, rng: random.Random | None = None,
-                 routes: tuple[RouteConfig, ...] | None = None):
+                 routes: tuple[RouteConfig, ...] | None = None, sign_in: Any = None):
         """``enrich_wakeup``: R2 copies are made in the background (``background.enrichment``), woken by it; None:
-        none are made (R2 off). ``routes``: which of ``target_ids`` each email goes to (None or empty: all)."""
+        none are made (R2 off). ``routes``: which of ``target_ids`` each email goes to (None or empty: all).
+        ``sign_in``: the mailbox's OAuth2 sign-in (``services.oauth.sign_in.OAuthSignIn``), None for a password."""
         self.config = config
         self.store = store
         self.lease = lease
@@ -87,8 +89,12 @@ class MailboxPoller:
                              offloader_factory=offloader_factory, on_queued=delivery_wakeup.set,
                              enrich_later=enrich_wakeup is not None,
                              on_enriching=enrich_wakeup.set if enrich_wakeup is not None else lambda: None)
+        self.sign_in = sign_in
+        if sign_in is not None:
+            status.update(auth_method="oauth2", oauth_provider=sign_in.provider_name)
         self._failures = 0
         self._auth_streak = False
+        self._reauth_streak = False   # the reauth_required ERROR is logged once per streak
         self._isolate_through = 0    # UIDs up to this one are fetched one by one (a batch failed on them)
         self._tried_this_cycle: set[int] = set()
         self._last_checkpoint: int | None = None
@@ -109,30 +115,20 @@ class MailboxPoller:
 
     def _session(self, stop_event: threading.Event) -> float:
         """One IMAP session; returns the backoff to wait before the next one (0 = none)."""
-        client = self.client_factory(self.config, guard=self.guard)
+        extra = {"sign_in": self.sign_in} if self.sign_in is not None else {}
+        client = self.client_factory(self.config, guard=self.guard, **extra)
         try:
             self.guard.check_remote()
             client.connect()
-            state = client.select(self.config.folder)
-            self._on_connected(state)
-            if not self._server_keeps_done_mark(state):
-                return self.config.reconnect_max_seconds  # looked at again at the backoff's cap, quietly
-            use_idle = self.config.use_idle and client.has_idle()
-            while not stop_event.is_set():
-                self.run_cycle(client, state)
-                self._wait_for_work(client, state, use_idle, stop_event)
-            return 0.0
+            return self._connected(client, stop_event)
+        except OAuthError as exc:
+            return self._sign_in_failed(exc)
         except LeaseLost as exc:
             logger.warning("BG_POLLER: stopped touching the mailbox (%s)", exc)
             self.status.update(state=PollerState.STANDBY, idle=False)
             return 0.0
         except ImapAuthError as exc:
-            self._failures += 1
-            if not self._auth_streak:
-                self._auth_streak = True
-                logger.error("%s", exc)
-            self.status.error(str(exc), imap_state=ImapState.AUTH_FAILED)
-            return self._backoff()
+            return self._login_refused(exc)
         except ImapError as exc:
             self._failures += 1
             # Dovecot (like most servers) slows down logins after failures: a login timeout inside a failure
@@ -156,11 +152,69 @@ class MailboxPoller:
             self.status.update(idle=False)
             client.close()
 
-    def _on_connected(self, state) -> None:
+    def _connected(self, client: MailboxClient, stop_event: threading.Event) -> float:
+        """The session once signed in: cycles and waits until stopped, or until its access token is due for renewal
+        (then 0: the next session signs in at once with a fresh one)."""
+        state = client.select(self.config.folder)
+        self._on_connected(state, client)
+        if not self._server_keeps_done_mark(state):
+            return self.config.reconnect_max_seconds  # looked at again at the backoff's cap, quietly
+        use_idle = self.config.use_idle and client.has_idle()
+        while not stop_event.is_set():
+            self.run_cycle(client, state)
+            if self._token_renewal_due(client):
+                logger.info("IMAP: reconnecting before the access token expires mailbox=%s", self.config.id)
+                return 0.0
+            self._wait_for_work(client, state, use_idle, stop_event)
+        return 0.0
+
+    def _login_refused(self, exc: ImapAuthError) -> float:
+        if self.sign_in is not None:  # refused right after a fresh token: only an operator mends it
+            return self._sign_in_failed(OAuthError("imap_auth_failed", str(exc), terminal=True))
+        self._failures += 1
+        if not self._auth_streak:
+            self._auth_streak = True
+            logger.error("%s", exc)
+        self.status.error(str(exc), imap_state=ImapState.AUTH_FAILED)
+        return self._backoff()
+
+    def _on_connected(self, state, client: MailboxClient) -> None:
         if self._auth_streak:
             logger.info("IMAP: login succeeded again for %s", self.config.user)
-        self._auth_streak = False
+        if self._reauth_streak:
+            logger.info("OAUTH: signed in again mailbox=%s", self.config.id)
+        self._auth_streak = self._reauth_streak = False
         self.status.update(state=PollerState.POLLING, imap=ImapState.OK, uidvalidity=state.uidvalidity)
+        if self.sign_in is not None:
+            self.status.update(token_expires_at=client.token_expires_at, last_refresh_at=self.sign_in.last_refresh_at)
+
+    def _sign_in_failed(self, exc: OAuthError) -> float:
+        """A token could not be had, or the server refused it. Terminal (a revoked grant, consent, a refusal right
+        after a fresh token): ``reauth_required``, one ERROR per streak, tried again every OAUTH_REAUTH_RETRY_SECONDS.
+        Transient (the token endpoint timed out, answered 5xx or 429): backed off like an IMAP outage."""
+        assert self.sign_in is not None
+        self._failures += 1
+        if not exc.terminal:
+            logger.warning("OAUTH: token endpoint unavailable mailbox=%s error=%s", self.config.id, exc.code)
+            self.status.error(f"OAUTH: token endpoint unavailable: {exc.code}", imap_state=ImapState.UNREACHABLE)
+            return self._backoff()
+        if not self._reauth_streak:
+            self._reauth_streak = True
+            logger.error("OAUTH: reauth required mailbox=%s error=%s", self.config.id, exc.code)
+        self.status.error(f"OAUTH: reauth required: {exc.code}", imap_state=ImapState.REAUTH_REQUIRED)
+        return self.sign_in.reauth_retry_seconds
+
+    def _token_renewal_due(self, client: MailboxClient) -> bool:
+        """The session's access token has less than min(5 min, 10 % of its lifetime) left: end the session, so that
+        the next one signs in with a fresh token (a server never holds a session on an expired token)."""
+        return time.time() >= self._token_renewal_at(client)
+
+    def _token_renewal_at(self, client: MailboxClient) -> float:
+        expires_at = getattr(client, "token_expires_at", None)
+        if expires_at is None:
+            return float("inf")
+        lifetime = getattr(client, "token_lifetime", None) or 0.0
+        return expires_at - min(300.0, 0.1 * lifetime)
 
     def _server_keeps_done_mark(self, state) -> bool:
         """Whether this session may go on: the server stores the done keyword, or ``\\Seen`` (MARK_AS_READ), or the
@@ -198,7 +252,8 @@ class MailboxPoller:
 
     def _wait_for_work(self, client: MailboxClient, state, use_idle: bool, stop_event: threading.Event) -> None:
         """Until the next reconciliation cycle: IDLE (or sleep), applying flag requests as they come."""
-        deadline = time.monotonic() + self.config.poll_interval_seconds
+        renewal_in = self._token_renewal_at(client) - time.time()  # IDLE ends in time for the next token
+        deadline = time.monotonic() + max(0.0, min(self.config.poll_interval_seconds, renewal_in))
         while not stop_event.is_set() and time.monotonic() < deadline:
             if self.flag_wakeup.is_set():
                 self.flag_wakeup.clear()

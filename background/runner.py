@@ -17,9 +17,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from config import MailboxConfig, SenderAuth, ServiceConfig, TargetConfig
+from config import MailboxConfig, OAuth2Credentials, SenderAuth, ServiceConfig, TargetConfig
 from settings import Settings
 from timestamps import iso_utc
 
@@ -54,6 +54,7 @@ class ImapState(StrEnum):
     UNREACHABLE = "unreachable"
     AUTH_FAILED = "auth_failed"
     NO_SERVER_DONE_MARK = "no_server_done_mark"  # no custom keywords and MARK_AS_READ=false: nothing is read
+    REAUTH_REQUIRED = "reauth_required"  # the OAuth2 sign-in needs an operator (revoked grant, consent, refusal)
     NOT_APPLICABLE = "n/a"
 
 
@@ -79,6 +80,11 @@ class PollerStatus:
     waiting: int = 0
     retry_set: int = 0
     checkpoint_moved_at: float | None = None
+    # How the mailbox signs in: password | oauth2; with oauth2 its provider, its session's token expiry, last refresh.
+    auth_method: str = "password"
+    oauth_provider: str | None = None
+    token_expires_at: float | None = None
+    last_refresh_at: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def update(self, **changes: Any) -> None:
@@ -115,6 +121,10 @@ class PollerStatus:
                 "retry_set": self.retry_set,
                 "checkpoint_moved_at": iso_utc(self.checkpoint_moved_at),
                 "checkpoint_moved_epoch": self.checkpoint_moved_at,
+                "auth_method": self.auth_method,
+                "oauth_provider": self.oauth_provider,
+                "token_expires_at": iso_utc(self.token_expires_at),
+                "last_refresh_at": iso_utc(self.last_refresh_at),
             }
 
 
@@ -282,7 +292,28 @@ class ServiceRuntime:
             offloader_factory=lambda: self.offloader,
             sender_factory=lambda target: WebhookSender(target, version=self.version),
             enrich_budget_seconds=self.config.r2.email_budget_seconds if self.config.r2.fetch_enabled else None,
-            routes=self.config.routes, membership=membership, rate_limiters=self._rate_limiters())
+            routes=self.config.routes, membership=membership, rate_limiters=self._rate_limiters(),
+            sign_in_factory=self._sign_in_factory(store))
+
+    def _sign_in_factory(self, store: Any) -> Callable[[MailboxConfig], Any]:
+        """Each OAuth2 mailbox's sign-in (its provider, and one token cache per process, so mailboxes of one app
+        share its token); None for a password mailbox. The OAuth libraries load only when a mailbox uses them."""
+        settings = self.settings
+        cache: list[Any] = []
+
+        def sign_in(mailbox: MailboxConfig) -> Any:
+            if not isinstance(mailbox.credentials, OAuth2Credentials):
+                return None
+            from services.oauth import TokenCache
+            from services.oauth.sign_in import sign_in_for
+
+            if not cache:
+                cache.append(TokenCache())
+            return sign_in_for(mailbox.credentials, user=mailbox.user, mailbox_id=mailbox.id, store=store,
+                               cache=cache[0], encryption_key=settings.state_encryption_key,
+                               reauth_retry_seconds=settings.oauth_reauth_retry_seconds)
+
+        return sign_in
 
     def _rate_limiters(self) -> dict[str, Any]:
         """One token bucket per rate-limited target: cluster-wide in Redis, else this process's."""

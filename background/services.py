@@ -79,7 +79,8 @@ class BackgroundServices:
                  observer: StatusObserver, offloader_factory: Callable[[], Any],
                  sender_factory: Callable[[TargetConfig], Any], enrich_budget_seconds: float | None = None,
                  routes: Sequence[RouteConfig] = (), membership: Any = None,
-                 rate_limiters: Mapping[str, Any] | None = None) -> None:
+                 rate_limiters: Mapping[str, Any] | None = None,
+                 sign_in_factory: Callable[[MailboxConfig], Any] = lambda mailbox: None) -> None:
         """``targets``: each gets its own delivery threads (``concurrency`` of them in this process), shared by
         the mailboxes held here (each claim is one mailbox's item, under its lease, the mailboxes in turn) and
         claiming only that target's items, so a dead or slow target never delays the others; each target has one
@@ -94,7 +95,8 @@ class BackgroundServices:
         self.delivery_wakeup = threading.Event()  # set when items may be due: an enqueue, an acquired lease
         self.units: list[MailboxUnit] = []
         for entry in mailboxes:
-            self.units.append(self._unit(entry, store, targets, routes, offloader_factory))
+            self.units.append(self._unit(entry, store, targets, routes, offloader_factory,
+                                         sign_in_factory(entry.mailbox)))
         first = self.units[0]
         self.lease, self.keeper, self.guard, self.poller = first.lease, first.keeper, first.guard, first.poller
         self.flag_wakeup = first.flag_wakeup
@@ -122,7 +124,7 @@ class BackgroundServices:
         self._keeper_threads: list[threading.Thread] = []
 
     def _unit(self, entry: MailboxLease, store: StateStore, targets: Sequence[TargetConfig],
-              routes: Sequence[RouteConfig], offloader_factory: Callable[[], Any]) -> MailboxUnit:
+              routes: Sequence[RouteConfig], offloader_factory: Callable[[], Any], sign_in: Any) -> MailboxUnit:
         """One mailbox's share: its fence (each acquisition takes a new epoch, then wakes the delivery threads),
         its fenced store, its poller and its lane (the first mailbox's holder also delivers what removed mailboxes
         left: their items are still sent)."""
@@ -140,7 +142,7 @@ class BackgroundServices:
         poller = MailboxPoller(entry.mailbox, fenced, entry.lease, guard, entry.poller_status,
                                target_ids=tuple(target.id for target in targets), routes=tuple(routes),
                                offloader_factory=offloader_factory, delivery_wakeup=wakeup, flag_wakeup=flag_wakeup,
-                               enrich_wakeup=self.enrich_wakeup)
+                               enrich_wakeup=self.enrich_wakeup, sign_in=sign_in)
         adopted = self._removed_mailboxes if not self.units else tuple
         lane = Lane(entry.mailbox.id, fenced, entry.lease, guard, flag_wakeup, adopted)
         return MailboxUnit(entry.mailbox, entry.lease, entry.keeper, guard, poller, lane, wakeup, flag_wakeup)

@@ -43,7 +43,8 @@ DEAD_LETTERS_SHOWN = 5
 
 LEASE_FIELDS = ("backend", "holder", "acquired_at", "expires_in_s", "renewals", "losses")
 POLLER_FIELDS = ("state", "imap", "mailbox", "uidvalidity", "last_uid", "idle", "last_cycle_at", "last_success_at",
-                 "last_error", "consecutive_errors", "server_uid_max", "waiting", "retry_set", "checkpoint_moved_at")
+                 "last_error", "consecutive_errors", "server_uid_max", "waiting", "retry_set", "checkpoint_moved_at",
+                 "auth_method", "oauth_provider", "token_expires_at", "last_refresh_at")
 PARKED_SHOWN = 20
 
 
@@ -269,7 +270,10 @@ def _mailbox_entry(mailbox_id: str, poller: dict, lease: dict, held: bool) -> di
             "lease": {"held": held, "holder": lease.get("holder"), "state": lease.get("state"),
                       "expires_in_s": lease.get("expires_in_s")},
             "checkpoint": {"uidvalidity": poller.get("uidvalidity"), "last_uid": poller.get("last_uid")},
-            "idle": poller.get("idle"), "last_success_at": poller.get("last_success_at")}
+            "idle": poller.get("idle"), "last_success_at": poller.get("last_success_at"),
+            "auth": {"method": poller.get("auth_method"), "oauth_provider": poller.get("oauth_provider"),
+                     "token_expires_at": poller.get("token_expires_at"),
+                     "last_refresh_at": poller.get("last_refresh_at")}}
 
 
 def _mailboxes_section(mailbox_ids: tuple[str, ...], poller: dict, lease: dict, held: bool,
@@ -288,7 +292,8 @@ def _mailboxes_section(mailbox_ids: tuple[str, ...], poller: dict, lease: dict, 
         else:
             entry = {"id": mailbox_id, "folder": None, "state": "no_holder", "imap": None,
                      "lease": {"held": False, "holder": None, "state": None, "expires_in_s": None},
-                     "checkpoint": {"uidvalidity": None, "last_uid": None}, "idle": None, "last_success_at": None}
+                     "checkpoint": {"uidvalidity": None, "last_uid": None}, "idle": None, "last_success_at": None,
+                     "auth": None}
         entry["backlog"] = reads.backlog.get(mailbox_id, 0) if reads.read and not reads.stale else None
         entries.append(entry)
     return entries

@@ -28,6 +28,7 @@ from imapclient import tls as imapclient_tls
 from imapclient.response_parser import parse_response
 
 from config import MailboxConfig, OAuth2Credentials, TlsMode
+from services.oauth.sasl import OAuth2SaslAuthenticator
 
 logger = logging.getLogger(__name__)
 
@@ -216,9 +217,14 @@ class MailboxClient:
     """
 
     def __init__(self, mailbox: MailboxConfig, guard: LocalGuard | None = None, *,
-                 idle_alive_after: float | None = None) -> None:
+                 idle_alive_after: float | None = None, sign_in: Any = None) -> None:
+        """``sign_in``: the mailbox's ``services.oauth.sign_in.OAuthSignIn`` when it signs in with OAuth2."""
         self._mailbox = mailbox
         self._guard = guard
+        self._sign_in = sign_in
+        # The access token of this session (OAuth2): when it expires, and how long it lived (None: a password).
+        self.token_expires_at: float | None = None
+        self.token_lifetime: float | None = None
         self._timeout = float(mailbox.timeout_seconds)
         if idle_alive_after is None:
             idle_alive_after = mailbox.poll_interval_seconds
@@ -257,10 +263,13 @@ class MailboxClient:
     def connect(self) -> None:
         """Open the connection, secure it (implicit TLS or STARTTLS unless plain was asked for) and log in."""
         mailbox = self._mailbox
-        if isinstance(mailbox.credentials, OAuth2Credentials):
-            raise ImapError("IMAP: oauth2 sign-in is not available in this build yet", "connect")
-        if not mailbox.server or not mailbox.user or mailbox.password is None:
+        oauth2 = isinstance(mailbox.credentials, OAuth2Credentials)
+        if oauth2 and self._sign_in is None:
+            raise ImapError("IMAP: an oauth2 mailbox needs its sign-in (a token provider)", "connect")
+        if not mailbox.server or not mailbox.user or (not oauth2 and mailbox.password is None):
             raise ImapError("IMAP: IMAP_SERVER, EMAIL_ADDRESS and EMAIL_PASSWORD must be set", "connect")
+        # The token first (OAuthError passes through): a token endpoint that fails opens no IMAP connection.
+        token = self._sign_in.token() if oauth2 and self._sign_in is not None else None
         self.close()
         host, port = mailbox.server, mailbox.port
         use_ssl, starttls = mailbox.tls is TlsMode.IMPLICIT, mailbox.tls is TlsMode.STARTTLS
@@ -283,12 +292,30 @@ class MailboxClient:
                 if b"STARTTLS" not in self._call("tls", client.capabilities):
                     raise ImapConnectionError(f"IMAP: {host}:{port} does not offer STARTTLS", "tls")
                 self._call("tls", client.starttls, context)
-            self._call("login", client.login, mailbox.user, mailbox.password)
+            if token is None:
+                self._call("login", client.login, mailbox.user, mailbox.password)
+            else:
+                self._sasl_login(client, token)
         except BaseException:
             self.close()  # a half-open session (no TLS yet, or not logged in) is never left behind
             raise
         logger.info("IMAP: connected to %s:%s (%s)", host, port,
                     "TLS" if use_ssl else "STARTTLS" if starttls else "plain text")
+
+    def _sasl_login(self, client: Any, token: Any) -> None:
+        """Sign in with the access token over SASL (XOAUTH2 or OAUTHBEARER); a refusal forgets the token and says
+        what the server's error challenge said (``invalid_token``…), never the token."""
+        assert self._sign_in is not None
+        authenticator = OAuth2SaslAuthenticator(self._sign_in.mechanism, self._mailbox.user, token.value)
+        try:
+            self._call("login", client.sasl_login, authenticator.mechanism, authenticator)
+        except ImapAuthError as exc:
+            self._sign_in.refused(token)
+            status = authenticator.error_status
+            raise ImapAuthError(f"{exc} (SASL {authenticator.mechanism}"
+                                + (f", server status {status})" if status else ")"), "login") from exc
+        self.token_expires_at = token.expires_at
+        self.token_lifetime = max(0.0, token.expires_at - token.obtained_at)
 
     def close(self) -> None:
         """Log out with a short timeout, then close the socket. Never raises."""

@@ -277,7 +277,8 @@ def test_status_document_lists_the_default_mailbox_and_target_from_its_sections(
         "lease": {"held": True, "holder": published["lease"]["holder"], "state": "held",
                   "expires_in_s": body["lease"]["expires_in_s"]},
         "checkpoint": {"uidvalidity": 1700000000, "last_uid": 42}, "idle": True,
-        "last_success_at": body["poller"]["last_success_at"], "backlog": 1}]
+        "last_success_at": body["poller"]["last_success_at"], "backlog": 1,
+        "auth": {"method": "password", "oauth_provider": None, "token_expires_at": None, "last_refresh_at": None}}]
     # And one target, "default", with its own figures and nothing of its URL
     assert body["targets"] == [{"id": "default", "profile": "generic", "pending": 1, "held": 0,
                                 "oldest_pending_age_s": body["outbox"]["oldest_pending_age_s"], "dead": 1,

@@ -22,6 +22,7 @@ from background.health import (
     local_poller_state,
     mailbox_stall,
     observed_view,
+    other_mailbox_problems,
     outbox_stall,
     outbox_state,
     polling_states,
@@ -226,12 +227,13 @@ def test_a_healthy_view_is_ok_with_no_problems():
     ({"imap": "unreachable"}, ("mailbox", DEFAULT_ID, "unreachable")),
     ({"imap": "auth_failed"}, ("mailbox", DEFAULT_ID, "auth_failed")),
     ({"imap": "no_server_done_mark"}, ("mailbox", DEFAULT_ID, "no_server_done_mark")),
+    ({"imap": "reauth_required"}, ("mailbox", DEFAULT_ID, "reauth_required")),
     ({"outbox": "backlog"}, ("outbox", None, "backlog")),
     ({"lease": "redis_unreachable"}, ("cluster", None, "redis_unreachable")),
     ({"cluster": "no_poller"}, ("cluster", None, "no_poller")),
     ({"cluster": "stale"}, ("cluster", None, "stale")),
     ({"cluster": "something_new"}, ("cluster", None, "something_new")),
-], ids=["imap-unreachable", "imap-auth_failed", "imap-no_server_done_mark", "outbox-backlog",
+], ids=["imap-unreachable", "imap-auth_failed", "imap-no_server_done_mark", "imap-reauth_required", "outbox-backlog",
         "lease-redis_unreachable", "cluster-no_poller",
         "cluster-stale", "cluster-any-other-state"])
 def test_each_degraded_state_is_200_degraded_with_one_problem_naming_it(change, problem):
@@ -442,3 +444,12 @@ def test_a_stale_cluster_view_reports_no_target_problem():
     view = observe(read_ok=False, last_read_ok=NOW - 60, targets=("make",), target_stats={"make": due(500)},
                    published={"circuits": {"make": "open"}})
     assert view["cluster"] == "stale" and view["stalls"] == []
+
+
+@pytest.mark.parametrize("imap", ["reauth_required", "auth_failed", "no_server_done_mark"])
+def test_a_mailbox_other_than_the_first_whose_sign_in_needs_an_operator_is_named_in_problems(imap):
+    statuses = {"sales": published(last_success=NOW - 1, published_at=NOW - 1, imap=imap),
+                "studio": published(last_success=NOW - 1, published_at=NOW - 1)}
+    problems = other_mailbox_problems(("sales", "studio"), statuses, now=NOW, started=NOW - 600, timings=TIMINGS)
+    assert [(p["kind"], p["id"], p["state"]) for p in problems] == [("mailbox", "sales", imap)]
+    assert problems[0]["detail"]

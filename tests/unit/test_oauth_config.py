@@ -1,7 +1,6 @@
 """OAuth2 sign-in configuration (issue 18): the ``auth`` block of a mailbox in the file and the IMAP_AUTH_METHOD /
 OAUTH_* variables of the environment form read into one ``OAuth2Credentials`` value, checked by one set of rules
-(``OAuth2Credentials.problems``) and reported in each form's own names. Secrets stay out of reprs, and the service
-refuses to start on oauth2 until the IMAP client signs in with it (check-config accepts it)."""
+(``OAuth2Credentials.problems``) and reported in each form's own names. Secrets stay out of reprs."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from config import (
     SaslMechanism,
     ServiceConfig,
 )
-from config_file import collect_config_errors, load_config_file, refuse_oauth2_sign_in
+from config_file import collect_config_errors, load_config_file
 from settings import ConfigError, Settings
 
 ENV = {"URL": "https://hook.example.com/secret-path", "CS": "client-secret-value", "RT": "refresh-token-value"}
@@ -196,11 +195,3 @@ def test_the_global_oauth_settings_may_sit_beside_a_configuration_file(tmp_path)
     assert Settings.from_env({"RENDER_SIGNAL_CONFIG": str(path), "OAUTH_ALLOW_INSECURE": "true"})
     with pytest.raises(ConfigError, match="OAUTH_CLIENT_ID"):
         Settings.from_env({"RENDER_SIGNAL_CONFIG": str(path), "OAUTH_CLIENT_ID": "c"})
-
-
-def test_the_service_refuses_to_start_on_oauth2_until_the_imap_client_signs_in_with_it():
-    config = ServiceConfig.from_settings(env_settings(**MICROSOFT_ENV))
-    with pytest.raises(ConfigError) as caught:
-        refuse_oauth2_sign_in(config, from_file=False)
-    assert caught.value.variable == "IMAP_AUTH_METHOD" and "not available in this build yet" in caught.value.reason
-    refuse_oauth2_sign_in(ServiceConfig.from_settings(env_settings(EMAIL_PASSWORD="pw")), from_file=False)

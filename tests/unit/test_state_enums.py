@@ -13,7 +13,7 @@ from services.state_store import OUTBOX_STATUSES, OutboxItem, OutboxStatus, chec
 
 @pytest.mark.parametrize("enum, values", [
     (PollerState, ["standby", "polling", "backoff", "redis_unavailable"]),
-    (ImapState, ["ok", "unreachable", "auth_failed", "no_server_done_mark", "n/a"]),
+    (ImapState, ["ok", "unreachable", "auth_failed", "no_server_done_mark", "reauth_required", "n/a"]),
     (LeaseState, ["held", "standby", "redis_unreachable"]),
     (OutboxStatus, ["pending", "enriching", "delivered", "dead"]),
 ])
