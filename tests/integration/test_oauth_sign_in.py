@@ -40,6 +40,17 @@ def refresh_credentials(identity, refresh_token: str) -> OAuth2Credentials:
                              refresh_token=refresh_token, ca_file=identity.ca_file)
 
 
+def start_refreshing_mailbox(make_oauth2_dovecot, webhook_receiver, pipeline_factory, **env_overrides):
+    """A Dovecot and provider with short-lived tokens, a user with a refresh token, and the service signing in with
+    it: (dovecot pair, account, the initial refresh token, the running pipeline)."""
+    pair = make_oauth2_dovecot(lifetime=LIFETIME)
+    account = pair.new_account()
+    initial = pair.identity.issue_refresh_token(account.user)
+    env = service_env(account, webhook_receiver, **env_overrides)
+    pipeline = pipeline_factory(env, config=oauth_config(env, refresh_credentials(pair.identity, initial)))
+    return pair, account, initial, pipeline
+
+
 def log_lines(caplog, needle: str) -> list[str]:
     return [record.getMessage() for record in caplog.records if needle in record.getMessage()]
 
@@ -47,11 +58,9 @@ def log_lines(caplog, needle: str) -> list[str]:
 def test_a_refresh_token_mailbox_polls_and_idles_across_token_expiries_and_no_session_outlives_its_token(
         make_oauth2_dovecot, webhook_receiver, pipeline_factory, caplog):
     caplog.set_level(logging.INFO)
-    pair = make_oauth2_dovecot(lifetime=LIFETIME)
-    identity, account = pair.identity, pair.new_account()
-    initial = identity.issue_refresh_token(account.user)
-    env = service_env(account, webhook_receiver, EMAIL_POLLING_INTERVAL_SECONDS="5")
-    pipeline = pipeline_factory(env, config=oauth_config(env, refresh_credentials(identity, initial)))
+    pair, account, initial, pipeline = start_refreshing_mailbox(make_oauth2_dovecot, webhook_receiver,
+                                                                pipeline_factory, EMAIL_POLLING_INTERVAL_SECONDS="5")
+    identity = pair.identity
     # When 20 emails arrive over about 15 s (five token lifetimes)
     raws = [make_email(subject=f"oauth {n}") for n in range(20)]
     for raw in raws:
@@ -80,11 +89,9 @@ def test_a_refresh_token_mailbox_polls_and_idles_across_token_expiries_and_no_se
 def test_a_revoked_refresh_token_is_reauth_required_and_a_newly_stored_one_recovers_with_no_email_lost(
         make_oauth2_dovecot, webhook_receiver, pipeline_factory, caplog):
     caplog.set_level(logging.INFO)
-    pair = make_oauth2_dovecot(lifetime=LIFETIME)
-    identity, account = pair.identity, pair.new_account()
-    initial = identity.issue_refresh_token(account.user)
-    env = service_env(account, webhook_receiver, OAUTH_REAUTH_RETRY_SECONDS="1")
-    pipeline = pipeline_factory(env, config=oauth_config(env, refresh_credentials(identity, initial)))
+    pair, account, initial, pipeline = start_refreshing_mailbox(make_oauth2_dovecot, webhook_receiver,
+                                                                pipeline_factory, OAUTH_REAUTH_RETRY_SECONDS="1")
+    identity = pair.identity
     pair.server.append(account.user, make_email(subject="before"))
     webhook_receiver.wait_for(1, timeout=20)
     # When the grant is revoked mid-run, and mail keeps arriving
