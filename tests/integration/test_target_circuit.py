@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from background.delivery import BREAKER_COOLDOWN_SECONDS, BREAKER_FAILURES
+from background import delivery
+from background.delivery import BREAKER_FAILURES
 from config import ServiceConfig
 from harness.mail import make_email
 from harness.pipeline import service_env
@@ -44,7 +45,8 @@ def two_targets(env: dict, receivers: dict) -> ServiceConfig:
 
 
 def test_a_dead_receiver_gets_the_breakers_threshold_of_attempts_then_none_until_the_trial_then_its_backlog(
-        state_backend, imap_account, receivers, pipeline_factory, caplog):
+        state_backend, imap_account, receivers, pipeline_factory, caplog, monkeypatch):
+    monkeypatch.setattr(delivery, "BREAKER_COOLDOWN_SECONDS", 3)  # a shorter cool-down: the rule is the same
     caplog.set_level(logging.INFO, logger="background.delivery")
     # Given two targets, "down" answering 503 throughout, and a fast retry schedule (each retry due in 0.2 s)
     env = service_env(imap_account, receivers["up"], WEBHOOK_RETRY_SCHEDULE="0.2", **state_backend)
@@ -57,12 +59,12 @@ def test_a_dead_receiver_gets_the_breakers_threshold_of_attempts_then_none_until
     pipeline.wait_until(lambda: any("circuit open for target down" in r.getMessage() for r in caplog.records),
                         timeout=10, what="the circuit of target down opened")
     # and within the cool-down "down" is not tried again: the threshold's attempts, no retry storm at 0.2 s
-    time.sleep(min(3.0, BREAKER_COOLDOWN_SECONDS / 2))
+    time.sleep(delivery.BREAKER_COOLDOWN_SECONDS / 2)
     tried = len(receivers["down"].events)
     assert BREAKER_FAILURES <= tried <= BREAKER_FAILURES + 2, receivers["down"].events
     # When "down" answers again, the trial after the cool-down closes the circuit and its backlog goes out once each
     receivers["down"].respond_with(200, b"Accepted")
-    receivers["down"].wait_for(EMAILS, timeout=BREAKER_COOLDOWN_SECONDS + 30)
+    receivers["down"].wait_for(EMAILS, timeout=delivery.BREAKER_COOLDOWN_SECONDS + 30)
     assert any("circuit closed for target down" in r.getMessage() for r in caplog.records)
     delivered = receivers["down"].delivered_ids()
     assert len(delivered) == len(set(delivered)) == EMAILS

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from background.delivery import BREAKER_COOLDOWN_SECONDS, BREAKER_FAILURES
+from background import delivery
+from background.delivery import BREAKER_FAILURES
 from harness.mail import make_email
 from harness.pipeline import service_env
 from harness.receiver import WebhookReceiver
@@ -44,7 +45,8 @@ def target_problems(health: dict) -> list[tuple[str, str]]:
 
 
 def test_a_receiver_that_keeps_failing_opens_its_circuit_which_health_reports_until_it_closes(
-        make_app, imap_account, failing_receiver, redis_url, tmp_path):
+        make_app, imap_account, failing_receiver, redis_url, tmp_path, monkeypatch):
+    monkeypatch.setattr(delivery, "BREAKER_COOLDOWN_SECONDS", 3)  # a shorter cool-down: the rule is the same
     # Given the service on a receiver that answers 503, retrying every 0.2 s
     env = service_env(imap_account, failing_receiver, redis_url=redis_url, state_dir=str(tmp_path / "state"),
                       WEBHOOK_RETRY_SCHEDULE="0.2", STATUS_API_TOKEN=TOKEN)
@@ -62,6 +64,6 @@ def test_a_receiver_that_keeps_failing_opens_its_circuit_which_health_reports_un
     failing_receiver.respond_with(200, b"Accepted")
     code, health, status = wait_for(
         app, lambda health, status: status["targets"][0]["circuit"] == "closed" and not target_problems(health),
-        seconds=BREAKER_COOLDOWN_SECONDS + 20)
+        seconds=delivery.BREAKER_COOLDOWN_SECONDS + 20)
     assert status["targets"][0]["circuit"] == "closed"
     assert (code, target_problems(health)) == (200, [])
