@@ -177,7 +177,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("OAUTH_TOKEN_COMMAND_TIMEOUT_SECONDS", "oauth_token_command_timeout_seconds", number(0.1, 300), 10.0, "Bound on one run of OAUTH_TOKEN_COMMAND."),
     Spec("OAUTH_CA_FILE", "oauth_ca_file", text, None, "PEM bundle of CAs to trust for the identity endpoints instead of the bundled store."),
     Spec("OAUTH_ALLOW_INSECURE", "oauth_allow_insecure", parse_bool, False, "Allow http:// identity endpoints (local tests only); applies to every mailbox."),
-    Spec("OAUTH_REAUTH_RETRY_SECONDS", "oauth_reauth_retry_seconds", number(1, 86400), 60.0, "How often a mailbox in reauth_required tries again (at once when a new refresh token is stored); applies to every mailbox."),
+    Spec("OAUTH_REAUTH_RETRY_SECONDS", "oauth_reauth_retry_seconds", number(1, 86400), 60.0, "How often a mailbox in reauth_required tries again (a newly stored refresh token is used at the next try); applies to every mailbox."),
     Spec("IMAP_MAILBOX", "imap_mailbox", text, "INBOX", "Folder to watch."),
     Spec("IMAP_TIMEOUT_SECONDS", "imap_timeout_seconds", number(0.1, 600), 30.0, "Bound on every IMAP network operation (connect, TLS, login, select, search, fetch, store, idle, noop)."),
     Spec("IMAP_USE_IDLE", "imap_use_idle", parse_bool, True, "Use IMAP IDLE when the server offers it (push); polling runs anyway."),

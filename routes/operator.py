@@ -227,12 +227,17 @@ def _per_target_and_mailbox(doc: dict) -> Iterator[Any]:
                                 labels=["mailbox"])
     held = GaugeMetricFamily(f"{METRIC_PREFIX}mailbox_lease_held", "1 when some process holds the mailbox's lease.",
                              labels=["mailbox"])
+    reauth = GaugeMetricFamily(f"{METRIC_PREFIX}mailbox_reauth_required",
+                               "1 while the mailbox's OAuth2 sign-in needs an operator (reauth_required).",
+                               labels=["mailbox"])
     for entry in mailboxes:
         if entry.get("backlog") is not None:
             backlog.add_metric([str(entry["id"])], float(entry["backlog"]))
         held.add_metric([str(entry["id"])], 1.0 if (entry.get("lease") or {}).get("held") else 0.0)
+        reauth.add_metric([str(entry["id"])], 1.0 if entry.get("imap") == "reauth_required" else 0.0)
     yield backlog
     yield held
+    yield reauth
 
 
 def _counter_families(series: list[dict]) -> Iterator[Any]:

@@ -1,4 +1,5 @@
-"""/metrics: each target's circuit and delivery window as gauges, from the status document's targets[] (issue 17)."""
+"""/metrics: each target's circuit and delivery window (issue 17) and each mailbox's reauth_required (issue 18) as
+gauges, from the status document's targets[] and mailboxes[]."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from routes.operator import StatusCollector
 
 
-def metrics_of(targets: list[dict]) -> str:
+def metrics_of(targets: list[dict], mailboxes: list[dict] | None = None) -> str:
     registry = CollectorRegistry()
-    registry.register(StatusCollector({"targets": targets, "mailboxes": []}))
+    registry.register(StatusCollector({"targets": targets, "mailboxes": mailboxes or []}))
     return generate_latest(registry).decode()
 
 
@@ -32,3 +33,10 @@ def test_only_targets_with_a_window_have_a_window_series_1_while_open():
     assert 'render_signal_target_window_open{target="office"} 0.0' in text
     assert 'render_signal_target_window_open{target="open"} 1.0' in text
     assert 'render_signal_target_window_open{target="always"}' not in text
+
+
+def test_a_mailbox_whose_oauth2_sign_in_needs_an_operator_is_1_the_others_0():
+    text = metrics_of([], [{"id": "studio", "imap": "reauth_required", "lease": {"held": True}},
+                           {"id": "sales", "imap": "ok", "lease": {"held": True}}])
+    assert 'render_signal_mailbox_reauth_required{mailbox="studio"} 1.0' in text
+    assert 'render_signal_mailbox_reauth_required{mailbox="sales"} 0.0' in text
