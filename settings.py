@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from config import DEFAULT_MAX_LINKS_PER_EMAIL
+from config import DEFAULT_MAX_LINKS_PER_EMAIL, MICROSOFT_AUTHORITY_HOST
 
 # Shutdown budgets, outermost first (see README "Shutdown budgets"). Render sends SIGTERM and waits
 # `maxShutdownDelaySeconds` (render.yaml sets 60: Render's default of 30 s cannot hold a 30 s webhook attempt);
@@ -167,7 +167,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("OAUTH_CLIENT_SECRET", "oauth_client_secret", secret_text, None, "OAuth client secret (or OAUTH_CLIENT_CERT_FILE + OAUTH_CLIENT_KEY_FILE for Microsoft).", secret=True),
     Spec("OAUTH_CLIENT_CERT_FILE", "oauth_client_cert_file", text, None, "PEM certificate of a Microsoft certificate credential (with OAUTH_CLIENT_KEY_FILE)."),
     Spec("OAUTH_CLIENT_KEY_FILE", "oauth_client_key_file", text, None, "PEM private key (RSA) of that certificate credential."),
-    Spec("OAUTH_AUTHORITY_HOST", "oauth_authority_host", http_url, "https://login.microsoftonline.com", "Microsoft identity platform host (the authority is <host>/<OAUTH_TENANT_ID>)."),
+    Spec("OAUTH_AUTHORITY_HOST", "oauth_authority_host", http_url, MICROSOFT_AUTHORITY_HOST, "Microsoft identity platform host (the authority is <host>/<OAUTH_TENANT_ID>)."),
     Spec("OAUTH_TOKEN_URL", "oauth_token_url", http_url, None, "RFC 6749 token endpoint of the refresh_token provider."),
     Spec("OAUTH_DEVICE_AUTHORIZATION_URL", "oauth_device_authorization_url", http_url, None, "RFC 8628 device authorization endpoint for oauth-login.", default_doc="<OAUTH_AUTHORITY_HOST>/<OAUTH_TENANT_ID>/oauth2/v2.0/devicecode"),
     Spec("OAUTH_REFRESH_TOKEN", "oauth_refresh_token", secret_text, None, "The initial refresh token (refresh_token provider); a newer one stored in the state store always wins.", secret=True),

@@ -36,6 +36,7 @@ from services.imap_mailbox import (
     MailboxClient,
 )
 from services.oauth.errors import OAuthError
+from services.oauth.tokens import refresh_at
 from services.state_store import FlagRequest, StateStoreError
 
 logger = logging.getLogger(__name__)
@@ -186,7 +187,9 @@ class MailboxPoller:
         self._auth_streak = self._reauth_streak = False
         self.status.update(state=PollerState.POLLING, imap=ImapState.OK, uidvalidity=state.uidvalidity)
         if self.sign_in is not None:
-            self.status.update(token_expires_at=client.token_expires_at, last_refresh_at=self.sign_in.last_refresh_at)
+            token = getattr(client, "token", None)
+            self.status.update(token_expires_at=token.expires_at if token is not None else None,
+                               last_refresh_at=self.sign_in.last_refresh_at)
 
     def _sign_in_failed(self, exc: OAuthError) -> float:
         """A token could not be had, or the server refused it. Terminal (a revoked grant, consent, a refusal right
@@ -210,11 +213,8 @@ class MailboxPoller:
         return time.time() >= self._token_renewal_at(client)
 
     def _token_renewal_at(self, client: MailboxClient) -> float:
-        expires_at = getattr(client, "token_expires_at", None)
-        if expires_at is None:
-            return float("inf")
-        lifetime = getattr(client, "token_lifetime", None) or 0.0
-        return expires_at - min(300.0, 0.1 * lifetime)
+        token = getattr(client, "token", None)
+        return float("inf") if token is None else refresh_at(token)
 
     def _server_keeps_done_mark(self, state) -> bool:
         """Whether this session may go on: the server stores the done keyword, or ``\\Seen`` (MARK_AS_READ), or the

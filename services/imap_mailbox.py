@@ -222,9 +222,7 @@ class MailboxClient:
         self._mailbox = mailbox
         self._guard = guard
         self._sign_in = sign_in
-        # The access token of this session (OAuth2): when it expires, and how long it lived (None: a password).
-        self.token_expires_at: float | None = None
-        self.token_lifetime: float | None = None
+        self.token: Any = None  # the access token this session signed in with (OAuth2; None: a password)
         self._timeout = float(mailbox.timeout_seconds)
         if idle_alive_after is None:
             idle_alive_after = mailbox.poll_interval_seconds
@@ -314,8 +312,7 @@ class MailboxClient:
             status = authenticator.error_status
             raise ImapAuthError(f"{exc} (SASL {authenticator.mechanism}"
                                 + (f", server status {status})" if status else ")"), "login") from exc
-        self.token_expires_at = token.expires_at
-        self.token_lifetime = max(0.0, token.expires_at - token.obtained_at)
+        self.token = token
 
     def close(self) -> None:
         """Log out with a short timeout, then close the socket. Never raises."""

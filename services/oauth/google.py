@@ -18,6 +18,7 @@ from typing import Any
 
 import requests
 
+from config import GOOGLE_MAIL_SCOPE
 from services.oauth.errors import OAuthError, from_error_body, safe_description, transient
 from services.oauth.tokens import AccessToken, CacheKey, is_bearer_token
 from services.oauth.transport import (
@@ -30,7 +31,7 @@ from services.oauth.transport import (
 logger = logging.getLogger(__name__)
 
 PROVIDER = "google_service_account"
-DEFAULT_SCOPE = "https://mail.google.com/"
+DEFAULT_SCOPE = GOOGLE_MAIL_SCOPE
 
 
 @dataclass(frozen=True)

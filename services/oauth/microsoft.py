@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from config import MICROSOFT_AUTHORITY_HOST, MICROSOFT_IMAP_SCOPE
 from services.oauth.errors import OAuthError, from_error_body, safe_description, transient
 from services.oauth.tokens import AccessToken, CacheKey, is_bearer_token
 from services.oauth.transport import DEFAULT_TIMEOUT_SECONDS, http_session, require_secure_endpoint
@@ -25,8 +26,8 @@ from services.oauth.transport import DEFAULT_TIMEOUT_SECONDS, http_session, requ
 logger = logging.getLogger(__name__)
 
 PROVIDER = "microsoft_client_credentials"
-DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
-DEFAULT_SCOPE = "https://outlook.office365.com/.default"
+DEFAULT_AUTHORITY_HOST = MICROSOFT_AUTHORITY_HOST
+DEFAULT_SCOPE = MICROSOFT_IMAP_SCOPE
 
 
 @dataclass(frozen=True)

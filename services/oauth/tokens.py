@@ -31,12 +31,14 @@ class AccessToken:
         return self.expires_at - now
 
 
+def refresh_at(token: AccessToken) -> float:
+    """When ``token`` is due for renewal: once less than min(5 minutes, 10 % of its lifetime) of it remains."""
+    return token.expires_at - min(REFRESH_MARGIN_MAX_SECONDS, REFRESH_MARGIN_FRACTION * token.lifetime)
+
+
 def needs_refresh(token: AccessToken | None, now: float) -> bool:
     """True when there is no token or less than min(5 minutes, 10 % of its lifetime) of it remains."""
-    if token is None:
-        return True
-    margin = min(REFRESH_MARGIN_MAX_SECONDS, REFRESH_MARGIN_FRACTION * token.lifetime)
-    return token.remaining(now) < margin
+    return token is None or now > refresh_at(token)
 
 
 def is_bearer_token(value: str) -> bool:
