@@ -50,6 +50,7 @@ IDLE_WAIT_SLICE_SECONDS = 1.0       # how often an idling poller looks at its st
 FLAG_BATCH = 100
 MAX_FLAG_BATCHES_PER_CALL = 50
 FLAG_MAX_FAILURES = 3               # failed applications of one flag request before it is dropped
+STORED_TOKEN_CHECK_SECONDS = 2.0    # how often a reauth_required mailbox looks for a newly stored refresh token
 MAX_UIDS_PER_CYCLE = 100_000        # new UIDs one cycle takes (one search); the rest come next cycle
 RETRY_BATCH = 100                   # retry-set UIDs per cycle
 REPLAY_BATCH = 50                   # replay requests carried out per cycle
@@ -96,6 +97,8 @@ class MailboxPoller:
         self._failures = 0
         self._auth_streak = False
         self._reauth_streak = False   # the reauth_required ERROR is logged once per streak
+        self._reauth_version: str | None = None  # the stored refresh token's version when the sign-in failed
+        self._cached_token_refused = False  # a cached token was refused once: the next refusal is terminal
         self._isolate_through = 0    # UIDs up to this one are fetched one by one (a batch failed on them)
         self._tried_this_cycle: set[int] = set()
         self._last_checkpoint: int | None = None
@@ -112,7 +115,25 @@ class MailboxPoller:
                 continue
             delay = self._session(stop_event)
             if delay:
-                stop_event.wait(delay)
+                self._pause(delay, stop_event)
+
+    def _pause(self, delay: float, stop_event: threading.Event) -> None:
+        """Wait ``delay`` before the next session; a mailbox waiting for a new sign-in (``reauth_required``) tries
+        again as soon as another refresh token is stored (``oauth-login``), looked at every few seconds."""
+        if not self._reauth_streak or self.sign_in is None or self.sign_in.refresh_tokens is None:
+            stop_event.wait(delay)
+            return
+        deadline = time.monotonic() + delay
+        while not stop_event.wait(min(STORED_TOKEN_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                return
+            try:
+                version = self.sign_in.stored_version()
+            except StateStoreError:
+                continue  # the store is down: the retry at the interval will say so
+            if version != self._reauth_version:
+                logger.info("OAUTH: a new refresh token is stored mailbox=%s; signing in", self.config.id)
+                return
 
     def _session(self, stop_event: threading.Event) -> float:
         """One IMAP session; returns the backoff to wait before the next one (0 = none)."""
@@ -170,7 +191,14 @@ class MailboxPoller:
         return 0.0
 
     def _login_refused(self, exc: ImapAuthError) -> float:
-        if self.sign_in is not None:  # refused right after a fresh token: only an operator mends it
+        if self.sign_in is not None:
+            if self.sign_in.last_token_cached and not self._cached_token_refused:
+                # The server may have revoked a token still alive in the cache: one more try, with a fresh token.
+                self._cached_token_refused = True
+                logger.warning("OAUTH: the server refused a cached access token mailbox=%s; signing in again with "
+                               "a fresh one", self.config.id)
+                return 0.0
+            # refused right after a fresh token: only an operator mends it
             return self._sign_in_failed(OAuthError("imap_auth_failed", str(exc), terminal=True))
         self._failures += 1
         if not self._auth_streak:
@@ -184,7 +212,7 @@ class MailboxPoller:
             logger.info("IMAP: login succeeded again for %s", self.config.user)
         if self._reauth_streak:
             logger.info("OAUTH: signed in again mailbox=%s", self.config.id)
-        self._auth_streak = self._reauth_streak = False
+        self._auth_streak = self._reauth_streak = self._cached_token_refused = False
         self.status.update(state=PollerState.POLLING, imap=ImapState.OK, uidvalidity=state.uidvalidity)
         if self.sign_in is not None:
             token = getattr(client, "token", None)
@@ -204,6 +232,10 @@ class MailboxPoller:
         if not self._reauth_streak:
             self._reauth_streak = True
             logger.error("OAUTH: reauth required mailbox=%s error=%s", self.config.id, exc.code)
+        try:
+            self._reauth_version = self.sign_in.stored_version()
+        except StateStoreError:
+            self._reauth_version = None
         self.status.error(f"OAUTH: reauth required: {exc.code}", imap_state=ImapState.REAUTH_REQUIRED)
         return self.sign_in.reauth_retry_seconds
 

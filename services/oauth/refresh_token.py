@@ -20,11 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ContextManager, Iterator, Protocol
 
-import requests
-
-from services.oauth.errors import OAuthError, token_endpoint_error, transient
+from services.oauth.errors import OAuthError
+from services.oauth.token_endpoint import OAuthClient, token_session
 from services.oauth.tokens import AccessToken, CacheKey, is_bearer_token
-from services.oauth.transport import DEFAULT_TIMEOUT_SECONDS, http_session, require_secure_endpoint
+from services.oauth.transport import DEFAULT_TIMEOUT_SECONDS, require_secure_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +95,7 @@ class RefreshTokenProvider:
     def __init__(self, config: RefreshTokenConfig, refresh_token_store: RefreshTokenStore) -> None:
         self.config = config
         self.store = refresh_token_store
+        self._initial_refused = False  # the configured refresh token was refused once: not tried again
 
     @property
     def cache_key(self) -> CacheKey:
@@ -104,52 +104,50 @@ class RefreshTokenProvider:
 
     def fetch_token(self) -> AccessToken:
         with self.store.lock():
-            current = self.store.load() or self.config.refresh_token
-            if not current:
-                raise OAuthError("no_refresh_token", "no refresh token is stored or configured: sign in "
-                                                     "(oauth-login)", True)
+            stored = self.store.load()
             now = time.time()
-            answer = self._refresh(current)
+            answer, spent = self._refresh_newest(stored)
             value = str(answer.get("access_token") or "")
             if not is_bearer_token(value):
                 raise OAuthError("invalid_token_response", "the token endpoint answered no usable access token",
                                  True)
             rotated = answer.get("refresh_token")
-            if isinstance(rotated, str) and rotated and rotated != current:
-                self.store.save(rotated)
+            newest = rotated if isinstance(rotated, str) and rotated else spent
+            if newest != spent or (stored is not None and spent != stored):
+                self.store.save(newest)  # rotated, or the configured one replaced a refused stored one
         expires_in = float(answer.get("expires_in") or 0)
         logger.info("OAUTH: token obtained provider=%s subject=%s expires_in=%d rotated=%s", PROVIDER,
-                    self.config.subject, int(expires_in), isinstance(rotated, str) and rotated != current)
+                    self.config.subject, int(expires_in), newest != spent)
         return AccessToken(value, now + expires_in, now)
 
-    def _refresh(self, refresh_token: str) -> dict[str, Any]:
-        from authlib.integrations.base_client.errors import OAuthError as AuthlibOAuthError
-        from authlib.integrations.requests_client import OAuth2Session
-
-        config = self.config
-        secrets = (refresh_token, config.client_secret)
-        statuses: list[int] = []
-        session = OAuth2Session(config.client_id, config.client_secret, scope=config.scope,
-                                token_endpoint_auth_method="client_secret_post" if config.client_secret
-                                else "none")
-        base = http_session(config.ca_file)
-        session.verify, session.trust_env = base.verify, base.trust_env
-        session.hooks["response"].append(lambda response, *args, **kwargs: statuses.append(response.status_code))
+    def _refresh_newest(self, stored: str | None) -> tuple[dict[str, Any], str]:
+        """The token endpoint's answer to the stored refresh token (else the configured one), and the refresh token
+        spent. When the stored one is refused (``invalid_grant``) and the configuration holds another one (an
+        operator set a new OAUTH_REFRESH_TOKEN secret, e.g. from ``oauth-login --loopback``), that one is tried,
+        once per process."""
+        initial = self.config.refresh_token
+        current = stored or initial
+        if not current:
+            raise OAuthError("no_refresh_token", "no refresh token is stored or configured: sign in "
+                                                 "(oauth-login)", True)
         try:
-            with session:
-                return dict(session.refresh_token(config.token_url, refresh_token=refresh_token,
-                                                  timeout=config.timeout_seconds))
-        except AuthlibOAuthError as exc:
-            raise token_endpoint_error(exc.error, exc.description, statuses[-1] if statuses else None,
-                                       secrets) from None
-        except requests.Timeout:
-            raise transient("timeout", "the token endpoint did not answer in time") from None
-        except requests.HTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            raise token_endpoint_error(None, None, status) from None
-        except requests.RequestException as exc:
-            raise transient("connection_error", f"cannot reach the token endpoint ({type(exc).__name__})") from None
-        except ValueError:
-            status = statuses[-1] if statuses else None
-            raise token_endpoint_error("invalid_token_response", "the token endpoint answered no JSON object",
-                                       status) from None
+            return self._refresh(current), current
+        except OAuthError as exc:
+            if exc.code != "invalid_grant" or not initial or initial == current or self._initial_refused:
+                raise
+            try:
+                answer = self._refresh(initial)
+            except OAuthError:
+                self._initial_refused = True
+                raise exc from None
+            logger.info("OAUTH: the stored refresh token was refused; the configured one signed in subject=%s",
+                        self.config.subject)
+            return answer, initial
+
+    def _refresh(self, refresh_token: str) -> dict[str, Any]:
+        config = self.config
+        client = OAuthClient(config.client_id, config.client_secret, config.scope, config.ca_file,
+                             config.timeout_seconds)
+        with token_session(client, secrets=(refresh_token,)) as session:
+            return dict(session.refresh_token(config.token_url, refresh_token=refresh_token,
+                                              timeout=config.timeout_seconds))

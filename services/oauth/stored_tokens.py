@@ -9,6 +9,7 @@ terminal ``OAuthError`` (``stored_token_unreadable``): the operator must give th
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, ContextManager
 
 from services.oauth.errors import OAuthError
@@ -71,3 +72,9 @@ class StoredRefreshTokens:
 
     def lock(self) -> ContextManager[None]:
         return self._store.refresh_lock(self._mailbox_id)
+
+    def version(self) -> str | None:
+        """A fingerprint of the stored value (None: nothing stored) that changes whenever another refresh token is
+        stored, by a rotation or by ``oauth-login``; it reveals nothing of the token."""
+        stored = self._store.read_refresh_token(self._mailbox_id)
+        return None if stored is None else hashlib.sha256(stored.encode("utf-8")).hexdigest()[:16]

@@ -220,6 +220,29 @@ def test_without_rotation_the_refresh_token_is_kept_and_nothing_is_saved(make_id
     assert store.saves == 0 and store.load() is None
 
 
+def test_a_refused_stored_refresh_token_gives_way_to_a_new_configured_one_once(make_identity_provider):
+    identity = make_identity_provider()
+    stale = identity.issue_refresh_token(MAILBOX)
+    identity.revoke(stale)
+    configured = identity.issue_refresh_token(MAILBOX)
+    # Given a stored refresh token that was revoked and a new one set in the configuration (a new secret)
+    store = InMemoryRefreshTokenStore(stale)
+    provider = _refresh_provider(identity, store, configured)
+    # Then the configured one signs in, and the token it rotated to is stored
+    assert provider.fetch_token().value
+    assert store.load() == identity.latest_refresh_token(configured) != stale
+    # When both are refused, the stored one's error is what is raised, and the configured one is not tried again
+    identity.revoke(configured)
+    store.save(stale)
+    with pytest.raises(OAuthError) as raised:
+        provider.fetch_token()
+    assert raised.value.code == "invalid_grant"
+    before = len(identity.requests)
+    with pytest.raises(OAuthError):
+        provider.fetch_token()
+    assert len(identity.requests) == before + 1
+
+
 class SlowReadStore(InMemoryRefreshTokenStore):
     """Widens the window between reading the refresh token and spending it, as a second process would."""
 
