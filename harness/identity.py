@@ -83,6 +83,7 @@ GRANT_REFRESH = "refresh_token"
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
 GRANT_DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+GRANT_AUTHORIZATION_CODE = "authorization_code"
 CLIENT_ASSERTION_TYPE_JWT = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 ENDPOINTS = ("token", "devicecode", "introspect", "discovery")
@@ -153,6 +154,15 @@ class DeviceFlow:
     expires_at: float
     status: str = "pending"  # "pending", "approved", "denied", "used"
     user: str | None = None
+
+
+@dataclass(frozen=True)
+class _AuthorizationCode:
+    client_id: str
+    redirect_uri: str
+    code_challenge: str
+    scope: str
+    user: str
 
 
 @dataclass
@@ -280,6 +290,8 @@ class IdentityProvider:
         self._refresh: dict[str, _RefreshGrant] = {}
         self._families = itertools.count(1)
         self._devices: dict[str, DeviceFlow] = {}
+        self._codes: dict[str, _AuthorizationCode] = {}
+        self.browser_user: str | None = None  # who signs in at /oauth2/authorize (None: the sign-in is refused)
         self._service_accounts: dict[str, ServiceAccountKey] = {}
         self._failures: list[_Failure] = []
         self._requests: list[RecordedRequest] = []
@@ -484,6 +496,16 @@ class IdentityProvider:
         with self._lock:
             self._failures.extend([failure] * n)
 
+    def refresh_token_user(self, refresh_token: str) -> str | None:
+        """Whom an active refresh token this provider issued signs in (None: unknown or no longer active)."""
+        with self._lock:
+            grant = self._refresh.get(refresh_token)
+            return grant.user if grant is not None and grant.state == "active" else None
+
+    def sign_in_browser_as(self, user: str | None) -> None:
+        """Who the browser is signed in as at the authorization endpoint; None makes it answer access_denied."""
+        self.browser_user = user
+
     def approve(self, user_code: str, user: str) -> None:
         """The user signed in on the verification page and entered ``user_code``: the device grant succeeds."""
         self._set_device_status(user_code, "approved", user)
@@ -609,6 +631,8 @@ class IdentityProvider:
         app.add_url_rule("/common/discovery/instance", "instance-discovery",
                          self._with_failures("discovery", self._instance_discovery))
         app.add_url_rule("/devicelogin", "devicelogin", self._device_login_page)
+        for rule in ("/oauth2/authorize", "/<tenant>/oauth2/v2.0/authorize"):
+            app.add_url_rule(rule, f"authorize {rule}", self._authorize)
         app.after_request(self._record_request)
         return app
 
@@ -713,7 +737,8 @@ class IdentityProvider:
         grant_type = request.form.get("grant_type", "")
         grants: dict[str, Callable[[], Response]] = {
             GRANT_REFRESH: self._grant_refresh, GRANT_CLIENT_CREDENTIALS: self._grant_client_credentials,
-            GRANT_DEVICE_CODE: self._grant_device_code, GRANT_JWT_BEARER: self._grant_jwt_bearer}
+            GRANT_DEVICE_CODE: self._grant_device_code, GRANT_JWT_BEARER: self._grant_jwt_bearer,
+            GRANT_AUTHORIZATION_CODE: self._grant_authorization_code}
         grant = grants.get(grant_type)
         if grant is None:
             raise OAuthError(400, "unsupported_grant_type",
@@ -846,6 +871,47 @@ class IdentityProvider:
         issued = self._issue_access(user, key.client_id, scope, GRANT_JWT_BEARER)
         return _json({"access_token": issued.access_token, "expires_in": issued.lifetime, "token_type": "Bearer",
                       "scope": scope})
+
+    def _grant_authorization_code(self) -> Response:
+        """RFC 6749 section 4.1.3 with PKCE (RFC 7636): the code once, for its client and redirect URI."""
+        client = self._authenticate_client(credential_required=False)
+        with self._lock:
+            issued = self._codes.pop(request.form.get("code", ""), None)
+        if issued is None or issued.client_id != client.client_id:
+            raise OAuthError(400, "invalid_grant", "AADSTS70000: The provided authorization code is not valid.")
+        if request.form.get("redirect_uri") != issued.redirect_uri:
+            raise OAuthError(400, "invalid_grant", "AADSTS50011: The redirect URI does not match the one the code "
+                                                   "was issued for.")
+        verifier = request.form.get("code_verifier", "")
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        if not hmac.compare_digest(challenge, issued.code_challenge):
+            raise OAuthError(400, "invalid_grant", "AADSTS501481: The Code_Verifier does not match the "
+                                                   "code_challenge supplied in the authorization request.")
+        with self._lock:
+            refresh = self._new_refresh(issued.user, issued.client_id, issued.scope, next(self._families))
+        return self._token_answer(self._issue_access(issued.user, client.client_id, issued.scope,
+                                                     GRANT_AUTHORIZATION_CODE), refresh)
+
+    def _authorize(self, tenant: str | None = None) -> Response:
+        """The browser's visit (RFC 6749 section 4.1.1): redirected back at once, signed in as ``browser_user``.
+        Only loopback redirect URIs and S256 challenges are accepted."""
+        args = request.args
+        redirect_uri, state = args.get("redirect_uri", ""), args.get("state", "")
+        with self._lock:
+            known = args.get("client_id", "") in self._clients
+        if not known or not redirect_uri.startswith(("http://127.0.0.1:", "http://localhost:")):
+            return _json(_error_body("invalid_request", "AADSTS50011: unknown client or redirect URI"), 400)
+        if args.get("response_type") != "code" or args.get("code_challenge_method") != "S256":
+            return _json(_error_body("invalid_request", "AADSTS9002325: PKCE with S256 is required"), 400)
+        if self.browser_user is None:
+            location = f"{redirect_uri}?error=access_denied&error_description=declined&state={state}"
+        else:
+            code = secrets.token_urlsafe(24)
+            with self._lock:
+                self._codes[code] = _AuthorizationCode(args["client_id"], redirect_uri, args.get("code_challenge", ""),
+                                                       args.get("scope", ""), self.browser_user)
+            location = f"{redirect_uri}?code={code}&state={state}"
+        return Response(status=302, headers={"Location": location})
 
     # --- device authorization ---------------------------------------------------------------------------------
 
