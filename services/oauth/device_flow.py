@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from services.oauth.errors import OAuthError, from_error_body
 from services.oauth.token_endpoint import OAuthClient, token_session
-from services.oauth.transport import require_secure_endpoint
+from services.oauth.transport import require_secure_endpoints
 
 GRANT_DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 SLOW_DOWN_STEP_SECONDS = 5          # RFC 8628 section 3.5
@@ -30,9 +30,8 @@ class DeviceFlowConfig:
     allow_insecure: bool = False
 
     def __post_init__(self) -> None:
-        require_secure_endpoint(self.device_authorization_url, allow_insecure=self.allow_insecure,
-                                name="device_authorization_url")
-        require_secure_endpoint(self.token_url, allow_insecure=self.allow_insecure, name="token_url")
+        require_secure_endpoints(allow_insecure=self.allow_insecure, token_url=self.token_url,
+                                 device_authorization_url=self.device_authorization_url)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from services.oauth.errors import OAuthError
 from services.oauth.token_endpoint import OAuthClient, token_session
-from services.oauth.transport import require_secure_endpoint
+from services.oauth.transport import require_secure_endpoints
 
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 GOOGLE_AUTHORIZATION_URL = "https://accounts.google.com/o/oauth2/v2/auth"
@@ -48,8 +48,8 @@ class LoopbackConfig:
     wait_seconds: float = DEFAULT_WAIT_SECONDS
 
     def __post_init__(self) -> None:
-        require_secure_endpoint(self.authorization_url, allow_insecure=self.allow_insecure, name="authorization_url")
-        require_secure_endpoint(self.token_url, allow_insecure=self.allow_insecure, name="token_url")
+        require_secure_endpoints(allow_insecure=self.allow_insecure, token_url=self.token_url,
+                                 authorization_url=self.authorization_url)
 
 
 class _Redirect:

@@ -30,6 +30,12 @@ def require_secure_endpoint(url: str, *, allow_insecure: bool = False, name: str
     return url
 
 
+def require_secure_endpoints(*, allow_insecure: bool, **urls: str) -> None:
+    """``require_secure_endpoint`` for each of ``urls`` (name=url)."""
+    for name, url in urls.items():
+        require_secure_endpoint(url, allow_insecure=allow_insecure, name=name)
+
+
 class _BoundedSession(requests.Session):
     """Every request without its own ``timeout`` gets the session's (MSAL passes none to a session it is given)."""
 
