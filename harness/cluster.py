@@ -564,8 +564,7 @@ class Cluster:
         threads: list[threading.Thread | None] = []
         if self.receiver is not None:
             threads.append(self.receiver._serve_thread)
-            with self.receiver._conn_lock:
-                threads.extend(self.receiver._handler_threads)
+            threads.extend(self.receiver.connections.threads)
         if self.source is not None:
             threads.append(self.source._thread)
         if self.worker is not None:

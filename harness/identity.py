@@ -63,6 +63,7 @@ from urllib.parse import unquote_plus
 from flask import Flask, Response, g, request
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
+from harness.connections import ConnectionThreads
 from harness.dovecot import DovecotOAuth2
 from harness.identity_jwt import JwtError, ServiceAccountKey, check_times, parse_jwt
 
@@ -244,26 +245,7 @@ class _Server(ThreadedWSGIServer):
         super().__init__(HOST, 0, app, handler=_QuietHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
-                                  name="identity-provider-conn", daemon=True)
-        self.owner._track(thread, request)
-        thread.start()
-
-    def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
-        try:
-            if self.owner._tls is not None:
-                request.settimeout(_QuietHandler.timeout)
-                # wrap_socket detaches the plain socket (its fd moves to the TLS one): track the TLS socket before
-                # the handshake, so that stop() can interrupt a client that never completes it.
-                request = self.owner._tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
-                self.owner._track(threading.current_thread(), request)
-                request.do_handshake()
-            self.finish_request(request, client_address)
-        except OSError:
-            pass  # the client went away, or stop() closed the connection
-        finally:
-            self.shutdown_request(request)
-            self.owner._untrack(threading.current_thread())
+        self.owner.connections.serve(self, request, client_address)
 
 
 class IdentityProvider:
@@ -299,8 +281,7 @@ class IdentityProvider:
         self._assertions: list[dict[str, Any]] = []
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
-        self._conn_lock = threading.Lock()
-        self._connections: dict[threading.Thread, socket.socket] = {}
+        self.connections = ConnectionThreads("identity-provider-conn", self._tls, _QuietHandler.timeout)
         self.port = 0
         self.add_client(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
         self.app = self._make_app()
@@ -338,17 +319,8 @@ class IdentityProvider:
                 server.server_close()
                 if self._serve_thread is not None:
                     self._serve_thread.join(JOIN_TIMEOUT_SECONDS)
-            with self._conn_lock:
-                connections = dict(self._connections)
-            for conn in connections.values():
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            deadline = time.monotonic() + JOIN_TIMEOUT_SECONDS
-            for thread in connections:
-                thread.join(max(0.0, deadline - time.monotonic()))
-            alive = [thread for thread in connections if thread.is_alive()]
+            self.connections.close_all()
+            alive = self.connections.join(JOIN_TIMEOUT_SECONDS)
             if alive or (self._serve_thread is not None and self._serve_thread.is_alive()):
                 raise RuntimeError(f"identity provider: {len(alive)} connection thread(s) still running after stop")
         finally:
@@ -360,19 +332,10 @@ class IdentityProvider:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _track(self, thread: threading.Thread, conn: socket.socket) -> None:
-        with self._conn_lock:
-            self._connections[thread] = conn
-
-    def _untrack(self, thread: threading.Thread) -> None:
-        with self._conn_lock:
-            self._connections.pop(thread, None)
-
     @property
     def threads(self) -> list[threading.Thread]:
         """The server's threads still alive (the accept loop and one per open connection)."""
-        with self._conn_lock:
-            threads = list(self._connections)
+        threads = self.connections.threads
         if self._serve_thread is not None:
             threads.append(self._serve_thread)
         return [thread for thread in threads if thread.is_alive()]

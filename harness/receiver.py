@@ -61,6 +61,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Callable, Iterable, Mapping
 
+from harness.connections import ConnectionThreads
+
 MAX_BODY_BYTES = 10 * 1024 * 1024
 JOIN_TIMEOUT_SECONDS = 5.0
 
@@ -116,25 +118,7 @@ class _Server(HTTPServer):
         self.server_name = host
 
     def process_request(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
-        assert isinstance(request, socket.socket)  # a TCP server hands over connected sockets, never datagrams
-        thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
-                                  name="webhook-receiver-conn", daemon=True)
-        self.owner._track(thread, request)
-        thread.start()
-
-    def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
-        try:
-            if self.owner.tls is not None:
-                # Handshake in the connection's thread, so a client that never completes it stalls nobody else.
-                request.settimeout(_Handler.timeout)
-                request = self.owner.tls.wrap_socket(request, server_side=True)
-                self.owner._track(threading.current_thread(), request)
-            self.finish_request(request, client_address)
-        except OSError:
-            pass  # the client went away or go_down() closed the connection: both are expected here
-        finally:
-            self.shutdown_request(request)
-            self.owner._untrack(threading.current_thread(), request)
+        self.owner.connections.serve(self, request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -286,9 +270,7 @@ class WebhookReceiver:
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
-        self._conn_lock = threading.Lock()
-        self._connections: dict[threading.Thread, socket.socket] = {}
-        self._handler_threads: set[threading.Thread] = set()
+        self.connections = ConnectionThreads("webhook-receiver-conn", tls, _Handler.timeout)
         self._timers: list[threading.Timer] = []
         self._updown_lock = threading.Lock()
 
@@ -337,7 +319,7 @@ class WebhookReceiver:
             server.server_close()
             if self._serve_thread is not None:
                 self._serve_thread.join(JOIN_TIMEOUT_SECONDS)
-            self._close_connections()
+            self.connections.close_all()
 
     def stop(self) -> None:
         """Stop everything and join the handler threads; raise if one does not end (a leak in a test)."""
@@ -345,12 +327,7 @@ class WebhookReceiver:
         for timer in self._timers:
             timer.cancel()
         self.go_down()
-        deadline = time.monotonic() + JOIN_TIMEOUT_SECONDS
-        with self._conn_lock:
-            threads = list(self._handler_threads)
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        alive = [thread for thread in threads if thread.is_alive()]
+        alive = self.connections.join(JOIN_TIMEOUT_SECONDS)
         if alive:
             raise RuntimeError(f"webhook receiver: {len(alive)} handler thread(s) still running after stop")
 
@@ -359,25 +336,6 @@ class WebhookReceiver:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-    def _track(self, thread: threading.Thread, conn: socket.socket) -> None:
-        with self._conn_lock:
-            self._connections[thread] = conn
-            self._handler_threads.add(thread)
-
-    def _untrack(self, thread: threading.Thread, conn: socket.socket) -> None:
-        with self._conn_lock:
-            self._connections.pop(thread, None)
-            self._handler_threads.discard(thread)
-
-    def _close_connections(self) -> None:
-        with self._conn_lock:
-            conns = list(self._connections.values())
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)  # wakes the handler thread; it closes the socket itself
-            except OSError:
-                pass
 
     # --- behaviour -------------------------------------------------------------------------------------------
 
