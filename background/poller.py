@@ -353,6 +353,11 @@ class MailboxPoller:
             for start in range(0, len(new_uids), BATCH_SIZE):
                 self.guard.check_remote()
                 handled += self._process_batch(client, state, new_uids[start:start + BATCH_SIZE])
+        return self.end_cycle(client, state, handled, server_max)
+
+    def end_cycle(self, client: MailboxClient, state, handled: int, server_max: int) -> int:
+        """After a cycle's new UIDs: the failed fetches and replays, the status, then the flags; how many emails the
+        cycle handled."""
         handled += self._retry_failed_fetches(client, state)
         self._carry_out_replays(client, state)
         self._failures = 0

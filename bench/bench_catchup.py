@@ -138,8 +138,7 @@ class ImapCounter:
 def run_cycle_searching_per_batch(self, client, state) -> int:
     """``MailboxPoller.run_cycle`` with the search loop of 2915ce0 (before the fix): ``uids_after(checkpoint, 50)``
     after every batch. The rest is the current cycle, so the two variants differ in the search loop only."""
-    from background.poller import BATCH_SIZE, RETRY_BATCH
-    from background.runner import ImapState, PollerState
+    from background.poller import BATCH_SIZE
 
     self.status.update(last_cycle_at=time.time())
     self.guard.check_remote()
@@ -161,20 +160,7 @@ def run_cycle_searching_per_batch(self, client, state) -> int:
             checkpoint = uids[-1]
         # --- end of the old loop ---
         server_max = checkpoint
-    handled += self._retry_failed_fetches(client, state)
-    self._carry_out_replays(client, state)
-    self._failures = 0
-    checkpoint_now = self.store.get_checkpoint(self.state_key, state.uidvalidity)
-    retries = len(self.store.fetch_retries(self.state_key, state.uidvalidity, RETRY_BATCH))
-    if checkpoint_now != self._last_checkpoint:
-        self._last_checkpoint, self._checkpoint_moved_at = checkpoint_now, time.time()
-    self.status.update(state=PollerState.POLLING, imap=ImapState.OK, last_success_at=time.time(),
-                       consecutive_errors=0, last_uid=checkpoint_now, server_uid_max=server_max,
-                       retry_set=retries, checkpoint_moved_at=self._checkpoint_moved_at,
-                       waiting=max(0, server_max - (checkpoint_now or 0)))
-    if handled:
-        self._apply_flags_isolated(client, state)
-    return handled
+    return self.end_cycle(client, state, handled, server_max)
 
 
 # --- one variant -----------------------------------------------------------------------------------------------
