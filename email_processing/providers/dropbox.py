@@ -49,8 +49,10 @@ def is_dropbox_folder(url: str) -> bool:
     return host_matches(host, "dropbox.com") and parts.path.startswith(("/scl/fo/", "/sh/"))
 
 
-def _is_upload_page(url: str) -> bool:
-    return urlsplit(url).path.startswith("/request/")
+def _is_a_page(url: str) -> bool:
+    """An upload page, or a link whose file only resolution reaches (a notification's ``/l/``, a Transfer's ``/t/``):
+    copied as it is, R2 would get the page, not the file (and the Worker's fetch of ``/l/`` would count as a click)."""
+    return urlsplit(url).path.startswith(_NO_DIRECT_FORM)
 
 
 PROVIDER = Provider(
@@ -65,7 +67,7 @@ PROVIDER = Provider(
     direct=dropbox_direct_url,
     excluded=_is_dropbox_image_asset,
     copyable=True,
-    never_copied=_is_upload_page,
+    never_copied=_is_a_page,
     download_hosts=("dropbox.com", "dropboxusercontent.com"),
     key_params=frozenset({"rlkey", "st", "e", "dl", "raw"}),
     folder=is_dropbox_folder,

@@ -247,12 +247,15 @@ def test_each_link_has_its_direct_download_form_or_is_its_own(url, direct):
     ("https://mega.nz/folder/AAAAAAAA#BBBBBBBBBBBBBBBBBBBBBB", False),
     ("https://www.dropbox.com/s/aaaaaaaaaaaaaaa/x.mov?dl=0", True),
     ("https://www.dropbox.com/request/AAAAAAAAAAAAAAAAAAAA", False),
+    ("https://www.dropbox.com/l/scl/AACn6lR8BntzKxYWamyojAniqn75AyuPlrI", False),
+    ("https://www.dropbox.com/t/AbCdEfGhIjKlMnOp", False),
+    ("https://dl.dropboxusercontent.com/s/m5ay6j4to7ryr4p/resizer.bit", True),
     ("https://1drv.ms/u/s!Ar2IfAyw5vH1gQ1d_w2fUe4IbyWP", True),
     ("https://contoso.sharepoint.com/:b:/s/legal/EAAAAAAAAAAAAAAAAAAAAAAB", True),
     ("https://app.box.com/s/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", True),
     ("https://u.pcloud.link/publink/show?code=XZ6jaIXZnTM8V7fAKtLbjS7NAlhtxjQm3Dl7", True),
 ])
-def test_mega_and_google_editor_documents_are_never_copyable(url, copyable):
+def test_mega_google_editor_documents_and_dropbox_pages_are_never_copyable(url, copyable):
     (link,) = extract_delivery_links(url, [])
     assert is_copyable(link) is copyable
 
