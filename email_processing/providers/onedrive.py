@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from email_processing.providers.base import HostRule, Provider, path
+from email_processing.providers.base import HostRule, Provider, path, query_value
+
+
+def _is_own_root(url: str) -> bool:
+    """``onedrive.live.com/?id=root``: the owner's own OneDrive (a notification's "Go to OneDrive"), not an item."""
+    item = query_value(url, "id")
+    return query_value(url, "resid") is None and item is not None and item.lower() == "root"
 
 
 def _is_folder(url: str) -> bool:
@@ -25,6 +31,7 @@ PROVIDER = Provider(
         HostRule("onedrive.live.com", path(r"^/(?:redir|embed|download|view\.aspx|edit\.aspx|redir\.aspx)?$"),
                  frozenset({"resid", "id"})),
     ),
+    excluded=_is_own_root,
     copyable=True,
     download_hosts=("1drv.ms", "onedrive.live.com", "1drv.com", "onedrive.com", "livefilestore.com",
                     "microsoftpersonalcontent.com"),

@@ -145,6 +145,7 @@ def test_it_recognises_each_new_provider_link_shape(url, provider):
     "https://onedrive.live.com/",
     "https://onedrive.live.com/about/en-us/",
     "https://onedrive.live.com/?gologin=1",
+    "https://onedrive.live.com/?id=root&cid=D3A14AD9A72B3132",
     "https://1drv.ms/",
     "https://contoso.sharepoint.com/",
     "https://contoso-my.sharepoint.com/personal/jane_contoso_com/_layouts/15/onedrive.aspx",
