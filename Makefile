@@ -7,7 +7,8 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit lint lock test-python test-worker test-browser deps deps-dev deps-system deps-node bench demo chaos clean
+.PHONY: run test test-unit lint lock test-python test-worker test-browser deps deps-dev deps-system deps-node bench demo chaos clean \
+	providers-json
 
 # Installs come from the locks only, every file checked against its hash (`make lock` rewrites them).
 PIP_INSTALL := $(PIP) install -q --disable-pip-version-check --require-hashes
@@ -78,6 +79,10 @@ demo: deps-system deps-dev deps-node
 ## The full-length chaos run (300 emails, production-like timeouts); writes bench/CHAOS.md. Not in CI.
 chaos: deps-system deps-dev deps-node
 	$(PY) -m scripts.chaos
+
+## Rewrites worker/src/providers.generated.json (the Worker's allow-list) from email_processing/providers/.
+providers-json:
+	$(PY) -m scripts.providers_json
 
 clean:
 	rm -rf $(VENV) var .pytest_cache worker/node_modules

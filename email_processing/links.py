@@ -1,15 +1,17 @@
-"""File-delivery links: the provider registry and ``extract_links`` (``extract_delivery_links``: the links alone).
+"""File-delivery links: ``extract_links`` (``extract_delivery_links``: the links alone) over the provider registry.
 
-A provider is one ``Provider`` entry in ``PROVIDERS``: its name, the host domains it owns (a host matches a domain
-exactly or as a subdomain, never by substring) with the URL paths that are deliveries on them, and optionally a
-direct-download rewrite and an exclusion rule. Candidate URLs come from the HTML anchors first (document order), then
-from the text, then from a linear scan of the entity-decoded HTML source, which finds what the HTML parser lost
-(nesting past libxml2's depth limit, broken markup, comments); each is HTML-unescaped, stripped of trailing
-punctuation, unwrapped from Outlook SafeLinks and Google redirects, checked against the registry and reported once,
-in order of first appearance. A candidate that either Python or a WHATWG parser puts on a provider's delivery URLs is
-then checked by ``email_processing.urls.check_url`` (the host as receivers read it, https, no userinfo, no port but
-443): what passes is emitted in the WHATWG canonical form, what does not is returned as a ``RefusedLink`` (reason,
-provider, host) for the caller to count and log. Redirect wrappers are unwrapped only when they pass the same check.
+A provider is one module of ``email_processing.providers`` exporting one ``Provider``, listed in ``PROVIDERS``: its
+name, the host domains it owns (a host matches a domain exactly or as a subdomain, never by substring) with the URL
+paths that are deliveries on them, optionally a direct-download rewrite and an exclusion rule, and what may be
+copied (``is_copyable``) and which links are folders (``is_folder_link``). Candidate URLs come from the HTML anchors
+first (document order), then from the text, then from a linear scan of the entity-decoded HTML source, which finds
+what the HTML parser lost (nesting past libxml2's depth limit, broken markup, comments); each is HTML-unescaped,
+stripped of trailing punctuation, unwrapped from Outlook SafeLinks and Google redirects, checked against the
+registry and reported once, in order of first appearance. A candidate that either Python or a WHATWG parser puts on
+a provider's delivery URLs is then checked by ``email_processing.urls.check_url`` (the host as receivers read it,
+https, no userinfo, no port but 443): what passes is emitted in the WHATWG canonical form, what does not is returned
+as a ``RefusedLink`` (reason, provider, host) for the caller to count and log. Redirect wrappers are unwrapped only
+when they pass the same check.
 """
 
 from __future__ import annotations
@@ -17,11 +19,20 @@ from __future__ import annotations
 import html
 import re
 from bisect import bisect_left
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
+from email_processing.providers import PROVIDERS, HostRule, Provider, provider_named
+from email_processing.providers.base import query_pairs as _query_pairs
+from email_processing.providers.dropbox import dropbox_direct_url, is_dropbox_folder
 from email_processing.urls import ReadUrl, RefusalReason, RefusedUrl, check_url, host_matches, read_url
+
+__all__ = [
+    "MAX_CANDIDATES_CHECKED", "MAX_URL_LENGTH", "PROVIDERS", "DeliveryLink", "ExtractedLinks", "HostRule", "LinkLike",
+    "Provider", "RefusedLink", "dropbox_direct_url", "extract_delivery_links", "extract_links", "host_matches",
+    "is_allowed_provider_url", "is_copyable", "is_dropbox_folder", "is_folder_link",
+]
 
 MAX_URL_LENGTH = 8192  # longer candidates are not links a person shares; bounds the work per match
 _MAX_UNWRAP_DEPTH = 4
@@ -65,141 +76,23 @@ class LinkLike(Protocol):
     def direct_url(self) -> str: ...
 
 
-@dataclass(frozen=True)
-class HostRule:
-    """URLs on ``domain`` (or a subdomain) whose path matches ``path`` are deliveries."""
-
-    domain: str
-    path: re.Pattern[str]
-
-
-@dataclass(frozen=True)
-class Provider:
-    name: str
-    rules: tuple[HostRule, ...]
-    # direct-download form for the offload; None = the raw URL itself
-    direct: Callable[[str], str] | None = None
-    # True for URLs on the provider's domain that look like deliveries but are not (logos, delete links)
-    excluded: Callable[[str], bool] | None = field(default=None)
-
-    @property
-    def domains(self) -> tuple[str, ...]:
-        return tuple(rule.domain for rule in self.rules)
-
-    def delivers(self, host: str, path: str, url: str) -> bool:
-        """True when ``host`` and ``path`` (one reading of ``url``) are one of this provider's delivery URLs."""
-        if not any(host_matches(host, rule.domain) and rule.path.search(path) for rule in self.rules):
-            return False
-        try:
-            return self.excluded is None or not self.excluded(url)
-        except ValueError:  # an exclusion rule reads the URL with Python, which may not read it at all
-            return True
-
-
-# --- Dropbox ---------------------------------------------------------------------------------------------------
-
-_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".ico", ".bmp")
-# Canonical order of the Dropbox parameters we keep; unknown ones follow, sorted; ``dl`` is always last.
-_DROPBOX_PARAM_ORDER = ("rlkey", "st", "e")
-
-
-def _query_pairs(query: str) -> list[tuple[str, str]]:
-    """Raw ``key=value`` pieces of a query string, without percent-decoding (so rebuilding is lossless)."""
-    pairs = []
-    for piece in query.split("&"):
-        if not piece:
-            continue
-        key, _, value = piece.partition("=")
-        pairs.append((key, value))
-    return pairs
-
-
-def dropbox_direct_url(url: str) -> str:
-    """Dropbox direct-download form: https://www.dropbox.com, path kept, ``rlkey``/``st`` kept, ``dl=1`` last."""
-    parts = urlsplit(url)
-    if parts.path.startswith("/request/"):
-        return url  # a file request is an upload page: there is nothing to download
-    pairs = [(k, v) for k, v in _query_pairs(parts.query) if k not in ("dl", "raw")]
-    rank = {name: index for index, name in enumerate(_DROPBOX_PARAM_ORDER)}
-    pairs.sort(key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
-    query = "&".join(f"{k}={v}" for k, v in pairs + [("dl", "1")])
-    return f"https://www.dropbox.com{parts.path}?{query}"
-
-
-def _is_dropbox_image_asset(url: str) -> bool:
-    """Logos and avatars in Dropbox mails are images served inline (``raw=1``), not shared files."""
-    parts = urlsplit(url)
-    if not parts.path.lower().endswith(_IMAGE_EXTENSIONS):
-        return False
-    return any(k == "raw" and v == "1" for k, v in _query_pairs(parts.query))
-
-
-def is_dropbox_folder(url: str) -> bool:
-    """True for Dropbox folder links (``/scl/fo/``, legacy ``/sh/``), which the Worker zips (long timeout)."""
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").rstrip(".")
-    except ValueError:
-        return False
-    return host_matches(host, "dropbox.com") and parts.path.startswith(("/scl/fo/", "/sh/"))
-
-
-# --- FromSmash -------------------------------------------------------------------------------------------------
-
-# Custom slugs make any single path segment a possible transfer; these are the site's own pages.
-_FROMSMASH_SITE_PATHS = frozenset({
-    "about", "api", "app", "blog", "business", "contact", "cookies", "developers", "download", "downloads",
-    "enterprise", "faq", "features", "help", "home", "legal", "login", "logout", "plans", "pricing", "privacy",
-    "pro", "register", "security", "signin", "signup", "support", "team", "teams", "terms", "upload",
-})
-
-
-def _is_fromsmash_non_transfer(url: str) -> bool:
-    parts = urlsplit(url)
-    host = (parts.hostname or "").rstrip(".").lower()
-    if host_matches(host, "api.fromsmash.com") or host.endswith(".api.fromsmash.com"):
-        return True
-    return parts.path.strip("/").lower() in _FROMSMASH_SITE_PATHS
-
-
-def _is_swisstransfer_delete_link(url: str) -> bool:
-    return any(k == "delete" for k, _ in _query_pairs(urlsplit(url).query))
-
-
-def _path(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
-
-
-PROVIDERS: tuple[Provider, ...] = (
-    Provider(
-        "dropbox",
-        (HostRule("dropbox.com", _path(r"^/(?:s|scl/fi|scl/fo|sh|request)/[^/]+")),),
-        direct=dropbox_direct_url,
-        excluded=_is_dropbox_image_asset,
-    ),
-    Provider(
-        "fromsmash",
-        (HostRule("fromsmash.com", _path(r"^/[A-Za-z0-9][A-Za-z0-9_-]*/?$")),),
-        excluded=_is_fromsmash_non_transfer,
-    ),
-    Provider(
-        "swisstransfer",
-        (
-            HostRule("swisstransfer.com", _path(r"^/(?:d|dl)/[^/]+|^/api/download/[^/]+")),
-            HostRule("swisstransfer.infomaniak.com", _path(r"^/(?:d|dl)/[^/]+")),
-        ),
-        excluded=_is_swisstransfer_delete_link,
-    ),
-    Provider(
-        "wetransfer",
-        (
-            HostRule("wetransfer.com", _path(r"^/downloads/[^/]+/[^/]+")),
-            HostRule("we.tl", _path(r"^/[A-Za-z0-9][A-Za-z0-9_-]*/?$")),
-        ),
-    ),
-)
-
 # --- host and provider checks ----------------------------------------------------------------------------------
+
+def is_copyable(link: LinkLike) -> bool:
+    """True when R2 may copy ``link`` (False for MEGA, Google Docs/Sheets/Slides, upload pages, unknown providers)."""
+    try:
+        return provider_named(link.provider).copies(link.raw_url)
+    except KeyError:
+        return False
+
+
+def is_folder_link(link: LinkLike) -> bool:
+    """True when ``link``'s shape says it names a folder (Dropbox ``/scl/fo/``, Drive folders, ``1drv.ms/f/``, …)."""
+    try:
+        return provider_named(link.provider).is_folder(link.raw_url)
+    except KeyError:
+        return False
+
 
 def is_allowed_provider_url(url: str) -> str | None:
     """The provider name when ``url`` is an https delivery link of a registered provider that ``check_url``
@@ -335,11 +228,13 @@ def _normalise_candidate(url: str) -> str:
 
 
 def _dedup_key(link: DeliveryLink) -> str:
-    """Two spellings of one link (host case, tracking parameters, a trailing slash) are the same link."""
+    """Two spellings of one link (host case, tracking parameters, a trailing slash) are the same link; for a
+    provider whose links are told apart by their fragment (MEGA's key), the fragment counts too."""
     parts = urlsplit(link.direct_url)
     pairs = [(k, v) for k, v in _query_pairs(parts.query) if not k.lower().startswith("utm_")]
     query = "&".join(f"{k}={v}" for k, v in pairs)
-    return f"{(parts.hostname or '').lower()}{parts.path.rstrip('/')}?{query}"
+    fragment = f"#{parts.fragment}" if parts.fragment and provider_named(link.provider).fragment_identifies else ""
+    return f"{(parts.hostname or '').lower()}{parts.path.rstrip('/')}?{query}{fragment}"
 
 
 def _classify(candidate: str) -> tuple[DeliveryLink | RefusedLink | None, str]:

@@ -209,6 +209,118 @@ case("forwarded_rfc822",
      + "--m1--\r\n",
      subject="Fwd: Files", sender_email="gina@example.com", links=[link("wetransfer", WT_LONG)])
 
+# --- issue 19: the new providers and Dropbox shapes (URL shapes from provider_urls.md; every token is fake) --------
+
+GD_ID = "1AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+GD_FILE = f"https://drive.google.com/file/d/{GD_ID}/view?usp=sharing_eil_m&ts=65a1b2c3"
+GD_FILE_DIRECT = f"https://drive.google.com/uc?id={GD_ID}&export=download"
+GD_SHEET = "https://docs.google.com/spreadsheets/d/1BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB/edit?usp=sharing"
+GD_FOLDER = "https://drive.google.com/drive/folders/1CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC?usp=sharing"
+GD_LEGACY_UC = "https://docs.google.com/uc?id=0BDDDDDDDDDDDDDDDDDDDDDDDDDD&export=download"
+GD_USERCONTENT = f"https://drive.usercontent.google.com/download?id={GD_ID}&export=download"
+OD_SHORT = "https://1drv.ms/u/s!AAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+OD_NEW = "https://1drv.ms/f/c/0123456789abcdef/AAAAAAAAAAAAAAAAAAAAAAA?e=AbCdEf"
+OD_LONG = "https://onedrive.live.com/redir?resid=0123456789ABCDEF!123&authkey=!AAAAAAAAAAAA"
+SP_PERSONAL = "https://contoso-my.sharepoint.com/:u:/g/personal/jane_contoso_com/EAAAAAAAAAAAAAAAAAAAAAAB?e=AbCdEf"
+SP_SITE = "https://contoso.sharepoint.com/:f:/s/siteName/EBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB?e=kNrp5D"
+BOX = "https://app.box.com/s/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+BOX_COMPANY = "https://acme.app.box.com/s/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+PCLOUD_US = "https://u.pcloud.link/publink/show?code=XZAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+PCLOUD_EU = "https://e.pcloud.link/publink/show?code=XZBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
+MEGA_FILE = "https://mega.nz/file/AAAAAAAA#BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
+MEGA_FOLDER = "https://mega.nz/folder/CCCCCCCC#DDDDDDDDDDDDDDDDDDDDDD"
+MEGA_LEGACY = "https://mega.nz/#!EEEEEEEE!FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
+DBX_USERCONTENT = "https://dl.dropboxusercontent.com/s/aaaaaaaaaaaaaaa/render_final.mov"
+DBX_USERCONTENT_DIRECT = "https://www.dropbox.com/s/aaaaaaaaaaaaaaa/render_final.mov?dl=1"
+DBX_NOTIFY = "https://www.dropbox.com/l/scl/AACAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+DBX_TRANSFER = "https://www.dropbox.com/t/AAAAAAAAAAAAAAAA"
+
+# 15. A Drive "shared with you" mail: the logo, a Drive image embedded inline, the open pixel, the help and home
+# links are not links; the file link (direct form uc?export=download) and a Sheet in the text part are.
+html = ('<html><body><img src="https://ssl.gstatic.com/docs/doclist/images/drive_2022q3_32dp.png" alt="Drive">'
+        f'<p><img src="https://drive.google.com/uc?export=view&amp;id={GD_ID}" width="300"></p>'
+        f'<p>Jane shared a file with you</p><a href="{GD_FILE.replace("&", "&amp;")}">Open</a>'
+        '<a href="https://support.google.com/drive/answer/2494822">Help</a> '
+        '<a href="https://drive.google.com/">Google Drive</a>'
+        '<img src="https://notifications.googleapis.com/email/t/AFG8qyVAAAAA/image.gif" width="1" height="1">'
+        '</body></html>')
+case("gdrive_share_notification",
+     headers("Jane shared \"brief.mov\" with you", '"Jane (via Google Drive)" <drive-shares-dm-noreply@google.com>',
+             "gd-1@example.com")
+     + alternative(f"Jane shared a file with you: {GD_FILE}\nThe budget: {GD_SHEET}\n", html),
+     subject='Jane shared "brief.mov" with you', sender_email="drive-shares-dm-noreply@google.com",
+     links=[link("gdrive", GD_FILE, GD_FILE_DIRECT), link("gdrive", GD_SHEET)])
+
+# 16. A Drive folder and both download forms, in HTML with &amp; in the hrefs.
+case("gdrive_folder_and_download_forms",
+     headers("Rushes", "Ian <ian@example.com>", "gd-2@example.com")
+     + "Content-Type: text/html; charset=utf-8\r\n\r\n"
+     + f'<p><a href="{GD_FOLDER}">the folder</a>, <a href="{GD_LEGACY_UC.replace("&", "&amp;")}">the old file</a>, '
+       f'<a href="{GD_USERCONTENT.replace("&", "&amp;")}">the new one</a></p>\r\n',
+     subject="Rushes", sender_email="ian@example.com",
+     links=[link("gdrive", GD_FOLDER), link("gdrive", GD_LEGACY_UC), link("gdrive", GD_USERCONTENT)])
+
+# 17. OneDrive short (old and new form) and long links, SharePoint personal and site links; one SafeLinks-wrapped.
+sp_safe = ("https://eur02.safelinks.protection.outlook.com/?url=" + quote(SP_SITE, safe="")
+           + "&data=05%7C02%7Cinbox%40example.com%7C0000&sdata=AAAA%3D&reserved=0")
+case("onedrive_sharepoint_links",
+     headers("Deliverables", "Kim <kim@example.com>", "ms-1@example.com")
+     + "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+     + f"File: {OD_SHORT}\r\nFolder: {OD_NEW}\r\nOld link: {OD_LONG}\r\n"
+       f"From work: {SP_PERSONAL}\r\nSite folder: <{sp_safe}>\r\n"
+       "Help: https://support.microsoft.com/en-us/office/share-onedrive-files-and-folders-9fcc2f7d\r\n",
+     subject="Deliverables", sender_email="kim@example.com",
+     links=[link("onedrive", OD_SHORT), link("onedrive", OD_NEW), link("onedrive", OD_LONG),
+            link("sharepoint", SP_PERSONAL), link("sharepoint", SP_SITE)])
+
+# 18. Box shared links (app and company subdomain) and pCloud public links (US, EU); their home, login and help
+# pages are not links.
+case("box_pcloud_links",
+     headers("Files", "Lee <lee@example.com>", "bp-1@example.com")
+     + "Content-Type: text/html; charset=utf-8\r\n\r\n"
+     + f'<a href="{BOX}">Box</a> <a href="{BOX_COMPANY}">Box (Acme)</a> <a href="https://www.box.com/">box.com</a> '
+       '<a href="https://app.box.com/login">log in</a> <a href="https://app.box.com/folder/0">my files</a> '
+       f'<a href="{PCLOUD_US}">pCloud</a> <a href="{PCLOUD_EU}">pCloud EU</a> '
+       '<a href="https://www.pcloud.com/help/general-help-center.html">help</a>\r\n',
+     subject="Files", sender_email="lee@example.com",
+     links=[link("box", BOX), link("box", BOX_COMPANY), link("pcloud", PCLOUD_US), link("pcloud", PCLOUD_EU)])
+
+# 19. MEGA file, folder and legacy links keep their key (the fragment); the home page and help are not links.
+case("mega_links",
+     headers("MEGA", "max@example.com", "mega-1@example.com")
+     + "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+     + f"{MEGA_FILE}\r\n{MEGA_FOLDER}\r\nold: {MEGA_LEGACY}\r\nhttps://mega.nz/ https://mega.nz/help\r\n",
+     subject="MEGA", sender_email="max@example.com",
+     links=[link("mega", MEGA_FILE), link("mega", MEGA_FOLDER), link("mega", MEGA_LEGACY)])
+
+# 20. Dropbox: a notification's /l/ link (behind Gmail's redirect), a Transfer and the download host; the logo on
+# dropboxstatic, the help centre and www.dropbox.com/help are not links.
+dbx_gmail = "https://www.google.com/url?q=" + quote(DBX_NOTIFY, safe="") + "&source=gmail&ust=1651225508544000&usg=A"
+case("dropbox_new_shapes",
+     headers("Nina shared a file with you", "Dropbox <no-reply@dropbox.com>", "dbx-4@example.com")
+     + "Content-Type: text/html; charset=utf-8\r\n\r\n"
+     + '<img src="https://cfl.dropboxstatic.com/static/images/logo_catalog/dropbox_logo_glyph_2015_m1.png">'
+       f'<a href="{dbx_gmail.replace("&", "&amp;")}">View file</a> <a href="{DBX_TRANSFER}">Transfer</a> '
+       f'<a href="{DBX_USERCONTENT}">direct</a> <a href="https://help.dropbox.com/share/create-and-view-links">'
+       'help</a> <a href="https://www.dropbox.com/help">help</a>\r\n',
+     subject="Nina shared a file with you", sender_email="no-reply@dropbox.com",
+     links=[link("dropbox", DBX_NOTIFY), link("dropbox", DBX_TRANSFER),
+            link("dropbox", DBX_USERCONTENT, DBX_USERCONTENT_DIRECT)])
+
+# 21. Look-alikes of the new providers' hosts are not providers.
+case("lookalike_hosts_new_providers",
+     headers("Shared with you (not really)", "phish@example.com", "ph-2@example.com")
+     + "Content-Type: text/html; charset=utf-8\r\n\r\n"
+     + f'<a href="https://drive-google.com/file/d/{GD_ID}/view">1</a>'
+       '<a href="https://contoso.sharepoint.com.attacker.test/:u:/g/personal/x/EAAAAAAAAAAAAAAAAAAAAAAB">2</a>'
+       '<a href="https://dropbox.com.evil.test/l/scl/AACAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA">3</a>'
+       '<a href="https://1drv.ms.evil.test/u/s!AAAAAAAAAAAAAAAAAAAAAAAAAAAA">4</a>'
+       '<a href="https://box.com.evil.test/s/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa">5</a>'
+       '<a href="https://mega.nz.evil.test/file/AAAAAAAA#BBBB">6</a>'
+       '<a href="https://pcloud.link.evil.test/publink/show?code=XZAAAA">7</a>'
+       '<a href="https://evilbox.com/s/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa">8</a>\r\n',
+     subject="Shared with you (not really)", sender_email="phish@example.com", links=[])
+
 
 def main() -> None:
     OUT.mkdir(exist_ok=True)

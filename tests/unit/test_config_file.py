@@ -551,8 +551,9 @@ def test_two_mailboxes_whose_state_would_collide_are_refused(tmp_path):
     ("to: drop\nmatch: {subject: '(unclosed'}", "routes[0].match.subject: not a valid regular expression "
                                                 "(missing ), unterminated subpattern at position 0)"),
     ("to: drop\nmatch: {sender: [nobody]}", "routes[0].match.sender[0]: expected an address or @domain"),
-    ("to: drop\nmatch: {provider: [gdrive]}", "routes[0].match.provider[0]: unknown provider (expected one of "
-                                              "dropbox, fromsmash, swisstransfer, wetransfer)"),
+    ("to: drop\nmatch: {provider: [icloud]}", "routes[0].match.provider[0]: unknown provider (expected one of "
+                                              "dropbox, fromsmash, swisstransfer, wetransfer, gdrive, onedrive, "
+                                              "sharepoint, box, pcloud, mega)"),
     ("to: drop\nmatch: {has_links: 'no'}", "routes[0].match.has_links: expected true or false (unquoted), got a "
                                            "string"),
     ("to: drop\nmatch: {mailbox: studio}", "routes[0].match.mailbox: expected a list, got a string"),

@@ -107,7 +107,7 @@ MINIMAL = (ROOT / "tests" / "config_files" / "minimal.yaml").read_text(encoding=
     pytest.param(MINIMAL + "    headers: {Content-Type: x}\n", id="reserved-header"),
     pytest.param(MINIMAL + "    headers: {webhook-id: x}\n", id="webhook-header"),
     pytest.param(MINIMAL + "routes:\n  - to: [drop]\n", id="drop-in-a-list"),
-    pytest.param(MINIMAL + "routes:\n  - match: {provider: [gdrive]}\n    to: drop\n", id="unknown-provider"),
+    pytest.param(MINIMAL + "routes:\n  - match: {provider: [icloud]}\n    to: drop\n", id="unknown-provider"),
     pytest.param(MINIMAL.replace("id: default\n    url", "id: Bad\n    url"), id="bad-id"),
     pytest.param(MINIMAL + "    concurrency: 0\n", id="concurrency-0"),
 ])
