@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from email_processing.links import LinkLike, is_dropbox_folder
+from email_processing.links import LinkLike, is_copyable, is_dropbox_folder
 from email_processing.orchestrator import NullOffloader, OffloadedLink, source_only
 from email_processing.urls import CheckedUrl, RefusedUrl, check_url
 from services.circuit_breaker import BreakerState, BreakerTransition, CircuitBreaker
@@ -253,7 +253,7 @@ class R2Offloader:
     def offloads_any(self, links: Sequence[LinkLike]) -> bool:
         """True when at least one of ``links`` is of a provider whose files are copied to R2 (worth queueing the
         email as ``enriching``)."""
-        return any((link.provider or "").lower() in OFFLOADED_PROVIDERS for link in links)
+        return any(_offloaded(link) for link in links)
 
     def timeout_for(self, url: str) -> float:
         """The Worker call timeout for this URL: longer for Dropbox folders, which Dropbox zips on the fly."""
@@ -309,7 +309,7 @@ class R2Offloader:
 
     def _attempt(self, email_id: str, link: LinkLike) -> _Outcome:
         provider = (link.provider or "").lower()
-        if provider not in OFFLOADED_PROVIDERS:
+        if not _offloaded(link):
             return _Outcome(reason="unsupported_provider")
         # Checked on the URL as extracted, before normalisation could drop anything (credentials, a bad port); the
         # Worker is sent the checked URL's canonical form, so it reads the host that was checked.
@@ -422,6 +422,12 @@ class R2Offloader:
             self._metrics.incr(name, 1, label=label)
         except Exception:
             logger.debug("R2_TRANSFER: metrics hook failed", exc_info=True)
+
+
+def _offloaded(link: LinkLike) -> bool:
+    """A link R2 copies: of a provider the Worker fetches, and of a shape that is a file or folder (not a Dropbox
+    ``/l/`` notification link, whose fetch would count as the recipient's click, nor an upload page)."""
+    return (link.provider or "").lower() in OFFLOADED_PROVIDERS and is_copyable(link)
 
 
 def _counts_against_worker(reason: str) -> bool:

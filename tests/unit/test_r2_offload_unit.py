@@ -208,6 +208,20 @@ def test_the_worker_call_uses_the_adaptive_timeout_and_never_follows_redirects()
     assert all(call["allow_redirects"] is False and call["verify"] is True for call in session.calls)
 
 
+@pytest.mark.parametrize("url", [
+    "https://www.dropbox.com/l/AAD3xYzNotificationLink",      # a notification link: fetching it is a click
+    "https://www.dropbox.com/t/Ab12Cd34Ef56",                  # a Dropbox Transfer landing page
+    "https://www.dropbox.com/request/AbCdEf123",               # an upload page, no file
+])
+def test_dropbox_links_that_are_not_files_are_never_sent_to_the_worker(url):
+    session = FakeSession(body=success_body())
+    offloader = make_offloader(session)
+    link = DeliveryLink("dropbox", url, url)
+    assert not offloader.offloads_any([link])
+    [result] = offloader.offload_links("e1", [link])
+    assert session.calls == [] and result.r2_url is None
+
+
 # --- the Worker's circuit -------------------------------------------------------------------------------------
 
 class FakeClock:
