@@ -444,13 +444,76 @@ class R2Config:
 
 
 @dataclass(frozen=True)
+class ProviderEndpoint:
+    """An outside base URL a provider's resolver calls (a setting whose default is the real one; tests point it at
+    127.0.0.1), with its TLS settings."""
+
+    base_url: str
+    allow_insecure: bool = False   # an http:// base (local fakes only)
+    ca_file: str | None = None     # CAs to trust instead of the bundled store
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith("https://") and not (self.allow_insecure
+                                                             and self.base_url.startswith("http://")):
+            raise ValueError("must be https:// (allow_insecure: true for a local fake)")
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
-    """A file-delivery provider's settings (a slot: none is configurable yet)."""
+    """One file-delivery provider's settings (issue 19): whether its links are resolved, where its resolver
+    asks, and its bounds. ``id``: the registry's name (``dropbox``, ``swisstransfer``…). ``resolve_tracking_links``:
+    Dropbox only (follow ``/l/`` notification links)."""
 
     id: str
+    resolve: bool = True
+    endpoint: ProviderEndpoint | None = None
+    api_key: str | None = field(default=None, repr=False)
+    resolve_tracking_links: bool = True
+    timeout_seconds: float = 10.0        # one call (RESOLVE_TIMEOUT_SECONDS)
+    budget_seconds: float = 30.0         # one email's links at this provider (RESOLVE_BUDGET_SECONDS)
+    max_files: int = 100                 # MAX_FILES_PER_LINK
+    circuit_failures: int = 5
+    circuit_cooldown_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         check_id("provider", self.id)
+
+    @classmethod
+    def all_from_settings(cls, settings: Settings) -> tuple[ProviderConfig, ...]:
+        """One per registered provider, in the registry's order, from the environment (and the defaults)."""
+        from email_processing.providers import PROVIDERS
+
+        return tuple(cls.from_settings(settings, provider.name) for provider in PROVIDERS)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, provider: str) -> ProviderConfig:
+        endpoint = None
+        prefix = PROVIDER_ENDPOINT_SETTINGS.get(provider)
+        if prefix is not None:
+            base_attr, name = prefix
+            endpoint = ProviderEndpoint(getattr(settings, base_attr),
+                                        allow_insecure=getattr(settings, f"{name}_allow_insecure"),
+                                        ca_file=getattr(settings, f"{name}_ca_file") or None)
+        resolve = {"wetransfer": settings.resolve_wetransfer,
+                   "fromsmash": bool(settings.smash_api_key)}.get(provider, True)
+        return cls(provider, resolve=resolve, endpoint=endpoint,
+                   api_key=settings.smash_api_key if provider == "fromsmash" else None,
+                   resolve_tracking_links=settings.resolve_dropbox_tracking_links,
+                   timeout_seconds=settings.resolve_timeout_seconds, budget_seconds=settings.resolve_budget_seconds,
+                   max_files=settings.max_files_per_link, circuit_failures=settings.resolve_circuit_failures,
+                   circuit_cooldown_seconds=settings.resolve_circuit_cooldown_seconds)
+
+
+# The environment's base URL of each provider that has one: (its Settings attribute, the prefix of its
+# ``*_allow_insecure`` / ``*_ca_file`` twins).
+PROVIDER_ENDPOINT_SETTINGS: dict[str, tuple[str, str]] = {
+    "swisstransfer": ("swisstransfer_api_base", "swisstransfer"),
+    "fromsmash": ("smash_api_base", "smash"),
+    "wetransfer": ("wetransfer_api_base", "wetransfer"),
+    "gdrive": ("gdrive_download_base", "gdrive"),
+    "dropbox": ("dropbox_link_base", "dropbox"),
+    "pcloud": ("pcloud_api_base", "pcloud"),
+}
 
 
 DROP = "drop"  # a route's ``to: drop``
@@ -525,7 +588,7 @@ class ServiceConfig:
     def from_settings(cls, settings: Settings) -> ServiceConfig:
         """One ``default`` mailbox when IMAP_SERVER, EMAIL_ADDRESS and EMAIL_PASSWORD are set, one ``default``
         target when WEBHOOK_URL is set (and the route sending every accepted email to it: emails with links, and
-        with ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS those without), R2 as configured, no providers."""
+        with ALLOW_CUSTOM_WEBHOOK_WITHOUT_LINKS those without), R2 and every provider as configured."""
         mailboxes = (MailboxConfig.from_settings(settings),) if settings.mailbox_configured else ()
         targets = (TargetConfig.from_settings(settings),) if settings.webhook_url else ()
         routes: tuple[RouteConfig, ...] = ()
@@ -533,14 +596,21 @@ class ServiceConfig:
             routes = (RouteConfig(to=(DEFAULT_ID,)),)
             if settings.allow_webhook_without_links:
                 routes += (RouteConfig(match=RouteMatch(has_links=False), to=(DEFAULT_ID,)),)
-        return cls(mailboxes=mailboxes, targets=targets, r2=R2Config.from_settings(settings), providers=(),
-                   routes=routes)
+        return cls(mailboxes=mailboxes, targets=targets, r2=R2Config.from_settings(settings),
+                   providers=ProviderConfig.all_from_settings(settings), routes=routes)
 
     def mailbox(self, id: str) -> MailboxConfig:
         return _by_id("mailbox", self.mailboxes, id)
 
     def target(self, id: str) -> TargetConfig:
         return _by_id("target", self.targets, id)
+
+    def provider(self, id: str) -> ProviderConfig:
+        """A provider's settings; one not configured gets the defaults (resolution on, no base URL)."""
+        for provider in self.providers:
+            if provider.id == id:
+                return provider
+        return ProviderConfig(id)
 
 
 def _by_id(kind: str, values: tuple[_T, ...], id: str) -> _T:

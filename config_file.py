@@ -12,6 +12,7 @@ environment form. Pure apart from reading the file.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import difflib
 import functools
@@ -37,6 +38,8 @@ from config import (
     OAuth2Credentials,
     OAuthProvider,
     PasswordCredentials,
+    ProviderConfig,
+    ProviderEndpoint,
     R2Config,
     RetryPolicy,
     RouteConfig,
@@ -74,7 +77,7 @@ _PLACEHOLDER_SECRET = "whsec_" + "A" * 24  # 18 zero bytes: a well-formed secret
 
 # The keys of every mapping of the file, each with its meaning in one word; docs/config.schema.json names the same
 # keys (a test compares them).
-TOP_KEYS = ("mailboxes", "targets", "routes")
+TOP_KEYS = ("mailboxes", "targets", "routes", "providers")
 MAILBOX_KEYS = ("id", "server", "port", "tls", "ca_file", "user", "password", "folder", "senders", "sender_auth",
                 "idle", "poll_interval_seconds", "timeout_seconds", "reconnect_max_seconds",
                 "first_start_max_age_hours", "mark_as_read", "allow_no_server_done_mark", "fetch_max_failures",
@@ -92,6 +95,8 @@ BASIC_AUTH_KEYS = ("user", "password")
 RETRY_KEYS = ("schedule", "hours")
 WINDOW_KEYS = ("timezone", "days", "from", "to", "closed_dates")
 ROUTE_KEYS = ("match", "to", "continue")
+PROVIDER_KEYS = ("resolve", "api_base", "allow_insecure", "ca_file", "api_key", "resolve_tracking_links",
+                 "timeout_seconds", "budget_seconds", "max_files")
 MATCH_KEYS = ("mailbox", "sender", "subject", "provider", "has_links")
 
 # Mailbox keys read exactly like an environment variable (same parser, same range, same default).
@@ -383,11 +388,12 @@ def _read_service(reader: _Reader, document: Any, settings: Settings, source: st
                   for path, raw in reader.items("routes", top.get("routes"))]
     if mailboxes and not targets and settings.enable_background_tasks:
         reader.error("targets", "at least one target is required when a mailbox is configured")
+    providers = _read_providers(reader, top.get("providers"), settings)
     if reader.errors:
         return None
     try:
         return ServiceConfig(mailboxes=tuple(mailboxes), targets=tuple(targets), r2=R2Config.from_settings(settings),
-                             providers=(), routes=tuple(routes))
+                             providers=providers, routes=tuple(routes))
     except ValueError as exc:  # every rule of ServiceConfig is checked above with a path; this is a safety net
         reader.error(source, str(exc))
         return None
@@ -831,6 +837,72 @@ def _sender_entry(value: str) -> str:
     if "@" not in value or any(char.isspace() or char == "," for char in value):
         raise ValueError("expected an address or @domain")
     return value
+
+
+def _read_providers(reader: _Reader, raw: Any, settings: Settings) -> tuple[ProviderConfig, ...]:
+    """The environment's provider settings, with each key the file's ``providers:`` mapping gives (by provider
+    name) in its place."""
+    configs = {config.id: config for config in ProviderConfig.all_from_settings(settings)}
+    if raw is None:
+        return tuple(configs.values())
+    if not isinstance(raw, dict):
+        reader.error("providers", f"expected a mapping of provider names, got {_kind(raw)}")
+        return tuple(configs.values())
+    for name, entry in raw.items():
+        path = _join("providers", str(name))
+        if name not in configs:
+            reader.error(path, f"unknown provider (expected one of {', '.join(configs)})")
+            continue
+        configs[name] = _read_provider(reader, path, entry, configs[name])
+    return tuple(configs.values())
+
+
+def _read_provider(reader: _Reader, path: str, raw: Any, base: ProviderConfig) -> ProviderConfig:
+    values = reader.mapping(path, raw, PROVIDER_KEYS) if raw is not None else {}
+    if values is None:
+        return base
+    errors_before = len(reader.errors)
+    opt = functools.partial(reader.optional, values, path)
+    changes: dict[str, Any] = {}
+    for key in ("resolve", "resolve_tracking_links"):
+        if values.get(key) is not None:
+            changes[key] = reader.boolean(_join(path, key), values[key])
+    for key, parse in (("timeout_seconds", number(0.1, 300)), ("budget_seconds", number(0.5, 3600)),
+                       ("max_files", integer(1, 10000))):
+        if values.get(key) is not None:
+            changes[key] = reader.number(_join(path, key), values[key], parse)
+    if values.get("api_key") is not None:
+        changes["api_key"] = opt("api_key", lambda at, raw: reader.string(at, raw, secret=True))
+        changes.setdefault("resolve", True)
+    endpoint = _read_provider_endpoint(reader, path, values, base)
+    if len(reader.errors) > errors_before:
+        return base
+    try:
+        return dataclasses.replace(base, endpoint=endpoint, **changes)
+    except ValueError as exc:
+        reader.error(path, str(exc))
+        return base
+
+
+def _read_provider_endpoint(reader: _Reader, path: str, values: dict[str, Any],
+                            base: ProviderConfig) -> ProviderEndpoint | None:
+    given = [key for key in ("api_base", "allow_insecure", "ca_file") if values.get(key) is not None]
+    if not given:
+        return base.endpoint
+    if base.endpoint is None:
+        reader.error(_join(path, given[0]), f"provider {base.id} calls no base URL")
+        return None
+    opt = functools.partial(reader.optional, values, path)
+    url = opt("api_base", lambda at, raw: reader.string(at, raw), base.endpoint.base_url)
+    allow = opt("allow_insecure", lambda at, raw: reader.boolean(at, raw), base.endpoint.allow_insecure)
+    ca_file = opt("ca_file", lambda at, raw: reader.string(at, raw, check=_existing_file), base.endpoint.ca_file)
+    if _BAD in (url, allow, ca_file):
+        return None
+    try:
+        return ProviderEndpoint(url, allow_insecure=allow, ca_file=ca_file)
+    except ValueError as exc:
+        reader.error(_join(path, "api_base"), str(exc))
+        return None
 
 
 def _provider(value: str) -> str:

@@ -234,6 +234,33 @@ SPECS: tuple[Spec, ...] = (
     Spec("R2_PRESIGN_TTL_SECONDS", "r2_presign_ttl_seconds", integer(1, 7 * 24 * 3600), 86400, "Validity of presigned r2_url links."),
     Spec("R2_S3_ENDPOINT_URL", "r2_s3_endpoint_url", http_url, None, "S3 endpoint for presigning.", default_doc="https://<R2_ACCOUNT_ID>.r2.cloudflarestorage.com"),
     Spec("R2_S3_ALLOW_INSECURE", "r2_s3_allow_insecure", parse_bool, False, "Allow an http:// R2_S3_ENDPOINT_URL (local S3 servers only)."),
+    # Link resolution (issue 19): each provider's base URL is a setting whose default is the real one
+    Spec("MAX_FILES_PER_LINK", "max_files_per_link", integer(1, 10000), 100, "Files listed (and copied to R2) per resolved link; file_count keeps the true number."),
+    Spec("RESOLVE_TIMEOUT_SECONDS", "resolve_timeout_seconds", number(0.1, 300), 10.0, "Timeout of one call to a provider while resolving a link."),
+    Spec("RESOLVE_BUDGET_SECONDS", "resolve_budget_seconds", number(0.5, 3600), 30.0, "How long one provider may take resolving the links of one email (within R2_EMAIL_BUDGET_SECONDS when R2 is on)."),
+    Spec("RESOLVE_CIRCUIT_FAILURES", "resolve_circuit_failures", integer(1, 1000), 5, "Consecutive failures of one provider that open its circuit (its links then go out unresolved, resolution=error)."),
+    Spec("RESOLVE_CIRCUIT_COOLDOWN_SECONDS", "resolve_circuit_cooldown_seconds", number(0.1, 86400), 60.0, "How long an open provider circuit skips resolution before one trial."),
+    Spec("SWISSTRANSFER_API_BASE", "swisstransfer_api_base", http_url, "https://www.swisstransfer.com/api", "SwissTransfer's public link API (files, sizes, expiry, download URLs)."),
+    Spec("SWISSTRANSFER_ALLOW_INSECURE", "swisstransfer_allow_insecure", parse_bool, False, "Allow an http:// SWISSTRANSFER_API_BASE (local tests only)."),
+    Spec("SWISSTRANSFER_CA_FILE", "swisstransfer_ca_file", text, None, "PEM bundle of CAs to trust for SWISSTRANSFER_API_BASE."),
+    Spec("SMASH_API_KEY", "smash_api_key", secret_text, None, "Smash API key: Smash transfers are resolved only with it.", secret=True),
+    Spec("SMASH_API_BASE", "smash_api_base", http_url, "https://transfer.fromsmash.co", "Smash's transfer API (preview of a transfer's files)."),
+    Spec("SMASH_ALLOW_INSECURE", "smash_allow_insecure", parse_bool, False, "Allow an http:// SMASH_API_BASE (local tests only)."),
+    Spec("SMASH_CA_FILE", "smash_ca_file", text, None, "PEM bundle of CAs to trust for SMASH_API_BASE."),
+    Spec("RESOLVE_WETRANSFER", "resolve_wetransfer", parse_bool, False, "Resolve WeTransfer links through WeTransfer's web download API (undocumented: it can break without notice)."),
+    Spec("WETRANSFER_API_BASE", "wetransfer_api_base", http_url, "https://wetransfer.com/api/v4", "WeTransfer's web API (with RESOLVE_WETRANSFER=true)."),
+    Spec("WETRANSFER_ALLOW_INSECURE", "wetransfer_allow_insecure", parse_bool, False, "Allow an http:// WETRANSFER_API_BASE (local tests only)."),
+    Spec("WETRANSFER_CA_FILE", "wetransfer_ca_file", text, None, "PEM bundle of CAs to trust for WETRANSFER_API_BASE."),
+    Spec("GDRIVE_DOWNLOAD_BASE", "gdrive_download_base", http_url, "https://drive.usercontent.google.com", "Google Drive's download host (the direct form, with its large-file confirmation step)."),
+    Spec("GDRIVE_ALLOW_INSECURE", "gdrive_allow_insecure", parse_bool, False, "Allow an http:// GDRIVE_DOWNLOAD_BASE (local tests only)."),
+    Spec("GDRIVE_CA_FILE", "gdrive_ca_file", text, None, "PEM bundle of CAs to trust for GDRIVE_DOWNLOAD_BASE."),
+    Spec("RESOLVE_DROPBOX_TRACKING_LINKS", "resolve_dropbox_tracking_links", parse_bool, True, "Follow Dropbox notification links (www.dropbox.com/l/…) to the share link they lead to (each hop host-checked). Following one may count as the recipient's click."),
+    Spec("DROPBOX_LINK_BASE", "dropbox_link_base", http_url, "https://www.dropbox.com", "Where Dropbox notification links are followed (the links' own host)."),
+    Spec("DROPBOX_ALLOW_INSECURE", "dropbox_allow_insecure", parse_bool, False, "Allow an http:// DROPBOX_LINK_BASE (local tests only)."),
+    Spec("DROPBOX_CA_FILE", "dropbox_ca_file", text, None, "PEM bundle of CAs to trust for DROPBOX_LINK_BASE."),
+    Spec("PCLOUD_API_BASE", "pcloud_api_base", http_url, "https://api.pcloud.com", "pCloud's API for public links (getpublinkdownload; EU accounts answer at eapi.pcloud.com, which the API names)."),
+    Spec("PCLOUD_ALLOW_INSECURE", "pcloud_allow_insecure", parse_bool, False, "Allow an http:// PCLOUD_API_BASE (local tests only)."),
+    Spec("PCLOUD_CA_FILE", "pcloud_ca_file", text, None, "PEM bundle of CAs to trust for PCLOUD_API_BASE."),
     # Operator surface
     Spec("STATUS_API_TOKEN", "status_api_token", secret_text, None, "Token for /api/status, /metrics and the / page; unset = /api/status is 404.", secret=True),
     Spec("LOG_FORMAT", "log_format", choice("text", "json"), "text", "`json` = one JSON object per line."),
@@ -339,6 +366,32 @@ class Settings:
     r2_presign_ttl_seconds: int = _settings_field("r2_presign_ttl_seconds")
     r2_s3_endpoint_url: str | None = _settings_field("r2_s3_endpoint_url")
     r2_s3_allow_insecure: bool = _settings_field("r2_s3_allow_insecure")
+    max_files_per_link: int = _settings_field("max_files_per_link")
+    resolve_timeout_seconds: float = _settings_field("resolve_timeout_seconds")
+    resolve_budget_seconds: float = _settings_field("resolve_budget_seconds")
+    resolve_circuit_failures: int = _settings_field("resolve_circuit_failures")
+    resolve_circuit_cooldown_seconds: float = _settings_field("resolve_circuit_cooldown_seconds")
+    swisstransfer_api_base: str = _settings_field("swisstransfer_api_base")
+    swisstransfer_allow_insecure: bool = _settings_field("swisstransfer_allow_insecure")
+    swisstransfer_ca_file: str | None = _settings_field("swisstransfer_ca_file")
+    smash_api_key: str | None = _settings_field("smash_api_key")
+    smash_api_base: str = _settings_field("smash_api_base")
+    smash_allow_insecure: bool = _settings_field("smash_allow_insecure")
+    smash_ca_file: str | None = _settings_field("smash_ca_file")
+    resolve_wetransfer: bool = _settings_field("resolve_wetransfer")
+    wetransfer_api_base: str = _settings_field("wetransfer_api_base")
+    wetransfer_allow_insecure: bool = _settings_field("wetransfer_allow_insecure")
+    wetransfer_ca_file: str | None = _settings_field("wetransfer_ca_file")
+    gdrive_download_base: str = _settings_field("gdrive_download_base")
+    gdrive_allow_insecure: bool = _settings_field("gdrive_allow_insecure")
+    gdrive_ca_file: str | None = _settings_field("gdrive_ca_file")
+    resolve_dropbox_tracking_links: bool = _settings_field("resolve_dropbox_tracking_links")
+    dropbox_link_base: str = _settings_field("dropbox_link_base")
+    dropbox_allow_insecure: bool = _settings_field("dropbox_allow_insecure")
+    dropbox_ca_file: str | None = _settings_field("dropbox_ca_file")
+    pcloud_api_base: str = _settings_field("pcloud_api_base")
+    pcloud_allow_insecure: bool = _settings_field("pcloud_allow_insecure")
+    pcloud_ca_file: str | None = _settings_field("pcloud_ca_file")
     status_api_token: str | None = _settings_field("status_api_token")
     log_format: str = _settings_field("log_format")
     log_level: str = _settings_field("log_level")
@@ -535,6 +588,12 @@ OUTSIDE_URLS: tuple[tuple[str, str, str | None, str], ...] = (
     ("WEBHOOK_URL", "WEBHOOK_ALLOW_INSECURE", "WEBHOOK_CA_FILE", "receiver"),
     ("R2_FETCH_ENDPOINT", "R2_ALLOW_INSECURE", "R2_CA_FILE", "Worker"),
     ("R2_S3_ENDPOINT_URL", "R2_S3_ALLOW_INSECURE", None, "S3 server"),
+    ("SWISSTRANSFER_API_BASE", "SWISSTRANSFER_ALLOW_INSECURE", "SWISSTRANSFER_CA_FILE", "SwissTransfer fake"),
+    ("SMASH_API_BASE", "SMASH_ALLOW_INSECURE", "SMASH_CA_FILE", "Smash fake"),
+    ("WETRANSFER_API_BASE", "WETRANSFER_ALLOW_INSECURE", "WETRANSFER_CA_FILE", "WeTransfer fake"),
+    ("GDRIVE_DOWNLOAD_BASE", "GDRIVE_ALLOW_INSECURE", "GDRIVE_CA_FILE", "Google Drive fake"),
+    ("DROPBOX_LINK_BASE", "DROPBOX_ALLOW_INSECURE", "DROPBOX_CA_FILE", "Dropbox fake"),
+    ("PCLOUD_API_BASE", "PCLOUD_ALLOW_INSECURE", "PCLOUD_CA_FILE", "pCloud fake"),
 )
 
 

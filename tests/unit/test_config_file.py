@@ -344,7 +344,7 @@ def test_a_key_given_twice_is_refused_where_safe_load_would_keep_the_last(tmp_pa
 def test_a_file_that_is_not_a_mapping_is_refused(tmp_path, text, reason):
     path = write(tmp_path, text)
     assert collect_config_errors(path, ENV, Settings()) == [
-        f"CONFIG: {path}: {reason} (expected a mapping with keys mailboxes, targets, routes)"]
+        f"CONFIG: {path}: {reason} (expected a mapping with keys mailboxes, targets, routes, providers)"]
 
 
 def test_a_file_with_no_mailbox_and_no_target_is_valid(tmp_path):
@@ -614,3 +614,41 @@ def test_render_signal_config_must_name_an_existing_file(tmp_path):
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"RENDER_SIGNAL_CONFIG": str(tmp_path / "none.yaml")})
     assert str(caught.value) == "CONFIG: RENDER_SIGNAL_CONFIG: file not found"
+
+
+# --- providers ------------------------------------------------------------------------------------------------
+
+def test_the_providers_section_replaces_the_environments_values_key_by_key(tmp_path):
+    config, secrets = load(tmp_path, MINIMAL + """
+providers:
+  swisstransfer:
+    api_base: http://127.0.0.1:8123/api
+    allow_insecure: true
+    timeout_seconds: 3
+  fromsmash:
+    api_key: ${TOKEN}
+  dropbox:
+    resolve_tracking_links: false
+""")
+    swiss = config.provider("swisstransfer")
+    assert swiss.endpoint is not None and swiss.endpoint.base_url == "http://127.0.0.1:8123/api"
+    assert swiss.endpoint.allow_insecure and swiss.timeout_seconds == 3 and swiss.budget_seconds == 30.0
+    smash = config.provider("fromsmash")
+    assert smash.resolve and smash.api_key == "tok-123" and "tok-123" in secrets
+    assert not config.provider("dropbox").resolve_tracking_links
+    assert config.provider("wetransfer").resolve is False  # untouched: the environment's default
+    assert [provider.id for provider in config.providers][:4] == ["dropbox", "fromsmash", "swisstransfer",
+                                                                  "wetransfer"]
+
+
+@pytest.mark.parametrize("section, error", [
+    ("  icloud:\n    resolve: true\n", "providers.icloud: unknown provider (expected one of dropbox"),
+    ("  box:\n    api_base: https://box.example\n", "providers.box.api_base: provider box calls no base URL"),
+    ("  swisstransfer:\n    api_base: http://127.0.0.1:9/api\n",
+     "providers.swisstransfer.api_base: must be https:// (allow_insecure: true for a local fake)"),
+    ("  gdrive:\n    max_files: 0\n", "providers.gdrive.max_files:"),
+    ("  pcloud:\n    resolv: true\n", "providers.pcloud.resolv: unknown key (did you mean resolve?)"),
+])
+def test_a_bad_providers_section_names_the_key(tmp_path, section, error):
+    errors = errors_of(tmp_path, MINIMAL + "providers:\n" + section)
+    assert any(error in line for line in errors), errors

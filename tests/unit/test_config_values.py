@@ -24,7 +24,6 @@ def test_an_unconfigured_service_has_no_mailbox_no_target_and_r2_off():
     config = ServiceConfig.from_settings(Settings.from_env({}))
     assert config.mailboxes == ()
     assert config.targets == ()
-    assert config.providers == ()
     assert config.r2 == R2Config()
     assert not config.r2.fetch_enabled
 
@@ -140,3 +139,41 @@ def test_sender_authentication_of_the_default_mailbox_comes_from_its_two_setting
     [m365] = ServiceConfig.from_settings(Settings.from_env({**env, "SENDER_AUTHSERV_ID": "topmost"})).mailboxes
     assert m365.sender_auth == SenderAuth("topmost") and m365.sender_auth.topmost
     assert SenderAuth.from_settings(Settings.from_env(MAILBOX_ENV)) is None
+
+
+def test_every_registered_provider_has_settings_with_real_default_endpoints_and_the_issues_switches():
+    from email_processing.providers import PROVIDERS
+
+    config = ServiceConfig.from_settings(Settings.from_env({}))
+    assert [provider.id for provider in config.providers] == [provider.name for provider in PROVIDERS]
+    swiss = config.provider("swisstransfer")
+    assert swiss.resolve and swiss.endpoint is not None
+    assert swiss.endpoint.base_url == "https://www.swisstransfer.com/api" and not swiss.endpoint.allow_insecure
+    # WeTransfer's web API is undocumented: off unless asked; Smash needs its API key
+    assert not config.provider("wetransfer").resolve and not config.provider("fromsmash").resolve
+    assert config.provider("dropbox").resolve_tracking_links
+    assert all(provider.max_files == 100 for provider in config.providers)
+
+
+def test_provider_settings_come_from_the_environment_and_an_api_key_stays_out_of_reprs():
+    env = {"SMASH_API_KEY": "smash-key-s3cret", "SMASH_API_BASE": "http://127.0.0.1:9/api",
+           "SMASH_ALLOW_INSECURE": "true", "RESOLVE_WETRANSFER": "true", "RESOLVE_DROPBOX_TRACKING_LINKS": "false",
+           "MAX_FILES_PER_LINK": "7"}
+    config = ServiceConfig.from_settings(Settings.from_env(env))
+    smash = config.provider("fromsmash")
+    assert smash.resolve and smash.api_key == "smash-key-s3cret"
+    assert smash.endpoint is not None and smash.endpoint.base_url == "http://127.0.0.1:9/api"
+    assert "s3cret" not in repr(config)
+    assert config.provider("wetransfer").resolve
+    assert not config.provider("dropbox").resolve_tracking_links
+    assert config.provider("box").max_files == 7
+
+
+@pytest.mark.parametrize("variable", ["SWISSTRANSFER_API_BASE", "SMASH_API_BASE", "WETRANSFER_API_BASE",
+                                      "GDRIVE_DOWNLOAD_BASE", "DROPBOX_LINK_BASE", "PCLOUD_API_BASE"])
+def test_a_plain_http_provider_base_is_refused_without_its_allow_insecure_twin(variable):
+    from settings import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({variable: "http://127.0.0.1:9/"})
+    assert raised.value.variable == variable and "ALLOW_INSECURE" in str(raised.value)
