@@ -71,6 +71,25 @@ class Answer:
         return urljoin(self.url, target) if target else None
 
 
+def _origin(url: str) -> str | None:
+    """The WHATWG origin of ``url`` (the parser receivers use); None for a URL it cannot read."""
+    from ada_url import URL
+
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return None
+    if parsed.username or parsed.password:
+        return None
+    return parsed.origin
+
+
+def _href(url: str) -> str:
+    from ada_url import URL
+
+    return URL(url).href
+
+
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """RFC 9110 ``Retry-After``: seconds, or an HTTP date; None when absent or unreadable."""
     if not value:
@@ -92,17 +111,21 @@ class ProviderHttp:
     base URL's host); ``deadline``: a monotonic time no call may pass (the email's and the provider's budget)."""
 
     def __init__(self, provider: str, hosts: Iterable[str], *, session: requests.Session, timeout: float,
-                 deadline: float, clock: Any = time.monotonic) -> None:
+                 deadline: float, base_url: str | None = None, clock: Any = time.monotonic) -> None:
         self.provider = provider
         self.hosts = tuple(hosts)
+        self.base_origin = _origin(base_url) if base_url else None
         self.session = session
         self.timeout = timeout
         self.deadline = deadline
         self._clock = clock
 
     def checked(self, url: str) -> str:
-        """``url`` in canonical form when it is https on one of this provider's hosts; else ``refused_host``."""
+        """``url`` in canonical form when it is https on one of this provider's hosts, or on the origin of its
+        configured base URL (scheme, host and port as the operator set them); else ``refused_host``."""
         checked = check_url(url, self.hosts)
+        if isinstance(checked, RefusedUrl) and self.base_origin is not None and _origin(url) == self.base_origin:
+            return _href(url)
         if isinstance(checked, RefusedUrl):
             logger.warning("SECURITY: a resolver refused a URL outside the %s hosts host=%s reason=%s",
                            self.provider, checked.host, checked.reason)
