@@ -21,6 +21,7 @@ from urllib.parse import urljoin
 
 import requests
 
+from config import ProviderConfig
 from email_processing.links import DeliveryLink
 from email_processing.resolution import Resolution
 from email_processing.urls import RefusedUrl, check_url
@@ -43,14 +44,15 @@ class ResolverError(Exception):
 
 
 class Resolver(Protocol):
-    """One provider's resolver: ``handles(link)`` says whether it knows the link's shape; ``resolve`` asks the
-    provider (``ResolverError`` for transport failures; a ``Resolution`` for every answer, bad news included)."""
+    """One provider's resolver, stateless: ``handles(link)`` says whether it knows the link's shape; ``resolve``
+    asks the provider through ``http`` (built from ``config``, which also holds its API key and bounds):
+    ``ResolverError`` for transport failures, a ``Resolution`` for every answer understood, bad news included."""
 
     provider: str
 
     def handles(self, link: DeliveryLink) -> bool: ...
 
-    def resolve(self, link: DeliveryLink, http: "ProviderHttp") -> Resolution: ...
+    def resolve(self, link: DeliveryLink, http: "ProviderHttp", config: ProviderConfig) -> Resolution: ...
 
 
 @dataclass(frozen=True)
