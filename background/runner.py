@@ -28,8 +28,6 @@ if TYPE_CHECKING:  # the adapters are imported lazily, on first use (heavy, and 
 
     from background.services import BackgroundServices
     from background.status_source import StatusSource
-    from email_processing.orchestrator import NullOffloader
-    from services.r2_offload import R2Offloader
     from services.state_store import StateStore
     from services.webhook import WebhookSender
 
@@ -161,7 +159,7 @@ class ServiceRuntime:
         self._lock = threading.RLock()
         self._store: StateStore | None = None
         self._redis: redis.Redis | None = None
-        self._offloader: NullOffloader | R2Offloader | None = None
+        self._offloader: Any = None  # NullOffloader | R2Offloader, behind a ResolvingOffloader when links resolve
         self._sender: WebhookSender | None = None
         self.background: BackgroundServices | None = None  # once started
         self.background_failed = False
@@ -210,8 +208,31 @@ class ServiceRuntime:
             if self._offloader is None:
                 from services.r2_offload import build_offloader
 
-                self._offloader = build_offloader(self.config.r2, self.store, metrics=self.store)
+                offloader: Any = build_offloader(self.config.r2, self.store, metrics=self.store)
+                if self.resolves_links:
+                    from services.link_resolution import LinkResolution, ResolvingOffloader
+
+                    offloader = ResolvingOffloader(LinkResolution(self.config.providers, self.store, self.store),
+                                                   offloader, budget_seconds=self.enrich_budget_seconds or 0.0)
+                self._offloader = offloader
             return self._offloader
+
+    @property
+    def resolves_links(self) -> bool:
+        """Whether any provider's links are resolved (its resolution is on and it has a resolver)."""
+        from services.resolvers import resolver_for
+
+        return any(provider.resolve and resolver_for(provider.id) is not None for provider in self.config.providers)
+
+    @property
+    def enrich_budget_seconds(self) -> float | None:
+        """How long one email's enrichment may take in the background: R2_EMAIL_BUDGET_SECONDS with R2 on, else the
+        longest provider budget when links are resolved; None when there is no enrichment at all."""
+        if self.config.r2.fetch_enabled:
+            return self.config.r2.email_budget_seconds
+        if self.resolves_links:
+            return max(provider.budget_seconds for provider in self.config.providers if provider.resolve)
+        return None
 
     @property
     def sender(self):
@@ -291,7 +312,7 @@ class ServiceRuntime:
             mailboxes=mailboxes, targets=self.config.targets, store=store, observer=observer,
             offloader_factory=lambda: self.offloader,
             sender_factory=lambda target: WebhookSender(target, version=self.version),
-            enrich_budget_seconds=self.config.r2.email_budget_seconds if self.config.r2.fetch_enabled else None,
+            enrich_budget_seconds=self.enrich_budget_seconds,
             routes=self.config.routes, membership=membership, rate_limiters=self._rate_limiters(),
             sign_in_factory=self._sign_in_factory(store))
 

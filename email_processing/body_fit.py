@@ -11,8 +11,9 @@ is exactly what is sent. A body within the cap is returned unchanged. A larger o
 2. only when even an empty ``email_content`` does not fit: the per-file details of the delivery links are dropped,
    then step 1 is tried again on that body (so the content keeps as much as fits beside the links without their
    details). The details are ``DETAIL_KEYS``: ``original_filename``, set to null (the schema requires every key of
-   a link entry, and null is its value for "no name"). ``provider``, ``raw_url``, ``direct_url`` and ``r2_url``
-   stay: they are the link itself, the one thing the receiver cannot do without. Links are never removed;
+   a link entry, and null is its value for "no name"), and a resolved link's ``files`` list, emptied (its
+   ``file_count`` and ``size_bytes`` stay). ``provider``, ``raw_url``, ``direct_url`` and ``r2_url`` stay: they
+   are the link itself, the one thing the receiver cannot do without. Links are never removed;
 3. still too large (many long links, or long headers: subject, From, Message-ID are never cut here): no body, reason
    ``body_too_large`` (the item is dead-lettered); nothing over the cap is ever returned.
 
@@ -29,7 +30,9 @@ from typing import Any
 from email_processing.payload import body_preview, payload_bytes
 
 BODY_TOO_LARGE = "body_too_large"
-DETAIL_KEYS = ("original_filename",)  # per-file details of a delivery link, dropped (null) in step 2
+# per-file details of a delivery link, dropped in step 2: the value each takes then
+DETAIL_VALUES: dict[str, Any] = {"original_filename": None, "files": []}
+DETAIL_KEYS = tuple(DETAIL_VALUES)
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,13 @@ def serialized(payload: Any) -> bytes:
 
 
 def without_link_details(payload: dict[str, Any]) -> dict[str, Any]:
-    """``payload`` with every delivery link's ``DETAIL_KEYS`` set to null (a new dict; ``payload`` is unchanged)."""
+    """``payload`` with every delivery link's ``DETAIL_KEYS`` dropped to ``DETAIL_VALUES`` (a new dict; ``payload``
+    is unchanged)."""
     links = payload.get("delivery_links")
     if not isinstance(links, list):
         return payload
-    stripped = [{**link, **dict.fromkeys(key for key in DETAIL_KEYS if key in link)} if isinstance(link, dict)
-                else link for link in links]
+    stripped = [{**link, **{key: value for key, value in DETAIL_VALUES.items() if key in link}}
+                if isinstance(link, dict) else link for link in links]
     return {**payload, "delivery_links": stripped}
 
 

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 from email_processing.identity import email_id_for, event_id_for
 from email_processing.links import LinkLike
 from email_processing.parsing import ParsedEmail
+from email_processing.resolution import link_fields
 from timestamps import format_utc
 
 CONTENT_CAP_BYTES = 1_048_576
@@ -129,12 +130,16 @@ def safe_filename(name: str | None) -> str | None:
 
 
 def _link_entry(link: Any) -> dict[str, Any]:
+    resolved = link_fields(getattr(link, "resolution", None), getattr(link, "file_r2_urls", ()))
+    for entry in resolved["files"]:
+        entry["name"] = safe_filename(entry["name"]) or "file"
     return {
         "provider": link.provider,
         "raw_url": link.raw_url,
         "direct_url": link.direct_url,
         "r2_url": getattr(link, "r2_url", None),
         "original_filename": safe_filename(getattr(link, "original_filename", None)),
+        **resolved,
     }
 
 

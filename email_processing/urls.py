@@ -131,6 +131,15 @@ class ReadUrl:
         return CheckedUrl(href=parsed.href, hostname=host, pathname=parsed.pathname, search=parsed.search)
 
 
+def host_of(url: str) -> str:
+    """The host of ``url`` as a log line may carry it (links are capabilities: only provider and host are logged);
+    ``-`` for one that cannot be read or shown."""
+    read = ReadUrl(url)
+    if read.whatwg is not None:
+        return _loggable(read.whatwg.hostname)
+    return _loggable((read.python.hostname or "") if read.python is not None else "")
+
+
 def _scalar_values(url: str) -> str:
     """``url`` as a JavaScript receiver hands it to its URL parser (a USVString): surrogate pairs joined, lone
     surrogates (a UTF-7 body can decode to them) replaced by U+FFFD."""

@@ -184,11 +184,12 @@ def test_link_details_are_dropped_only_when_an_empty_text_does_not_fit():
 
 
 def test_the_details_are_the_file_names_and_the_urls_stay():
-    assert DETAIL_KEYS == ("original_filename",)
+    assert DETAIL_KEYS == ("original_filename", "files")
     [entry] = without_link_details(payload(links=[copied_link(3)]))["delivery_links"]
     assert entry == {"provider": "dropbox", "raw_url": "https://www.dropbox.com/s/k3/file.zip?dl=0",
                      "direct_url": "https://www.dropbox.com/s/k3/file.zip?dl=1",
-                     "r2_url": "https://files.example.test/dropbox/3.zip", "original_filename": None}
+                     "r2_url": "https://files.example.test/dropbox/3.zip", "original_filename": None,
+                     "resolution": "none", "expires_at": None, "size_bytes": None, "file_count": None, "files": []}
 
 
 def test_a_body_whose_details_alone_overflow_keeps_its_whole_text_once_they_are_dropped():

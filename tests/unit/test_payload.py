@@ -34,7 +34,9 @@ def test_the_payload_has_exactly_the_documented_fields():
                              "sender_email", "bodyPreview", "email_content", "email_content_truncated",
                              "delivery_links", "delivery_links_truncated", "message_id", "received_at", "event_id"]
     assert payload["delivery_links"] == [{"provider": "dropbox", "raw_url": link.raw_url, "direct_url": link.direct_url,
-                                          "r2_url": "https://r2.example/x", "original_filename": "x.mov"}]
+                                          "r2_url": "https://r2.example/x", "original_filename": "x.mov",
+                                          "resolution": "none", "expires_at": None, "size_bytes": None,
+                                          "file_count": None, "files": []}]
     assert payload["receivedDateTime"] == "Tue, 03 Jun 2025 10:00:00 +0200"
     assert payload["sender_address"] == "Jane <Jane@example.com>"
     assert payload["event_id"] == "msg_" + payload["microsoft_graph_email_id"]

@@ -82,12 +82,14 @@ def test_the_schema_is_a_valid_draft_2020_12_schema_with_a_local_id():
 
 # Fields added to v1 after bodies were already queued: the builder always emits them, but a body an earlier release
 # stored (and this one delivers after an upgrade) lacks them, so the schema cannot require them.
-ADDED_AFTER_RELEASE = {"": {"delivery_links_truncated"}, "/$defs/delivery_link": set()}
+ADDED_AFTER_RELEASE = {"": {"delivery_links_truncated"},
+                       "/$defs/delivery_link": {"resolution", "expires_at", "size_bytes", "file_count", "files"},
+                       "/$defs/delivery_link/properties/files/items": set()}
 
 
 def test_every_object_level_forbids_additional_properties_and_requires_every_field():
     levels = object_schemas(load_schema())
-    assert [where for where, _ in levels] == ["", "/$defs/delivery_link"]
+    assert [where for where, _ in levels] == ["", "/$defs/delivery_link", "/$defs/delivery_link/properties/files/items"]
     for where, level in levels:
         assert level["additionalProperties"] is False, where
         assert sorted(level["required"]) == sorted(set(level["properties"]) - ADDED_AFTER_RELEASE[where]), where
@@ -128,7 +130,9 @@ def test_the_example_is_what_the_builder_would_send():
         f"From: {body['sender_address']}\r\nSubject: {body['subject']}\r\nDate: {body['receivedDateTime']}\r\n"
         f"Message-ID: <{body['message_id']}>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{email_content}"
         .encode("utf-8"))
-    links = [OffloadedLink(**link) for link in body["delivery_links"]]
+    links = [OffloadedLink(**{key: link[key] for key in ("provider", "raw_url", "direct_url", "r2_url",
+                                                         "original_filename")})
+             for link in body["delivery_links"]]
     assert build_payload(parsed, links, body["received_at"]) == body
 
 
@@ -195,9 +199,17 @@ def test_an_extra_top_level_field_is_refused():
 
 def test_an_extra_field_in_a_link_entry_is_refused():
     body = example()
-    body["delivery_links"][1]["size_bytes"] = 10
+    body["delivery_links"][1]["bytes"] = 10
     error = refusal(body)
-    assert error.path == "/delivery_links/1" and "size_bytes" in error.reason
+    assert error.path == "/delivery_links/1" and "bytes" in error.reason
+
+
+def test_a_link_queued_before_its_resolution_fields_existed_is_still_valid():
+    body = example()
+    for link in body["delivery_links"]:
+        for key in ADDED_AFTER_RELEASE["/$defs/delivery_link"]:
+            del link[key]
+    validate_webhook_body(body)
 
 
 def test_a_body_queued_before_delivery_links_truncated_existed_is_still_valid():
@@ -275,7 +287,8 @@ def test_every_key_the_builder_emits_is_in_the_schema_and_the_other_way_round():
     assert [key for key in payload if key not in ADDED_AFTER_RELEASE[""]] == schema["required"]
     assert set(payload) == set(schema["properties"])   # the builder emits every field, the added ones too
     for link in payload["delivery_links"]:
-        assert list(link) == link_schema["required"]
+        added = ADDED_AFTER_RELEASE["/$defs/delivery_link"]
+        assert [key for key in link if key not in added] == link_schema["required"]
         assert set(link) == set(link_schema["properties"])
 
 
