@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from email_processing.links import LinkLike, is_copyable, is_dropbox_folder
 from email_processing.orchestrator import NullOffloader, OffloadedLink, source_only
+from email_processing.providers import PROVIDERS
 from email_processing.urls import CheckedUrl, RefusedUrl, check_url
 from services.circuit_breaker import BreakerState, BreakerTransition, CircuitBreaker
 from services.r2_presign import Presigner, R2PresignError, build_presigner
@@ -37,18 +38,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Providers whose direct-download URL answers with the file itself (after redirects the Worker re-checks), and the
-# domains (and their subdomains) such URLs may point at. Nothing else is ever sent to the Worker.
+# Providers whose direct-download URLs answer with the file itself (after redirects the Worker re-checks), and the
+# domains (and their subdomains) such URLs may point at: the registry's copyable providers with download hosts, the
+# same list ``make providers-json`` gives the Worker. Nothing else is ever sent to the Worker.
 OFFLOADED_PROVIDERS: dict[str, tuple[str, ...]] = {
-    "dropbox": ("dropbox.com", "dropboxusercontent.com"),
-}
+    provider.name: provider.download_hosts for provider in PROVIDERS if provider.copyable and provider.download_hosts}
 # The query parameters that make a link what it is, per provider: the key form keeps these (sorted) and drops the
 # rest, so junk such as ``?a=1`` does not make another copy while Dropbox's ``rlkey``/``st`` (which grant access)
 # stay (and ``e``, which the link extractor keeps in the direct URL). A provider without an entry keeps its query
 # verbatim.
 KEY_FORM_PARAMS: dict[str, frozenset[str]] = {
-    "dropbox": frozenset({"rlkey", "st", "e", "dl", "raw"}),
-}
+    provider.name: provider.key_params for provider in PROVIDERS if provider.key_params is not None}
 MAX_PARALLEL_LINKS = 4
 # Added to the longest per-link timeout of an email to bound the R2 time the email may spend in total.
 EMAIL_BUDGET_GRACE_SECONDS = 5.0
