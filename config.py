@@ -414,6 +414,7 @@ class R2Config:
     circuit_cooldown_seconds: float = 60.0
     retention_hours: float = 24.0
     max_bytes: int = 2 * 1024 ** 3  # the largest copy asked of the Worker (R2_MAX_BYTES)
+    email_max_bytes: int = 20 * 1024 ** 3  # the most bytes copied for one email (R2_EMAIL_MAX_BYTES)
     public_base_url: str | None = None
     account_id: str | None = None
     access_key_id: str | None = None
@@ -436,6 +437,7 @@ class R2Config:
                    circuit_failures=settings.r2_circuit_failures,
                    circuit_cooldown_seconds=settings.r2_circuit_cooldown_seconds,
                    retention_hours=settings.r2_retention_hours, max_bytes=settings.r2_max_bytes,
+                   email_max_bytes=settings.r2_email_max_bytes,
                    public_base_url=settings.r2_public_base_url,
                    account_id=settings.r2_account_id, access_key_id=settings.r2_access_key_id,
                    secret_access_key=settings.r2_secret_access_key,

@@ -227,6 +227,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("R2_CIRCUIT_COOLDOWN_SECONDS", "r2_circuit_cooldown_seconds", number(0.1, 86400), 60.0, "How long an open circuit skips R2 before one trial call."),
     Spec("R2_RETENTION_HOURS", "r2_retention_hours", number(0.01, 100000), 24.0, "How long an R2 copy is reused (match the Worker's R2_RETENTION_HOURS)."),
     Spec("R2_MAX_BYTES", "r2_max_bytes", integer(1, 5 * 1024 ** 4), 2 * 1024 ** 3, "The largest file copied to R2, in bytes, sent with each Worker call (the Worker's own R2_MAX_BYTES caps it too); a larger file keeps its source URL (reason=policy_too_large).", default_doc="2147483648 (2 GiB)"),
+    Spec("R2_EMAIL_MAX_BYTES", "r2_email_max_bytes", integer(1, 100 * 1024 ** 4), 20 * 1024 ** 3, "The most bytes copied to R2 for one email (the files of resolved transfers, as their provider sizes them); files past it keep their source URLs.", default_doc="21474836480 (20 GiB)"),
     Spec("R2_PUBLIC_BASE_URL", "r2_public_base_url", http_url, None, "Public base URL of the bucket; when unset and S3 credentials are given, r2_url is presigned."),
     Spec("R2_ACCOUNT_ID", "r2_account_id", text, None, "Cloudflare account id (for presigning)."),
     Spec("R2_ACCESS_KEY_ID", "r2_access_key_id", text, None, "R2 S3 access key id (for presigning)."),
@@ -356,6 +357,7 @@ class Settings:
     r2_fetch_timeout_folder_seconds: float = _settings_field("r2_fetch_timeout_folder_seconds")
     r2_email_budget_seconds: float = _settings_field("r2_email_budget_seconds")
     r2_max_bytes: int = _settings_field("r2_max_bytes")
+    r2_email_max_bytes: int = _settings_field("r2_email_max_bytes")
     r2_circuit_failures: int = _settings_field("r2_circuit_failures")
     r2_circuit_cooldown_seconds: float = _settings_field("r2_circuit_cooldown_seconds")
     r2_retention_hours: float = _settings_field("r2_retention_hours")

@@ -213,7 +213,8 @@ class ServiceRuntime:
                     from services.link_resolution import LinkResolution, ResolvingOffloader
 
                     offloader = ResolvingOffloader(LinkResolution(self.config.providers, self.store, self.store),
-                                                   offloader, budget_seconds=self.enrich_budget_seconds or 0.0)
+                                                   offloader, budget_seconds=self.enrich_budget_seconds or 0.0,
+                                                   max_email_bytes=self.config.r2.email_max_bytes)
                 self._offloader = offloader
             return self._offloader
 

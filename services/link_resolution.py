@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from config import ProviderConfig
-from email_processing.links import DeliveryLink, LinkLike
+from email_processing.links import DeliveryLink, LinkLike, is_copyable
 from email_processing.orchestrator import OffloadedLink
 from email_processing.resolution import (
     CACHE_SECONDS,
@@ -57,9 +57,11 @@ class ResolutionCache(Protocol):
 
 @dataclass(frozen=True)
 class EnrichedLink(OffloadedLink):
-    """A link as the webhook carries it once enriched: its R2 copy (if any) and its resolution."""
+    """A link as the webhook carries it once enriched: its R2 copy (if any), its resolution, and the R2 copy of each
+    file the resolution listed (``file_r2_urls``, in the files' order)."""
 
     resolution: Resolution = UNRESOLVED
+    file_r2_urls: tuple[str | None, ...] = ()
 
 
 def resolution_record(resolution: Resolution) -> dict[str, Any]:
@@ -271,13 +273,15 @@ def _transition_logger(provider: str) -> Callable[[BreakerTransition], None]:
 
 class ResolvingOffloader:
     """The ``Offloader`` the enrichment stage uses when links are resolved: resolve each link, then make the R2
-    copies (of the resolved direct form where the resolution gives one), then attach each link's resolution."""
+    copies (each listed file of a resolved transfer on its own, within ``max_email_bytes``; otherwise the link, in
+    the resolved direct form where the resolution gives one), then attach each link's resolution."""
 
     def __init__(self, resolution: LinkResolution, offloader: Any, *, budget_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 max_email_bytes: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.resolution = resolution
         self.offloader = offloader
         self.budget_seconds = budget_seconds
+        self.max_email_bytes = max_email_bytes
         self.clock = clock
 
     def offloads_any(self, links: Sequence[LinkLike]) -> bool:
@@ -286,22 +290,67 @@ class ResolvingOffloader:
     def offload_links(self, email_id: str, links: list[Any]) -> list[EnrichedLink]:
         deadline = self.clock() + self.budget_seconds
         resolutions = self.resolution.resolve_links(email_id, links, deadline)
-        to_copy = [_copy_form(link, resolution) for link, resolution in zip(links, resolutions, strict=True)]
+        plan = self._plan(email_id, links, resolutions)
         try:
-            copied = list(self.offloader.offload_links(email_id, to_copy))
+            copied = list(self.offloader.offload_links(email_id, [copy for _, _, copy in plan]))
         except Exception:
             logger.warning("R2_TRANSFER: offloader failed email_id=%s; sending source URLs", email_id, exc_info=True)
             copied = []
-        if len(copied) != len(links):
-            copied = [OffloadedLink(link.provider, link.raw_url, link.direct_url) for link in to_copy]
-        return [EnrichedLink(link.provider, link.raw_url, copy.direct_url, copy.r2_url, copy.original_filename,
-                             resolution)
-                for link, copy, resolution in zip(links, copied, resolutions, strict=True)]
+        if len(copied) != len(plan):
+            copied = [OffloadedLink(copy.provider, copy.raw_url, copy.direct_url) for _, _, copy in plan]
+        return [self._enriched(index, link, resolution, plan, copied)
+                for index, (link, resolution) in enumerate(zip(links, resolutions, strict=True))]
+
+    def _plan(self, email_id: str, links: list[Any],
+              resolutions: list[Resolution]) -> list[tuple[int, int | None, DeliveryLink]]:
+        """What to copy: (link index, file index or None for the link itself, the link as the copy fetches it)."""
+        plan: list[tuple[int, int | None, DeliveryLink]] = []
+        left = self.max_email_bytes
+        skipped = 0
+        for index, (link, resolution) in enumerate(zip(links, resolutions, strict=True)):
+            files = _copyable_files(link, resolution)
+            if not files:
+                plan.append((index, None, _copy_form(link, resolution)))
+                continue
+            for number, item in files:
+                if left is not None and item.size_bytes is not None:
+                    if item.size_bytes > left:
+                        skipped += 1
+                        continue
+                    left -= item.size_bytes
+                plan.append((index, number, DeliveryLink(link.provider, link.raw_url, item.download_url or "")))
+        if skipped:
+            logger.warning("R2_TRANSFER: %d file(s) over R2_EMAIL_MAX_BYTES keep their source URLs email_id=%s",
+                           skipped, email_id)
+        return plan
+
+    @staticmethod
+    def _enriched(index: int, link: Any, resolution: Resolution, plan: list[tuple[int, int | None, DeliveryLink]],
+                  copied: list[Any]) -> EnrichedLink:
+        own = next((copy for (at, number, _), copy in zip(plan, copied, strict=True) if at == index and number is None),
+                   None)
+        per_file: dict[int, Any] = {number: copy for (at, number, _), copy in zip(plan, copied, strict=True)
+                                    if at == index and number is not None}
+        file_r2_urls = tuple(getattr(per_file.get(number), "r2_url", None) for number in range(len(resolution.files)))
+        if own is not None:
+            return EnrichedLink(link.provider, link.raw_url, own.direct_url, own.r2_url, own.original_filename,
+                                resolution, file_r2_urls)
+        single = per_file.get(0) if len(resolution.files) == 1 else None
+        return EnrichedLink(link.provider, link.raw_url, link.direct_url, getattr(single, "r2_url", None),
+                            getattr(single, "original_filename", None) if getattr(single, "r2_url", None) else None,
+                            resolution, file_r2_urls)
 
     def close(self) -> None:
         closer = getattr(self.offloader, "close", None)
         if closer is not None:
             closer()
+
+
+def _copyable_files(link: Any, resolution: Resolution) -> list[tuple[int, ResolvedFile]]:
+    """The files of a resolved link that R2 copies one by one (each with a download URL, of a copyable provider)."""
+    if resolution.status is not ResolutionStatus.OK or not resolution.files or not is_copyable(link):
+        return []
+    return [(number, item) for number, item in enumerate(resolution.files) if item.download_url]
 
 
 def _copy_form(link: Any, resolution: Resolution) -> DeliveryLink:

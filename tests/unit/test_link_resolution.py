@@ -168,3 +168,59 @@ def test_an_enriched_link_carries_its_resolution_fields_into_the_payload():
     assert entry["files"] == [{"name": "a.mov", "size_bytes": 10, "r2_url": None}]
     assert entry["size_bytes"] == 10 and entry["file_count"] == 1
     assert "dl-1.swisstransfer.com" not in str(entry)  # a download URL is a capability, never in the payload
+
+
+class CopyingAll:
+    """Copies whatever it is given: r2_url names the URL it fetched."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def offloads_any(self, links) -> bool:
+        return True
+
+    def offload_links(self, email_id, links):
+        from email_processing.orchestrator import OffloadedLink
+
+        self.asked.extend(link.direct_url for link in links)
+        return [OffloadedLink(link.provider, link.raw_url, link.direct_url,
+                              f"https://r2.example/{len(self.asked)}-{n}", f"name-{n}")
+                for n, link in enumerate(links)]
+
+
+def three_files(sizes=(10, 20, 30)) -> Resolution:
+    return Resolution(ResolutionStatus.OK, tuple(ResolvedFile(f"f{n}.mov", size, f"https://dl-1.swisstransfer.com/{n}")
+                                                 for n, size in enumerate(sizes)))
+
+
+def test_a_resolved_transfer_is_copied_file_by_file_each_with_its_own_r2_url():
+    copier = CopyingAll()
+    offloader = ResolvingOffloader(stage(Scripted("swisstransfer", {SWISS.raw_url: three_files()})), copier,
+                                   budget_seconds=30)
+    [link] = offloader.offload_links("e1", [SWISS])
+    assert copier.asked == [f"https://dl-1.swisstransfer.com/{n}" for n in range(3)]
+    entry = _link_entry(link)
+    assert [item["r2_url"] for item in entry["files"]] == [f"https://r2.example/3-{n}" for n in range(3)]
+    assert entry["r2_url"] is None and entry["raw_url"] == SWISS.raw_url  # several files: each has its own
+
+
+def test_files_past_the_emails_byte_budget_keep_their_source_and_a_single_file_gives_the_link_its_copy():
+    copier = CopyingAll()
+    resolutions = {SWISS.raw_url: three_files((10, 100, 5)), SWISS_2.raw_url: three_files((7,))}
+    offloader = ResolvingOffloader(stage(Scripted("swisstransfer", resolutions)), copier, budget_seconds=30,
+                                   max_email_bytes=20)
+    first, second = offloader.offload_links("e1", [SWISS, SWISS_2])
+    assert [url is not None for url in first.file_r2_urls] == [True, False, True]
+    assert second.file_r2_urls == (None,)   # 10 + 5 spent, 7 more would pass 20
+    single = ResolvingOffloader(stage(Scripted("swisstransfer", {SWISS_2.raw_url: three_files((7,))})),
+                                CopyingAll(), budget_seconds=30)
+    [link] = single.offload_links("e2", [SWISS_2])
+    assert link.r2_url == link.file_r2_urls[0] is not None and link.original_filename == "name-0"
+
+
+def test_a_provider_that_is_never_copied_is_resolved_but_its_files_are_not_copied():
+    copier = CopyingAll()
+    mega_files = Resolution(ResolutionStatus.OK, (ResolvedFile("x", 1, "https://mega.nz/dl/x"),))
+    offloader = ResolvingOffloader(stage(Scripted("mega", {MEGA.raw_url: mega_files})), copier, budget_seconds=30)
+    [link] = offloader.offload_links("e1", [MEGA])
+    assert copier.asked == [MEGA.direct_url] and link.resolution.status is ResolutionStatus.OK
