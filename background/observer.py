@@ -11,13 +11,14 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from background.expiring import EXPIRING_SCANNED, links_expiring
 from background.health import HealthTimings, ObservedReads, observed_view
 from background.housekeeping import Chore, Housekeeping
 from background.lease import Lease, LeaseState
 from background.runner import ImapState, InstanceInfo, PollerState, PollerStatus
 from background.stranded import Stranded, settle_removed_targets, survey
 from config import ServiceConfig
-from services.state_store import StateStore, StateStoreError
+from services.state_store import OutboxStatus, StateStore, StateStoreError
 
 if TYPE_CHECKING:
     from background.services import MailboxUnit
@@ -109,9 +110,20 @@ class StatusObserver:
         """One read of what the health rules need: the published statuses, the outbox and each target's figures."""
         now = time.time()
         others = self._other_mailbox_ids()
-        return ObservedReads(published=self.store.read_status(), stats=self.store.outbox_stats(now),
+        stats = self.store.outbox_stats(now)
+        stats["links_expiring"] = links_expiring(self.store.list_items(OutboxStatus.PENDING, EXPIRING_SCANNED),
+                                                 self._retry_hours)
+        return ObservedReads(published=self.store.read_status(), stats=stats,
                              mailbox_statuses=self.store.read_mailbox_statuses(others) if others else {},
                              target_stats=self.store.target_stats(now))
+
+    def _retry_hours(self, target_id: str) -> float | None:
+        if self.config is None:
+            return None
+        for target in self.config.targets:
+            if target.id == target_id:
+                return target.retry.hours
+        return None
 
     def _target_ids(self) -> tuple[str, ...]:
         return tuple(target.id for target in self.config.targets) if self.config is not None else ()

@@ -260,7 +260,9 @@ def _outbox_section(stats: dict | None) -> dict | None:
     return {"pending": int(stats.get("pending") or 0),
             "enriching": int(stats.get("enriching") or 0),   # of the pending: waiting for their R2 copies
             "oldest_pending_age_s": round(float(oldest), 1) if oldest is not None else None,
-            "dead_letters": {"count": int(stats.get("dead") or 0), "recent": recent}}
+            "dead_letters": {"count": int(stats.get("dead") or 0), "recent": recent},
+            # pending items with a link that expires before their retry window ends (issue 19)
+            "links_expiring": list(stats.get("links_expiring") or [])}
 
 
 def _mailbox_entry(mailbox_id: str, poller: dict, lease: dict, held: bool) -> dict:

@@ -156,6 +156,9 @@ class FakeStore:
     def outbox_stats(self, now: float) -> dict:
         return {"pending": 0, "oldest_pending_age_s": None, "dead": 0, "dead_recent": []}
 
+    def list_items(self, status: str, limit: int = 100) -> list:
+        return []
+
     def target_stats(self, now: float) -> dict[str, dict]:
         self.target_reads += 1
         return {target_id: dict(stats) for target_id, stats in self.targets.items()}

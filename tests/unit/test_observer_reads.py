@@ -49,6 +49,10 @@ class FakeStore:
         self._check()
         return {"pending": 0, "oldest_pending_age_s": None, "dead": 0, "dead_recent": []}
 
+    def list_items(self, status: str, limit: int = 100) -> list:
+        self._check()
+        return []
+
     def target_stats(self, now: float) -> dict[str, dict]:
         self._check()
         self.target_reads += 1
