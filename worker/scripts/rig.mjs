@@ -10,10 +10,18 @@ import { Miniflare } from "miniflare";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const WORKER_DIR = path.resolve(here, "..");
-export const SCRIPT_PATH = path.join(WORKER_DIR, "src", "index.js");
 export const COMPATIBILITY_DATE = "2025-09-01";
 export const TOKEN = "test-token-7f3a";
 export const PUBLIC_BASE = "https://files.example.test/r2";
+/**
+ * How Miniflare types the Worker's modules, as wrangler does (wrangler.toml [[rules]]): the .js files are ES modules
+ * (Miniflare would otherwise read them as CommonJS), and src/providers.generated.json is a Text module that
+ * src/policy.js parses. Miniflare has no JSON module type, and workerd refuses `with { type: "json" }`.
+ */
+export const MODULE_RULES = Object.freeze([
+  Object.freeze({ type: "ESModule", include: Object.freeze(["**/*.js"]) }),
+  Object.freeze({ type: "Text", include: Object.freeze(["**/*.json"]) }),
+]);
 
 /**
  * A node:http server on 127.0.0.1 answering from `routes`: path → handler(req, res). Every request it gets is
@@ -73,14 +81,16 @@ export function routeOutboundTo(origin, seen = []) {
   };
 }
 
-/** The Worker on Miniflare (not yet ready: await `mf.ready`), outbound requests answered by `origin`. */
-export function startWorker({ origin, bindings = {}, seen, port = 0 } = {}) {
+/**
+ * The Worker on Miniflare (not yet ready: await `mf.ready`), outbound requests answered by `origin`. `workerDir`
+ * (default: this Worker) is a folder laid out like worker/, for a test that runs a copy with other provider data.
+ */
+export function startWorker({ origin, bindings = {}, seen, port = 0, workerDir = WORKER_DIR } = {}) {
   const mf = new Miniflare({
     modules: true,
-    scriptPath: SCRIPT_PATH,
-    modulesRoot: WORKER_DIR,
-    // As in wrangler: the Worker's .js files are ES modules (Miniflare would otherwise read them as CommonJS).
-    modulesRules: [{ type: "ESModule", include: ["**/*.js"] }],
+    scriptPath: path.join(workerDir, "src", "index.js"),
+    modulesRoot: workerDir,
+    modulesRules: MODULE_RULES.map((rule) => ({ type: rule.type, include: [...rule.include] })),
     compatibilityDate: COMPATIBILITY_DATE,
     host: "127.0.0.1",
     port,

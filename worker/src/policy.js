@@ -1,13 +1,67 @@
 /**
  * Pure rules of the R2 fetch Worker: which hosts may be fetched per provider, which object keys are acceptable,
  * the original file name from a Content-Disposition header, and the public URL of a stored object. No I/O here,
- * so these run under plain Node as well (test/policy.test.mjs).
+ * so these run under plain Node as well (test/policy.test.mjs, with scripts/text-modules.mjs).
+ *
+ * The providers come from providers.generated.json (`make providers-json` writes it from email_processing/providers/;
+ * this module is the only one that reads it). It is imported as a Text module and parsed once, at module load: the
+ * test rig's Miniflare has no JSON module type and workerd refuses import attributes, so the rig (scripts/rig.mjs),
+ * wrangler (wrangler.toml [[rules]]) and Node (scripts/text-modules.mjs) all give `.json` the Text rule.
  */
 
+import providersText from "./providers.generated.json";
+
+/** The registry's providers, in registry order: `{name, domains, download_hosts, copyable, key_params, fragment_identifies}`. */
+export const PROVIDERS = deepFreeze(JSON.parse(providersText).providers);
+
+/**
+ * The allow-list of `providers`: for each copyable provider that names download hosts, the hosts the Worker may
+ * fetch from (each the domain itself or any subdomain of it): its link domains and its download hosts, less those
+ * already covered by another entry. A provider without download hosts (its links are landing pages until resolution
+ * names them) or not copyable (MEGA: encrypted, keyed by the fragment) has no entry, so the Worker refuses it.
+ */
+export function allowListFrom(providers) {
+  const allowList = {};
+  for (const provider of providers) {
+    if (provider.copyable !== true || provider.download_hosts.length === 0) continue;
+    const hosts = [...new Set([...provider.domains, ...provider.download_hosts].map(normaliseHost))];
+    allowList[provider.name] = Object.freeze(hosts.filter((host) => !hosts.some((other) => host.endsWith(`.${other}`))));
+  }
+  return Object.freeze(allowList);
+}
+
+/**
+ * The canonical-key rules of `providers`, as the service's key form applies them: `keyParams`, the query parameters
+ * a link's key keeps (sorted; null keeps the query as it is), and `fragmentIdentifies`, whether the fragment is part
+ * of the link (MEGA's key) rather than dropped.
+ */
+export function keyRulesFrom(providers) {
+  return Object.freeze(Object.fromEntries(providers.map((provider) => [
+    provider.name,
+    Object.freeze({
+      keyParams: provider.key_params === null ? null : Object.freeze([...provider.key_params].sort()),
+      fragmentIdentifies: provider.fragment_identifies === true,
+    }),
+  ])));
+}
+
 /** Hosts the Worker may fetch from, per provider: the domain itself or any subdomain of it. */
-export const ALLOWED_HOST_SUFFIXES = Object.freeze({
-  dropbox: Object.freeze(["dropbox.com", "dropboxusercontent.com"]),
-});
+export const ALLOWED_HOST_SUFFIXES = allowListFrom(PROVIDERS);
+
+/** Canonical-key rules per provider (every provider of the registry, copyable or not). */
+export const KEY_RULES = keyRulesFrom(PROVIDERS);
+
+function normaliseHost(hostname) {
+  return hostname.toLowerCase().replace(/\.$/, "");
+}
+
+function deepFreeze(value) {
+  if (value !== null && typeof value === "object") {
+    for (const inner of Object.values(value)) deepFreeze(inner);
+    Object.freeze(value);
+  }
+  return value;
+}
 
 const MAX_OBJECT_KEY_BYTES = 1024;
 
@@ -43,8 +97,8 @@ export function sourceUrlProblem(url, provider) {
 }
 
 export function hostAllowed(hostname, provider) {
-  const suffixes = ALLOWED_HOST_SUFFIXES[provider] || [];
-  const host = hostname.toLowerCase().replace(/\.$/, "");
+  const suffixes = Object.hasOwn(ALLOWED_HOST_SUFFIXES, provider) ? ALLOWED_HOST_SUFFIXES[provider] : [];
+  const host = normaliseHost(hostname);
   return suffixes.some((suffix) => host === suffix || host.endsWith(`.${suffix}`));
 }
 

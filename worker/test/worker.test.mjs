@@ -244,7 +244,7 @@ describe("refusals", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(seen.length, before, "no outbound request was made");
   });
 
-  test("a provider other than Dropbox is refused", async () => {
+  test("a provider without download hosts in the generated file (WeTransfer) is refused", async () => {
     const { status, body } = await postJob(
       mf,
       job({ provider: "wetransfer", source_url: "https://wetransfer.com/downloads/abc/def" }),
