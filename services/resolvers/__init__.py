@@ -16,6 +16,12 @@ from services.resolvers.base import ProviderHttp, Resolver, ResolverError
 
 RESOLVERS: dict[str, Resolver] = {}
 
+# --- file hosts: gdrive, dropbox, onedrive, sharepoint, box, pcloud (resolvers-hosts) ---
+from services.resolvers import gdrive  # noqa: E402
+
+RESOLVERS["gdrive"] = gdrive.RESOLVER
+# --- end file hosts ---
+
 
 def resolver_for(provider: str) -> Resolver | None:
     return RESOLVERS.get(provider)

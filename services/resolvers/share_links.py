@@ -1,0 +1,98 @@
+"""What the file-host resolvers (Google Drive, Dropbox, OneDrive, SharePoint, Box, pCloud) share: putting a link on
+the configured endpoint (the provider's real origin in production, a local fake in tests), reading a download's
+name and size from its headers without its body, and walking redirects one hop at a time with a stop rule. Pure,
+except ``walk``, which asks through ``ProviderHttp`` (every hop host-checked there).
+"""
+
+from __future__ import annotations
+
+from email.message import Message
+from typing import Callable, Mapping
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from config import ProviderConfig
+from services.resolvers.base import Answer, ProviderHttp, ResolverError
+
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_HOPS = 5
+
+
+def on_endpoint(url: str, config: ProviderConfig) -> str:
+    """``url`` with its scheme, host and port replaced by those of ``config``'s base URL (path and query kept);
+    ``url`` itself when the provider has no configured endpoint."""
+    if config.endpoint is None:
+        return url
+    base = urlsplit(config.endpoint.base_url)
+    parts = urlsplit(url)
+    return urlunsplit((base.scheme, base.netloc, parts.path, parts.query, ""))
+
+
+def endpoint_url(config: ProviderConfig, path_and_query: str, default_origin: str) -> str:
+    """``path_and_query`` under ``config``'s base URL (its path prefix kept), else under ``default_origin``."""
+    base = config.endpoint.base_url if config.endpoint is not None else default_origin
+    return base.rstrip("/") + path_and_query
+
+
+def host_of(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").rstrip(".").lower()
+    except ValueError:
+        return ""
+
+
+def file_name_from_disposition(value: str | None) -> str | None:
+    """The file name a ``Content-Disposition`` header gives (RFC 6266: ``filename*`` preferred), else None."""
+    if not value:
+        return None
+    message = Message()
+    message["Content-Disposition"] = value
+    name = message.get_filename()
+    if not name:
+        return None
+    name = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name or None
+
+
+def size_from_headers(headers: Mapping[str, str]) -> int | None:
+    """``Content-Length`` as bytes, None when absent or not a plain non-negative integer."""
+    value = _header(headers, "Content-Length")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def is_html(answer: Answer) -> bool:
+    return (_header(answer.headers, "Content-Type") or "").split(";")[0].strip().lower() == "text/html"
+
+
+def is_attachment(answer: Answer) -> bool:
+    return (_header(answer.headers, "Content-Disposition") or "").strip().lower().startswith("attachment")
+
+
+def last_path_segment(url: str) -> str | None:
+    segment = unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
+    return segment or None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return str(value)
+    return None
+
+
+def header(answer: Answer, name: str) -> str | None:
+    return _header(answer.headers, name)
+
+
+def walk(http: ProviderHttp, url: str, *, method: str = "HEAD",
+         stop: Callable[[str], bool] | None = None) -> tuple[Answer, str | None]:
+    """Follow redirects from ``url`` one hop at a time (each request host-checked by ``http``) until an answer
+    that is not a redirect, or a redirect whose target ``stop`` accepts (returned unfetched as the second value)."""
+    answer = http.request(method, url)
+    for _ in range(MAX_HOPS):
+        location = answer.location() if answer.status in REDIRECTS else None
+        if location is None:
+            return answer, None
+        if stop is not None and stop(location):
+            return answer, location
+        answer = http.request(method, location)
+    raise ResolverError("invalid_answer", "too many redirects")
