@@ -17,9 +17,10 @@ from services.resolvers.base import ProviderHttp, Resolver, ResolverError
 RESOLVERS: dict[str, Resolver] = {}
 
 # --- file hosts: gdrive, dropbox, onedrive, sharepoint, box, pcloud (resolvers-hosts) ---
-from services.resolvers import gdrive  # noqa: E402
+from services.resolvers import dropbox, gdrive  # noqa: E402
 
 RESOLVERS["gdrive"] = gdrive.RESOLVER
+RESOLVERS["dropbox"] = dropbox.RESOLVER
 # --- end file hosts ---
 
 
