@@ -11,6 +11,7 @@ from typing import Callable, Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from config import ProviderConfig
+from email_processing.resolution import Resolution, ResolutionStatus, ResolvedFile
 from services.resolvers.base import Answer, ProviderHttp, ResolverError
 
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -96,3 +97,22 @@ def walk(http: ProviderHttp, url: str, *, method: str = "HEAD",
             return answer, location
         answer = http.request(method, location)
     raise ResolverError("invalid_answer", "too many redirects")
+
+
+def download_resolution(answer: Answer, direct_url: str, *, signed_in_only: bool = False) -> Resolution:
+    """What a HEAD of a share's direct form says (after its redirects): ``ok`` with the file's name and size from the
+    headers for a download; ``error`` when it leads to a sign-in (``signed_in_only``) or is refused (401/403);
+    ``not_found`` for 404/410; ``unsupported`` for a page instead of a file (a folder, a password prompt, a viewer)."""
+    if signed_in_only or answer.status in (401, 403):
+        return Resolution(ResolutionStatus.ERROR)
+    if answer.status in (404, 410):
+        return Resolution(ResolutionStatus.NOT_FOUND)
+    if answer.status != 200:
+        raise ResolverError("invalid_answer", f"status {answer.status}")
+    if is_html(answer) and not is_attachment(answer):
+        return Resolution(ResolutionStatus.UNSUPPORTED)
+    name = file_name_from_disposition(header(answer, "Content-Disposition")) or last_path_segment(answer.url)
+    if name is None:
+        raise ResolverError("invalid_answer", "a download without a file name")
+    file = ResolvedFile(name, size_from_headers(answer.headers), direct_url)
+    return Resolution(ResolutionStatus.OK, (file,), size_bytes=file.size_bytes, file_count=1, direct_url=direct_url)
