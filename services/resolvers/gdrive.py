@@ -111,8 +111,9 @@ class _WarningPageParser(HTMLParser):
             self._in_name -= 1
 
     def handle_data(self, data: str) -> None:
-        if self._in_link and data.strip():
-            self.page.name = (self.page.name or "") + data.strip()
+        text = " ".join(data.split())
+        if self._in_link and text:
+            self.page.name = f"{self.page.name} {text}" if self.page.name else text
 
 
 def read_warning_page(html: str) -> WarningPage:

@@ -6,6 +6,7 @@ except ``walk``, which asks through ``ProviderHttp`` (every hop host-checked the
 
 from __future__ import annotations
 
+import re
 from email.message import Message
 from typing import Callable, Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -16,6 +17,7 @@ from services.resolvers.base import Answer, ProviderHttp, ResolverError
 
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_HOPS = 5
+_EXTENDED_FILENAME = re.compile(r"filename\*\s*=\s*([^;]+)", re.IGNORECASE)
 
 
 def on_endpoint(url: str, config: ProviderConfig) -> str:
@@ -45,13 +47,28 @@ def file_name_from_disposition(value: str | None) -> str | None:
     """The file name a ``Content-Disposition`` header gives (RFC 6266: ``filename*`` preferred), else None."""
     if not value:
         return None
-    message = Message()
-    message["Content-Disposition"] = value
-    name = message.get_filename()
+    name = _extended_filename(value)
+    if name is None:
+        message = Message()
+        message["Content-Disposition"] = value
+        name = message.get_filename()
     if not name:
         return None
     name = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
     return name or None
+
+
+def _extended_filename(value: str) -> str | None:
+    """RFC 8187 ``filename*=<charset>'<language>'<percent-encoded>``, which RFC 6266 prefers to ``filename``."""
+    match = _EXTENDED_FILENAME.search(value)
+    if match is None:
+        return None
+    charset, _, encoded = match.group(1).strip().partition("'")
+    _, _, encoded = encoded.partition("'")
+    try:
+        return unquote(encoded, encoding=charset or "utf-8", errors="strict")
+    except (LookupError, UnicodeDecodeError):
+        return None
 
 
 def size_from_headers(headers: Mapping[str, str]) -> int | None:
