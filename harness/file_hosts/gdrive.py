@@ -33,6 +33,7 @@ class DriveFile:
     resource_key: str | None = None
     redirect_to: str | None = None  # answer a 302 to this URL instead
     form_action: str | None = None  # the warning page's form action (default: this fake's /download)
+    bare_confirmed: bool = False    # the confirmed download without Content-Disposition / Content-Length
 
 
 _PAGE = """<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>
@@ -86,6 +87,8 @@ class FakeGoogleDrive(FakeHost):
             confirmed = request.args.get("confirm") == "t" and request.args.get("uuid") in self.issued_uuids
             if file.large and not confirmed:
                 return self._warning_page(file_id, file)
+            if confirmed and file.bare_confirmed:
+                return Response(b"", status=200, content_type="application/octet-stream")
             return self._file(file)
 
         return app

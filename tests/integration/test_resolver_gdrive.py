@@ -77,6 +77,17 @@ def test_a_large_file_is_confirmed_through_the_virus_scan_page(drive):
     assert drive.requests[-1].query.get("confirm") == "t"
 
 
+def test_a_confirmed_download_without_headers_takes_its_name_from_the_warning_page(drive):
+    drive.add(FILE_ID, DriveFile("raw footage.mov", 5 * 1024 ** 3, large=True, bare_confirmed=True))
+
+    resolution = _resolve(drive, _view())
+
+    assert resolution.status is ResolutionStatus.OK
+    # the page shows a rounded size only: none is taken from it
+    assert [(f.name, f.size_bytes) for f in resolution.files] == [("raw footage.mov", None)]
+    assert parse_qs(urlsplit(resolution.direct_url or "").query)["confirm"] == ["t"]
+
+
 def test_the_resourcekey_of_an_older_shared_file_is_kept(drive):
     drive.add(FILE_ID, DriveFile("old.zip", 10, resource_key="0-AbCdEf"))
 
