@@ -16,6 +16,17 @@ from services.resolvers.base import ProviderHttp, Resolver, ResolverError
 
 RESOLVERS: dict[str, Resolver] = {}
 
+# --- file hosts: gdrive, dropbox, onedrive, sharepoint, box, pcloud (resolvers-hosts) ---
+from services.resolvers import box, dropbox, gdrive, onedrive, pcloud, sharepoint  # noqa: E402
+
+RESOLVERS["gdrive"] = gdrive.RESOLVER
+RESOLVERS["dropbox"] = dropbox.RESOLVER
+RESOLVERS["onedrive"] = onedrive.RESOLVER
+RESOLVERS["sharepoint"] = sharepoint.RESOLVER
+RESOLVERS["box"] = box.RESOLVER
+RESOLVERS["pcloud"] = pcloud.RESOLVER
+# --- end file hosts ---
+
 
 def resolver_for(provider: str) -> Resolver | None:
     return RESOLVERS.get(provider)
