@@ -15,6 +15,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -453,6 +454,18 @@ class ProviderEndpoint:
     base_url: str
     allow_insecure: bool = False   # an http:// base (local fakes only)
     ca_file: str | None = None     # CAs to trust instead of the bundled store
+    # The real endpoint this base stands for (the setting's default): a URL a resolver got on ``base_url`` is
+    # emitted and copied on this origin, so a local fake of the API still yields the provider's own URLs.
+    public_url: str | None = None
+
+    def public_form(self, url: str) -> str:
+        """``url`` with this base's origin replaced by the public one (unchanged when it is not on the base)."""
+        if not self.public_url or self.public_url == self.base_url:
+            return url
+        base, public = _origin_of(self.base_url), _origin_of(self.public_url)
+        if base and public and (url == base or url.startswith(base + "/") or url.startswith(base + "?")):
+            return public + url[len(base):]
+        return url
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith("https://") and not (self.allow_insecure
@@ -495,7 +508,8 @@ class ProviderConfig:
             base_attr, name = prefix
             endpoint = ProviderEndpoint(getattr(settings, base_attr),
                                         allow_insecure=getattr(settings, f"{name}_allow_insecure"),
-                                        ca_file=getattr(settings, f"{name}_ca_file") or None)
+                                        ca_file=getattr(settings, f"{name}_ca_file") or None,
+                                        public_url=_spec_default(base_attr))
         resolve = {"wetransfer": settings.resolve_wetransfer,
                    "fromsmash": bool(settings.smash_api_key)}.get(provider, True)
         return cls(provider, resolve=resolve, endpoint=endpoint,
@@ -504,6 +518,17 @@ class ProviderConfig:
                    timeout_seconds=settings.resolve_timeout_seconds, budget_seconds=settings.resolve_budget_seconds,
                    max_files=settings.max_files_per_link, circuit_failures=settings.resolve_circuit_failures,
                    circuit_cooldown_seconds=settings.resolve_circuit_cooldown_seconds)
+
+
+def _origin_of(url: str) -> str | None:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
+
+
+def _spec_default(attr: str) -> str | None:
+    from settings import SPECS
+
+    return next((spec.default for spec in SPECS if spec.attr == attr), None)
 
 
 # The environment's base URL of each provider that has one: (its Settings attribute, the prefix of its

@@ -899,7 +899,7 @@ def _read_provider_endpoint(reader: _Reader, path: str, values: dict[str, Any],
     if _BAD in (url, allow, ca_file):
         return None
     try:
-        return ProviderEndpoint(url, allow_insecure=allow, ca_file=ca_file)
+        return ProviderEndpoint(url, allow_insecure=allow, ca_file=ca_file, public_url=base.endpoint.public_url)
     except ValueError as exc:
         reader.error(_join(path, "api_base"), str(exc))
         return None

@@ -308,9 +308,10 @@ class ResolvingOffloader:
         left = self.max_email_bytes
         skipped = 0
         for index, (link, resolution) in enumerate(zip(links, resolutions, strict=True)):
+            public = self._public_form(link.provider)
             files = _copyable_files(link, resolution)
             if not files:
-                plan.append((index, None, _copy_form(link, resolution)))
+                plan.append((index, None, _copy_form(link, resolution, public)))
                 continue
             for number, item in files:
                 if left is not None and item.size_bytes is not None:
@@ -318,11 +319,18 @@ class ResolvingOffloader:
                         skipped += 1
                         continue
                     left -= item.size_bytes
-                plan.append((index, number, DeliveryLink(link.provider, link.raw_url, item.download_url or "")))
+                plan.append((index, number, DeliveryLink(link.provider, link.raw_url,
+                                                         public(item.download_url or ""))))
         if skipped:
             logger.warning("R2_TRANSFER: %d file(s) over R2_EMAIL_MAX_BYTES keep their source URLs email_id=%s",
                            skipped, email_id)
         return plan
+
+    def _public_form(self, provider: str) -> Callable[[str], str]:
+        """How a URL a resolver got on the provider's configured base is emitted and copied (its public origin)."""
+        config = self.resolution.providers.get(provider)
+        endpoint = config.endpoint if config is not None else None
+        return endpoint.public_form if endpoint is not None else _unchanged
 
     @staticmethod
     def _enriched(index: int, link: Any, resolution: Resolution, plan: list[tuple[int, int | None, DeliveryLink]],
@@ -353,13 +361,18 @@ def _copyable_files(link: Any, resolution: Resolution) -> list[tuple[int, Resolv
     return [(number, item) for number, item in enumerate(resolution.files) if item.download_url]
 
 
-def _copy_form(link: Any, resolution: Resolution) -> DeliveryLink:
-    """The link as the R2 copy fetches it and the webhook emits it: the resolution's direct form when it gives one
-    that is https on the provider's own hosts (decided by the parser receivers use), else the extractor's."""
+def _unchanged(url: str) -> str:
+    return url
+
+
+def _copy_form(link: Any, resolution: Resolution, public: Callable[[str], str] = _unchanged) -> DeliveryLink:
+    """The link as the R2 copy fetches it and the webhook emits it: the resolution's direct form (on its public
+    origin) when it gives one that is https on the provider's own hosts (decided by the parser receivers use), else
+    the extractor's."""
     plain = _as_delivery_link(link)
     if resolution.status is not ResolutionStatus.OK or not resolution.direct_url:
         return plain
-    checked = check_url(resolution.direct_url, provider_hosts(ProviderConfig(link.provider)))
+    checked = check_url(public(resolution.direct_url), provider_hosts(ProviderConfig(link.provider)))
     if isinstance(checked, RefusedUrl):
         logger.warning("SECURITY: a resolution's direct URL is outside the %s hosts host=%s; the extractor's is kept",
                        link.provider, checked.host)

@@ -224,3 +224,20 @@ def test_a_provider_that_is_never_copied_is_resolved_but_its_files_are_not_copie
     offloader = ResolvingOffloader(stage(Scripted("mega", {MEGA.raw_url: mega_files})), copier, budget_seconds=30)
     [link] = offloader.offload_links("e1", [MEGA])
     assert copier.asked == [MEGA.direct_url] and link.resolution.status is ResolutionStatus.OK
+
+
+def test_a_url_a_resolver_got_on_a_local_base_is_copied_and_emitted_on_the_providers_public_origin():
+    from config import ProviderEndpoint
+
+    endpoint = ProviderEndpoint("http://127.0.0.1:8123", allow_insecure=True,
+                                public_url="https://drive.usercontent.google.com")
+    drive = DeliveryLink("gdrive", "https://drive.google.com/file/d/F1/view",
+                         "https://drive.google.com/uc?id=F1&export=download")
+    resolved = Resolution(ResolutionStatus.OK, (ResolvedFile("cut.mov", 5, "http://127.0.0.1:8123/download?id=F1"),),
+                          direct_url="http://127.0.0.1:8123/download?id=F1")
+    resolution = LinkResolution([ProviderConfig("gdrive", endpoint=endpoint)], clock=Clock(),
+                                resolvers={"gdrive": Scripted("gdrive", {drive.raw_url: resolved})}.get)
+    copier = CopyingAll()
+    [link] = ResolvingOffloader(resolution, copier, budget_seconds=30).offload_links("e1", [drive])
+    assert copier.asked == ["https://drive.usercontent.google.com/download?id=F1"]
+    assert link.r2_url is not None and "127.0.0.1" not in str(_link_entry(link))
