@@ -1,7 +1,8 @@
 """SwissTransfer (Infomaniak): share links ``/d/<uuid>`` (v1, www.swisstransfer.com) and ``/dl/<uuid>`` (v2, also on
 swisstransfer.infomaniak.com), and the ``/api/download/…`` file URLs; a ``?delete=`` link deletes the transfer and is
 never a delivery. Landing pages: the files (on ``dl-<id>.swisstransfer.com``, per Infomaniak's apps) come from
-resolution, which will name the Worker's download hosts (none until then, so nothing of it is copied).
+resolution (``services/resolvers/swisstransfer.py``); the Worker may fetch them from ``swisstransfer.com`` and its
+subdomains.
 """
 
 from __future__ import annotations
@@ -23,4 +24,6 @@ PROVIDER = Provider(
     ),
     excluded=_is_swisstransfer_delete_link,
     copyable=True,
+    # the files' hosts, dl-<id>.swisstransfer.com (what the link API names as ``downloadHost``)
+    download_hosts=("swisstransfer.com",),
 )

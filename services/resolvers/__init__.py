@@ -16,6 +16,12 @@ from services.resolvers.base import ProviderHttp, Resolver, ResolverError
 
 RESOLVERS: dict[str, Resolver] = {}
 
+# --- transfer services: swisstransfer, fromsmash, wetransfer ---
+from services.resolvers import swisstransfer as _swisstransfer  # noqa: E402
+
+RESOLVERS["swisstransfer"] = _swisstransfer.RESOLVER
+# --- end of the transfer services ---
+
 
 def resolver_for(provider: str) -> Resolver | None:
     return RESOLVERS.get(provider)
