@@ -41,4 +41,5 @@ def test_the_worker_copies_dropbox_from_the_hosts_and_with_the_key_rules_the_ser
     assert set(dropbox["key_params"]) == KEY_FORM_PARAMS["dropbox"]
     # a transfer service's landing pages are refused until resolution names its download hosts (MEGA: never)
     assert allow_list.get("swisstransfer") == ["swisstransfer.com"]
-    assert not {"wetransfer", "fromsmash", "mega"} & set(allow_list)
+    assert allow_list.get("wetransfer") == ["wetransfer.com"]
+    assert not {"fromsmash", "mega"} & set(allow_list)
