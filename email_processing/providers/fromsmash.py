@@ -1,6 +1,7 @@
 """Smash: ``fromsmash.com/<id-or-custom-slug>`` and team subdomains ``<team>.fromsmash.com/<…>``. Custom slugs make
 any single path segment a possible transfer, so the site's own pages and the API host are excluded. Landing pages:
-the files come from resolution (its transfer preview API), which will name the Worker's download hosts.
+the files come from resolution (``services/resolvers/fromsmash.py``, its transfer preview API, with
+``SMASH_API_KEY``); the Worker may fetch their signed URLs from ``fromsmash.co`` and its subdomains.
 """
 
 from __future__ import annotations
@@ -31,4 +32,6 @@ PROVIDER = Provider(
     (HostRule("fromsmash.com", path(r"^/[A-Za-z0-9][A-Za-z0-9_-]*/?$")),),
     excluded=_is_fromsmash_non_transfer,
     copyable=True,
+    # the regional API (transfer.<region>.fromsmash.co) and its signed download URLs (host not verified)
+    download_hosts=("fromsmash.co",),
 )
