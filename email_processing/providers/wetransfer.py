@@ -1,6 +1,7 @@
 """WeTransfer: ``wetransfer.com/downloads/<transfer>/[<recipient>/]<hash>`` (also on branded subdomains) and the
 ``we.tl`` short links. Landing pages: the files behind them come from resolution (``services/resolvers/wetransfer.py``,
-with ``RESOLVE_WETRANSFER=true``), whose direct links the Worker may fetch from ``wetransfer.com`` and its subdomains.
+with ``RESOLVE_WETRANSFER=true``), whose direct links the Worker may fetch from ``download.wetransfer.com`` (never
+the landing pages).
 """
 
 from __future__ import annotations
@@ -14,6 +15,6 @@ PROVIDER = Provider(
         HostRule("we.tl", path(r"^/[A-Za-z0-9][A-Za-z0-9_-]*/?$")),
     ),
     copyable=True,
-    # the direct links the download API hands out are on download.wetransfer.com
-    download_hosts=("wetransfer.com",),
+    # the direct links the download API hands out; not wetransfer.com itself, whose landing pages R2 must not copy
+    download_hosts=("download.wetransfer.com",),
 )

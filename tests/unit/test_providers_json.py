@@ -41,6 +41,6 @@ def test_the_worker_copies_dropbox_from_the_hosts_and_with_the_key_rules_the_ser
     assert set(dropbox["key_params"]) == KEY_FORM_PARAMS["dropbox"]
     # a transfer service's landing pages are refused until resolution names its download hosts (MEGA: never)
     assert allow_list.get("swisstransfer") == ["swisstransfer.com"]
-    assert allow_list.get("wetransfer") == ["wetransfer.com"]
+    assert allow_list.get("wetransfer") == ["download.wetransfer.com"]
     assert allow_list.get("fromsmash") == ["fromsmash.co"]
     assert "mega" not in allow_list
