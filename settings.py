@@ -245,7 +245,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("SWISSTRANSFER_ALLOW_INSECURE", "swisstransfer_allow_insecure", parse_bool, False, "Allow an http:// SWISSTRANSFER_API_BASE (local tests only)."),
     Spec("SWISSTRANSFER_CA_FILE", "swisstransfer_ca_file", text, None, "PEM bundle of CAs to trust for SWISSTRANSFER_API_BASE."),
     Spec("SMASH_API_KEY", "smash_api_key", secret_text, None, "Smash API key: Smash transfers are resolved only with it.", secret=True),
-    Spec("SMASH_API_BASE", "smash_api_base", http_url, "https://transfer.fromsmash.co", "Smash's transfer API (preview of a transfer's files)."),
+    Spec("SMASH_API_BASE", "smash_api_base", http_url, "https://transfer.{region}.fromsmash.co", "Smash's regional transfer API (preview of a transfer's files); {region} is the transfer's region (its id names it), a base without it serves every region."),
     Spec("SMASH_ALLOW_INSECURE", "smash_allow_insecure", parse_bool, False, "Allow an http:// SMASH_API_BASE (local tests only)."),
     Spec("SMASH_CA_FILE", "smash_ca_file", text, None, "PEM bundle of CAs to trust for SMASH_API_BASE."),
     Spec("RESOLVE_WETRANSFER", "resolve_wetransfer", parse_bool, False, "Resolve WeTransfer links through WeTransfer's web download API (undocumented: it can break without notice)."),

@@ -1,6 +1,7 @@
 """Smash: ``fromsmash.com/<id-or-custom-slug>`` and team subdomains ``<team>.fromsmash.com/<…>``. Custom slugs make
 any single path segment a possible transfer, so the site's own pages and the API host are excluded. Landing pages:
-the files come from resolution (its transfer preview API), which will name the Worker's download hosts.
+the files come from resolution (``services/resolvers/fromsmash.py``, its transfer preview API, with
+``SMASH_API_KEY``); not copied to R2 yet (see ``copyable``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,19 @@ def _is_fromsmash_non_transfer(url: str) -> bool:
     return parts.path.strip("/").lower() in _FROMSMASH_SITE_PATHS
 
 
+def _is_a_landing_page(url: str) -> bool:
+    """Every Smash delivery link names a transfer's page, never a file."""
+    return True
+
+
 PROVIDER = Provider(
     "fromsmash",
     (HostRule("fromsmash.com", path(r"^/[A-Za-z0-9][A-Za-z0-9_-]*/?$")),),
     excluded=_is_fromsmash_non_transfer,
     copyable=True,
+    # every Smash link is a landing page: none goes to the Worker as it is (nor, for now, its resolved files, whose
+    # signed-URL host is not verified; the copy plan asks this of the landing link)
+    never_copied=_is_a_landing_page,
+    # the regional API the resolver calls (transfer.<region>.fromsmash.co) and, presumably, the signed URLs
+    download_hosts=("fromsmash.co",),
 )

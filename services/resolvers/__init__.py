@@ -27,6 +27,16 @@ RESOLVERS["box"] = box.RESOLVER
 RESOLVERS["pcloud"] = pcloud.RESOLVER
 # --- end file hosts ---
 
+# --- transfer services: swisstransfer, fromsmash, wetransfer ---
+from services.resolvers import fromsmash as _fromsmash  # noqa: E402
+from services.resolvers import swisstransfer as _swisstransfer  # noqa: E402
+from services.resolvers import wetransfer as _wetransfer  # noqa: E402
+
+RESOLVERS["swisstransfer"] = _swisstransfer.RESOLVER
+RESOLVERS["fromsmash"] = _fromsmash.RESOLVER
+RESOLVERS["wetransfer"] = _wetransfer.RESOLVER
+# --- end of the transfer services ---
+
 
 def resolver_for(provider: str) -> Resolver | None:
     return RESOLVERS.get(provider)
