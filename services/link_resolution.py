@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from config import ProviderConfig
-from email_processing.links import DeliveryLink, LinkLike, is_copyable
+from email_processing.links import DeliveryLink, LinkLike
 from email_processing.orchestrator import OffloadedLink
 from email_processing.resolution import (
     CACHE_SECONDS,
@@ -319,8 +319,9 @@ class ResolvingOffloader:
                         skipped += 1
                         continue
                     left -= item.size_bytes
-                plan.append((index, number, DeliveryLink(link.provider, link.raw_url,
-                                                         public(item.download_url or ""))))
+                # the file URL is what is copied (and what is_copyable judges), never the landing page
+                download = public(item.download_url or "")
+                plan.append((index, number, DeliveryLink(link.provider, download, download)))
         if skipped:
             logger.warning("R2_TRANSFER: %d file(s) over R2_EMAIL_MAX_BYTES keep their source URLs email_id=%s",
                            skipped, email_id)
@@ -355,10 +356,21 @@ class ResolvingOffloader:
 
 
 def _copyable_files(link: Any, resolution: Resolution) -> list[tuple[int, ResolvedFile]]:
-    """The files of a resolved link that R2 copies one by one (each with a download URL, of a copyable provider)."""
-    if resolution.status is not ResolutionStatus.OK or not resolution.files or not is_copyable(link):
+    """The files of a resolved link that R2 copies one by one (each with a download URL, of a provider whose files
+    may be copied; the landing page itself may be one that never is). Each file URL is judged again on its own
+    shape by the offloader (``is_copyable``) and checked against the Worker's hosts."""
+    if resolution.status is not ResolutionStatus.OK or not resolution.files or not _provider_copies(link.provider):
         return []
     return [(number, item) for number, item in enumerate(resolution.files) if item.download_url]
+
+
+def _provider_copies(provider: str) -> bool:
+    from email_processing.providers import provider_named
+
+    try:
+        return provider_named(provider).copyable
+    except KeyError:
+        return False
 
 
 def _unchanged(url: str) -> str:

@@ -1,7 +1,8 @@
 """SwissTransfer (Infomaniak): share links ``/d/<uuid>`` (v1, www.swisstransfer.com) and ``/dl/<uuid>`` (v2, also on
 swisstransfer.infomaniak.com), and the ``/api/download/…`` file URLs; a ``?delete=`` link deletes the transfer and is
 never a delivery. Landing pages: the files (on ``dl-<id>.swisstransfer.com``, per Infomaniak's apps) come from
-resolution (``services/resolvers/swisstransfer.py``); the Worker copies none of them yet (see ``download_hosts``).
+resolution (``services/resolvers/swisstransfer.py``), which the R2 copy fetches one by one. A landing page itself is
+never copied (``never_copied``): only ``/api/download/…`` file URLs are.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ def _is_swisstransfer_delete_link(url: str) -> bool:
     return any(k == "delete" for k, _ in query_pairs(urlsplit(url).query))
 
 
+def _is_landing_page(url: str) -> bool:
+    """A ``/d/`` or ``/dl/`` share page (HTML), as opposed to an ``/api/download/…`` file."""
+    return not urlsplit(url).path.startswith("/api/download/")
+
+
 PROVIDER = Provider(
     "swisstransfer",
     (
@@ -23,7 +29,7 @@ PROVIDER = Provider(
     ),
     excluded=_is_swisstransfer_delete_link,
     copyable=True,
-    # No download hosts yet, on purpose: the files are on dl-<id>.swisstransfer.com, which only "swisstransfer.com"
-    # covers, and with it the Worker would also be sent an unresolved landing page (www.swisstransfer.com/d/…) and
-    # store the page. The resolver checks its download URLs against the domains above.
+    never_copied=_is_landing_page,
+    # The files are on dl-<id>.swisstransfer.com; landing pages on the same domain are kept out by never_copied.
+    download_hosts=("swisstransfer.com",),
 )

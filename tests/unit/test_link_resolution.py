@@ -189,7 +189,7 @@ class CopyingAll:
 
 
 def three_files(sizes=(10, 20, 30)) -> Resolution:
-    return Resolution(ResolutionStatus.OK, tuple(ResolvedFile(f"f{n}.mov", size, f"https://dl-1.swisstransfer.com/{n}")
+    return Resolution(ResolutionStatus.OK, tuple(ResolvedFile(f"f{n}.mov", size, f"https://dl-1.swisstransfer.com/api/download/1111/{n}")
                                                  for n, size in enumerate(sizes)))
 
 
@@ -198,7 +198,7 @@ def test_a_resolved_transfer_is_copied_file_by_file_each_with_its_own_r2_url():
     offloader = ResolvingOffloader(stage(Scripted("swisstransfer", {SWISS.raw_url: three_files()})), copier,
                                    budget_seconds=30)
     [link] = offloader.offload_links("e1", [SWISS])
-    assert copier.asked == [f"https://dl-1.swisstransfer.com/{n}" for n in range(3)]
+    assert copier.asked == [f"https://dl-1.swisstransfer.com/api/download/1111/{n}" for n in range(3)]
     entry = _link_entry(link)
     assert [item["r2_url"] for item in entry["files"]] == [f"https://r2.example/3-{n}" for n in range(3)]
     assert entry["r2_url"] is None and entry["raw_url"] == SWISS.raw_url  # several files: each has its own

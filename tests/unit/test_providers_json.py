@@ -39,7 +39,8 @@ def test_the_worker_copies_dropbox_from_the_hosts_and_with_the_key_rules_the_ser
     dropbox = next(p for p in document["providers"] if p["name"] == "dropbox")
     assert allow_list["dropbox"] == list(OFFLOADED_PROVIDERS["dropbox"])
     assert set(dropbox["key_params"]) == KEY_FORM_PARAMS["dropbox"]
-    # the transfer services are landing pages until resolution names their download hosts: the Worker refuses them
-    # (Smash's regional API and files are on fromsmash.co; its links, all landing pages, are never copied as such)
+    # the transfer services' files come from resolution: Smash's regional API and files are on fromsmash.co,
+    # SwissTransfer's on dl-<n>.swisstransfer.com (its landing pages, like all of Smash's links, are never copied)
     assert allow_list.get("fromsmash") == ["fromsmash.co"]
-    assert not {"wetransfer", "swisstransfer", "mega"} & set(allow_list)
+    assert allow_list.get("swisstransfer") == ["swisstransfer.com"]
+    assert not {"wetransfer", "mega"} & set(allow_list)
