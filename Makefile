@@ -54,8 +54,11 @@ test: deps-system deps-dev deps-node
 	@if [ -f worker/package.json ]; then $(MAKE) --no-print-directory test-worker; fi
 	$(MAKE) --no-print-directory test-python
 
+## On PYTEST_WORKERS processes (pytest-xdist; 0 = in this process). --dist loadfile keeps each file on one worker, so a
+## module-scoped server is started once; harness/ports.py gives each worker its own ports.
+PYTEST_WORKERS ?= 2
 test-python:
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## The unit tier only (tests/unit: no socket, no subprocess): seconds, no system package needed.
 test-unit: deps-dev

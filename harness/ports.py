@@ -2,16 +2,61 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import socket
 import subprocess
 import time
-from typing import Callable
+from typing import Callable, Iterator
+
+# Ports handed out under pytest-xdist: below the kernel's ephemeral range (32768-60999 on Linux), which is where
+# bind(("127.0.0.1", 0)) and every outgoing connection take theirs, split into one block per worker.
+_WORKER_PORTS = range(20000, 32768)
 
 
 def free_port() -> int:
+    """A loopback port that nothing listens on now (the caller's server binds it next).
+
+    Under pytest-xdist (``PYTEST_XDIST_WORKER``) each worker takes its ports from a block of its own, so two
+    workers can never pick the same port between choosing it and binding it; without xdist the kernel picks."""
+    for port in _worker_ports():
+        if _bindable(port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:  # in use, or a recent connection of it is still in TIME_WAIT
+            return False
+        return True
+
+
+def _worker_block() -> range | None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")      # "gw0", "gw1", ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if not worker.startswith("gw") or not worker[2:].isdigit() or count < 1:
+        return None
+    index, size = int(worker[2:]), len(_WORKER_PORTS) // count
+    return _WORKER_PORTS[index * size:(index + 1) * size] if index < count else None
+
+
+_next_in_block: Iterator[int] | None = None
+
+
+def _worker_ports() -> Iterator[int]:
+    """This worker's ports, going round its block (one round at most per call); nothing outside xdist."""
+    global _next_in_block
+    block = _worker_block()
+    if not block:
+        return iter(())
+    if _next_in_block is None:
+        _next_in_block = itertools.cycle(block)
+    return itertools.islice(_next_in_block, len(block))
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None,

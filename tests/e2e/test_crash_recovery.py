@@ -44,8 +44,9 @@ def test_kill_9_with_deliveries_pending_then_restart_delivers_everything_once(im
 def test_a_crash_after_the_receivers_2xx_resends_with_the_same_webhook_id_and_counts_it(
         imap_account, webhook_receiver, service_factory):
     # Given a receiver that takes 3 s to answer 200, and a service killed -9 while the attempt is in flight
+    # (a 5 s attempt timeout outlasts the receiver's 3 s; the interrupted claim lapses 15 s after it)
     webhook_receiver.set_delay(3)
-    env = service_env(imap_account, webhook_receiver, WEBHOOK_TIMEOUT_SECONDS="10")
+    env = service_env(imap_account, webhook_receiver, WEBHOOK_TIMEOUT_SECONDS="5")
     service = service_factory(env, workers=1)
     raw = make_email()
     imap_account.server.append(imap_account.user, raw)

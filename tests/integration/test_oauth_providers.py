@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import subprocess
 import sys
 import textwrap
@@ -31,6 +30,7 @@ from harness.identity import (
     IdentityProvider,
 )
 from harness.identity_dovecot import OAuth2Dovecot
+from harness.ports import free_port
 from services.oauth import OAuth2SaslAuthenticator, OAuthError, TokenCache
 from services.oauth.command import CommandConfig, CommandTokenProvider
 from services.oauth.google import GoogleServiceAccountConfig, GoogleServiceAccountProvider
@@ -39,12 +39,6 @@ from services.oauth.refresh_token import InMemoryRefreshTokenStore, RefreshToken
 
 REPO = Path(__file__).resolve().parents[2]
 MAILBOX = "service@example.com"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- Microsoft client credentials (MSAL) -------------------------------------------------------------------------
@@ -362,7 +356,7 @@ def test_a_dropped_connection_or_no_listener_is_transient(identity_provider):
     with pytest.raises(OAuthError) as dropped:
         provider.fetch_token()
     nobody = _refresh_provider(identity, InMemoryRefreshTokenStore("rt-x"),
-                               token_url=f"http://127.0.0.1:{_free_port()}/oauth2/token")
+                               token_url=f"http://127.0.0.1:{free_port()}/oauth2/token")
     with pytest.raises(OAuthError) as refused:
         nobody.fetch_token()
     assert not dropped.value.terminal and not refused.value.terminal
