@@ -151,6 +151,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._write(Answer(413, b"too large"))
             return
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            # The client went away mid-body (a killed sender): HTTP framing says the request never completed, so a
+            # real receiver never acts on it; neither is it recorded here (nor held against the contract).
+            self.close_connection = True
+            return
         path = self.path.split("?", 1)[0]
         if owner.control and path.startswith("/_control/"):
             after_answer = owner._control(path[len("/_control/"):], body)
