@@ -61,10 +61,11 @@ from typing import Any, Callable, Mapping
 from urllib.parse import unquote_plus
 
 from flask import Flask, Response, g, request
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+from werkzeug.serving import ThreadedWSGIServer
 
 from harness.connections import ConnectionThreads
 from harness.dovecot import DovecotOAuth2
+from harness.flask_server import QuietHandler as _QuietHandler  # no access log: a request line may hold a token
 from harness.identity_jwt import JwtError, ServiceAccountKey, check_times, parse_jwt
 
 HOST = "127.0.0.1"
@@ -219,22 +220,6 @@ def _json(body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str]
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """No access log: a request line may hold a token (``GET /introspect?token=``)."""
-
-    protocol_version = "HTTP/1.1"
-    timeout = 10  # an idle keep-alive connection ends its thread after this
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
-        pass
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
-        pass
 
 
 class _Server(ThreadedWSGIServer):
