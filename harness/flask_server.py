@@ -10,7 +10,7 @@ import shutil
 import ssl
 import tempfile
 import threading
-from typing import Any
+from typing import Any, Self
 
 from flask import Flask
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
@@ -95,3 +95,36 @@ class FlaskTestServer:
                 raise RuntimeError(f"{self.name}: {len(alive)} connection thread(s) still running after stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ServedFake:
+    """A fake served by its ``server`` (a ``FlaskTestServer`` a subclass sets in ``__init__``): the life cycle and
+    addresses every fake has, delegated to that server."""
+
+    server: FlaskTestServer
+
+    @property
+    def ca_file(self) -> str | None:
+        return self.server.ca_file
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> Self:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every open connection, join the threads; raise if one does not end."""
+        self.server.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

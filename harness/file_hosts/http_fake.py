@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from flask import Flask, Response, request
 
-from harness.flask_server import HOST, FlaskTestServer
+from harness.flask_server import HOST, FlaskTestServer, ServedFake
 
 __all__ = ["HOST", "FakeHost", "RecordedRequest"]
 
@@ -26,7 +26,7 @@ class RecordedRequest:
     injected: bool  # answered by ``fail_next``
 
 
-class FakeHost:
+class FakeHost(ServedFake):
     """A fake file host serving ``app``; ``start()`` listens, ``stop()`` closes every connection, joins every
     thread and raises if one is left."""
 
@@ -40,31 +40,6 @@ class FakeHost:
         self.app = app
         app.before_request(self._injected)
         app.after_request(self._record)
-
-    @property
-    def ca_file(self) -> str | None:
-        return self.server.ca_file
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def start(self) -> "FakeHost":
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def __enter__(self) -> "FakeHost":
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def fail_next(self, n: int = 1, status: int = 503, *, retry_after: float | None = None) -> None:
         """The next ``n`` requests answer ``status`` (with ``Retry-After`` when given) instead of the real answer."""

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from flask import Flask, Response, request
 
-from harness.flask_server import FlaskTestServer
+from harness.flask_server import FlaskTestServer, ServedFake
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class _State:
     requests: list[RecordedRequest] = field(default_factory=list)
 
 
-class TransferHostFake:
+class TransferHostFake(ServedFake):
     """Base of the fakes: ``start()`` listens on a free port, ``stop()`` closes every connection and joins."""
 
     name = "transfer-host"
@@ -59,28 +59,6 @@ class TransferHostFake:
         raise NotImplementedError
 
     # --- life cycle -------------------------------------------------------------------------------------------
-
-    @property
-    def ca_file(self) -> str | None:
-        return self.server.ca_file
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    def start(self) -> "TransferHostFake":
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        """Close the listener and every open connection, join the threads; raise if one does not end."""
-        self.server.stop()
-
-    def __enter__(self) -> "TransferHostFake":
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     @property
     def origin(self) -> str:
