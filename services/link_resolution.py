@@ -203,10 +203,6 @@ class LinkResolution:
                 self._breakers[config.id] = breaker
             return breaker
 
-    def breaker_states(self) -> dict[str, str]:
-        with self._lock:
-            return {name: breaker.state.value for name, breaker in self._breakers.items()}
-
     def _hold(self, provider: str, retry_after: float | None) -> None:
         seconds = min(MAX_RATE_LIMIT_HOLD_SECONDS, max(MIN_RATE_LIMIT_HOLD_SECONDS, retry_after or 0.0))
         with self._lock:
