@@ -28,7 +28,11 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from flask import Response, jsonify, request
+from flask import Blueprint, Response, jsonify, render_template, request
+from markupsafe import Markup
+
+from routes import operator_source, session_keys
+from services.state_store import StateStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +257,13 @@ def csrf_ok(session: Session) -> bool:
     return bool(session.csrf) and hmac.compare_digest(presented.encode("utf-8"), session.csrf.encode("utf-8"))
 
 
+def see_other(path: str) -> Response:
+    """303 to a local path (``safe_next`` already applied): a form post's answer."""
+    response = Response(status=303, headers={"Location": path})
+    response.headers.update(COMMON_HEADERS)
+    return response
+
+
 def safe_next(value: str | None, default: str = "/") -> str:
     """A local path to send a browser to after a form post: ``/…`` only, never ``//host``, a scheme, a backslash or
     a control character (an open redirect otherwise)."""
@@ -294,3 +305,80 @@ def count_failed_login(store: LoginCounter, client: str, now: float) -> bool:
             store.put_record(BLOCK_NAMESPACE, key, {"since": now}, LOGIN_WINDOW_SECONDS)
             blocked = True
     return blocked
+
+
+# --- the login form ---------------------------------------------------------------------------------------------------
+
+bp = Blueprint("access", __name__, template_folder="templates")
+
+
+def _form_page(template: str, status: int = 200, **context: object) -> Response:
+    """A page with a form: the status page's one stylesheet (by hash), and forms may post here only."""
+    from routes.operator import page_style
+
+    style = page_style()
+    body = render_template(template, style=Markup(style.css), **context)
+    response = Response(body, status=status, content_type="text/html; charset=utf-8")
+    response.headers.update(COMMON_HEADERS)
+    response.headers["Content-Security-Policy"] = style.content_security_policy.replace(
+        "form-action 'none'", "form-action 'self'")
+    return response
+
+
+def _login_available() -> bool:
+    source = operator_source()
+    return bool(source.admin_api_token or source.status_api_token)
+
+
+@bp.get("/login")
+def login_form() -> Response:
+    if not _login_available():
+        return json_error(404, "not_found")
+    return _form_page("login.html", next=safe_next(request.args.get("next")), message=None)
+
+
+@bp.post("/login")
+def login() -> Response:
+    if not _login_available():
+        return json_error(404, "not_found")
+    next_path = safe_next(request.form.get("next"))
+    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        logger.info("SECURITY: refused a cross-site login post")
+        return _form_page("login.html", 403, next=next_path, message="Refused: the form was posted from elsewhere.")
+    client = client_address()
+    now = time.time()
+    try:
+        store = operator_source().open_store()
+        if login_blocked(store, client):
+            return _too_many(next_path)
+        role = session_keys().role_for(request.form.get("token", "").encode("utf-8"))
+        if role is None:
+            logger.info("SECURITY: failed login from %s", client)
+            if count_failed_login(store, client, now):
+                return _too_many(next_path)
+            return _form_page("login.html", 401, next=next_path, message="Wrong token.")
+    except StateStoreError:
+        logger.error("SECURITY: login refused: the state store is unavailable", exc_info=True)
+        return _form_page("login.html", 503, next=next_path, message="The state store is unavailable; try again.")
+    cookie, _ = session_keys().issue(role, now)
+    logger.info("SECURITY: %s session opened from %s", role, client)
+    response = see_other(next_path)
+    set_session_cookie(response, cookie)
+    return response
+
+
+def _too_many(next_path: str) -> Response:
+    logger.warning("SECURITY: login refused: too many failed logins")
+    response = _form_page("login.html", 429, next=next_path, message="Too many failed logins; wait and try again.")
+    response.headers["Retry-After"] = str(LOGIN_WINDOW_SECONDS)
+    return response
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    session = current_session(session_keys())
+    if session is not None and not csrf_ok(session):
+        return json_error(403, "csrf_token_invalid")
+    response = see_other("/login")
+    clear_session_cookie(response)
+    return response

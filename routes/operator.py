@@ -27,8 +27,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from flask import Blueprint, Response, jsonify, render_template, request
 from markupsafe import Markup
 
-from routes import status_source
-from routes.access import COMMON_HEADERS, REALM, api_credentials_ok, basic_credentials_ok
+from routes import operator_source, session_keys, status_source
+from routes.access import COMMON_HEADERS, REALM, api_credentials_ok, basic_credentials_ok, current_session
 from routes.access import json_error as _json_error
 from routes.access import unauthorized_api as _unauthorized_api
 from routes.health import health_document
@@ -41,6 +41,14 @@ METRIC_PREFIX = "render_signal_"
 
 # The page's HTML and CSS live in routes/templates/ (Flask's Jinja autoescapes every .html template).
 bp = Blueprint("operator", __name__, template_folder="templates")
+
+
+def _read_credentials_ok(status_token: str | None) -> bool:
+    """The status token or the admin token (which also reads), as Bearer or ``X-API-Key``."""
+    admin_token = operator_source().admin_api_token
+    status_ok = bool(status_token) and api_credentials_ok(status_token or "")
+    admin_ok = bool(admin_token) and api_credentials_ok(admin_token or "")
+    return status_ok or admin_ok
 
 
 def _guarded(view: Callable[..., Response]) -> Callable[..., Response]:
@@ -64,9 +72,9 @@ def _guarded(view: Callable[..., Response]) -> Callable[..., Response]:
 def api_status() -> Response:
     source = status_source()
     token = source.status_api_token
-    if not token:
+    if not token and not operator_source().admin_api_token:
         return _json_error(404, "not_found")
-    if not api_credentials_ok(token):
+    if not _read_credentials_ok(token):
         return _unauthorized_api()
     document, _ = build_status(source)
     response = jsonify(document)
@@ -234,7 +242,7 @@ def render_metrics(document: dict, accept: str | None = None) -> tuple[bytes, st
 def metrics() -> Response:
     source = status_source()
     token = source.status_api_token
-    if token and not api_credentials_ok(token):
+    if (token or operator_source().admin_api_token) and not _read_credentials_ok(token):
         return _unauthorized_api()
     document, _ = build_status(source)
     body, content_type = render_metrics(document, request.headers.get("Accept"))
@@ -414,7 +422,7 @@ def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -
 def dashboard() -> Response:
     source = status_source()
     token = source.status_api_token
-    if token and not basic_credentials_ok(token):
+    if token and not basic_credentials_ok(token) and current_session(session_keys()) is None:
         logger.info("SECURITY: rejected %s without valid credentials", request.path)
         return _html(render_template("unauthorized.html"), 401,
                      {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
