@@ -342,9 +342,12 @@ def test_a_paused_target_keeps_its_items_pending_across_a_restart_until_resumed(
     item = queue_item(pipeline.store)
     pipeline.background.delivery_wakeup.set()
     time.sleep(1.5)
-    # Then nothing is sent, the item stays pending, and the pause is in the shared store
+    # Then nothing is sent, the item stays pending, and every instance's status says paused
     assert receiver.events == [] and pipeline.store.get_item(item.event_id).status == "pending"
     assert list(store_of(make_app(env)).paused_targets()) == ["default"]
+    status = make_app(env).test_client().get("/api/status", headers=bearer(STATUS)).get_json()
+    default = next(entry for entry in status["targets"] if entry["id"] == "default")
+    assert default["paused"] is True and default["paused_at"].endswith("Z")
     # When resumed (from another instance), it is delivered
     assert make_app(env).test_client().post("/api/targets/default/resume", headers=bearer()).status_code == 200
     pipeline.background.delivery_wakeup.set()
