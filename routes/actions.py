@@ -20,6 +20,7 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from background.operator_actions import (
     MAX_EML_BYTES,
@@ -61,6 +62,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("actions", __name__)
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+UPLOAD_OVERHEAD_BYTES = 64 * 1024   # a browser's multipart form around the .eml (its boundaries, csrf_token, next)
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,8 @@ def _guarded(view: Callable[..., Response]) -> Callable[..., Response]:
     def wrapper(*args: Any, **kwargs: Any) -> Response:
         try:
             return view(*args, **kwargs)
+        except HTTPException as exc:  # e.g. Werkzeug's 413 for a form larger than the route takes
+            return json_error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"))
         except Exception:
             logger.error("OPERATOR: %s failed", request.path, exc_info=True)
             return json_error(500, "internal_error")
@@ -267,7 +271,7 @@ def resume(target_id: str) -> Response:
 
 def _uploaded_email() -> bytes:
     """The raw ``.eml``: the body itself, or the ``eml`` file of a browser's multipart form; at most 25 MiB."""
-    if request.content_length is not None and request.content_length > MAX_EML_BYTES + 64 * 1024:
+    if request.content_length is not None and request.content_length > MAX_EML_BYTES + UPLOAD_OVERHEAD_BYTES:
         raise _TooLarge()
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("eml")
@@ -293,6 +297,8 @@ class _TooLarge(ActionError):
 @bp.post("/api/try-email")
 @_guarded
 def try_email() -> Response:
+    # Bounds the body before anything reads it (the CSRF check of a browser's form parses the form).
+    request.max_content_length = MAX_EML_BYTES + UPLOAD_OVERHEAD_BYTES
     source = operator_source()
     mailbox_id = request.args.get("mailbox") or None
 

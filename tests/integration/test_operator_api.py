@@ -392,6 +392,39 @@ def test_trying_an_email_refuses_an_unknown_mailbox_an_empty_body_and_one_over_2
     assert huge.status_code == 413 and huge.get_json()["error"] == "too_large"
 
 
+def test_trying_an_email_takes_the_body_as_curl_sends_it_by_default(make_app, tmp_path):
+    # curl --data-binary @mail.eml labels the body application/x-www-form-urlencoded
+    app = make_app(operator_env(tmp_path))
+    raw = make_email(sender="farm@example.com", subject="curl upload")
+    response = app.test_client().post("/api/try-email", data=raw, headers=bearer(),
+                                      content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 200 and response.get_json()["payload"]["subject"] == "curl upload"
+
+
+def test_a_browser_uploads_an_email_to_try_with_its_session_and_gets_the_payload(make_app, tmp_path):
+    import io
+
+    app = make_app(operator_env(tmp_path))
+    client = app.test_client()
+    login(client)
+    raw = make_email(sender="farm@example.com", subject="from the console")
+    response = client.post("/api/try-email?mailbox=default", content_type="multipart/form-data",
+                           data={"csrf_token": csrf_of(client), "eml": (io.BytesIO(raw), "mail.eml")})
+    assert response.status_code == 200 and response.get_json()["payload"]["subject"] == "from the console"
+    assert store_of(app).actions(limit=1)[0]["token"] == "session"
+    without = client.post("/api/try-email", content_type="multipart/form-data",
+                          data={"eml": (io.BytesIO(raw), "mail.eml")})
+    assert without.status_code == 403
+    # (The form's bytes built here: the test client would spool a large form to a file it never closes.)
+    boundary = "rs-boundary-7f3a"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"csrf_token\"\r\n\r\n{csrf_of(client)}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"eml\"; filename=\"big.eml\"\r\n"
+            "Content-Type: message/rfc822\r\n\r\n").encode()
+    form += b"x" * (26 * 1024 * 1024) + f"\r\n--{boundary}--\r\n".encode()
+    huge = client.post("/api/try-email", data=form, content_type=f"multipart/form-data; boundary={boundary}")
+    assert huge.status_code == 413
+
+
 # --- one email ----------------------------------------------------------------------------------------------------
 
 def test_one_email_is_readable_with_the_read_token_and_its_payload_only_with_the_admin_token(make_app, tmp_path):
