@@ -363,15 +363,16 @@ class AlertEvaluator:
     ``view()``: the status observer's cluster view; ``target_ids``: the configured targets (not ``ops``)."""
 
     def __init__(self, store: Any, *, mailbox_id: str, view: Callable[[], Mapping[str, Any] | None],
-                 target_ids: Iterable[str], clock: Callable[[], float] = time.time, hourly_cap: int = HOURLY_CAP,
-                 rules: Rules = Rules()) -> None:
+                 target_ids: Iterable[str], clock: Callable[[], float] = time.time, hourly_cap: int | None = None,
+                 rules: Rules | None = None) -> None:
         self.store = store
         self.mailbox_id = mailbox_id
         self.view = view
         self.target_ids = tuple(target_id for target_id in target_ids if target_id != OPS_TARGET_ID)
         self.clock = clock
-        self.hourly_cap = hourly_cap
-        self.rules = rules
+        # The module's values when built (not when imported), so a test can shorten them.
+        self.hourly_cap = HOURLY_CAP if hourly_cap is None else hourly_cap
+        self.rules = rules or Rules(SUMMARY_INTERVAL_SECONDS, RECOVER_AFTER_SECONDS)
 
     def evaluate_once(self) -> list[OpsEvent]:
         """Read, decide, enqueue, record; returns the events enqueued (none when the view cannot be trusted or
