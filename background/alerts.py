@@ -300,7 +300,8 @@ def target_conditions(view: Mapping[str, Any], memory: dict, now: float, target_
 
 def dead_letter_conditions(store: Any, now: float, streaks: Mapping[str, Streak]) -> list[Condition]:
     """One condition per email with a dead letter: those that died within ``RECENT_SECONDS`` (newest first, at most
-    ``SCAN_LIMIT``) and those with an open streak whose items are still dead. Never an item of the ops target."""
+    ``SCAN_LIMIT``) and those with an open streak whose items are not delivered yet (a replayed item is pending
+    until its delivery: the streak recovers when it is delivered, or gone). Never an item of the ops target."""
     by_email: dict[str, list[OutboxItem]] = {}
     for item in store.list_items(OutboxStatus.DEAD, SCAN_LIMIT):
         if item.target_id != OPS_TARGET_ID and item.dead_at is not None and now - item.dead_at < RECENT_SECONDS:
@@ -309,7 +310,7 @@ def dead_letter_conditions(store: Any, now: float, streaks: Mapping[str, Streak]
         if streak.kind != AlertKind.DEAD_LETTER or streak.subject_id in by_email:
             continue
         items = [store.get_item(one) for one in streak.detail.get("event_ids") or ()]
-        still = [item for item in items if item is not None and item.status == OutboxStatus.DEAD]
+        still = [item for item in items if item is not None and item.status != OutboxStatus.DELIVERED]
         if still:
             by_email[streak.subject_id] = still
     found = []
@@ -317,8 +318,9 @@ def dead_letter_conditions(store: Any, now: float, streaks: Mapping[str, Streak]
         items.sort(key=lambda item: (item.dead_at or 0.0, item.event_id))
         detail = {"event_ids": [item.event_id for item in items], "targets": [item.target_id for item in items],
                   "reasons": [item.dead_reason for item in items], "mailbox": items[0].mailbox_id}
+        died = min((item.dead_at for item in items if item.dead_at is not None), default=0.0)
         found.append(Condition(AlertKind.DEAD_LETTER, "email", email_id, detail, count=len(items),
-                               origin=f"{items[0].dead_at:.3f}"))
+                               origin=f"{died:.3f}"))
     return found
 
 

@@ -86,7 +86,7 @@ def evaluator(store: MemoryStore, clock: Clock, view=healthy_view, **kwargs) -> 
                           rules=Rules(summary_seconds=900, recover_after_seconds=30), **kwargs)
 
 
-def test_a_new_dead_letter_is_enqueued_once_as_an_ops_item_and_its_replay_as_one_recovered():
+def test_a_new_dead_letter_is_enqueued_once_as_an_ops_item_and_its_delivery_after_a_replay_as_one_recovered():
     store, clock = MemoryStore(), Clock()
     alerts = evaluator(store, clock)
     store.items["msg_e1"] = dead_item("msg_e1", "e1", T0 - 5)
@@ -97,7 +97,13 @@ def test_a_new_dead_letter_is_enqueued_once_as_an_ops_item_and_its_replay_as_one
     assert [(body["kind"], body["subject"]) for body in bodies] == [("dead_letter", {"email": "e1"})]
     item = store.items[bodies[0]["event_id"]]
     assert (item.target_id, item.mailbox_id, item.uid, item.status) == ("ops", "default", 0, "pending")
-    # When it is replayed and delivered, one recovered follows (once the grace has passed)
+    # While a replay has it pending, it has not recovered yet
+    store.items["msg_e1"] = replace(store.items["msg_e1"], status="pending", dead_at=None)
+    for _ in range(6):
+        alerts.evaluate_once()
+        clock.now += 15
+    assert [body["kind"] for body in store.ops_bodies()] == ["dead_letter"]
+    # When it is delivered, one recovered follows (once the grace has passed)
     store.items["msg_e1"] = replace(store.items["msg_e1"], status="delivered")
     for _ in range(6):
         alerts.evaluate_once()

@@ -1,0 +1,128 @@
+"""Operational alerts end to end: the service's background (real Dovecot, both state backends) evaluates, the outbox
+delivers to a real receiver at OPS_WEBHOOK_URL, and each event arrives once per streak with a valid Standard
+Webhooks signature made with OPS_WEBHOOK_SECRET (the rules themselves: tests/unit/test_alert_rules.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from background import alerts
+from harness.mail import event_id_of, make_email
+from harness.pipeline import service_env
+from services.state_store import ParkedEmail
+
+pytestmark = pytest.mark.imap
+
+OPS_SECRET = "whsec_c2VjcmV0LW9mLXRoZS1vcHMtcmVjZWl2ZXI="
+QUIET_ROUNDS_SECONDS = 2.0  # several evaluation rounds after the last expected alert: nothing more may come
+
+
+@pytest.fixture
+def fast_alerts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rounds every 0.2 s, a recovery after 0.5 s gone, dead letters "recent" for 3 s: the rule, shortened."""
+    monkeypatch.setattr(alerts, "EVALUATE_INTERVAL_SECONDS", 0.2)
+    monkeypatch.setattr(alerts, "RECOVER_AFTER_SECONDS", 0.5)
+    monkeypatch.setattr(alerts, "DEAD_LETTER_WINDOW_SECONDS", 3.0)
+
+
+@pytest.fixture
+def ops_receiver(make_webhook_receiver):
+    return make_webhook_receiver()
+
+
+def ops_env(imap_account, target, ops, state_backend) -> dict[str, str]:
+    return service_env(imap_account, target, **state_backend, OPS_WEBHOOK_URL=ops.url,
+                       OPS_WEBHOOK_SECRET=OPS_SECRET, OPS_WEBHOOK_ALLOW_INSECURE="true")
+
+
+def alerts_received(ops) -> list[dict]:
+    """Every alert the receiver accepted, each checked: signed with OPS_WEBHOOK_SECRET (and not with another
+    secret), webhook-id equal to the body's event_id."""
+    bodies = []
+    for event in ops.events:
+        if event["status_answered"] != 200:
+            continue
+        body = Webhook(OPS_SECRET).verify(event["body"], event["headers"])
+        with pytest.raises(WebhookVerificationError):
+            Webhook("whsec_" + "A" * 32).verify(event["body"], event["headers"])
+        assert event["headers"]["webhook-id"] == body["event_id"]
+        assert set(body) == {"event_id", "kind", "subject", "at", "detail", "count"}
+        bodies.append(body)
+    return bodies
+
+
+def wait_for_alerts(pipeline, ops, count: int, what: str) -> list[dict]:
+    pipeline.wait_until(lambda: len(ops.delivered_ids()) >= count, timeout=20, what=what)
+    return alerts_received(ops)
+
+
+def test_a_dead_letter_is_announced_once_and_its_delivery_after_a_replay_once_as_recovered(
+        state_backend, imap_account, webhook_receiver, ops_receiver, pipeline_factory, fast_alerts):
+    # Given a target that refuses the email
+    webhook_receiver.respond_with(400, b'{"error": "bad scenario"}')
+    pipeline = pipeline_factory(ops_env(imap_account, webhook_receiver, ops_receiver, state_backend))
+    raw = make_email()
+    imap_account.server.append(imap_account.user, raw)
+    # Then one signed dead_letter alert names the email, its target and the reason
+    [dead] = wait_for_alerts(pipeline, ops_receiver, 1, "the dead_letter alert")
+    item = pipeline.store.get_item(event_id_of(raw))
+    assert (dead["kind"], dead["subject"], dead["count"]) == ("dead_letter", {"email": item.email_id}, 1)
+    assert (dead["detail"]["event_ids"], dead["detail"]["targets"], dead["detail"]["reasons"]) == (
+        [item.event_id], ["default"], ["http_400"])
+    # When the receiver is fixed and the dead letter replayed and delivered
+    webhook_receiver.respond_with(200, b"Accepted")
+    assert pipeline.store.replay(item.event_id) == 1
+    webhook_receiver.wait_for(1, timeout=15)
+    # Then one recovered follows, and nothing more however many rounds pass
+    received = wait_for_alerts(pipeline, ops_receiver, 2, "the recovered alert")
+    time.sleep(QUIET_ROUNDS_SECONDS)
+    received = alerts_received(ops_receiver)
+    assert [(body["kind"], body["subject"]) for body in received] == [
+        ("dead_letter", {"email": item.email_id}), ("recovered", {"email": item.email_id})]
+    assert received[1]["detail"]["recovered_kind"] == "dead_letter"
+    assert len(set(ops_receiver.delivered_ids())) == len(ops_receiver.delivered_ids()) == 2
+    # The alerts are not emails: the recent emails list holds the one email only
+    assert all(entry["event_id"] == item.event_id for entry in pipeline.store.recent(20))
+
+
+def test_rising_dead_letters_make_the_target_failing_once_and_recovered_once_when_they_stop(
+        state_backend, imap_account, webhook_receiver, ops_receiver, pipeline_factory, fast_alerts):
+    webhook_receiver.respond_with(410, b"gone")
+    pipeline = pipeline_factory(ops_env(imap_account, webhook_receiver, ops_receiver, state_backend))
+    pipeline.wait_until(lambda: pipeline.store.get_record(alerts.STATE_NAMESPACE, alerts.STATE_KEY) is not None,
+                        timeout=20, what="a first evaluation round (the dead-letter baseline)")
+    for n in range(alerts.DEAD_LETTERS_RISING):
+        imap_account.server.append(imap_account.user, make_email(subject=f"refused {n}"))
+    # One target_failing and one dead_letter per email; once no new dead letter came for the window, one recovered
+    expected = alerts.DEAD_LETTERS_RISING + 2
+    wait_for_alerts(pipeline, ops_receiver, expected, "target_failing, the dead letters and the recovered")
+    time.sleep(QUIET_ROUNDS_SECONDS)
+    received = alerts_received(ops_receiver)
+    kinds = Counter((body["kind"], json.dumps(body["subject"])) for body in received)
+    target = json.dumps({"target": "default"})
+    assert kinds[("target_failing", target)] == 1 and kinds[("recovered", target)] == 1
+    assert sum(n for (kind, _), n in kinds.items() if kind == "dead_letter") == alerts.DEAD_LETTERS_RISING
+    assert len(received) == expected
+    failing = next(body for body in received if body["kind"] == "target_failing")
+    assert failing["count"] >= alerts.DEAD_LETTERS_RISING and failing["detail"]["circuit_open"] is False
+
+
+def test_a_parked_email_is_announced_once_and_recovers_once_when_it_is_unparked(
+        state_backend, imap_account, webhook_receiver, ops_receiver, pipeline_factory, fast_alerts):
+    pipeline = pipeline_factory(ops_env(imap_account, webhook_receiver, ops_receiver, state_backend))
+    # Given an email the pipeline parked (recorded as the poller records one)
+    pipeline.store.park(ParkedEmail("default:7:42", "default", "INBOX", 7, 42, "fetch_failed", email_id="e42",
+                                    parked_at=time.time()))
+    [parked] = wait_for_alerts(pipeline, ops_receiver, 1, "the email_parked alert")
+    assert (parked["kind"], parked["subject"], parked["detail"]["parked_id"], parked["detail"]["reason"]) == (
+        "email_parked", {"email": "e42"}, "default:7:42", "fetch_failed")
+    # When it is unparked (a replay brought it to an end state)
+    pipeline.store.unpark("default:7:42")
+    wait_for_alerts(pipeline, ops_receiver, 2, "the recovered alert")
+    time.sleep(QUIET_ROUNDS_SECONDS)
+    assert [body["kind"] for body in alerts_received(ops_receiver)] == ["email_parked", "recovered"]
