@@ -131,3 +131,27 @@ def test_a_parked_email_is_announced_once_and_recovers_once_when_it_is_unparked(
     wait_for_alerts(pipeline, ops_receiver, 2, "the recovered alert")
     time.sleep(QUIET_ROUNDS_SECONDS)
     assert [body["kind"] for body in alerts_received(ops_receiver)] == ["email_parked", "recovered"]
+
+
+@pytest.mark.timeout(90)
+def test_a_stalled_mailbox_is_announced_once_and_recovers_once_when_its_server_answers_again(
+        state_backend, private_dovecot, webhook_receiver, ops_receiver, pipeline_factory, fast_alerts):
+    account = private_dovecot.new_account()
+    pipeline = pipeline_factory(ops_env(account, webhook_receiver, ops_receiver, state_backend))
+    pipeline.wait_until(lambda: pipeline.runtime.poller_status.snapshot().get("last_success_epoch"), timeout=20,
+                        what="a first poller cycle")
+    # Given a server that stops answering (SIGSTOP): no cycle completes, and after the stall limit the health
+    # rules call the mailbox stalled
+    private_dovecot.pause()
+    try:
+        [stalled] = wait_for_alerts(pipeline, ops_receiver, 1, "the mailbox_stalled alert")
+    finally:
+        private_dovecot.resume()
+    assert (stalled["kind"], stalled["subject"], stalled["detail"]["state"]) == (
+        "mailbox_stalled", {"mailbox": "default"}, "stalled")
+    # When it answers again, one recovered, and nothing more
+    wait_for_alerts(pipeline, ops_receiver, 2, "the recovered alert")
+    time.sleep(QUIET_ROUNDS_SECONDS)
+    received = alerts_received(ops_receiver)
+    assert [(body["kind"], body["subject"]) for body in received] == [
+        ("mailbox_stalled", {"mailbox": "default"}), ("recovered", {"mailbox": "default"})]
