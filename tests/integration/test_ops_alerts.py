@@ -155,3 +155,27 @@ def test_a_stalled_mailbox_is_announced_once_and_recovers_once_when_its_server_a
     received = alerts_received(ops_receiver)
     assert [(body["kind"], body["subject"]) for body in received] == [
         ("mailbox_stalled", {"mailbox": "default"}), ("recovered", {"mailbox": "default"})]
+
+
+@pytest.mark.timeout(90)
+def test_an_open_circuit_makes_the_target_failing_once_and_recovered_once_when_it_closes(
+        state_backend, imap_account, webhook_receiver, ops_receiver, pipeline_factory, fast_alerts, monkeypatch):
+    # A recovery needs the circuit closed for 2 s: its open/half-open cycle (3 s cooldown, a trial) is one streak
+    monkeypatch.setattr(alerts, "RECOVER_AFTER_SECONDS", 2.0)
+    webhook_receiver.respond_with(503, b"down for maintenance")
+    pipeline = pipeline_factory(ops_env(imap_account, webhook_receiver, ops_receiver, state_backend))
+    raw = make_email()
+    imap_account.server.append(imap_account.user, raw)
+    # Five retried failures in a row open the target's circuit: one target_failing alert says so
+    [failing] = wait_for_alerts(pipeline, ops_receiver, 1, "the target_failing alert")
+    assert (failing["kind"], failing["subject"], failing["detail"]["circuit_open"]) == (
+        "target_failing", {"target": "default"}, True)
+    # When the receiver answers again, the trial closes the circuit, the email is delivered, one recovered follows
+    webhook_receiver.respond_with(200, b"Accepted")
+    webhook_receiver.wait_for(1, timeout=20)
+    wait_for_alerts(pipeline, ops_receiver, 2, "the recovered alert")
+    time.sleep(QUIET_ROUNDS_SECONDS)
+    received = alerts_received(ops_receiver)
+    assert [(body["kind"], body["subject"]) for body in received] == [
+        ("target_failing", {"target": "default"}), ("recovered", {"target": "default"})]
+    assert pipeline.store.get_item(event_id_of(raw)).status == "delivered"
