@@ -316,16 +316,35 @@ def extract_links(text: str, hrefs: list[str], html_source: str = "") -> Extract
     tree_candidates = [_href_candidate(href) for href in hrefs if href and href[:4].lower() == "http"]
     if text:
         tree_candidates.extend(match.group(0) for match in _TEXT_URL.finditer(text))
+    shortened: list[DeliveryLink] = []
     for index, candidate in enumerate(tree_candidates):
         link = sightings.new_link(candidate)
         if link is not None:
             sightings.links.append(link)
+            if candidate.endswith(_ELLIPSES):
+                shortened.append(link)
         elif sightings.unchecked:  # the budget is spent: the rest is counted, not looked at
             sightings.unchecked += len(tree_candidates) - index - 1
             break
     if html_source and not sightings.unchecked:
         _add_links_only_the_source_shows(sightings, html_source, set(tree_candidates))
-    return ExtractedLinks(sightings.links, sightings.refused, sightings.unchecked)
+    links = _without_shortened_displays(sightings.links, shortened) if shortened else sightings.links
+    return ExtractedLinks(links, sightings.refused, sightings.unchecked)
+
+
+_ELLIPSES = ("…", "...")
+
+
+def _without_shortened_displays(links: list[DeliveryLink], shortened: list[DeliveryLink]) -> list[DeliveryLink]:
+    """``links`` without those read from text ending in an ellipsis that begin another link of the email: the text
+    of an anchor shortened for display ("https://www.dropbox.com/s/kqbk7…") is not a second link. A link followed by
+    an ellipsis of the sentence, with no longer link it begins, stays."""
+    def begins_another(link: DeliveryLink) -> bool:
+        stem = link.raw_url.rstrip("/")
+        return any(other.raw_url != link.raw_url and other.raw_url.startswith(stem) for other in links)
+
+    dropped = {id(link) for link in shortened if begins_another(link)}
+    return [link for link in links if id(link) not in dropped]
 
 
 def extract_delivery_links(text: str, hrefs: list[str], html_source: str = "") -> list[DeliveryLink]:

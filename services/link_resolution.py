@@ -385,4 +385,5 @@ def _copy_form(link: Any, resolution: Resolution, public: Callable[[str], str] =
         logger.warning("SECURITY: a resolution's direct URL is outside the %s hosts host=%s; the extractor's is kept",
                        link.provider, checked.host)
         return plain
-    return dataclasses.replace(plain, direct_url=checked.href)
+    # the direct form is what is fetched and what is_copyable judges (a landing page never is copied; its file is)
+    return dataclasses.replace(plain, raw_url=checked.href, direct_url=checked.href)

@@ -1,7 +1,7 @@
 """Smash: ``fromsmash.com/<id-or-custom-slug>`` and team subdomains ``<team>.fromsmash.com/<…>``. Custom slugs make
 any single path segment a possible transfer, so the site's own pages and the API host are excluded. Landing pages:
 the files come from resolution (``services/resolvers/fromsmash.py``, its transfer preview API, with
-``SMASH_API_KEY``); not copied to R2 yet (see ``copyable``).
+``SMASH_API_KEY``), whose signed file URLs on ``*.fromsmash.co`` R2 copies one by one.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def _is_fromsmash_non_transfer(url: str) -> bool:
 
 
 def _is_a_landing_page(url: str) -> bool:
-    """Every Smash delivery link names a transfer's page, never a file."""
-    return True
+    """Every Smash delivery link names a transfer's page, never a file; files are on ``fromsmash.co`` hosts."""
+    return not host_matches((urlsplit(url).hostname or "").rstrip(".").lower(), "fromsmash.co")
 
 
 PROVIDER = Provider(
@@ -37,9 +37,9 @@ PROVIDER = Provider(
     (HostRule("fromsmash.com", path(r"^/[A-Za-z0-9][A-Za-z0-9_-]*/?$")),),
     excluded=_is_fromsmash_non_transfer,
     copyable=True,
-    # every Smash link is a landing page: none goes to the Worker as it is (nor, for now, its resolved files, whose
-    # signed-URL host is not verified; the copy plan asks this of the landing link)
+    # every Smash link is a landing page: none goes to the Worker as it is; its resolved files do
     never_copied=_is_a_landing_page,
-    # the regional API the resolver calls (transfer.<region>.fromsmash.co) and, presumably, the signed URLs
+    # the regional API the resolver calls (transfer.<region>.fromsmash.co) and the signed file URLs (a Smash-owned
+    # domain: files served from another host are refused by the Worker as policy, and keep their source URLs)
     download_hosts=("fromsmash.co",),
 )

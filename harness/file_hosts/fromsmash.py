@@ -58,6 +58,14 @@ class SmashFake(TransferHostFake):
     def routes(self, app: Flask) -> None:
         app.add_url_rule("/transfer/<transfer_id>/preview", "preview", self._preview)
         app.add_url_rule("/transfer/<transfer_id>/files/preview", "files", self._files)
+        app.add_url_rule("/<transfer_id>/<int:index>", "file", self._file)
+
+    def _file(self, transfer_id: str, index: int) -> Response:
+        """A signed file URL (reached through the Worker's outbound interception): the file's bytes."""
+        transfer = self.transfers.get(transfer_id)
+        if transfer is None or not 0 <= index < len(transfer.files) or not request.args.get("X-Amz-Signature"):
+            return _error(404, "TransferNotFoundError")
+        return Response(list(transfer.files.values())[index], mimetype="application/octet-stream")
 
     def _checked(self, transfer_id: str) -> FakeSmashTransfer | Response:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":

@@ -2,9 +2,10 @@
 and ``GET /getpublinkdownload?code=[&fileid=]`` answering as pCloud documents, always HTTP 200 with a JSON
 ``result`` (0, or an error code a test sets per link: 7001 for an unknown code), ``metadata`` (a file, or a folder
 with recursive ``contents``), and download links (``hosts``, ``path``, ``expires`` as an RFC 2822 date). The
-download hosts it names (``p-lux3.pcloud.com`` by default, or a look-alike a test sets) are never served here: the
-resolver only checks them. It cannot show pCloud's password-protected links (their answer is undocumented), per-IP
-limits, or whether a download link is bound to the requesting IP.
+download hosts it names (``p-lux3.pcloud.com`` by default, or a look-alike a test sets) are served here only for
+the Worker (its outbound requests intercepted to this fake): ``GET <path>`` of an issued link answers the file, that
+many zero bytes; the resolver only checks them. It cannot show pCloud's password-protected links (their answer is
+undocumented), per-IP limits, or whether a download link is bound to the requesting IP.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class FakePCloud(FakeHost):
     def __init__(self, *, tls: bool = False) -> None:
         self.links: dict[str, PublicLink] = {}
         self.issued: list[tuple[str, str]] = []   # (code, path) of every download link handed out
+        self._sizes: dict[str, int] = {}           # path of an issued link -> the file's size
         super().__init__(self._make_app(), tls=tls)
 
     def add(self, code: str, link: PublicLink) -> None:
@@ -85,10 +87,18 @@ class FakePCloud(FakeHost):
                     return jsonify({"result": 2009, "error": "File not found."})
             path = f"/{secrets.token_urlsafe(24)}/{quote(item['name'])}"
             self.issued.append((request.args.get("code", ""), path))
+            self._sizes[path] = int(item.get("size", 0))
             return jsonify({"result": 0, "path": path, "hosts": list(link.hosts),
                             "expires": formatdate(time.time() + link.lifetime)})
 
+        app.add_url_rule("/<token>/<path:name>", "issued_file", self._issued_file)
         return app
+
+    def _issued_file(self, token: str, name: str) -> Response:
+        size = self._sizes.get(f"/{token}/{quote(name)}")
+        if size is None:
+            return Response("not found", status=404)
+        return Response(b"\0" * size, mimetype="application/octet-stream")
 
 
 def _files(metadata: dict[str, Any]) -> list[dict[str, Any]]:

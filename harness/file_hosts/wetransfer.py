@@ -3,15 +3,19 @@
 ``{"security_hash"[, "recipient_id"]}`` answers ``{id, state, expires_at, password_protected, security_hash, size,
 files: [{id, name, size, item_type}]}`` (404 for an unknown transfer or a wrong hash); ``POST …/download`` with
 ``"intent": "entire_transfer"`` answers ``{"direct_link": "https://download.wetransfer.com/…"}`` (another host when a
-test asks for a look-alike). Short links: ``GET /t-<code>`` redirects (302) hop by hop — through more short codes on
-this fake when asked — to the transfer's ``https://wetransfer.com/downloads/<id>/<hash>`` (or any target a test
-gives), the way ``we.tl`` does; the fake plays the short link's origin.
+test asks for a look-alike), and ``GET /eu2/<id>/<token>`` (the direct link, reached through the Worker's outbound
+interception) serves the one file, or a zip of all of them. Short links: ``GET /t-<code>`` redirects (302) hop by
+hop — through more short codes on this fake when asked — to the transfer's
+``https://wetransfer.com/downloads/<id>/<hash>`` (or any target a test gives), the way ``we.tl`` does; the fake
+plays the short link's origin.
 """
 
 from __future__ import annotations
 
+import io
 import secrets
 import time
+import zipfile
 from dataclasses import dataclass
 
 from flask import Flask, Response, jsonify, redirect, request
@@ -74,6 +78,19 @@ class WeTransferFake(TransferHostFake):
         app.add_url_rule("/api/v4/transfers/<transfer_id>/prepare-download", "prepare", self._prepare,
                          methods=["POST"])
         app.add_url_rule("/api/v4/transfers/<transfer_id>/download", "download", self._download, methods=["POST"])
+        app.add_url_rule("/eu2/<transfer_id>/<token>", "direct", self._direct)
+
+    def _direct(self, transfer_id: str, token: str) -> Response:
+        transfer = self.transfers.get(transfer_id)
+        if transfer is None:
+            return _not_found()
+        if len(transfer.files) == 1:
+            return Response(next(iter(transfer.files.values())), mimetype="application/octet-stream")
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as bundle:
+            for name, content in transfer.files.items():
+                bundle.writestr(name, content)
+        return Response(archive.getvalue(), mimetype="application/zip")
 
     def _short(self, code: str) -> BaseResponse:
         target = self.short_links.get(code)

@@ -40,7 +40,9 @@ def test_the_worker_copies_dropbox_from_the_hosts_and_with_the_key_rules_the_ser
     assert allow_list["dropbox"] == list(OFFLOADED_PROVIDERS["dropbox"])
     assert set(dropbox["key_params"]) == KEY_FORM_PARAMS["dropbox"]
     # the transfer services' files come from resolution: Smash's regional API and files are on fromsmash.co,
-    # SwissTransfer's on dl-<n>.swisstransfer.com (its landing pages, like all of Smash's links, are never copied)
+    # SwissTransfer's on dl-<n>.swisstransfer.com, WeTransfer's direct links on download.wetransfer.com (their
+    # landing pages, like all of Smash's links, are never copied)
     assert allow_list.get("fromsmash") == ["fromsmash.co"]
     assert allow_list.get("swisstransfer") == ["swisstransfer.com"]
-    assert not {"wetransfer", "mega"} & set(allow_list)
+    assert allow_list.get("wetransfer") == ["download.wetransfer.com"]
+    assert "mega" not in allow_list

@@ -16,15 +16,18 @@ export const PROVIDERS = deepFreeze(JSON.parse(providersText).providers);
 
 /**
  * The allow-list of `providers`: for each copyable provider that names download hosts, the hosts the Worker may
- * fetch from (each the domain itself or any subdomain of it): its link domains and its download hosts, less those
- * already covered by another entry. A provider without download hosts (its links are landing pages until resolution
- * names them) or not copyable (MEGA: encrypted, keyed by the fragment) has no entry, so the Worker refuses it.
+ * fetch from (each the domain itself or any subdomain of it): its download hosts, less those already covered by
+ * another entry — the same list the service checks a source URL against. Link domains that no download host covers
+ * (WeTransfer's and Smash's landing pages) are never fetched. A provider without download hosts or not copyable
+ * (MEGA: encrypted, keyed by the fragment) has no entry, so the Worker refuses it.
  */
 export function allowListFrom(providers) {
   const allowList = {};
   for (const provider of providers) {
     if (provider.copyable !== true || provider.download_hosts.length === 0) continue;
-    const hosts = [...new Set([...provider.domains, ...provider.download_hosts].map(normaliseHost))];
+    // Download hosts only, as the service's allow-list (OFFLOADED_PROVIDERS): a provider's landing pages
+    // (wetransfer.com, fromsmash.com) are never fetched, whoever asks.
+    const hosts = [...new Set(provider.download_hosts.map(normaliseHost))];
     allowList[provider.name] = Object.freeze(hosts.filter((host) => !hosts.some((other) => host.endsWith(`.${other}`))));
   }
   return Object.freeze(allowList);

@@ -34,16 +34,20 @@ describe("the allow-list and key rules under plain Node", () => {
     assert.ok(Object.isFrozen(PROVIDERS) && Object.isFrozen(PROVIDERS[0].download_hosts), "nobody can edit it at run time");
   });
 
-  test("every copyable provider with download hosts is allowed from its domains and download hosts, no other", async () => {
+  test("every copyable provider with download hosts is allowed from its download hosts, no other", async () => {
     const { providers } = await generatedDocument();
     const expected = providers.filter((p) => p.copyable && p.download_hosts.length > 0).map((p) => p.name);
     assert.deepEqual(Object.keys(ALLOWED_HOST_SUFFIXES), expected);
     assert.ok(expected.includes("dropbox"));
     for (const provider of providers) {
-      for (const host of [...provider.domains, ...provider.download_hosts]) {
-        const allowed = expected.includes(provider.name);
+      const allowed = expected.includes(provider.name);
+      for (const host of provider.download_hosts) {
         assert.equal(hostAllowed(host, provider.name), allowed, `${provider.name}: ${host}`);
         assert.equal(hostAllowed(`sub.${host}`, provider.name), allowed, `${provider.name}: sub.${host}`);
+      }
+      // a link domain no download host covers is a landing page's host: never fetched
+      for (const host of provider.domains.filter((domain) => !coveredBy(domain, provider.download_hosts))) {
+        assert.ok(!hostAllowed(host, provider.name), `${provider.name}: ${host}`);
       }
     }
   });
@@ -63,12 +67,13 @@ describe("the allow-list and key rules under plain Node", () => {
     assert.deepEqual(ALLOWED_HOST_SUFFIXES.dropbox, ["dropbox.com", "dropboxusercontent.com"]);
   });
 
-  test("a provider that is not copyable (MEGA) or names no download hosts (WeTransfer) is refused", () => {
+  test("a provider that is not copyable (MEGA) is refused; WeTransfer allows its direct-link host only", () => {
     assert.ok(!Object.hasOwn(ALLOWED_HOST_SUFFIXES, "mega"));
     assert.ok(!hostAllowed("mega.nz", "mega"));
     assert.equal(sourceUrlRefusal(new URL("https://mega.nz/file/abc#key"), "mega").reason, "host");
-    assert.ok(!Object.hasOwn(ALLOWED_HOST_SUFFIXES, "wetransfer"));
-    assert.ok(!hostAllowed("wetransfer.com", "wetransfer"));
+    assert.ok(hostAllowed("download.wetransfer.com", "wetransfer"));
+    assert.ok(!hostAllowed("download.wetransfer.com.evil.example", "wetransfer"));
+    assert.ok(!hostAllowed("wetransfer-download.com", "wetransfer"));
   });
 
   test("a provider becomes allowed as soon as it is copyable and names download hosts", () => {
@@ -76,7 +81,9 @@ describe("the allow-list and key rules under plain Node", () => {
       copyable: true, key_params: null, fragment_identifies: false };
     assert.deepEqual(allowListFrom([landing]), {});
     assert.deepEqual(allowListFrom([{ ...landing, download_hosts: ["dl.transfer-cdn.example"] }]),
-      { transfer: ["transfer.example", "dl.transfer-cdn.example"] }, "domains and download hosts, the covered www. dropped");
+      { transfer: ["dl.transfer-cdn.example"] }, "the download hosts only: the landing domains are never fetched");
+    assert.deepEqual(allowListFrom([{ ...landing, download_hosts: ["transfer.example", "www.transfer.example"] }]),
+      { transfer: ["transfer.example"] }, "a host covered by another listed one is dropped");
     assert.deepEqual(allowListFrom([{ ...landing, download_hosts: ["dl.transfer-cdn.example"], copyable: false }]), {});
   });
 
@@ -131,14 +138,15 @@ describe("the Worker on Miniflare reads the generated file", { timeout: TEST_TIM
         res.end(FILE);
       },
     });
-    // A copy of the Worker whose generated file gives Dropbox one more download host, WeTransfer its first one, and
-    // MEGA (still not copyable) its own domain as a download host.
+    // A copy of the Worker whose generated file gives Dropbox one more download host, adds a new copyable provider
+    // with its download host, and gives MEGA (still not copyable) its own domain as a download host.
     copyDir = await mkdtemp(path.join(os.tmpdir(), "worker-providers-"));
     await cp(path.join(WORKER_DIR, "src"), path.join(copyDir, "src"), { recursive: true });
     const document = await generatedDocument();
     const byName = Object.fromEntries(document.providers.map((p) => [p.name, p]));
     byName.dropbox.download_hosts.push("dropbox-cdn.example");
-    byName.wetransfer.download_hosts.push("download.wetransfer.com");
+    document.providers.push({ name: "newhost", domains: ["newhost.example"], download_hosts: ["dl.newhost.example"],
+      copyable: true, key_params: null, fragment_identifies: false });
     byName.mega.download_hosts.push("mega.nz");
     await writeFile(path.join(copyDir, "src", "providers.generated.json"), `${JSON.stringify(document, null, 2)}\n`);
     mf = startWorker({ origin: source.origin });
@@ -169,14 +177,14 @@ describe("the Worker on Miniflare reads the generated file", { timeout: TEST_TIM
   });
 
   test("a provider is accepted once the file names its download hosts", async () => {
-    const request = job({ provider: "wetransfer", source_url: "https://download.wetransfer.com/f/report.pdf" });
+    const request = job({ provider: "newhost", source_url: "https://dl.newhost.example/f/report.pdf" });
 
     const fromCopy = await postJob(copy, request);
     const fromWorker = await postJob(mf, request);
 
     assert.equal(fromCopy.status, 200, JSON.stringify(fromCopy.body));
     assert.equal(fromWorker.status, 400);
-    assert.match(fromWorker.body.error, /unsupported provider: wetransfer/);
+    assert.match(fromWorker.body.error, /unsupported provider: newhost/);
   });
 
   test("a provider that is not copyable is refused, even with download hosts", async () => {

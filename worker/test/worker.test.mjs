@@ -244,14 +244,23 @@ describe("refusals", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(seen.length, before, "no outbound request was made");
   });
 
-  test("a provider without download hosts in the generated file (WeTransfer) is refused", async () => {
+  test("a landing page of a provider whose files come from resolution (WeTransfer) is refused before any fetch", async () => {
+    const before = seen.length;
     const { status, body } = await postJob(
       mf,
       job({ provider: "wetransfer", source_url: "https://wetransfer.com/downloads/abc/def" }),
     );
 
+    assert.equal(status, 403, JSON.stringify(body));
+    assert.equal(body.reason, "host");
+    assert.equal(seen.length, before, "no outbound request was made");
+  });
+
+  test("a provider the generated file does not name is refused", async () => {
+    const { status, body } = await postJob(mf, job({ provider: "filehost", source_url: "https://filehost.example/f" }));
+
     assert.equal(status, 400);
-    assert.match(body.error, /unsupported provider: wetransfer/);
+    assert.match(body.error, /unsupported provider: filehost/);
   });
 
   test("a redirect to a foreign host is refused without following it", async () => {
