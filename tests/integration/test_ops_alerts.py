@@ -1,5 +1,6 @@
-"""Operational alerts end to end: the service's background (real Dovecot, both state backends) evaluates, the outbox
-delivers to a real receiver at OPS_WEBHOOK_URL, and each event arrives once per streak with a valid Standard
+"""Operational alerts end to end: the service's background (real Dovecot, both state backends; the OAuth2 case on
+Dovecot's oauth2 passdb and the fake identity provider) evaluates, the outbox delivers to a real receiver at
+OPS_WEBHOOK_URL, and each kind's event arrives once per streak, then one recovered, each with a valid Standard
 Webhooks signature made with OPS_WEBHOOK_SECRET (the rules themselves: tests/unit/test_alert_rules.py)."""
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from background import alerts
 from harness.mail import event_id_of, make_email
 from harness.pipeline import service_env
+from services.oauth.stored_tokens import StoredRefreshTokens, TokenCipher
 from services.state_store import ParkedEmail
+from tests.integration.test_oauth_sign_in import start_refreshing_mailbox
 
 pytestmark = pytest.mark.imap
 
@@ -179,3 +182,25 @@ def test_an_open_circuit_makes_the_target_failing_once_and_recovered_once_when_i
     assert [(body["kind"], body["subject"]) for body in received] == [
         ("target_failing", {"target": "default"}), ("recovered", {"target": "default"})]
     assert pipeline.store.get_item(event_id_of(raw)).status == "delivered"
+
+
+@pytest.mark.timeout(90)
+def test_a_mailbox_whose_sign_in_needs_an_operator_is_announced_once_and_recovers_once_after_a_new_sign_in(
+        make_oauth2_dovecot, webhook_receiver, ops_receiver, pipeline_factory, fast_alerts):
+    pair, account, initial, pipeline = start_refreshing_mailbox(
+        make_oauth2_dovecot, webhook_receiver, pipeline_factory, OAUTH_REAUTH_RETRY_SECONDS="600",
+        OPS_WEBHOOK_URL=ops_receiver.url, OPS_WEBHOOK_SECRET=OPS_SECRET, OPS_WEBHOOK_ALLOW_INSECURE="true")
+    pipeline.wait_until(lambda: pipeline.runtime.poller_status.snapshot()["imap"] == "ok", timeout=20,
+                        what="signed in")
+    # Given a grant the provider revoked: the mailbox needs an operator
+    pair.identity.revoke(initial)
+    [reauth] = wait_for_alerts(pipeline, ops_receiver, 1, "the reauth_required alert")
+    assert (reauth["kind"], reauth["subject"]) == ("reauth_required", {"mailbox": "default"})
+    # When the operator signs in again (a new refresh token stored, as oauth-login does)
+    StoredRefreshTokens(pipeline.store, "default", TokenCipher(None)).save(
+        pair.identity.issue_refresh_token(account.user))
+    # Then one recovered, and nothing more
+    wait_for_alerts(pipeline, ops_receiver, 2, "the recovered alert")
+    time.sleep(QUIET_ROUNDS_SECONDS)
+    assert [(body["kind"], body["subject"]) for body in alerts_received(ops_receiver)] == [
+        ("reauth_required", {"mailbox": "default"}), ("recovered", {"mailbox": "default"})]
