@@ -412,7 +412,7 @@ class ServiceRuntime:
             mailbox_folder=settings.imap_mailbox, open_store=lambda: self.store,
             instance=lambda: self.instance.as_dict(), poller_snapshot=lambda: self.poller_status.snapshot(),
             lease_snapshot=self.lease_snapshot, cluster_view=self.cluster_view, threads_dead=self.threads_dead,
-            mailbox_ids=tuple(mailbox.id for mailbox in self.config.mailboxes), targets=self.config.targets)
+            mailbox_ids=tuple(mailbox.id for mailbox in self.config.mailboxes), targets=self.config.delivered_targets)
 
     def operator_source(self) -> OperatorSource:
         """What the operator API and the login read about this worker (``create_app`` hands it over)."""
