@@ -43,6 +43,7 @@ MIN_RECORD_TTL_SECONDS = 1.0
 
 PENDING, DONE, DENIED, EXPIRED, ERROR = "pending", "done", "denied", "expired", "error"
 STATES = (PENDING, DONE, DENIED, EXPIRED, ERROR)
+NO_SIGN_IN = "no_sign_in"   # the 404 of reading a sign-in nobody started
 
 # What the mailbox's provider answered a device-code request with: the state it ends the sign-in in.
 FINAL_CODES = {"access_denied": DENIED, "expired_token": EXPIRED}
@@ -146,7 +147,7 @@ def continue_sign_in(store: Any, mailbox_id: str, credentials: OAuth2Credentials
     since the last request, and no other worker took this turn). 404 when no sign-in is known for the mailbox."""
     record = current_sign_in(store, mailbox_id)
     if record is None:
-        raise NotFound("no_sign_in", f"no sign-in of mailbox {mailbox_id!r} is under way")
+        raise NotFound(NO_SIGN_IN, f"no sign-in of mailbox {mailbox_id!r} is under way")
     if record["state"] != PENDING:
         return Progress(record)
     if now >= float(record["expires_at"]):

@@ -21,12 +21,12 @@ from urllib.parse import quote
 from flask import Blueprint, Response, jsonify, render_template
 from markupsafe import Markup
 
-from background.operator_actions import ActionError, ActionStore, Actor, record_action
+from background.operator_actions import ActionError, ActionStore, Actor, NotFound, record_action
 from background.sign_in import (
+    NO_SIGN_IN,
     PENDING,
     Progress,
     continue_sign_in,
-    current_sign_in,
     public_view,
     refresh_seconds,
     sign_in_credentials,
@@ -185,11 +185,11 @@ def page(mailbox_id: str) -> Response:
                                   "/sign-in", "next": page_path(mailbox_id),
                                   "csrf_token": reader.session.csrf if reader.session else None}
     try:
-        store = operator_source().open_store()
-        sign_in_credentials(operator_source().mailboxes, mailbox_id)
-        if current_sign_in(store, mailbox_id) is None:
-            return _page(200, sign_in=None, **context)
         progress = _progress(mailbox_id, reader)
+    except NotFound as exc:
+        if exc.error == NO_SIGN_IN:  # none started yet (or its outcome was let go of): the button to start one
+            return _page(200, sign_in=None, **context)
+        return _page(exc.status, message=exc.detail or exc.error, **context)
     except ActionError as exc:
         return _page(exc.status, message=exc.detail or exc.error, **context)
     except StateStoreError:
