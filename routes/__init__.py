@@ -39,11 +39,11 @@ def register_routes(app: Flask, source: StatusSource, operator: OperatorSource |
     app.extensions[SESSION_KEYS_KEY] = SessionKeys(admin_token=operator.admin_api_token,
                                                    status_token=operator.status_api_token,
                                                    session_secret=operator.session_secret)
+    app.register_blueprint(sign_in_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(operator_bp)
     app.register_blueprint(access_bp)
     app.register_blueprint(actions_bp)
-    app.register_blueprint(sign_in_bp)
 
 
 def status_source() -> StatusSource:
