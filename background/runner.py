@@ -309,14 +309,32 @@ class ServiceRuntime:
         observer = StatusObserver(
             lease=mailboxes[0].lease, store=store, poller_status=self.poller_status, instance=lambda: self.instance,
             timings=HealthTimings.from_settings(settings, observe_interval=OBSERVE_INTERVAL_SECONDS),
-            heartbeat_interval_seconds=settings.heartbeat_interval_seconds, config=self.config)
+            heartbeat_interval_seconds=settings.heartbeat_interval_seconds, config=self.config,
+            extra_chores=self._alert_chores(store, lambda: observer.view))
         return BackgroundServices(
             mailboxes=mailboxes, targets=self.config.targets, store=store, observer=observer,
             offloader_factory=lambda: self.offloader,
             sender_factory=lambda target: WebhookSender(target, version=self.version),
             enrich_budget_seconds=self.enrich_budget_seconds,
             routes=self.config.routes, membership=membership, rate_limiters=self._rate_limiters(),
-            sign_in_factory=self._sign_in_factory(store))
+            sign_in_factory=self._sign_in_factory(store), ops_target=self.config.ops)
+
+    def _alert_chores(self, store: Any, view: Callable[[], dict]) -> list[Any]:
+        """With OPS_WEBHOOK_URL, the alerts' evaluator as a chore of the first mailbox's holder (the process that
+        runs the cluster's chores: ``background.alerts`` says why one evaluator at a time, and why an overlap at a
+        hand-over is harmless); none otherwise."""
+        if self.config.ops is None:
+            return []
+        from background.alerts import EVALUATE_INTERVAL_SECONDS, AlertEvaluator
+        from background.housekeeping import Chore
+
+        evaluator = AlertEvaluator(store, mailbox_id=self.config.mailboxes[0].id, view=view,
+                                   target_ids=[target.id for target in self.config.targets])
+
+        def evaluate() -> None:
+            evaluator.evaluate_once()
+
+        return [Chore("alerts", EVALUATE_INTERVAL_SECONDS, evaluate)]
 
     def _sign_in_factory(self, store: Any) -> Callable[[MailboxConfig], Any]:
         """Each OAuth2 mailbox's sign-in (its provider, and one token cache per process, so mailboxes of one app
