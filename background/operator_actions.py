@@ -105,6 +105,7 @@ class OperatorSource:
     status_api_token: str | None = field(default=None, repr=False)
     admin_api_token: str | None = field(default=None, repr=False)
     session_secret: str | None = field(default=None, repr=False)
+    state_encryption_key: str | None = field(default=None, repr=False)  # seals what the store keeps of a sign-in
     open_store: Callable[[], Any]
     targets: tuple[TargetConfig, ...] = ()
     mailboxes: tuple[MailboxConfig, ...] = ()

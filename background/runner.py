@@ -422,7 +422,8 @@ class ServiceRuntime:
         settings = self.settings
         return OperatorSource(
             status_api_token=settings.status_api_token, admin_api_token=settings.admin_api_token,
-            session_secret=settings.session_secret, open_store=lambda: self.store, targets=self.config.targets,
+            session_secret=settings.session_secret, state_encryption_key=settings.state_encryption_key,
+            open_store=lambda: self.store, targets=self.config.targets,
             mailboxes=self.config.mailboxes,
             sender_factory=lambda target: WebhookSender(target, version=self.version),
             default_dry_run=DryRunPolicy(sender_allowlist=tuple(settings.sender_allowlist),
