@@ -21,14 +21,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Blueprint, Response, jsonify, render_template, request
 from markupsafe import Markup
 
 from routes import operator_source, session_keys, status_source
-from routes.access import COMMON_HEADERS, REALM, api_credentials_ok, basic_credentials_ok, current_session
+from routes.access import COMMON_HEADERS, REALM, api_credentials_ok, basic_credentials_ok, current_session, guarded
 from routes.access import json_error as _json_error
 from routes.access import unauthorized_api as _unauthorized_api
 from routes.health import health_document
@@ -51,18 +51,7 @@ def _read_credentials_ok(status_token: str | None) -> bool:
     return status_ok or admin_ok
 
 
-def _guarded(view: Callable[..., Response]) -> Callable[..., Response]:
-    """Errors in these routes answer JSON 500 without internals (the traceback is logged, scrubbed)."""
-
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Response:
-        try:
-            return view(*args, **kwargs)
-        except Exception:
-            logger.error("STATUS: %s failed", request.path, exc_info=True)
-            return _json_error(500, "internal_error")
-
-    return wrapper
+_guarded = guarded("STATUS")
 
 
 # --- /api/status ------------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 is ``background/sign_in.py``.
 
 ``POST /api/mailboxes/<id>/sign-in`` (the admin token, or an admin session with its CSRF token: the operator API's
-rules of ``routes/actions.py``, whose ``_perform`` runs it) starts one and answers 202 with the code and the link to
+rules of ``routes/actions.py``, whose ``perform`` runs it) starts one and answers 202 with the code and the link to
 show; ``GET /api/mailboxes/<id>/sign-in`` (admin) answers its state ``{state, user_code, verification_uri,
 expires_at, interval, …}`` and, while it is pending and the provider's interval has passed, asks the provider once.
 ``GET /console/mailboxes/<id>/sign-in`` is the same for a browser: a page (no script: the console's CSP allows
@@ -46,8 +46,8 @@ from routes.access import (
     token_kind,
     unauthorized_api,
 )
-from routes.actions import _guarded as guarded
-from routes.actions import _perform as perform_action
+from routes.actions import guarded_view as guarded
+from routes.actions import perform as perform_action
 from services.oauth.stored_tokens import TokenCipher
 from services.state_store import StateStoreError
 
