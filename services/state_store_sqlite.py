@@ -244,6 +244,7 @@ class SqliteStateStore:
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
+            self._close_own_connection()
             raise StateStoreError("sqlite: the state store is closed")
         pid = os.getpid()
         holder = getattr(self._local, "holder", None)
@@ -1010,14 +1011,37 @@ class SqliteStateStore:
             conn.execute("DELETE FROM records WHERE expires_at <= ?", (now,))
 
     def close(self) -> None:
-        """Close every connection this process opened (from any thread); the store is unusable afterwards."""
+        """Make the store unusable and close the connections of this thread and of this process's ended threads. A
+        live thread's connection is never closed from here: closing a connection another thread is using crashes
+        the interpreter (a segfault in sqlite3, seen in the test suite); that thread closes its own on its next call,
+        which raises ``StateStoreError``, or it goes when the thread ends."""
         self._closed = True
         pid = os.getpid()
+        current = threading.current_thread()
         with self._all_lock:
             connections, self._all = self._all, []
-        for owner_pid, _, conn in connections:
-            if owner_pid == pid:
-                try:
-                    conn.close()
-                except sqlite3.Error:  # closing must not fail a shutdown
-                    logger.debug("sqlite close failed", exc_info=True)
+            for owner_pid, thread_ref, conn in connections:
+                thread = thread_ref()
+                if owner_pid == pid and thread is not None and thread is not current and thread.is_alive():
+                    self._all.append((owner_pid, thread_ref, conn))
+                elif owner_pid == pid:
+                    _close_quietly(conn)
+        holder = getattr(self._local, "holder", None)
+        if holder is not None and holder.pid == pid:
+            self._local.holder = None
+
+    def _close_own_connection(self) -> None:
+        holder = getattr(self._local, "holder", None)
+        if holder is None or holder.pid != os.getpid():
+            return
+        self._local.holder = None
+        with self._all_lock:
+            self._all = [entry for entry in self._all if entry[2] is not holder.conn]
+        _close_quietly(holder.conn)
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    try:
+        conn.close()
+    except sqlite3.Error:  # closing must not fail a shutdown
+        logger.debug("sqlite close failed", exc_info=True)
