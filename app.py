@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from cli import register_cli
     from routes import register_routes
 
-    register_routes(flask_app, runtime.status_source())
+    register_routes(flask_app, runtime.status_source(), runtime.operator_source())
     register_cli(flask_app)
     return flask_app
 

@@ -264,6 +264,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("PCLOUD_CA_FILE", "pcloud_ca_file", text, None, "PEM bundle of CAs to trust for PCLOUD_API_BASE."),
     # Operator surface
     Spec("STATUS_API_TOKEN", "status_api_token", secret_text, None, "Token for /api/status, /metrics and the / page; unset = /api/status is 404.", secret=True),
+    Spec("ADMIN_API_TOKEN", "admin_api_token", secret_text, None, "Token for the operator actions (replay, sample, pause/resume, try-email; README \"Operator API\"), which also reads; at least 16 characters, not STATUS_API_TOKEN; unset = the action routes are 404.", secret=True),
+    Spec("SESSION_SECRET", "session_secret", secret_text, None, "Key material (at least 32 characters) for the console's signed session cookies; unset = derived from ADMIN_API_TOKEN and STATUS_API_TOKEN (HKDF), so every worker and container accepts them.", secret=True),
     Spec("LOG_FORMAT", "log_format", choice("text", "json"), "text", "`json` = one JSON object per line."),
     Spec("LOG_LEVEL", "log_level", choice("debug", "info", "warning", "error"), "info", "Minimum log level."),
     Spec("RENDER_GIT_COMMIT", "render_git_commit", text, None, "Set by Render; reported as `version`."),
@@ -395,6 +397,8 @@ class Settings:
     pcloud_allow_insecure: bool = _settings_field("pcloud_allow_insecure")
     pcloud_ca_file: str | None = _settings_field("pcloud_ca_file")
     status_api_token: str | None = _settings_field("status_api_token")
+    admin_api_token: str | None = _settings_field("admin_api_token")
+    session_secret: str | None = _settings_field("session_secret")
     log_format: str = _settings_field("log_format")
     log_level: str = _settings_field("log_level")
     render_git_commit: str | None = _settings_field("render_git_commit")
@@ -431,7 +435,7 @@ class Settings:
     def validate(self) -> None:
         """Cross-field rules: a feature that is on has what it needs."""
         for rule in (_check_config_file, _check_mailbox, _check_sender_auth, _check_outside_urls, _check_webhook, _check_r2_fetch,
-                     _check_presign, _check_retention):
+                     _check_presign, _check_retention, _check_operator_tokens):
             rule(self)
 
     # --- derived values ---------------------------------------------------------------------------------------
@@ -658,6 +662,21 @@ def _check_retention(s: Settings) -> None:
         if retention_hours <= hours:
             raise ConfigError("STATE_RETENTION_DAYS", f"must be longer than {variable} ({hours:g} h): done records "
                                                       "have to outlive it")
+
+
+ADMIN_TOKEN_MIN_CHARS = 16
+SESSION_SECRET_MIN_CHARS = 32
+
+
+def _check_operator_tokens(s: Settings) -> None:
+    """The admin token acts: it must not be guessable, nor be the read token (whoever reads could then act)."""
+    if s.admin_api_token is not None:
+        if len(s.admin_api_token) < ADMIN_TOKEN_MIN_CHARS:
+            raise ConfigError("ADMIN_API_TOKEN", f"must be at least {ADMIN_TOKEN_MIN_CHARS} characters")
+        if s.status_api_token is not None and s.admin_api_token == s.status_api_token:
+            raise ConfigError("ADMIN_API_TOKEN", "must differ from STATUS_API_TOKEN")
+    if s.session_secret is not None and len(s.session_secret) < SESSION_SECRET_MIN_CHARS:
+        raise ConfigError("SESSION_SECRET", f"must be at least {SESSION_SECRET_MIN_CHARS} characters")
 
 
 def validate_webhook_secret(secret: str, variable: str = "WEBHOOK_SECRET") -> None:

@@ -15,7 +15,7 @@ rule applied to its own due items, and a target whose circuit breaker any holder
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -179,13 +179,16 @@ def circuit_states(documents: Iterable[dict | None]) -> dict[str, str]:
 
 
 def target_problems(target_ids: tuple[str, ...], target_stats: dict[str, dict] | None, circuits: dict[str, str], *,
-                    now: float) -> list[dict]:
+                    now: float, paused: Mapping[str, float] | None = None) -> list[dict]:
     """The problems of each target: ``stalled`` by the outbox's stall rule applied to its own due items (held items
-    are not due, so a closed window never stalls it), ``circuit_open`` when a process's breaker skips it. Without
-    configured ids, every target the stats or the circuits name, sorted."""
+    are not due, so a closed window never stalls it), ``circuit_open`` when a process's breaker skips it. A target an
+    operator paused has none (its items wait on purpose). Without configured ids, every target the stats or the
+    circuits name, sorted."""
     ids = target_ids or tuple(sorted(set(target_stats or {}) | set(circuits)))
     problems = []
     for target_id in ids:
+        if target_id in (paused or {}):
+            continue
         stall = outbox_stall((target_stats or {}).get(target_id), now=now)
         if stall:
             problems.append(Problem("target", target_id, "stalled", stall).as_dict())
@@ -196,6 +199,23 @@ def target_problems(target_ids: tuple[str, ...], target_stats: dict[str, dict] |
     return problems
 
 
+def without_paused(stats: dict | None, target_stats: dict[str, dict] | None,
+                   paused: Mapping[str, float] | None) -> dict | None:
+    """The outbox figures the backlog and stall rules judge: ``stats`` without the items of paused targets (which
+    wait on purpose), from each target's figures; ``stats`` itself when nothing is paused or the figures are unknown."""
+    if not paused or stats is None or target_stats is None:
+        return stats
+    running = [entry for target_id, entry in target_stats.items() if target_id not in paused]
+    ages = [float(entry["oldest_pending_age_s"]) for entry in running if entry.get("oldest_pending_age_s") is not None]
+    heads = [entry for entry in running if entry.get("oldest_due_at") is not None]
+    head = min(heads, key=lambda entry: float(entry["oldest_due_at"]), default=None)
+    waiting = sum(int(entry.get("pending") or 0) for target_id, entry in target_stats.items() if target_id in paused)
+    return {**stats, "pending": max(0, int(stats.get("pending") or 0) - waiting),
+            "oldest_pending_age_s": max(ages, default=None),
+            "oldest_due_at": None if head is None else head["oldest_due_at"],
+            "oldest_due_delay": None if head is None else head.get("oldest_due_delay")}
+
+
 @dataclass(frozen=True)
 class ObservedReads:
     """What the observer read from the shared store in one observation (the last good read when this one failed)."""
@@ -204,6 +224,7 @@ class ObservedReads:
     stats: dict | None = None                        # outbox_stats
     mailbox_statuses: dict[str, dict] | None = None  # each other mailbox's holder's status
     target_stats: dict[str, dict] | None = None      # target_stats, per target id
+    paused: dict[str, float] | None = None           # paused_targets: target id -> paused at
 
 
 def _stalls(read: ObservedReads, *, now: float, started: float, timings: HealthTimings, first_mailbox: str,
@@ -215,11 +236,11 @@ def _stalls(read: ObservedReads, *, now: float, started: float, timings: HealthT
         stalls.append(Problem("mailbox", first_mailbox, "stalled", mailbox).as_dict())
     statuses = read.mailbox_statuses or {}
     stalls += other_mailbox_problems(other_mailboxes, statuses, now=now, started=started, timings=timings)
-    outbox = outbox_stall(read.stats, now=now)
+    outbox = outbox_stall(without_paused(read.stats, read.target_stats, read.paused), now=now)
     if outbox:
         stalls.append(Problem("outbox", None, "stalled", outbox).as_dict())
     circuits = circuit_states([read.published, *statuses.values()])
-    stalls += target_problems(targets, read.target_stats, circuits, now=now)
+    stalls += target_problems(targets, read.target_stats, circuits, now=now, paused=read.paused)
     return stalls
 
 
@@ -227,11 +248,12 @@ def observed_view(*, lease_state: str, held: bool, own_poller: dict, published: 
                   read_ok: bool, now: float, last_read_ok: float, started: float, timings: HealthTimings,
                   first_mailbox: str = DEFAULT_ID, other_mailboxes: tuple[str, ...] = (),
                   mailbox_statuses: dict[str, dict] | None = None, target_stats: dict[str, dict] | None = None,
-                  targets: tuple[str, ...] = ()) -> dict:
+                  targets: tuple[str, ...] = (), paused_targets: dict[str, float] | None = None) -> dict:
     """The cluster view the observer caches for ``/health``. ``published``, ``stats``, ``mailbox_statuses`` and
     ``target_stats`` are the last ones read (the cached ones when this read failed); a failed read turns the cluster
     ``stale`` only after ``stale_after``, so one slow answer does not flap the health. ``targets``: the configured
-    target ids (their problems are reported in that order)."""
+    target ids (their problems are reported in that order); ``paused_targets``: those an operator paused, whose
+    waiting items are neither a backlog nor a stall."""
     poller, imap = polling_states(held=held, own_poller=own_poller, published=published)
     if not read_ok and now - last_read_ok > timings.stale_after:
         cluster = "stale"
@@ -240,12 +262,14 @@ def observed_view(*, lease_state: str, held: bool, own_poller: dict, published: 
     stalls = []
     if cluster != "stale":
         read = ObservedReads(published=published, stats=stats, mailbox_statuses=mailbox_statuses,
-                           target_stats=target_stats)
+                             target_stats=target_stats, paused=paused_targets)
         stalls = _stalls(read, now=now, started=started, timings=timings, first_mailbox=first_mailbox,
                          other_mailboxes=other_mailboxes, targets=targets)
-    return {"poller": poller, "lease": lease_state or LeaseState.STANDBY, "imap": imap, "outbox": outbox_state(stats),
+    return {"poller": poller, "lease": lease_state or LeaseState.STANDBY, "imap": imap,
+            "outbox": outbox_state(without_paused(stats, target_stats, paused_targets)),
             "cluster": cluster, "published": published, "outbox_stats": stats, "stale": not read_ok,
-            "mailbox_statuses": dict(mailbox_statuses or {}), "target_stats": target_stats, "stalls": stalls}
+            "mailbox_statuses": dict(mailbox_statuses or {}), "target_stats": target_stats, "stalls": stalls,
+            "paused_targets": dict(paused_targets or {})}
 
 
 # --- checks, status and problems ------------------------------------------------------------------------------------

@@ -97,14 +97,15 @@ class StatusObserver:
             # Keep answering from what was last read; the health rules decide when that is stale.
             reads = ObservedReads(published=self.view.get("published"), stats=self.view.get("outbox_stats"),
                                   mailbox_statuses=self.view.get("mailbox_statuses") or {},
-                                  target_stats=self.view.get("target_stats"))
+                                  target_stats=self.view.get("target_stats"),
+                                  paused=self.view.get("paused_targets"))
         self.view = observed_view(
             lease_state=snapshot.get("state") or LeaseState.STANDBY, held=held,
             own_poller=self.poller_status.snapshot(), published=reads.published, stats=reads.stats,
             read_ok=read_ok, now=time.time(), last_read_ok=self.last_read_ok, started=self.started,
             timings=self.timings, first_mailbox=self._first_mailbox_id(),
             other_mailboxes=self._other_mailbox_ids(), mailbox_statuses=reads.mailbox_statuses,
-            target_stats=reads.target_stats, targets=self._target_ids())
+            target_stats=reads.target_stats, targets=self._target_ids(), paused_targets=reads.paused)
 
     def _read_cluster(self) -> ObservedReads:
         """One read of what the health rules need: the published statuses, the outbox and each target's figures."""
@@ -115,7 +116,7 @@ class StatusObserver:
                                                  self._retry_hours)
         return ObservedReads(published=self.store.read_status(), stats=stats,
                              mailbox_statuses=self.store.read_mailbox_statuses(others) if others else {},
-                             target_stats=self.store.target_stats(now))
+                             target_stats=self.store.target_stats(now), paused=self.store.paused_targets())
 
     def _retry_hours(self, target_id: str) -> float | None:
         if self.config is None:

@@ -26,6 +26,7 @@ from timestamps import iso_utc
 if TYPE_CHECKING:  # the adapters are imported lazily, on first use (heavy, and importing must open nothing)
     import redis
 
+    from background.operator_actions import OperatorSource
     from background.services import BackgroundServices
     from background.status_source import StatusSource
     from services.state_store import StateStore
@@ -394,6 +395,22 @@ class ServiceRuntime:
             instance=lambda: self.instance.as_dict(), poller_snapshot=lambda: self.poller_status.snapshot(),
             lease_snapshot=self.lease_snapshot, cluster_view=self.cluster_view, threads_dead=self.threads_dead,
             mailbox_ids=tuple(mailbox.id for mailbox in self.config.mailboxes), targets=self.config.targets)
+
+    def operator_source(self) -> OperatorSource:
+        """What the operator API and the login read about this worker (``create_app`` hands it over)."""
+        from background.operator_actions import DryRunPolicy, OperatorSource
+        from services.webhook import WebhookSender
+
+        settings = self.settings
+        return OperatorSource(
+            status_api_token=settings.status_api_token, admin_api_token=settings.admin_api_token,
+            session_secret=settings.session_secret, open_store=lambda: self.store, targets=self.config.targets,
+            mailboxes=self.config.mailboxes,
+            sender_factory=lambda target: WebhookSender(target, version=self.version),
+            default_dry_run=DryRunPolicy(sender_allowlist=tuple(settings.sender_allowlist),
+                                         allow_without_links=settings.allow_webhook_without_links,
+                                         max_links=settings.max_links_per_email,
+                                         sender_auth=SenderAuth.from_settings(settings)))
 
     def lease_snapshot(self) -> dict | None:
         background = self.background

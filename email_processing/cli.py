@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from config import SenderAuth
+from config import DEFAULT_ID, SenderAuth
 from email_processing.orchestrator import NullOffloader, ProcessResult, process_email
 from email_processing.parsing import parse_message
 from email_processing.payload import received_at_from_date_header
@@ -111,21 +111,32 @@ def process_email_command(path: str, dry_run: bool) -> None:
         _run(raw, dry_run, app.extensions.get(EXTENSION_KEY))
 
 
+def dry_run_result(raw: bytes, *, sender_allowlist: tuple[str, ...], allow_without_links: bool, max_links: int,
+                   sender_auth: SenderAuth | None, mailbox_id: str = DEFAULT_ID) -> ProcessResult:
+    """The dry run of one saved email: parse, decide and build the payload (links listed even when the sender filter
+    skips it); no R2, no webhook, no mailbox, no state. Also the operator API's ``POST /api/try-email``."""
+    parsed = parse_message(raw)
+    received_at = received_at_from_date_header(parsed.date_header)
+    return process_email(parsed, received_at=received_at, sender_allowlist=sender_allowlist,
+                         allow_without_links=allow_without_links, offloader=NullOffloader(),
+                         extract_when_skipped=True, max_links=max_links, sender_auth=sender_auth,
+                         mailbox_id=mailbox_id)
+
+
 def _run(raw: bytes, dry_run: bool, service: Any | None) -> None:
     if not dry_run and service is None:
         _fail(EXIT_DELIVERY_FAILED, "process-email: the service is not wired here; run it as "
                                     "`flask --app app process-email PATH` or use --dry-run")
-    parsed = parse_message(raw)
-    received_at = received_at_from_date_header(parsed.date_header)
     if dry_run or service is None:
         settings = _settings(service)
-        result = process_email(parsed, received_at=received_at, sender_allowlist=settings.sender_allowlist,
-                               allow_without_links=settings.allow_webhook_without_links, offloader=NullOffloader(),
-                               extract_when_skipped=True, max_links=settings.max_links_per_email,
-                               sender_auth=SenderAuth.from_settings(settings))
+        result = dry_run_result(raw, sender_allowlist=settings.sender_allowlist,
+                                allow_without_links=settings.allow_webhook_without_links,
+                                max_links=settings.max_links_per_email, sender_auth=SenderAuth.from_settings(settings))
         _print_payload(result)
         click.echo(_decision_line(result), err=True)
         return
+    parsed = parse_message(raw)
+    received_at = received_at_from_date_header(parsed.date_header)
     try:
         ingested = service.ingest_saved(parsed, received_at)
     except Exception as exc:

@@ -16,7 +16,6 @@ import base64
 import datetime
 import functools
 import hashlib
-import hmac
 import logging
 import math
 import time
@@ -28,71 +27,28 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from flask import Blueprint, Response, jsonify, render_template, request
 from markupsafe import Markup
 
-from routes import status_source
+from routes import operator_source, session_keys, status_source
+from routes.access import COMMON_HEADERS, REALM, api_credentials_ok, basic_credentials_ok, current_session
+from routes.access import json_error as _json_error
+from routes.access import unauthorized_api as _unauthorized_api
 from routes.health import health_document
 from routes.status_view import KNOWN_COUNTERS, LABELLED_COUNTERS, RECENT_LIMIT, build_status
 from timestamps import epoch_of, iso_utc
 
 logger = logging.getLogger(__name__)
 
-REALM = "render-signal"
 METRIC_PREFIX = "render_signal_"
-COMMON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 # The page's HTML and CSS live in routes/templates/ (Flask's Jinja autoescapes every .html template).
 bp = Blueprint("operator", __name__, template_folder="templates")
 
 
-# --- authentication -------------------------------------------------------------------------------------------------
-
-def _header_bytes(value: str) -> bytes:
-    # WSGI hands header values over as latin-1 decoded text: re-encoding gives the bytes the client sent.
-    try:
-        return value.encode("latin-1")
-    except UnicodeEncodeError:
-        return value.encode("utf-8")
-
-
-def _same_secret(presented: bytes, expected: str) -> bool:
-    return hmac.compare_digest(presented, expected.encode("utf-8"))
-
-
-def _api_credentials_ok(expected: str) -> bool:
-    """``Authorization: Bearer <token>`` or ``X-API-Key: <token>``."""
-    authorization = request.headers.get("Authorization", "")
-    scheme, _, value = authorization.strip().partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        if _same_secret(_header_bytes(value.strip()), expected):
-            return True
-    api_key = request.headers.get("X-API-Key", "")
-    return bool(api_key) and _same_secret(_header_bytes(api_key.strip()), expected)
-
-
-def _basic_credentials_ok(expected: str) -> bool:
-    """HTTP Basic with any user name and the token as password."""
-    authorization = request.headers.get("Authorization", "")
-    scheme, _, value = authorization.strip().partition(" ")
-    if scheme.lower() != "basic" or not value:
-        return False
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True)
-    except (ValueError, TypeError):
-        return False
-    _, colon, password = decoded.partition(b":")
-    return bool(colon) and _same_secret(password, expected)
-
-
-def _json_error(status: int, error: str, headers: dict[str, str] | None = None) -> Response:
-    response = jsonify({"error": error})
-    response.status_code = status
-    response.headers.update(COMMON_HEADERS)
-    response.headers.update(headers or {})
-    return response
-
-
-def _unauthorized_api() -> Response:
-    logger.info("SECURITY: rejected %s without a valid status token", request.path)
-    return _json_error(401, "unauthorized", {"WWW-Authenticate": f'Bearer realm="{REALM}"'})
+def _read_credentials_ok(status_token: str | None) -> bool:
+    """The status token or the admin token (which also reads), as Bearer or ``X-API-Key``."""
+    admin_token = operator_source().admin_api_token
+    status_ok = bool(status_token) and api_credentials_ok(status_token or "")
+    admin_ok = bool(admin_token) and api_credentials_ok(admin_token or "")
+    return status_ok or admin_ok
 
 
 def _guarded(view: Callable[..., Response]) -> Callable[..., Response]:
@@ -116,9 +72,9 @@ def _guarded(view: Callable[..., Response]) -> Callable[..., Response]:
 def api_status() -> Response:
     source = status_source()
     token = source.status_api_token
-    if not token:
+    if not token and not operator_source().admin_api_token:
         return _json_error(404, "not_found")
-    if not _api_credentials_ok(token):
+    if not _read_credentials_ok(token):
         return _unauthorized_api()
     document, _ = build_status(source)
     response = jsonify(document)
@@ -286,7 +242,7 @@ def render_metrics(document: dict, accept: str | None = None) -> tuple[bytes, st
 def metrics() -> Response:
     source = status_source()
     token = source.status_api_token
-    if token and not _api_credentials_ok(token):
+    if (token or operator_source().admin_api_token) and not _read_credentials_ok(token):
         return _unauthorized_api()
     document, _ = build_status(source)
     body, content_type = render_metrics(document, request.headers.get("Accept"))
@@ -466,7 +422,7 @@ def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -
 def dashboard() -> Response:
     source = status_source()
     token = source.status_api_token
-    if token and not _basic_credentials_ok(token):
+    if token and not basic_credentials_ok(token) and current_session(session_keys()) is None:
         logger.info("SECURITY: rejected %s without valid credentials", request.path)
         return _html(render_template("unauthorized.html"), 401,
                      {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})

@@ -63,6 +63,7 @@ class ClusterReads:
     target_stats: dict[str, dict] | None = None
     backlog: dict[str, int] = field(default_factory=dict)            # pending items per mailbox id
     recent: list[dict] = field(default_factory=list)
+    paused: dict[str, float] = field(default_factory=dict)           # paused targets: id -> paused at
     read: bool = False   # False when the store was deliberately not consulted (nothing shared to read)
 
 
@@ -97,6 +98,7 @@ def read_cluster_state(source: StatusSource, now: float, *, recent_limit: int = 
         breakdown = store.outbox_breakdown(now)   # the targets' figures and the mailboxes' backlog in one pass
         reads.target_stats = breakdown["targets"]
         reads.backlog = dict(breakdown["mailboxes"])
+        reads.paused = store.paused_targets()
         if recent_limit > 0:
             reads.recent = list(store.recent(recent_limit))
         return reads
@@ -302,11 +304,12 @@ def _mailboxes_section(mailbox_ids: tuple[str, ...], poller: dict, lease: dict, 
 
 
 def _targets_section(targets: tuple, outbox: dict | None, reads: ClusterReads, now: float) -> list[dict]:
-    """Every configured target: its own counts (pending, held, oldest pending age, dead), its window and its
-    circuit (the worst any holder published: ``open``, ``half_open``, ``closed``; None when no holder published)."""
+    """Every configured target: its own counts (pending, held, oldest pending age, dead), whether it is paused,
+    its window and its circuit (the worst any holder published: ``open``, ``half_open``, ``closed``; None when no
+    holder published)."""
     circuits = circuit_states([reads.published, *reads.mailbox_statuses.values()])
     if not targets:
-        return [_target_entry(DEFAULT_ID, outbox, circuits.get(DEFAULT_ID))]
+        return [{**_target_entry(DEFAULT_ID, outbox, circuits.get(DEFAULT_ID)), **_paused_fields(DEFAULT_ID, reads)}]
     from email_processing.delivery_window import window_opens_at
 
     entries = []
@@ -328,8 +331,18 @@ def _targets_section(targets: tuple, outbox: dict | None, reads: ClusterReads, n
                         "oldest_pending_age_s": round(float(oldest), 1) if known and oldest is not None else None,
                         "dead": stats["dead"] if known else None, "circuit": circuits.get(target.id),
                         "window": window,
-                        "rate_per_second": target.rate_limit, "body_cap_bytes": target.body_cap})
+                        "rate_per_second": target.rate_limit, "body_cap_bytes": target.body_cap,
+                        **_paused_fields(target.id, reads)})
     return entries
+
+
+def _paused_fields(target_id: str, reads: ClusterReads) -> dict:
+    """``paused`` (an operator paused the target: its items wait, claimed by nobody) and ``paused_at`` (ISO or
+    None). Unknown (None) when the store was not read or could not be."""
+    if not reads.read or reads.stale:
+        return {"paused": None, "paused_at": None}
+    at = reads.paused.get(target_id)
+    return {"paused": at is not None, "paused_at": iso_utc(at) if at is not None else None}
 
 
 def _target_entry(target_id: str, outbox: dict | None, circuit: str | None) -> dict:

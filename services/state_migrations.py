@@ -13,7 +13,8 @@ the per-mailbox fetch retry set, failure counts of flag requests, the fingerprin
 and each outbox item's attempt log. Version 4 (issue 16): outbox items may be ``enriching`` (queued, waiting for
 the R2 copy of their links; not claimable, counted as pending). Version 5 (issue 17): an email is done (its done
 record written, its flag request queued) only once every item of it, one per target, has ended; each mailbox and
-target's due items are claimed on their own. The keys of mailbox ``default``
+target's due items are claimed on their own. Version 7 (issue 20): paused targets, the operator action
+history, fixed-window counters and small records with a TTL. The keys of mailbox ``default``
 (checkpoints and flag requests under its folder name, done records under the email id) are those of version 1
 unchanged, so nothing is rewritten; any other mailbox's keys carry its id (``MailboxConfig.state_key``).
 Pure: the backends run the statements and record the versions.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 OLDEST_READER = 1
 FIRST_VERSION = 1
 
@@ -88,6 +89,19 @@ STEPS: tuple[Step, ...] = (
                  "updated_at REAL NOT NULL)",),
          redis_note="new keys oauth:refresh:<mailbox_id> (the newest refresh token, as stored: encrypted with "
                     "STATE_ENCRYPTION_KEY when it is set) and oauth:lock:<mailbox_id> (the lock one refresh holds)"),
+    Step(7, "paused targets, the operator action history, fixed-window counters and records with a TTL",
+         sqlite=("CREATE TABLE IF NOT EXISTS paused_targets (target_id TEXT PRIMARY KEY, paused_at REAL NOT NULL)",
+                 "CREATE TABLE IF NOT EXISTS actions (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, "
+                 "entry TEXT NOT NULL)",
+                 "CREATE TABLE IF NOT EXISTS hits (key TEXT NOT NULL, window_seconds REAL NOT NULL, "
+                 "window_index INTEGER NOT NULL, count INTEGER NOT NULL, expires_at REAL NOT NULL, "
+                 "PRIMARY KEY (key, window_seconds, window_index))",
+                 "CREATE TABLE IF NOT EXISTS records (namespace TEXT NOT NULL, key TEXT NOT NULL, "
+                 "record TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (namespace, key))"),
+         redis_note="new keys paused_targets (a hash: target id -> paused at; claims skip those targets' items; an "
+                    "older release's claim does not know it), actions (a list), hit:<key>:<window>:<index>, "
+                    "record:<namespace>:<key> and email_items:<email_id> (the event ids of an email's items; an "
+                    "item queued before is found by its key pattern)"),
 )
 
 

@@ -31,6 +31,11 @@ P identity:<email_id>               string     JSON fingerprint and origin of th
 P parked:<parked_id>                hash       one parked email (fields of ``ParkedEmail``)        retention
 P parked_index                      zset       parked ids, score = parked_at                       trimmed
 P parked_replay:<mailbox_id>        zset       parked ids whose replay was requested               removed on replay
+P paused_targets                    hash       target id -> paused at (issue 20)                   never
+P actions                           list       JSON {"t": at, "e": entry}, newest first, <= 1000   30 days
+P hit:<key>:<window s>:<index>      string     hits of one fixed window                            its window
+P record:<namespace>:<key>          string     JSON record (put_record)                            its own TTL
+P email_items:<email_id>            set        the event ids of the email's items                  with its items
 P schema_version                    string     the schema version (services/state_migrations.py)   never
 P schema_oldest_reader              string     the oldest schema version that can work on it       never
 ==================================  =========  ==================================================  =================
@@ -60,6 +65,8 @@ import redis
 from config import DEFAULT_ID
 from services.state_migrations import OLDEST_READER, SCHEMA_VERSION, SchemaTooNew, check_readable
 from services.state_store import (
+    ACTIONS_KEEP,
+    ACTIONS_TTL_SECONDS,
     ATTEMPT_LOG_KEEP,
     DEAD_RECENT_COUNT,
     RECENT_KEEP,
@@ -74,11 +81,13 @@ from services.state_store import (
     StateStoreError,
     bounded,
     check_counter_name,
+    check_record_address,
     check_status,
     counter_label_part,
     counter_labels,
     dumps,
     fold_series,
+    hit_window,
     now_or_clock,
     parse_label_part,
     queued_status,
@@ -88,6 +97,7 @@ from services.state_store import (
 logger = logging.getLogger(__name__)
 
 PREFIX = "render_signal:v1:"
+PAUSED_SCAN = 1000   # an unfiltered claim passes over at most this many due items of paused targets
 _errors = translating(redis.RedisError, OSError)
 
 _INT_FIELDS = ("uidvalidity", "uid", "attempts", "last_status")
@@ -97,9 +107,12 @@ _STR_FIELDS = ("event_id", "email_id", "mailbox", "message_id", "status", "last_
                "response_excerpt", "claim_owner", "mailbox_id", "target_id")
 
 # KEYS: item, pending (or enriching), pending_since (or enriching), done, email, owner's due set (or '' when
-# enriching).  ARGV: event_id, score, since, ttl, fields.  ``email`` counts the email's items not yet ended (open).
+# enriching), the email's item set.  ARGV: event_id, score, since, ttl, fields.  ``email`` counts the email's items
+# not yet ended (open); its item set lives as long as they do (no TTL until the last ends).
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SADD', KEYS[7], ARGV[1])
+redis.call('PERSIST', KEYS[7])
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 if KEYS[6] ~= '' then redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1]) end
@@ -124,6 +137,7 @@ local function end_of_item(prefix, f, at, ttl, dead)
   end
   local first_dead = redis.call('HGET', email, 'dead')
   redis.call('DEL', email)
+  redis.call('PEXPIRE', prefix .. 'email_items:' .. f[1], ttl)
   redis.call('SET', prefix .. 'done:' .. f[1], first_dead and ('dead:' .. first_dead) or 'delivered', 'PX', ttl)
   if f[4] ~= '0' then
     local flags = prefix .. 'flags:' .. f[2]
@@ -211,11 +225,13 @@ redis.call('ZADD', KEYS[3], since, ARGV[1])
 return 1
 """
 
-# KEYS: owner's due set, pending, pending_since, counters.  ARGV: now, limit, claimed_until, claim owner, prefix.
-# The owner's due set (outbox:due:<mailbox_id>:<target_id>) is an index of outbox:pending, which stays the
-# authority on due times: a stale entry (claimed, rescheduled or finished since) is brought in step when seen. Due
-# items at the front of outbox:pending that no owner set holds yet (queued by an older release) are adopted first.
+# KEYS: owner's due set, pending, pending_since, counters, paused targets.  ARGV: now, limit, claimed_until, claim
+# owner, prefix, target id (a paused target's items are claimed by nobody). The owner's due set
+# (outbox:due:<mailbox_id>:<target_id>) is an index of outbox:pending, which stays the authority on due times: a
+# stale entry (claimed, rescheduled or finished since) is brought in step when seen. Due items at the front of
+# outbox:pending that no owner set holds yet (queued by an older release) are adopted first.
 _CLAIM_FOR = _OWNER_DUE + _CLAIM_ITEM + """
+if redis.call('HEXISTS', KEYS[5], ARGV[6]) == 1 then return {} end
 local prefix = ARGV[5]
 local limit = tonumber(ARGV[2])
 local front = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 20)
@@ -239,18 +255,32 @@ end
 return claims(KEYS[4])
 """
 
-# KEYS: pending, pending_since, counters.  ARGV: now, limit, claimed_until, owner, item key prefix.  The owners'
-# due sets are not moved: a claim by owner brings a stale entry in step when it sees it (``_CLAIM_FOR``).
-_CLAIM = _CLAIM_ITEM + """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, id in ipairs(ids) do
-  local key = ARGV[5] .. id
-  if redis.call('HGET', key, 'status') ~= 'pending' then
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('ZREM', KEYS[2], id)
-  else
-    claim_item(key, id, KEYS[1], ARGV[1], ARGV[3], ARGV[4])
+# KEYS: pending, pending_since, counters, paused targets.  ARGV: now, limit, claimed_until, owner, item key prefix.
+# The owners' due sets are not moved: a claim by owner brings a stale entry in step when it sees it
+# (``_CLAIM_FOR``). Items of a paused target are passed over (they stay at the front: ``skipped`` of them), at most
+# PAUSED_SCAN of them per claim.
+_CLAIM = _CLAIM_ITEM + f"""
+local limit = tonumber(ARGV[2])
+local paused = redis.call('HLEN', KEYS[4]) > 0
+local skipped = 0
+while #claimed < limit and skipped <= {PAUSED_SCAN} do
+  local page = limit - #claimed
+  if paused then page = page + 50 end
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', skipped, page)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    if #claimed >= limit then break end
+    local key = ARGV[5] .. id
+    if redis.call('HGET', key, 'status') ~= 'pending' then
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('ZREM', KEYS[2], id)
+    elseif paused and redis.call('HEXISTS', KEYS[4], redis.call('HGET', key, 'target_id') or 'default') == 1 then
+      skipped = skipped + 1
+    else
+      claim_item(key, id, KEYS[1], ARGV[1], ARGV[3], ARGV[4])
+    end
   end
+  if not paused then break end
 end
 return claims(KEYS[3])
 """
@@ -311,15 +341,22 @@ log_attempt(KEYS[6], ARGV[10], ARGV[7])
 return 1
 """
 
-# KEYS: dead, pending, pending_since.  ARGV: now, prefix, retention ms, event id ('' = every dead letter)
+# KEYS: dead, pending, pending_since.  ARGV: now, prefix, retention ms, event id ('' = every dead letter), since
+# ('' = any time: else only items dead at or after it), target id ('' = any).  The status is checked and changed in
+# the script, so of concurrent replays of one dead letter exactly one counts it.
 _REPLAY = _OWNER_DUE + """
 local ids
-if ARGV[4] == '' then ids = redis.call('ZRANGE', KEYS[1], 0, -1) else ids = {ARGV[4]} end
+if ARGV[4] ~= '' then ids = {ARGV[4]}
+elseif ARGV[5] ~= '' then ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[5], '+inf')
+else ids = redis.call('ZRANGE', KEYS[1], 0, -1) end
 local n = 0
 for _, id in ipairs(ids) do
   local key = ARGV[2] .. 'item:' .. id
-  local st = redis.call('HGET', key, 'status')
-  if st == 'dead' then
+  local f = redis.call('HMGET', key, 'status', 'dead_at', 'target_id')
+  local st = f[1]
+  local wanted = (ARGV[5] == '' or tonumber(f[2] or '0') >= tonumber(ARGV[5]))
+    and (ARGV[6] == '' or (f[3] or 'default') == ARGV[6])
+  if st == 'dead' and wanted then
     redis.call('HSET', key, 'status', 'pending', 'attempts', '0', 'next_attempt_at', ARGV[1], 'in_flight', '0')
     redis.call('HDEL', key, 'dead_reason', 'dead_at', 'first_attempt_at', 'claimed_until', 'claim_owner')
     redis.call('PERSIST', key)
@@ -329,6 +366,7 @@ for _, id in ipairs(ids) do
     set_owner_due(ARGV[2], key, ARGV[1], id)
     local email_id = redis.call('HGET', key, 'email_id')
     redis.call('SET', ARGV[2] .. 'done:' .. email_id, 'enqueued', 'PX', ARGV[3])
+    redis.call('PERSIST', ARGV[2] .. 'email_items:' .. email_id)
     -- open again; a replayed item clears the email's dead mark (the operator asked for another try)
     local email = ARGV[2] .. 'email:' .. email_id
     redis.call('HINCRBY', email, 'open', 1)
@@ -516,6 +554,11 @@ def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[0::2], flat[1::2], strict=False))
 
 
+def _glob_escaped(text: str) -> str:
+    """``text`` as a literal in a SCAN MATCH pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
 def _flag_member(uidvalidity: int, uid: int, message_id: str | None) -> str:
     return f"{int(uidvalidity)}:{int(uid)}:{message_id or ''}"
 
@@ -545,6 +588,8 @@ class RedisStateStore:
         self._status = prefix + "status"
         self._recent = prefix + "recent"
         self._parked_index = prefix + "parked_index"
+        self._paused = prefix + "paused_targets"
+        self._actions = prefix + "actions"
         self._enqueue = client.register_script(_ENQUEUE)
         self._finish_enrichment = client.register_script(_FINISH_ENRICHMENT)
         self._claim = client.register_script(_CLAIM)
@@ -568,6 +613,9 @@ class RedisStateStore:
 
     def _owner_due(self, mailbox_id: str | None, target_id: str | None) -> str:
         return f"{self._p}outbox:due:{mailbox_id or 'default'}:{target_id or 'default'}"
+
+    def _email_items(self, email_id: str) -> str:
+        return f"{self._p}email_items:{email_id}"
 
     def _attempts_key(self, event_id: str) -> str:
         return f"{self._p}attempts:{event_id}"
@@ -725,7 +773,7 @@ class RedisStateStore:
                                   else (self._enriching, self._enriching))
             owner_set = self._owner_due(item.mailbox_id, item.target_id) if status == OutboxStatus.PENDING else ""
             calls.append(([self._item_key(item.event_id), due_set, since_set, f"{self._p}done:{item.email_id}",
-                           f"{self._p}email:{item.email_id}", owner_set],
+                           f"{self._p}email:{item.email_id}", owner_set, self._email_items(item.email_id)],
                           [item.event_id, _num(stored.next_attempt_at), _num(now), self._retention_ms, *flat]))
 
         def enqueue(pipe: Any) -> None:
@@ -753,12 +801,12 @@ class RedisStateStore:
             def claim(pipe: Any) -> None:
                 self._claim_for(
                     keys=[self._owner_due(mailbox_id, target_id), self._pending, self._pending_since,
-                          self._counters],
-                    args=[_num(now), int(limit), _num(now + claim_seconds), owner, self._p], client=pipe)
+                          self._counters, self._paused],
+                    args=[_num(now), int(limit), _num(now + claim_seconds), owner, self._p, target_id], client=pipe)
 
             [rows] = self._fenced(fence, claim)
             return [item_from_fields(_pairs(row)) for row in rows]
-        rows = self._claim(keys=[self._pending, self._pending_since, self._counters],
+        rows = self._claim(keys=[self._pending, self._pending_since, self._counters, self._paused],
                            args=[_num(now), int(limit), _num(now + claim_seconds), owner, f"{self._p}item:"])
         return [item_from_fields(_pairs(row)) for row in rows]
 
@@ -840,9 +888,112 @@ class RedisStateStore:
         return [item for item in items if item.status == status]
 
     @_errors
-    def replay(self, event_id: str | None = None, now: float | None = None) -> int:
+    def replay(self, event_id: str | None = None, now: float | None = None, *, since: float | None = None,
+               target_id: str | None = None) -> int:
+        """Dead letters back to pending (one, or every one that died at or after ``since`` for ``target_id``);
+        returns how many. One script: of concurrent replays of one dead letter, exactly one counts it."""
         return int(self._replay(keys=[self._dead, self._pending, self._pending_since],
-                                args=[_num(now_or_clock(now)), self._p, self._retention_ms, event_id or ""]))
+                                args=[_num(now_or_clock(now)), self._p, self._retention_ms, event_id or "",
+                                      "" if since is None else _num(since), target_id or ""]))
+
+    @_errors
+    def items_for_email(self, email_id: str) -> list[OutboxItem]:
+        """Every outbox item of one email (one per target), whatever its status, by target id. Items queued before
+        schema version 7 are in no item set: when the set is missing, the email's keys are looked up by pattern."""
+        ids = set(self._client.smembers(self._email_items(email_id)))
+        if not ids and self._client.exists(f"{self._p}done:{email_id}"):
+            pattern = f"{self._p}item:msg_{_glob_escaped(email_id)}*"
+            prefix = len(f"{self._p}item:")
+            ids = {key[prefix:] for key in self._client.scan_iter(match=pattern, count=1000)}
+        if not ids:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for event_id in sorted(ids):
+            pipe.hgetall(self._item_key(event_id))
+            pipe.lrange(self._attempts_key(event_id), 0, -1)
+        replies = pipe.execute()
+        items = [_with_log(item_from_fields(fields), log)
+                 for fields, log in zip(replies[0::2], replies[1::2], strict=True) if fields]
+        return sorted((item for item in items if item.email_id == email_id), key=lambda item: item.target_id)
+
+    # --- paused targets, operator actions, window counters, records (issue 20) -----------------------------------
+
+    @_errors
+    def pause_target(self, target_id: str, now: float) -> bool:
+        """Pause a target (durably): no claim hands out its items. False when it was paused already."""
+        self._ensure_schema()
+        return bool(self._client.hsetnx(self._paused, target_id, _num(now)))
+
+    @_errors
+    def resume_target(self, target_id: str) -> bool:
+        return bool(self._client.hdel(self._paused, target_id))
+
+    @_errors
+    def paused_targets(self) -> dict[str, float]:
+        return {target_id: float(at) for target_id, at in self._client.hgetall(self._paused).items()}
+
+    @_errors
+    def record_action(self, entry: dict, now: float) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.lpush(self._actions, dumps({"t": float(now), "e": entry}))
+        pipe.ltrim(self._actions, 0, ACTIONS_KEEP - 1)
+        pipe.pexpire(self._actions, int(ACTIONS_TTL_SECONDS * 1000))
+        pipe.execute()
+
+    @_errors
+    def actions(self, limit: int = 50) -> list[dict]:
+        """The operator actions recorded, newest first (at most ``ACTIONS_KEEP``, none older than 30 days)."""
+        if limit <= 0:
+            return []
+        cutoff = now_or_clock(None) - ACTIONS_TTL_SECONDS
+        rows = [json.loads(raw) for raw in self._client.lrange(self._actions, 0, min(limit, ACTIONS_KEEP) - 1)]
+        return [row["e"] for row in rows if float(row["t"]) > cutoff]
+
+    @_errors
+    def hit(self, key: str, window_seconds: float, now: float) -> int:
+        """Count one hit of ``key`` in the fixed window of ``window_seconds`` containing ``now`` (INCR, and an
+        expiry at the window's end); returns the window's count, cluster-wide."""
+        index = hit_window(window_seconds, now)
+        left_ms = int(((index + 1) * float(window_seconds) - float(now)) * 1000)
+        pipe = self._client.pipeline(transaction=True)
+        counter = f"{self._p}hit:{key}:{_num(window_seconds)}:{index}"
+        pipe.incr(counter)
+        pipe.pexpire(counter, max(1, left_ms) + 1000)   # a second more: clocks of two hosts differ a little
+        return int(pipe.execute()[0])
+
+    def _record_key(self, namespace: str, key: str) -> str:
+        check_record_address(namespace, key)
+        return f"{self._p}record:{namespace}:{key}"
+
+    @_errors
+    def get_record(self, namespace: str, key: str) -> dict | None:
+        raw = self._client.get(self._record_key(namespace, key))
+        return None if raw is None else json.loads(raw)
+
+    @_errors
+    def put_record(self, namespace: str, key: str, record: dict, ttl_seconds: float) -> None:
+        self._client.set(self._record_key(namespace, key), dumps(record), px=max(1, int(ttl_seconds * 1000)))
+
+    @_errors
+    def compare_and_put_record(self, namespace: str, key: str, expected: dict | None, record: dict,
+                               ttl_seconds: float) -> bool:
+        """Write ``record`` only if the current one equals ``expected`` (None: there is none): WATCH, compare,
+        MULTI/EXEC; a write by another in between makes it compare again."""
+        name = self._record_key(namespace, key)
+        with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(name)
+                    raw = pipe.get(name)
+                    if (None if raw is None else json.loads(raw)) != expected:
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.set(name, dumps(record), px=max(1, int(ttl_seconds * 1000)))
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
 
     @_errors
     def outbox_stats(self, now: float) -> dict:
@@ -1039,12 +1190,21 @@ class RedisStateStore:
         return int(self._client.zcard(self._parked_index))
 
     @_errors
-    def request_replay(self, parked_id: str | None = None, now: float | None = None) -> int:
-        """Ask the mailbox's lease holder to re-run the pipeline on one parked email (or all); returns how many."""
+    def request_replay(self, parked_id: str | None = None, now: float | None = None, *,
+                       since: float | None = None) -> int:
+        """Ask the mailbox's lease holder to re-run the pipeline on one parked email (or all, or those parked at or
+        after ``since``); returns how many."""
         at = now_or_clock(now)
-        ids = [parked_id] if parked_id is not None else self._client.zrange(self._parked_index, 0, -1)
+        if parked_id is not None:
+            ids = [parked_id]
+        elif since is not None:
+            ids = self._client.zrangebyscore(self._parked_index, _num(since), "+inf")
+        else:
+            ids = self._client.zrange(self._parked_index, 0, -1)
         requested = 0
         for record in self._read_parked(ids):
+            if since is not None and record.parked_at < since:
+                continue
             pipe = self._client.pipeline(transaction=True)
             pipe.hset(self._parked_key(record.parked_id), "replay_requested_at", _num(at))
             pipe.hdel(self._parked_key(record.parked_id), "replay_refused")

@@ -26,6 +26,8 @@ from typing import Iterator, Mapping, Sequence
 
 from services.state_migrations import OLDEST_READER, SCHEMA_VERSION, SchemaTooNew, check_readable, steps_after
 from services.state_store import (
+    ACTIONS_KEEP,
+    ACTIONS_TTL_SECONDS,
     DEAD_RECENT_COUNT,
     RECENT_KEEP,
     REFRESH_LOCK_TTL_SECONDS,
@@ -40,11 +42,13 @@ from services.state_store import (
     appended_log,
     bounded,
     check_counter_name,
+    check_record_address,
     check_status,
     counter_label_part,
     counter_labels,
     dumps,
     fold_series,
+    hit_window,
     now_or_clock,
     parse_label_part,
     queued_status,
@@ -391,7 +395,8 @@ class SqliteStateStore:
         if limit <= 0:
             return []
         claimed_until = now + claim_seconds
-        where = _DUE
+        # A paused target's items stay pending, claimed by nobody (issue 20).
+        where = _DUE + " AND target_id NOT IN (SELECT target_id FROM paused_targets)"
         params: list[float | str] = [now]
         if mailbox_id is not None and target_id is not None:
             where += " AND mailbox_id = ? AND target_id = ?"
@@ -522,14 +527,19 @@ class SqliteStateStore:
         return [_row_to_item(row) for row in rows]
 
     @_errors
-    def replay(self, event_id: str | None = None, now: float | None = None) -> int:
+    def replay(self, event_id: str | None = None, now: float | None = None, *, since: float | None = None,
+               target_id: str | None = None) -> int:
+        """Dead letters back to pending (one, or every one that died at or after ``since`` for ``target_id``);
+        returns how many. Checked and changed in one transaction: of concurrent replays of one item, one counts it."""
         at = now_or_clock(now)
         with self._write() as conn:
             query = "SELECT event_id, email_id FROM outbox WHERE status = 'dead' AND expires_at > ?"
             params: tuple = (time.time(),)
-            if event_id is not None:
-                query += " AND event_id = ?"
-                params += (event_id,)
+            for column, operator, value in (("event_id", "=", event_id), ("dead_at", ">=", since),
+                                            ("target_id", "=", target_id)):
+                if value is not None:
+                    query += f" AND {column} {operator} ?"
+                    params += (value,)
             rows = conn.execute(query, params).fetchall()
             conn.executemany(
                 "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?, due_at = ?, in_flight = 0, "
@@ -538,6 +548,94 @@ class SqliteStateStore:
                 [(at, at, at, row[0]) for row in rows])
             conn.executemany(_DONE_UPSERT, [(row[1], "enqueued", self._expires(at)) for row in rows])
             return len(rows)
+
+    @_errors
+    def items_for_email(self, email_id: str) -> list[OutboxItem]:
+        """Every outbox item of one email (one per target), whatever its status, by target id."""
+        rows = self._conn().execute(f"{_SELECT_ITEM} WHERE email_id = ? AND (expires_at IS NULL OR expires_at > ?) "
+                                    "ORDER BY target_id", (email_id, time.time())).fetchall()
+        return [_row_to_item(row) for row in rows]
+
+    # --- paused targets, operator actions, window counters, records (issue 20) -----------------------------------
+
+    @_errors
+    def pause_target(self, target_id: str, now: float) -> bool:
+        """Pause a target (durably): no claim hands out its items. False when it was paused already."""
+        with self._write() as conn:
+            cursor = conn.execute("INSERT INTO paused_targets (target_id, paused_at) VALUES (?, ?) "
+                                  "ON CONFLICT (target_id) DO NOTHING", (target_id, float(now)))
+            return cursor.rowcount > 0
+
+    @_errors
+    def resume_target(self, target_id: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM paused_targets WHERE target_id = ?", (target_id,)).rowcount > 0
+
+    @_errors
+    def paused_targets(self) -> dict[str, float]:
+        rows = self._conn().execute("SELECT target_id, paused_at FROM paused_targets").fetchall()
+        return {target_id: float(at) for target_id, at in rows}
+
+    @_errors
+    def record_action(self, entry: dict, now: float) -> None:
+        with self._write() as conn:
+            cursor = conn.execute("INSERT INTO actions (at, entry) VALUES (?, ?)", (float(now), dumps(entry)))
+            conn.execute("DELETE FROM actions WHERE id <= ? OR at <= ?",
+                         ((cursor.lastrowid or 0) - ACTIONS_KEEP, float(now) - ACTIONS_TTL_SECONDS))
+
+    @_errors
+    def actions(self, limit: int = 50) -> list[dict]:
+        """The operator actions recorded, newest first (at most ``ACTIONS_KEEP``, none older than 30 days)."""
+        rows = self._conn().execute("SELECT entry FROM actions WHERE at > ? ORDER BY id DESC LIMIT ?",
+                                    (time.time() - ACTIONS_TTL_SECONDS,
+                                     max(0, min(int(limit), ACTIONS_KEEP)))).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    @_errors
+    def hit(self, key: str, window_seconds: float, now: float) -> int:
+        """Count one hit of ``key`` in the fixed window of ``window_seconds`` containing ``now``; the window's count."""
+        index = hit_window(window_seconds, now)
+        with self._write() as conn:
+            conn.execute("DELETE FROM hits WHERE key = ? AND window_seconds = ? AND window_index < ?",
+                         (key, float(window_seconds), index))
+            row = conn.execute(
+                "INSERT INTO hits (key, window_seconds, window_index, count, expires_at) VALUES (?, ?, ?, 1, ?) "
+                "ON CONFLICT (key, window_seconds, window_index) DO UPDATE SET count = count + 1 RETURNING count",
+                (key, float(window_seconds), index, (index + 1) * float(window_seconds))).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def _read_record(conn: sqlite3.Connection, namespace: str, key: str) -> dict | None:
+        row = conn.execute("SELECT record FROM records WHERE namespace = ? AND key = ? AND expires_at > ?",
+                           (namespace, key, time.time())).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    @staticmethod
+    def _write_record(conn: sqlite3.Connection, namespace: str, key: str, record: dict, ttl_seconds: float) -> None:
+        conn.execute("INSERT OR REPLACE INTO records (namespace, key, record, expires_at) VALUES (?, ?, ?, ?)",
+                     (namespace, key, dumps(record), time.time() + float(ttl_seconds)))
+
+    @_errors
+    def get_record(self, namespace: str, key: str) -> dict | None:
+        check_record_address(namespace, key)
+        return self._read_record(self._conn(), namespace, key)
+
+    @_errors
+    def put_record(self, namespace: str, key: str, record: dict, ttl_seconds: float) -> None:
+        check_record_address(namespace, key)
+        with self._write() as conn:
+            self._write_record(conn, namespace, key, record, ttl_seconds)
+
+    @_errors
+    def compare_and_put_record(self, namespace: str, key: str, expected: dict | None, record: dict,
+                               ttl_seconds: float) -> bool:
+        """Write ``record`` only if the current one equals ``expected`` (None: there is none); in one transaction."""
+        check_record_address(namespace, key)
+        with self._write() as conn:
+            if self._read_record(conn, namespace, key) != expected:
+                return False
+            self._write_record(conn, namespace, key, record, ttl_seconds)
+            return True
 
     @_errors
     def outbox_stats(self, now: float) -> dict:
@@ -741,17 +839,21 @@ class SqliteStateStore:
                                         (time.time(),)).fetchone()[0])
 
     @_errors
-    def request_replay(self, parked_id: str | None = None, now: float | None = None) -> int:
-        """Ask the mailbox's lease holder to re-run the pipeline on one parked email (or all); returns how many."""
+    def request_replay(self, parked_id: str | None = None, now: float | None = None, *,
+                       since: float | None = None) -> int:
+        """Ask the mailbox's lease holder to re-run the pipeline on one parked email (or all, or those parked at or
+        after ``since``); returns how many."""
         at = now_or_clock(now)
+        query = "UPDATE parked SET replay_requested_at = ?, replay_refused = NULL WHERE expires_at > ?"
+        params: tuple = (at, time.time())
+        if parked_id is not None:
+            query += " AND parked_id = ?"
+            params += (parked_id,)
+        if since is not None:
+            query += " AND parked_at >= ?"
+            params += (float(since),)
         with self._write() as conn:
-            if parked_id is None:
-                cursor = conn.execute("UPDATE parked SET replay_requested_at = ?, replay_refused = NULL "
-                                      "WHERE expires_at > ?", (at, time.time()))
-            else:
-                cursor = conn.execute("UPDATE parked SET replay_requested_at = ?, replay_refused = NULL "
-                                      "WHERE parked_id = ? AND expires_at > ?", (at, parked_id, time.time()))
-            return cursor.rowcount
+            return conn.execute(query, params).rowcount
 
     @_errors
     def replay_requests(self, mailbox_id: str, limit: int) -> list[ParkedEmail]:
@@ -903,6 +1005,9 @@ class SqliteStateStore:
             conn.execute("DELETE FROM parked WHERE expires_at <= ?", (now,))
             conn.execute("DELETE FROM identities WHERE expires_at <= ?", (now,))
             conn.execute("DELETE FROM fetch_failures WHERE updated_at <= ?", (cutoff,))
+            conn.execute("DELETE FROM actions WHERE at <= ?", (now - ACTIONS_TTL_SECONDS,))
+            conn.execute("DELETE FROM hits WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM records WHERE expires_at <= ?", (now,))
 
     def close(self) -> None:
         """Close every connection this process opened (from any thread); the store is unusable afterwards."""

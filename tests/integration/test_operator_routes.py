@@ -283,7 +283,7 @@ def test_status_document_lists_the_default_mailbox_and_target_from_its_sections(
     assert body["targets"] == [{"id": "default", "profile": "generic", "pending": 1, "held": 0,
                                 "oldest_pending_age_s": body["outbox"]["oldest_pending_age_s"], "dead": 1,
                                 "window": None, "rate_per_second": None, "body_cap_bytes": 16_000_000,
-                                "circuit": None}]
+                                "circuit": None, "paused": False, "paused_at": None}]
     text = response.get_data(as_text=True)
     assert "whk-path-7f3a" not in text and "127.0.0.1:9" not in text
     # And no background runs here, so health has nothing to report

@@ -63,6 +63,22 @@ from tests.unit.test_state_store_mailboxes import (  # noqa: F401 - several mail
     test_the_store_records_the_schema_version_it_writes,
     test_two_mailboxes_with_the_same_folder_keep_separate_state,
 )
+from tests.unit.test_state_store_operator import (  # noqa: F401 - operator primitives (issue 20), again on Redis
+    test_a_pause_is_durable_across_reopening_the_store,
+    test_a_paused_target_hands_out_nothing_and_its_items_stay_pending_until_resumed,
+    test_actions_are_listed_newest_first_and_bounded_in_number_and_age,
+    test_an_action_older_than_thirty_days_is_not_listed,
+    test_an_unfiltered_claim_passes_over_due_items_of_a_paused_target,
+    test_compare_and_put_writes_only_over_the_expected_record,
+    test_concurrent_hits_are_each_counted,
+    test_concurrent_replays_of_one_dead_letter_count_it_once,
+    test_hits_are_counted_per_key_and_fixed_window,
+    test_items_for_email_gives_every_item_of_the_email_in_any_status,
+    test_of_concurrent_compare_and_puts_over_one_record_exactly_one_wins,
+    test_records_are_kept_per_namespace_for_their_ttl,
+    test_replay_takes_only_the_dead_letters_that_died_since_and_of_the_target_asked,
+    test_request_replay_since_takes_the_emails_parked_since,
+)
 from tests.unit.test_state_store_poison import (  # noqa: F401 - poison-proofing records, again on Redis
     test_a_claim_released_without_an_attempt_counts_no_attempt_and_no_possible_duplicate,
     test_a_replay_request_reaches_the_mailbox_and_ends_unparked_or_refused,
@@ -128,6 +144,34 @@ def test_items_queued_by_an_older_release_are_adopted_by_their_owners_claim(redi
         claimed = store.claim_due("w", time.time(), 10, 30, mailbox_id="default", target_id="t")
         # Then the item is found all the same
         assert [item.event_id for item in claimed] == ["msg_e7_t"]
+    finally:
+        raw.close()
+        store.close()
+
+
+def test_an_emails_item_set_lives_as_long_as_its_items_and_older_items_are_found_without_it(
+        redis_url, redis_server) -> None:
+    store = open_state_store(Settings.from_env({"REDIS_URL": redis_url}))
+    raw = redis_server.client()
+    key = "render_signal:v1:email_items:e1"
+    try:
+        # Given an email fanned out to two targets: its item set has no TTL while an item is open
+        now = time.time()
+        store.enqueue_all([an_item_for("a", 1), an_item_for("b", 1)])
+        for item in store.claim_due("w", now, 10, 30):
+            if item.target_id == "a":
+                store.mark_delivered(item.event_id, 200, now)
+            else:
+                store.dead_letter(item.event_id, "http_400", 400, None, now=now)
+        # Then once both ended it expires with them, and a replay keeps it again
+        assert 0 < raw.pttl(key) <= 30 * 86400 * 1000
+        store.replay("msg_e1_b", now=now)
+        assert raw.pttl(key) == -1
+        # And items an older release queued (no item set) are found by their keys
+        store.enqueue(an_item(2))
+        raw.delete("render_signal:v1:email_items:e2")
+        assert [item.event_id for item in store.items_for_email("e2")] == ["msg_e2"]
+        assert [item.target_id for item in store.items_for_email("e1")] == ["a", "b"]
     finally:
         raw.close()
         store.close()

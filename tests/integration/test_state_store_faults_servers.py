@@ -29,6 +29,11 @@ def operations(store: StateStore) -> dict[str, Callable[[], object]]:
         "outbox_stats": lambda: store.outbox_stats(now),
         "record_recent": lambda: store.record_recent({"n": 1}),
         "counters": store.counters,
+        "replay": lambda: store.replay("msg_f1", now=now, since=now - 60, target_id="default"),
+        "pause_target": lambda: store.pause_target("default", now),
+        "hit": lambda: store.hit("login", 60, now),
+        "compare_and_put_record": lambda: store.compare_and_put_record("streak", "k", None, {"n": 1}, 60),
+        "items_for_email": lambda: store.items_for_email("f1"),
     }
 
 

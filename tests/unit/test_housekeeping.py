@@ -146,6 +146,7 @@ class FakeStore:
         self.counters_fail = False
         self.targets: dict[str, dict] = {}
         self.target_reads = 0
+        self.paused: dict[str, float] = {}
 
     def publish_status(self, doc: dict, ttl_seconds: float) -> None:
         self.published = doc
@@ -162,6 +163,9 @@ class FakeStore:
     def target_stats(self, now: float) -> dict[str, dict]:
         self.target_reads += 1
         return {target_id: dict(stats) for target_id, stats in self.targets.items()}
+
+    def paused_targets(self) -> dict[str, float]:
+        return dict(self.paused)
 
     def counters(self) -> dict:
         if self.counters_fail:

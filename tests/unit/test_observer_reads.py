@@ -23,6 +23,7 @@ class FakeStore:
         self.mailbox_published: dict[str, dict] = {}
         self.targets: dict[str, dict] = {}
         self.target_reads = 0
+        self.paused: dict[str, float] = {}
         self.down = False
 
     def _check(self) -> None:
@@ -57,6 +58,10 @@ class FakeStore:
         self._check()
         self.target_reads += 1
         return {target_id: dict(stats) for target_id, stats in self.targets.items()}
+
+    def paused_targets(self) -> dict[str, float]:
+        self._check()
+        return dict(self.paused)
 
     def counters(self) -> dict:
         return {}

@@ -16,7 +16,7 @@ class CountingStore:
 
     def __getattr__(self, name: str):
         answers = {"read_status": None, "counter_series": [], "outbox_stats": {"pending": 2}, "parked_count": 0,
-                   "list_parked": [], "read_mailbox_statuses": {}, "recent": [],
+                   "list_parked": [], "read_mailbox_statuses": {}, "recent": [], "paused_targets": {},
                    "outbox_breakdown": {"targets": {"make": {"pending": 2, "held": 0, "dead": 0,
                                                              "oldest_pending_age_s": 5.0}},
                                         "mailboxes": {"studio": 2}}}
