@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs (real servers, not fakes): redis-server, dovecot-imapd,
-# chromium and chromium-driver (the operator console is driven in headless Chromium by Selenium), and python3-venv when this Python cannot create a
-# virtualenv. Idempotent; does nothing when all are present.
+# chromium and chromium-driver (the operator console is driven in headless Chromium by Selenium), and python3-venv
+# when this Python cannot create a virtualenv. Idempotent; does nothing when all are present.
 # Installing the packages does not start their system services on our machines; the tests start their own
 # instances on free loopback ports with their own configuration either way.
 set -euo pipefail
