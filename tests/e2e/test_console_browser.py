@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 
+from harness.browser import PHONE
 from harness.dovecot import DovecotServer, ImapAccount
 from harness.mail import make_email
 from harness.receiver import WebhookReceiver
@@ -31,7 +32,6 @@ pytestmark = [pytest.mark.imap, pytest.mark.slow]
 ADMIN = "console-admin-Tk93-do-not-print"
 STATUS = "console-status-Rq52-do-not-print"
 REFUSAL = "scenario mapping is off: field subject missing"
-PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
 
 
 @dataclass
@@ -134,8 +134,9 @@ def test_an_operator_signs_in_finds_a_dead_letter_replays_it_and_sees_it_deliver
     assert REFUSAL in entry.find_element(By.CSS_SELECTOR, "blockquote.excerpt").text
     payload = json.loads(entry.find_element(By.CSS_SELECTOR, "pre.payload").get_attribute("textContent"))
     assert payload["event_id"] == event_id and payload["subject"] == "Final renders for Friday"
-    # and the target says in words why it needs a look
+    # and the target says in words why it needs a look, in its row and in the list of what needs attention
     assert "1 dead letter waiting for a replay" in browser.find_element(By.ID, "target-default").text
+    assert "target default 1 dead letter waiting for a replay" in browser.find_element(By.ID, "attention").text
     # When they press its replay button
     press(browser, entry.find_element(By.CSS_SELECTOR, "form[action$='/replay'] button"))
     # Then the console comes back saying it was replayed, and the receiver gets the webhook, with the same id
@@ -260,3 +261,7 @@ def test_at_a_390_px_phone_viewport_no_page_scrolls_sideways(browser, stack):
         # Then the viewport is the phone's, and nothing is wider than it (tables scroll in their own box)
         assert layout["inner"] == 390, (path, layout)
         assert layout["scroll"] <= layout["client"] and layout["body"] <= layout["client"], (path, layout)
+    # and on a desktop neither
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    browser.get(stack.url + "/")
+    assert browser.execute_script("const d = document.documentElement; return d.scrollWidth <= d.clientWidth")
