@@ -126,10 +126,7 @@ def _perform(action: str, subject: Subject, work: Work, *, redirect_forms: bool 
         who = Authorized(who.actor, form=False)
     source = operator_source()
     now = source.clock()
-    try:
-        named = subject() if callable(subject) else subject
-    except ActionError as exc:
-        return json_error(exc.status, exc.error, detail=exc.detail)
+    named = subject() if callable(subject) else subject
     try:
         store = source.open_store()
         try:
@@ -218,7 +215,10 @@ def replay_many() -> Response:
         return 202, {"count": count, "result": f"{'requested' if parked else 'replayed'} {count}"}
 
     def subject() -> str:
-        since, target, parked = _replay_arguments()
+        try:
+            since, target, parked = _replay_arguments()
+        except ActionError:
+            return "a malformed request"  # refused by ``work`` below, and recorded so
         return f"{'parked' if parked else 'dead letters'} of {target or 'every target'} since {iso_utc(since)}"
 
     return _perform("replay", subject, work)

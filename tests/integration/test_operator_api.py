@@ -272,6 +272,7 @@ def test_replay_all_refuses_what_it_cannot_do(make_app, tmp_path, body, status, 
     app = make_app(operator_env(tmp_path))
     response = app.test_client().post("/api/replay", json=body, headers=bearer())
     assert response.status_code == status and response.get_json()["error"] == error
+    assert store_of(app).actions(limit=1)[0]["result"] == error   # refused, and recorded so
 
 
 # --- sample -------------------------------------------------------------------------------------------------------
