@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 _T = TypeVar("_T", "MailboxConfig", "TargetConfig")
 
 DEFAULT_ID = "default"
+# The reserved target of the operational alerts (OPS_WEBHOOK_URL, ``background.alerts``): no configured target may
+# take this id, and no email is ever routed to it.
+OPS_TARGET_ID = "ops"
+OPS_TARGET_CONCURRENCY = 1   # alerts are few: one delivery thread
 ID_PATTERN = re.compile(r"[a-z0-9-]{1,32}")
 # Delivery threads per target for the lease holder: attempts overlap a slow receiver's round trips.
 DEFAULT_DELIVERY_CONCURRENCY = 4
@@ -397,6 +401,17 @@ class TargetConfig:
                    timeout_seconds=settings.webhook_timeout_seconds, retry=RetryPolicy.from_settings(settings),
                    allow_insecure=settings.webhook_allow_insecure, ca_file=settings.webhook_ca_file or None)
 
+    @classmethod
+    def ops_from_settings(cls, settings: Settings) -> TargetConfig | None:
+        """The reserved target ``ops`` the OPS_WEBHOOK_* variables describe (None without OPS_WEBHOOK_URL): signed
+        with OPS_WEBHOOK_SECRET, retried on the WEBHOOK_RETRY_* schedule like any target."""
+        if not settings.ops_webhook_url:
+            return None
+        return cls(id=OPS_TARGET_ID, url=settings.ops_webhook_url, secret=settings.ops_webhook_secret,
+                   timeout_seconds=settings.webhook_timeout_seconds, retry=RetryPolicy.from_settings(settings),
+                   allow_insecure=settings.ops_webhook_allow_insecure, ca_file=settings.ops_webhook_ca_file or None,
+                   concurrency=OPS_TARGET_CONCURRENCY)
+
 
 @dataclass(frozen=True)
 class R2Config:
@@ -590,8 +605,12 @@ class ServiceConfig:
     providers: tuple[ProviderConfig, ...] = ()
     # Ordered; empty: every accepted email goes to every target (the environment form: one route to ``default``).
     routes: tuple[RouteConfig, ...] = ()
+    # The reserved alert target (OPS_WEBHOOK_URL), delivered like a target but never in ``targets``: no email is
+    # routed to it. None: alerts are off.
+    ops: TargetConfig | None = None
 
     def __post_init__(self) -> None:
+        _check_ops_target(self.targets, self.ops)
         for kind, values in (("mailbox", self.mailboxes), ("target", self.targets), ("provider", self.providers)):
             ids = [value.id for value in values]
             duplicates = sorted({value for value in ids if ids.count(value) > 1})
@@ -624,7 +643,13 @@ class ServiceConfig:
             if settings.allow_webhook_without_links:
                 routes += (RouteConfig(match=RouteMatch(has_links=False), to=(DEFAULT_ID,)),)
         return cls(mailboxes=mailboxes, targets=targets, r2=R2Config.from_settings(settings),
-                   providers=ProviderConfig.all_from_settings(settings), routes=routes)
+                   providers=ProviderConfig.all_from_settings(settings), routes=routes,
+                   ops=TargetConfig.ops_from_settings(settings))
+
+    @property
+    def delivered_targets(self) -> tuple[TargetConfig, ...]:
+        """Every target the outbox delivers to: the configured ones and, with alerts on, the reserved ``ops``."""
+        return self.targets if self.ops is None else (*self.targets, self.ops)
 
     def mailbox(self, id: str) -> MailboxConfig:
         return _by_id("mailbox", self.mailboxes, id)
@@ -638,6 +663,14 @@ class ServiceConfig:
             if provider.id == id:
                 return provider
         return ProviderConfig(id)
+
+
+def _check_ops_target(targets: tuple[TargetConfig, ...], ops: TargetConfig | None) -> None:
+    """The id ``ops`` belongs to the alert target alone (``ValueError`` otherwise)."""
+    if any(target.id == OPS_TARGET_ID for target in targets):
+        raise ValueError(f"target id {OPS_TARGET_ID!r} is reserved for the operational alerts (OPS_WEBHOOK_URL)")
+    if ops is not None and ops.id != OPS_TARGET_ID:
+        raise ValueError(f"the alert target's id must be {OPS_TARGET_ID!r}")
 
 
 def _by_id(kind: str, values: tuple[_T, ...], id: str) -> _T:

@@ -30,6 +30,7 @@ from config import (
     DROP,
     MICROSOFT_AUTHORITY_HOST,
     OAUTH_FILE_KEYS,
+    OPS_TARGET_ID,
     WEEKDAYS,
     AuthMethod,
     BasicAuth,
@@ -393,7 +394,7 @@ def _read_service(reader: _Reader, document: Any, settings: Settings, source: st
         return None
     try:
         return ServiceConfig(mailboxes=tuple(mailboxes), targets=tuple(targets), r2=R2Config.from_settings(settings),
-                             providers=providers, routes=tuple(routes))
+                             providers=providers, routes=tuple(routes), ops=TargetConfig.ops_from_settings(settings))
     except ValueError as exc:  # every rule of ServiceConfig is checked above with a path; this is a safety net
         reader.error(source, str(exc))
         return None
@@ -447,6 +448,8 @@ def _read_id(reader: _Reader, path: str, raw: Any, kind: str) -> Any:
         return reader.error(path, f"{kind} id {value!r} must be 1-32 characters of a-z, 0-9 and -")
     if kind == "target" and value == DROP:
         return reader.error(path, "drop is reserved (a route's to: drop)")
+    if kind == "target" and value == OPS_TARGET_ID:
+        return reader.error(path, "ops is reserved (the operational alerts' target, OPS_WEBHOOK_URL)")
     return value
 
 

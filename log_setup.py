@@ -21,7 +21,7 @@ import re
 import sys
 import threading
 import time
-from typing import Iterable
+from typing import Any, Iterable
 
 REDACTED = "***"
 _EMAIL_RE = re.compile(r"(?<![\w.+-])([A-Za-z0-9._%+-]{1,64})@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
@@ -98,6 +98,17 @@ def scrub(text: str) -> str:
         return mask_address(full)
 
     return _EMAIL_RE.sub(_mask, text)
+
+
+def scrub_value(value: Any) -> Any:
+    """Every string of a JSON-like value through ``scrub`` (secrets out, correspondents masked)."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {key: scrub_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_value(item) for item in value]
+    return value
 
 
 def escape_controls(text: str) -> str:

@@ -213,6 +213,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("WEBHOOK_TIMEOUT_SECONDS", "webhook_timeout_seconds", number(0.1, MAX_WEBHOOK_TIMEOUT_SECONDS), 30.0, f"Wall-clock bound on one whole webhook attempt, from the request's start to the last byte read, not per socket read (at most {MAX_WEBHOOK_TIMEOUT_SECONDS}, to fit the shutdown budget)."),
     Spec("WEBHOOK_RETRY_HOURS", "webhook_retry_hours", number(0.0001, 24 * 30), 24.0, "How long a failing webhook is retried before it becomes a dead letter."),
     Spec("WEBHOOK_RETRY_SCHEDULE", "webhook_retry_schedule", seconds_schedule, (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0), "Comma-separated retry delays in seconds; the last repeats.", default_doc="5,30,120,600,1800,3600"),
+    # Operational alerts (README "Operational alerts"): the reserved target ``ops``
+    Spec("OPS_WEBHOOK_URL", "ops_webhook_url", http_url, None, "Receiver of the operational alerts (reauth_required, mailbox_stalled, target_failing, email_parked, dead_letter, recovered), delivered through the outbox as the reserved target `ops`; unset = no alerts. A bearer capability: never logged in full.", secret=True),
+    Spec("OPS_WEBHOOK_SECRET", "ops_webhook_secret", secret_text, None, "Standard Webhooks secret (`whsec_<base64>`) signing every alert (required with OPS_WEBHOOK_URL).", secret=True),
+    Spec("OPS_WEBHOOK_ALLOW_INSECURE", "ops_webhook_allow_insecure", parse_bool, False, "Allow an http:// OPS_WEBHOOK_URL (local receivers only)."),
+    Spec("OPS_WEBHOOK_CA_FILE", "ops_webhook_ca_file", text, None, "PEM bundle of CAs to trust for the alert receiver's TLS instead of the bundled store."),
     # R2 offload
     Spec("R2_FETCH_ENABLED", "r2_fetch_enabled", parse_bool, False, "Copy Dropbox files to R2 through the Worker before the webhook."),
     Spec("R2_FETCH_ENDPOINT", "r2_fetch_endpoint", http_url, None, "URL of the Worker (required when R2_FETCH_ENABLED=true)."),
@@ -349,6 +354,10 @@ class Settings:
     webhook_timeout_seconds: float = _settings_field("webhook_timeout_seconds")
     webhook_retry_hours: float = _settings_field("webhook_retry_hours")
     webhook_retry_schedule: tuple[float, ...] = _settings_field("webhook_retry_schedule")
+    ops_webhook_url: str | None = _settings_field("ops_webhook_url")
+    ops_webhook_secret: str | None = _settings_field("ops_webhook_secret")
+    ops_webhook_allow_insecure: bool = _settings_field("ops_webhook_allow_insecure")
+    ops_webhook_ca_file: str | None = _settings_field("ops_webhook_ca_file")
     r2_fetch_enabled: bool = _settings_field("r2_fetch_enabled")
     r2_fetch_endpoint: str | None = _settings_field("r2_fetch_endpoint")
     r2_allow_insecure: bool = _settings_field("r2_allow_insecure")
@@ -434,8 +443,8 @@ class Settings:
 
     def validate(self) -> None:
         """Cross-field rules: a feature that is on has what it needs."""
-        for rule in (_check_config_file, _check_mailbox, _check_sender_auth, _check_outside_urls, _check_webhook, _check_r2_fetch,
-                     _check_presign, _check_retention, _check_operator_tokens):
+        for rule in (_check_config_file, _check_mailbox, _check_sender_auth, _check_outside_urls, _check_webhook, _check_ops_webhook,
+                     _check_r2_fetch, _check_presign, _check_retention, _check_operator_tokens):
             rule(self)
 
     # --- derived values ---------------------------------------------------------------------------------------
@@ -482,8 +491,8 @@ class Settings:
             password = urlsplit(self.redis_url).password
             if password:
                 values.append(password)
-        if self.webhook_url:
-            path = urlsplit(self.webhook_url).path
+        for url in (self.webhook_url, self.ops_webhook_url):
+            path = urlsplit(url).path if url else ""
             if len(path) > 1:
                 values.append(path)
         return tuple(sorted(set(values), key=len, reverse=True))
@@ -592,6 +601,7 @@ def _check_sender_auth(s: Settings) -> None:
 # CA from its *_CA_FILE twin (where one exists). (variable, allow-insecure twin, CA twin, what a local one is).
 OUTSIDE_URLS: tuple[tuple[str, str, str | None, str], ...] = (
     ("WEBHOOK_URL", "WEBHOOK_ALLOW_INSECURE", "WEBHOOK_CA_FILE", "receiver"),
+    ("OPS_WEBHOOK_URL", "OPS_WEBHOOK_ALLOW_INSECURE", "OPS_WEBHOOK_CA_FILE", "receiver"),
     ("R2_FETCH_ENDPOINT", "R2_ALLOW_INSECURE", "R2_CA_FILE", "Worker"),
     ("R2_S3_ENDPOINT_URL", "R2_S3_ALLOW_INSECURE", None, "S3 server"),
     ("SWISSTRANSFER_API_BASE", "SWISSTRANSFER_ALLOW_INSECURE", "SWISSTRANSFER_CA_FILE", "SwissTransfer fake"),
@@ -630,6 +640,16 @@ def _check_webhook(s: Settings) -> None:
         raise ConfigError("WEBHOOK_URL", "required when the mailbox is configured")
     if s.webhook_secret is not None:
         validate_webhook_secret(s.webhook_secret)
+
+
+def _check_ops_webhook(s: Settings) -> None:
+    """Alerts are always signed: OPS_WEBHOOK_URL needs OPS_WEBHOOK_SECRET, and the secret alone would sign nothing."""
+    if s.ops_webhook_url and not s.ops_webhook_secret:
+        raise ConfigError("OPS_WEBHOOK_SECRET", "required with OPS_WEBHOOK_URL (every alert is signed)")
+    if s.ops_webhook_secret is not None:
+        if not s.ops_webhook_url:
+            raise ConfigError("OPS_WEBHOOK_SECRET", "only with OPS_WEBHOOK_URL (alone it changes nothing)")
+        validate_webhook_secret(s.ops_webhook_secret, "OPS_WEBHOOK_SECRET")
 
 
 def _check_r2_fetch(s: Settings) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from background.lease import LeaseLost
 from background.stranded import TARGET_REMOVED
-from config import RetryPolicy, TargetConfig
+from config import OPS_TARGET_ID, RetryPolicy, TargetConfig
 from email_processing.body_fit import fit_body
 from email_processing.delivery_window import window_opens_at
 from email_processing.payload import payload_bytes
@@ -368,6 +368,8 @@ def record_outcome(policy: RetryPolicy, store, item: OutboxItem, outcome, now: f
 def _record_recent(store, item: OutboxItem, outcome: str) -> None:
     from background.ingest import recent_entry
 
+    if item.target_id == OPS_TARGET_ID:  # an alert is not an email: the recent emails list only emails
+        return
     try:
         store.record_recent(recent_entry(item.payload, outcome))
     except StateStoreError:

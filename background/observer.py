@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from background.expiring import EXPIRING_SCANNED, links_expiring
 from background.health import HealthTimings, ObservedReads, observed_view
@@ -33,11 +33,13 @@ STRANDED_INTERVAL_SECONDS = 300  # the survey of work left by removed mailboxes 
 class StatusObserver:
     """Publishes the holder's status and keeps the cluster view fresh for /health (read without I/O); the view's
     rules are ``background.health``'s. ``instance`` gives this process's identity when it is published (the
-    runtime re-reads the pid after Gunicorn forked); ``clock`` is the housekeeping schedule's monotonic clock."""
+    runtime re-reads the pid after Gunicorn forked); ``clock`` is the housekeeping schedule's monotonic clock;
+    ``extra_chores``: more holder-only chores on the same schedule (the operational alerts' evaluator)."""
 
     def __init__(self, *, lease: Lease, store: StateStore, poller_status: PollerStatus,
                  instance: Callable[[], InstanceInfo], timings: HealthTimings, heartbeat_interval_seconds: float,
-                 config: ServiceConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 config: ServiceConfig | None = None, clock: Callable[[], float] = time.monotonic,
+                 extra_chores: Sequence[Chore] = ()) -> None:
         self.lease = lease
         self.store = store
         self.poller_status = poller_status
@@ -62,6 +64,7 @@ class StatusObserver:
                   Chore("trim", TRIM_INTERVAL_SECONDS, self.trim_retention, run_at_start=True)]
         if config is not None:
             chores.append(Chore("stranded", STRANDED_INTERVAL_SECONDS, self.survey_stranded, run_at_start=True))
+        chores.extend(extra_chores)
         self.housekeeping = Housekeeping(chores, clock=clock, expected_errors=(StateStoreError,))
 
     def run(self, stop_event: threading.Event) -> None:

@@ -21,6 +21,7 @@ from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from config import DEFAULT_ID, DEFAULT_MAX_LINKS_PER_EMAIL, MailboxConfig, SenderAuth, TargetConfig
+from log_setup import scrub_value
 from timestamps import iso_utc
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ class OperatorSource:
     status_api_token: str | None = field(default=None, repr=False)
     admin_api_token: str | None = field(default=None, repr=False)
     session_secret: str | None = field(default=None, repr=False)
+    state_encryption_key: str | None = field(default=None, repr=False)  # seals what the store keeps of a sign-in
     open_store: Callable[[], Any]
     targets: tuple[TargetConfig, ...] = ()
     mailboxes: tuple[MailboxConfig, ...] = ()
@@ -306,7 +308,14 @@ def email_report(store: ActionStore, email_id: str, *, with_payload: bool) -> di
     first = items[0] if items else None
     subject = (first.payload.get("subject") if first is not None else None) or (
         parked[0].subject if parked else None)
-    return {"email_id": email_id, "outcome": done, "subject": subject,
-            "message_id": first.message_id if first is not None else (parked[0].message_id if parked else None),
-            "items": [_item_view(item, with_payload) for item in items],
-            "parked": [_parked_view(entry) for entry in parked]}
+    # Everything but the payloads goes through the log scrub: the correspondents' addresses (in a subject, an
+    # excerpt, an error) are masked as on every page; the payload is the webhook body, shown to the admin as sent.
+    report = scrub_value({"email_id": email_id, "outcome": done, "subject": subject,
+                        "message_id": first.message_id if first is not None else (
+                            parked[0].message_id if parked else None),
+                        "items": [_item_view(item, False) for item in items],
+                        "parked": [_parked_view(entry) for entry in parked]})
+    if with_payload:
+        for view, item in zip(report["items"], items, strict=True):
+            view["payload"] = item.payload
+    return report

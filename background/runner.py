@@ -309,14 +309,32 @@ class ServiceRuntime:
         observer = StatusObserver(
             lease=mailboxes[0].lease, store=store, poller_status=self.poller_status, instance=lambda: self.instance,
             timings=HealthTimings.from_settings(settings, observe_interval=OBSERVE_INTERVAL_SECONDS),
-            heartbeat_interval_seconds=settings.heartbeat_interval_seconds, config=self.config)
+            heartbeat_interval_seconds=settings.heartbeat_interval_seconds, config=self.config,
+            extra_chores=self._alert_chores(store, lambda: observer.view))
         return BackgroundServices(
             mailboxes=mailboxes, targets=self.config.targets, store=store, observer=observer,
             offloader_factory=lambda: self.offloader,
             sender_factory=lambda target: WebhookSender(target, version=self.version),
             enrich_budget_seconds=self.enrich_budget_seconds,
             routes=self.config.routes, membership=membership, rate_limiters=self._rate_limiters(),
-            sign_in_factory=self._sign_in_factory(store))
+            sign_in_factory=self._sign_in_factory(store), ops_target=self.config.ops)
+
+    def _alert_chores(self, store: Any, view: Callable[[], dict]) -> list[Any]:
+        """With OPS_WEBHOOK_URL, the alerts' evaluator as a chore of the first mailbox's holder (the process that
+        runs the cluster's chores: ``background.alerts`` says why one evaluator at a time, and why an overlap at a
+        hand-over is harmless); none otherwise."""
+        if self.config.ops is None:
+            return []
+        from background.alerts import EVALUATE_INTERVAL_SECONDS, AlertEvaluator
+        from background.housekeeping import Chore
+
+        evaluator = AlertEvaluator(store, mailbox_id=self.config.mailboxes[0].id, view=view,
+                                   target_ids=[target.id for target in self.config.targets])
+
+        def evaluate() -> None:
+            evaluator.evaluate_once()
+
+        return [Chore("alerts", EVALUATE_INTERVAL_SECONDS, evaluate)]
 
     def _sign_in_factory(self, store: Any) -> Callable[[MailboxConfig], Any]:
         """Each OAuth2 mailbox's sign-in (its provider, and one token cache per process, so mailboxes of one app
@@ -394,7 +412,7 @@ class ServiceRuntime:
             mailbox_folder=settings.imap_mailbox, open_store=lambda: self.store,
             instance=lambda: self.instance.as_dict(), poller_snapshot=lambda: self.poller_status.snapshot(),
             lease_snapshot=self.lease_snapshot, cluster_view=self.cluster_view, threads_dead=self.threads_dead,
-            mailbox_ids=tuple(mailbox.id for mailbox in self.config.mailboxes), targets=self.config.targets)
+            mailbox_ids=tuple(mailbox.id for mailbox in self.config.mailboxes), targets=self.config.delivered_targets)
 
     def operator_source(self) -> OperatorSource:
         """What the operator API and the login read about this worker (``create_app`` hands it over)."""
@@ -404,7 +422,8 @@ class ServiceRuntime:
         settings = self.settings
         return OperatorSource(
             status_api_token=settings.status_api_token, admin_api_token=settings.admin_api_token,
-            session_secret=settings.session_secret, open_store=lambda: self.store, targets=self.config.targets,
+            session_secret=settings.session_secret, state_encryption_key=settings.state_encryption_key,
+            open_store=lambda: self.store, targets=self.config.targets,
             mailboxes=self.config.mailboxes,
             sender_factory=lambda target: WebhookSender(target, version=self.version),
             default_dry_run=DryRunPolicy(sender_allowlist=tuple(settings.sender_allowlist),

@@ -80,13 +80,16 @@ class BackgroundServices:
                  sender_factory: Callable[[TargetConfig], Any], enrich_budget_seconds: float | None = None,
                  routes: Sequence[RouteConfig] = (), membership: Any = None,
                  rate_limiters: Mapping[str, Any] | None = None,
-                 sign_in_factory: Callable[[MailboxConfig], Any] = lambda mailbox: None) -> None:
+                 sign_in_factory: Callable[[MailboxConfig], Any] = lambda mailbox: None,
+                 ops_target: TargetConfig | None = None) -> None:
         """``targets``: each gets its own delivery threads (``concurrency`` of them in this process), shared by
         the mailboxes held here (each claim is one mailbox's item, under its lease, the mailboxes in turn) and
         claiming only that target's items, so a dead or slow target never delays the others; each target has one
         circuit breaker per process; ``sender_factory(target)`` builds one sender per thread. ``routes``: which
         targets each email goes to (empty: all of them). ``enrich_budget_seconds``: R2 is on and each email's
-        copies are made by the enricher thread within that budget (``background.enrichment``); None: R2 is off."""
+        copies are made by the enricher thread within that budget (``background.enrichment``); None: R2 is off.
+        ``ops_target``: the reserved alert target (``background.alerts``), delivered like the others but never
+        given to the pollers, so no email is routed to it."""
         if not mailboxes:
             raise ValueError("BackgroundServices needs at least one mailbox")
         self.store = store
@@ -100,13 +103,14 @@ class BackgroundServices:
         first = self.units[0]
         self.lease, self.keeper, self.guard, self.poller = first.lease, first.keeper, first.guard, first.poller
         self.flag_wakeup = first.flag_wakeup
-        self.breakers = {target.id: target_breaker(target.id) for target in targets}
+        delivered = (*targets, ops_target) if ops_target is not None else tuple(targets)
+        self.breakers = {target.id: target_breaker(target.id) for target in delivered}
         lanes = tuple(unit.lane for unit in self.units)
         self.deliveries = [
             DeliveryWorker(target, first.lane.store, first.lease, first.guard, partial(sender_factory, target),
                            wakeup=self.delivery_wakeup, flag_wakeup=first.flag_wakeup, lanes=lanes,
                            rate_limiter=(rate_limiters or {}).get(target.id), breaker=self.breakers[target.id])
-            for target in targets for _ in range(target.concurrency)]
+            for target in delivered for _ in range(target.concurrency)]
         self.enricher: Enricher | None = None
         self._any_held = _AnyHeld(self.units)
         if self.enrich_wakeup is not None and enrich_budget_seconds is not None:

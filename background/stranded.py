@@ -49,7 +49,7 @@ class Stranded:
 def find_stranded(owners: dict[str, dict[str, int]], flag_keys: dict[str, int], config: ServiceConfig) -> Stranded:
     """What the store holds for mailboxes and targets ``config`` no longer has (``owners``: ``pending_owners()``)."""
     mailbox_ids = {mailbox.id for mailbox in config.mailboxes}
-    target_ids = {target.id for target in config.targets}
+    target_ids = {target.id for target in config.delivered_targets}
     state_keys = {mailbox.state_key for mailbox in config.mailboxes} | NOT_IMAP_STATE_KEYS
     return Stranded(
         mailboxes={key: n for key, n in owners.get("mailboxes", {}).items() if key not in mailbox_ids and n},
@@ -63,7 +63,7 @@ def settle_removed_targets(store, config: ServiceConfig, stranded: Stranded) -> 
     fails is logged and left for the next run; the others go on."""
     if not config.targets or not stranded.targets:
         return 0
-    target_ids = {target.id for target in config.targets}
+    target_ids = {target.id for target in config.delivered_targets}
     settled = 0
     for item in store.list_items("pending", limit=stranded.pending_total):
         if item.target_id in target_ids:

@@ -30,6 +30,7 @@ def register_routes(app: Flask, source: StatusSource, operator: OperatorSource |
     from routes.console import bp as console_bp
     from routes.health import bp as health_bp
     from routes.operator import bp as operator_bp
+    from routes.sign_in import bp as sign_in_bp
 
     if operator is None:
         operator = OperatorSource(status_api_token=source.status_api_token, open_store=source.open_store,
@@ -39,6 +40,7 @@ def register_routes(app: Flask, source: StatusSource, operator: OperatorSource |
     app.extensions[SESSION_KEYS_KEY] = SessionKeys(admin_token=operator.admin_api_token,
                                                    status_token=operator.status_api_token,
                                                    session_secret=operator.session_secret)
+    app.register_blueprint(sign_in_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(operator_bp)
     app.register_blueprint(access_bp)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -23,13 +24,14 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Callable, Literal, Protocol
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import Blueprint, Response, jsonify, render_template, request
 from markupsafe import Markup
+from werkzeug.exceptions import HTTPException
 
 from routes import operator_source, session_keys
 from services.state_store import StateStoreError
@@ -118,6 +120,26 @@ def token_kind(presented: bytes | None, *, admin_token: str | None, status_token
     if is_admin:
         return ADMIN_TOKEN
     return STATUS_TOKEN if is_status else None
+
+
+def guarded(log_prefix: str) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    """A view whose unexpected errors answer JSON 500 without internals (the traceback goes to the scrubbed log,
+    ``<log_prefix>: <path> failed``); an HTTP error Werkzeug raises (a 413 for a form too large) answers JSON too."""
+
+    def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Response:
+            try:
+                return view(*args, **kwargs)
+            except HTTPException as exc:
+                return json_error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"))
+            except Exception:
+                logger.error("%s: %s failed", log_prefix, request.path, exc_info=True)
+                return json_error(500, "internal_error")
+
+        return wrapper
+
+    return decorate
 
 
 def json_error(status: int, error: str, headers: dict[str, str] | None = None, **extra: object) -> Response:

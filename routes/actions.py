@@ -13,14 +13,12 @@ the client address and the time (``record_action``). The actions themselves are 
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
 
 from background.operator_actions import (
     MAX_EML_BYTES,
@@ -47,6 +45,7 @@ from routes.access import (
     client_address,
     csrf_ok,
     current_session,
+    guarded,
     json_error,
     presented_token,
     safe_next,
@@ -116,7 +115,7 @@ Work = Callable[[ActionStore, float], tuple[int, dict]]
 Subject = str | Callable[[], str | None] | None
 
 
-def _perform(action: str, subject: Subject, work: Work, *, redirect_forms: bool = True) -> Response:
+def perform(action: str, subject: Subject, work: Work, *, redirect_forms: bool = True) -> Response:
     """Authorize, run ``work(store, now) -> (status, body)``, record the outcome, answer (JSON, or 303 to a form
     post unless ``redirect_forms`` is off). ``subject`` may be a callable, read once the caller is authorized."""
     who = _authorize_action()
@@ -144,40 +143,27 @@ def _perform(action: str, subject: Subject, work: Work, *, redirect_forms: bool 
     return _answer(who, status, body, f"{action}:{result}")
 
 
-def _guarded(view: Callable[..., Response]) -> Callable[..., Response]:
-    """An unexpected error answers JSON 500 without internals (the traceback goes to the scrubbed log)."""
-
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Response:
-        try:
-            return view(*args, **kwargs)
-        except HTTPException as exc:  # e.g. Werkzeug's 413 for a form larger than the route takes
-            return json_error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"))
-        except Exception:
-            logger.error("OPERATOR: %s failed", request.path, exc_info=True)
-            return json_error(500, "internal_error")
-
-    return wrapper
+guarded_view = guarded("OPERATOR")
 
 
 # --- replays ------------------------------------------------------------------------------------------------------
 
 @bp.post("/api/outbox/<event_id>/replay")
-@_guarded
+@guarded_view
 def replay_one_dead_letter(event_id: str) -> Response:
     def work(store: ActionStore, now: float) -> tuple[int, dict]:
         return 202, {"count": replay_dead_letter(store, event_id, now), "event_id": event_id, "result": "replayed"}
 
-    return _perform("replay_dead_letter", event_id, work)
+    return perform("replay_dead_letter", event_id, work)
 
 
 @bp.post("/api/parked/<parked_id>/replay")
-@_guarded
+@guarded_view
 def replay_one_parked(parked_id: str) -> Response:
     def work(store: ActionStore, now: float) -> tuple[int, dict]:
         return 202, {"count": replay_parked(store, parked_id, now), "parked_id": parked_id, "result": "requested"}
 
-    return _perform("replay_parked", parked_id, work)
+    return perform("replay_parked", parked_id, work)
 
 
 def _replay_arguments() -> tuple[float | None, str | None, bool]:
@@ -204,7 +190,7 @@ def _replay_arguments() -> tuple[float | None, str | None, bool]:
 
 
 @bp.post("/api/replay")
-@_guarded
+@guarded_view
 def replay_many() -> Response:
     source = operator_source()
 
@@ -221,13 +207,13 @@ def replay_many() -> Response:
             return "a malformed request"  # refused by ``work`` below, and recorded so
         return f"{'parked' if parked else 'dead letters'} of {target or 'every target'} since {iso_utc(since)}"
 
-    return _perform("replay", subject, work)
+    return perform("replay", subject, work)
 
 
 # --- targets ------------------------------------------------------------------------------------------------------
 
 @bp.post("/api/targets/<target_id>/sample")
-@_guarded
+@guarded_view
 def sample(target_id: str) -> Response:
     source = operator_source()
 
@@ -240,11 +226,11 @@ def sample(target_id: str) -> Response:
         result = f"status {answer['status']}" if answer["status"] is not None else (answer["error"] or "no answer")
         return (200 if answer["status"] is not None else 502), {**answer, "result": result}
 
-    return _perform("sample", target_id, work)
+    return perform("sample", target_id, work)
 
 
 @bp.post("/api/targets/<target_id>/pause")
-@_guarded
+@guarded_view
 def pause(target_id: str) -> Response:
     source = operator_source()
 
@@ -252,11 +238,11 @@ def pause(target_id: str) -> Response:
         paused_at = pause_target(store, source.target(target_id), now)
         return 200, {"target": target_id, "paused": True, "paused_at": iso_utc(paused_at), "result": "paused"}
 
-    return _perform("pause", target_id, work)
+    return perform("pause", target_id, work)
 
 
 @bp.post("/api/targets/<target_id>/resume")
-@_guarded
+@guarded_view
 def resume(target_id: str) -> Response:
     source = operator_source()
 
@@ -264,7 +250,7 @@ def resume(target_id: str) -> Response:
         resume_target(store, source.target(target_id))
         return 200, {"target": target_id, "paused": False, "result": "resumed"}
 
-    return _perform("resume", target_id, work)
+    return perform("resume", target_id, work)
 
 
 # --- try an email -------------------------------------------------------------------------------------------------
@@ -295,7 +281,7 @@ class _TooLarge(ActionError):
 
 
 @bp.post("/api/try-email")
-@_guarded
+@guarded_view
 def try_email() -> Response:
     # Bounds the body before anything reads it (the CSRF check of a browser's form parses the form).
     request.max_content_length = MAX_EML_BYTES + UPLOAD_OVERHEAD_BYTES
@@ -308,13 +294,13 @@ def try_email() -> Response:
         return 200, {**result, "result": result["decision"]}
 
     # A browser's form gets the payload too (there is nothing to redirect to): the console renders it itself.
-    return _perform("try_email", mailbox_id, work, redirect_forms=False)
+    return perform("try_email", mailbox_id, work, redirect_forms=False)
 
 
 # --- one email (read) ---------------------------------------------------------------------------------------------
 
 @bp.get("/api/emails/<email_id>")
-@_guarded
+@guarded_view
 def email(email_id: str) -> Response:
     source = operator_source()
     if not source.admin_api_token and not source.status_api_token:

@@ -20,14 +20,14 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Blueprint, Response, jsonify, render_template, request
 from markupsafe import Markup
 
 from routes import operator_source, status_source
-from routes.access import COMMON_HEADERS, api_credentials_ok
+from routes.access import COMMON_HEADERS, api_credentials_ok, guarded
 from routes.access import json_error as _json_error
 from routes.access import unauthorized_api as _unauthorized_api
 from routes.status_view import KNOWN_COUNTERS, LABELLED_COUNTERS, RECENT_LIMIT, build_status
@@ -49,18 +49,7 @@ def _read_credentials_ok(status_token: str | None) -> bool:
     return status_ok or admin_ok
 
 
-def _guarded(view: Callable[..., Response]) -> Callable[..., Response]:
-    """Errors in these routes answer JSON 500 without internals (the traceback is logged, scrubbed)."""
-
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Response:
-        try:
-            return view(*args, **kwargs)
-        except Exception:
-            logger.error("STATUS: %s failed", request.path, exc_info=True)
-            return _json_error(500, "internal_error")
-
-    return wrapper
+_guarded = guarded("STATUS")
 
 
 # --- /api/status ------------------------------------------------------------------------------------------------------

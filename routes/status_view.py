@@ -23,7 +23,7 @@ from background.health import DEFAULT_ID, circuit_states, lease_held, local_poll
 from background.lease import LeaseState
 from background.runner import PollerState
 from background.status_source import StatusSource
-from log_setup import scrub
+from log_setup import scrub_value
 from services.state_store import fold_series
 from timestamps import epoch_of, iso_utc, iso_utc_ms
 
@@ -367,10 +367,4 @@ def _recent_entry(entry: dict) -> dict:
 
 def scrub_document(value: Any) -> Any:
     """Every string of a JSON-like value through ``log_setup.scrub`` (secrets out, correspondents masked)."""
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, dict):
-        return {key: scrub_document(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub_document(item) for item in value]
-    return value
+    return scrub_value(value)

@@ -14,13 +14,23 @@ import time
 from typing import Iterator
 
 import pytest
+import requests
 
 from harness.cluster import Cluster, Mail, check_run, delivered_events, leftover_processes, wait_settled
+from harness.waiting import wait_for
 from tests.fixtures.runtime import require_binary, require_worker_runtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.imap]
 
 FAULT_SECONDS = 6.0   # ~3x the 2 s IMAP / webhook / R2 timeouts, 2x the 3 s lease TTL
+
+
+def _answers(url: str) -> bool:
+    try:
+        requests.get(url, timeout=1)
+    except requests.RequestException:
+        return False
+    return True
 
 
 def verify(cluster: Cluster, sent, label: str) -> dict:
@@ -117,7 +127,9 @@ def test_100_emails_through_every_fault_each_delivered_once_or_skipped(cluster: 
         mail.burst("worker hung", 16, over_seconds=FAULT_SECONDS)
     wait_settled(cluster, mail.sent, "after the Worker hang")
 
-    # Calm again: R2 is used again once the circuit's cooldown has passed.
+    # Calm again: R2 is used again once the circuit's cooldown has passed. The Worker is first seen answering
+    # again (resumed after SIGSTOP on a loaded machine, it may take a moment before its first answer).
+    wait_for(lambda: _answers(cluster.worker.url), 20, "the Worker answering again after the hang")
     time.sleep(2.5)
     mail.burst("calm after", 8)
     wait_settled(cluster, mail.sent, "final calm")

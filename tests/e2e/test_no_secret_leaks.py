@@ -3,7 +3,9 @@
 Real stack: Dovecot (the IMAP password), a redis-server with ``--requirepass`` (the password inside REDIS_URL),
 a loopback stand-in for the R2 Worker (R2_FETCH_TOKEN), the webhook receiver (WEBHOOK_URL path, WEBHOOK_SECRET,
 one 503 first so the retry path logs too), STATUS_API_TOKEN (also sent wrong, to provoke SECURITY lines), and
-LOG_LEVEL=debug so every level is scanned. Correspondents' addresses must appear masked only.
+LOG_LEVEL=debug so every level is scanned. Correspondents' addresses must appear masked only. The operator
+surface of issue 20 too: ADMIN_API_TOKEN (every action route called with it, and wrong), SESSION_SECRET (a browser
+login and a session's pages), and the alerts' OPS_WEBHOOK_URL path and OPS_WEBHOOK_SECRET.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import time
 
 import pytest
+import requests
 
 from harness.ports import wait_until
 from harness.redis_server import RedisServer
@@ -25,6 +28,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.imap]
 REDIS_PASSWORD = "redis-pw-LEAKCANARY-5521"
 R2_TOKEN = "r2-token-LEAKCANARY-7734"
 STATUS_TOKEN = "status-token-LEAKCANARY-9902"
+ADMIN_TOKEN = "admin-token-LEAKCANARY-6620"
+SESSION_SECRET = "session-secret-LEAKCANARY-4417-0123456789abcdef"
+OPS_SECRET_RAW = b"ops-secret-LEAKCANARY-2290"
+OPS_SECRET = "whsec_" + base64.b64encode(OPS_SECRET_RAW).decode()
 WEBHOOK_SECRET_RAW = b"webhook-secret-LEAKCANARY-3318"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(WEBHOOK_SECRET_RAW).decode()
 CORRESPONDENT = "john.doe@client.example"
@@ -75,9 +82,55 @@ def secrets_of(env: dict[str, str], receiver_url: str) -> dict[str, str]:
         "WEBHOOK_URL path": path,
         "WEBHOOK_URL path token": path.rstrip("/").rsplit("/", 1)[-1],
         "STATUS_API_TOKEN": STATUS_TOKEN,
+        "ADMIN_API_TOKEN": ADMIN_TOKEN,
+        "SESSION_SECRET": SESSION_SECRET,
+        "OPS_WEBHOOK_SECRET": OPS_SECRET,
+        "OPS_WEBHOOK_SECRET (base64 part)": OPS_SECRET[len("whsec_"):],
+        "OPS_WEBHOOK_SECRET (raw)": OPS_SECRET_RAW.decode(),
+        **({"OPS_WEBHOOK_URL path": ops_path(env)} if env.get("OPS_WEBHOOK_URL") else {}),
         "correspondent address": CORRESPONDENT,
         "address in a subject": SUBJECT_ADDRESS,
     }
+
+
+def ops_path(env: dict[str, str]) -> str:
+    return re.sub(r"^https?://[^/]+", "", env["OPS_WEBHOOK_URL"])
+
+
+def _answer(what: str, response) -> tuple[str, str]:
+    head = "\n".join(f"{name}: {value}" for name, value in response.headers.items())
+    return f"{what} {response.status_code}", head + "\n\n" + response.text
+
+
+def operator_answers_of(service, email_id: str) -> list[tuple[str, str]]:
+    """Every action route with the admin token (and wrong), and a browser session's login and pages."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    calls = [
+        ("POST", "/api/targets/default/sample", admin, None), ("POST", "/api/targets/default/pause", admin, None),
+        ("POST", "/api/targets/default/resume", admin, None), ("POST", "/api/replay", admin, b"{}"),
+        ("POST", "/api/outbox/msg_unknown/replay", admin, None), ("POST", "/api/parked/a:1:2/replay", admin, None),
+        ("POST", "/api/try-email", {**admin, "Content-Type": "message/rfc822"}, dropbox_email("x@y.example")),
+        ("GET", f"/api/emails/{email_id}", admin, None),
+        ("GET", f"/api/emails/{email_id}", {"X-API-Key": STATUS_TOKEN}, None),
+        ("POST", "/api/targets/default/pause", {"Authorization": f"Bearer {ADMIN_TOKEN}-wrong"}, None),
+        ("POST", "/api/replay", {"Authorization": f"Bearer {STATUS_TOKEN}"}, b"{}"),
+    ]
+    answers = []
+    for method, path, headers, body in calls:
+        what = f"{method} {path}"
+        headers = {"Content-Type": "application/json", **headers} if body == b"{}" else headers
+        answer = _answer(what, requests.request(method, service.url + path, headers=headers, data=body, timeout=20))
+        answers.append((answer[0] + (" admin" if what.startswith("GET") and headers is admin else ""), answer[1]))
+    browser = requests.Session()
+    answers.append(_answer("POST /login (wrong)", browser.post(service.url + "/login", data={"token": "nope"},
+                                                              allow_redirects=False, timeout=10)))
+    answers.append(_answer("POST /login", browser.post(service.url + "/login", data={"token": ADMIN_TOKEN},
+                                                       allow_redirects=False, timeout=10)))
+    for cookie in browser.cookies:   # Secure: requests would keep it for https only (a browser on loopback sends it)
+        cookie.secure = False
+    for path in ("/", f"/api/emails/{email_id}"):
+        answers.append(_answer(f"session GET {path}", browser.get(service.url + path, timeout=10)))
+    return answers
 
 
 def answers_of(service) -> list[tuple[str, str]]:
@@ -103,8 +156,9 @@ def answers_of(service) -> list[tuple[str, str]]:
 @pytest.mark.timeout(180)
 def test_no_secret_and_no_unmasked_correspondent_reaches_any_log_line_or_http_answer(
         service_factory, password_redis, imap_account, make_webhook_receiver):
-    # Given a receiver that fails once first, and a Worker stand-in that copies to "R2"
+    # Given a receiver that fails once first, an alert receiver, and a Worker stand-in that copies to "R2"
     receiver = make_webhook_receiver()
+    ops_receiver = make_webhook_receiver(contract=False)
     receiver.fail_next(1, status=503)
     worker = make_webhook_receiver(contract=False)  # plays the R2 Worker: it receives copy requests
     worker.respond_with(200, json.dumps({"success": True, "r2_url": "https://r2.render-signal.test/renders.zip",
@@ -116,7 +170,8 @@ def test_no_secret_and_no_unmasked_correspondent_reaches_any_log_line_or_http_an
            "R2_ALLOW_INSECURE": "true",
            "R2_BUCKET_NAME": "renders", "STATUS_API_TOKEN": STATUS_TOKEN, "LOG_LEVEL": "debug",
            "REDIS_LOCK_TTL_SECONDS": "3", "EMAIL_POLLING_INTERVAL_SECONDS": "1", "IMAP_TIMEOUT_SECONDS": "2",
-           "HEARTBEAT_INTERVAL_SECONDS": "1"}
+           "HEARTBEAT_INTERVAL_SECONDS": "1", "ADMIN_API_TOKEN": ADMIN_TOKEN, "SESSION_SECRET": SESSION_SECRET,
+           "OPS_WEBHOOK_URL": ops_receiver.url, "OPS_WEBHOOK_SECRET": OPS_SECRET, "OPS_WEBHOOK_ALLOW_INSECURE": "true"}
     secrets = secrets_of(env, receiver.url)
     service = service_factory(env, workers=2)
     # When an email from a correspondent (with another address in its subject) goes through the whole pipeline
@@ -135,19 +190,33 @@ def test_no_secret_and_no_unmasked_correspondent_reaches_any_log_line_or_http_an
             break
         time.sleep(0.2)
     time.sleep(1.5)  # a heartbeat line with the changed counters
-    answers = answers_of(service)
+    answers = answers_of(service) + operator_answers_of(service, email_id(delivered))
     service.terminate(timeout=60)
     log = service.log_text()
     # Then no secret is in any log line or any answer, and the correspondents appear masked only
+    # (the admin's payload views, try-email's dry run and an email's report, hold the webhook body as it is sent:
+    # the sender's address is in it by design; no secret may be, and every other answer masks the addresses)
+    admin_payloads = {"POST /api/try-email 200", f"GET /api/emails/{email_id(delivered)} 200 admin",
+                      f"session GET /api/emails/{email_id(delivered)} 200"}   # the session is the admin's
+    addresses = {"correspondent address", "address in a subject"}
     leaks = [(where, name) for where, text in [("log", log), *answers]
-             for name, secret in secrets.items() if secret in text]
+             for name, secret in secrets.items() if secret in text
+             and not (where in admin_payloads and name in addresses)]
     assert leaks == [], leaks
     # (the scan covered the paths where secrets live: the R2 call, the failed and the good attempt, rejections)
     for expected in ("R2_TRANSFER: success", "WEBHOOK: retry", "WEBHOOK: delivered", "SECURITY: rejected"):
         assert expected in log, expected
     page = dict(answers)["/ 200"]
     assert "j***@client.example" in page and "m***@agency.example" in page
+    # (the operator surface answered for real: the sample reached the receiver, the session signed in and read)
+    assert any(event["json"].get("test") is True for event in receiver.events if event.get("json"))
+    assert "POST /login 303" in dict(answers), [what for what, _ in answers][-6:]
+    assert f"session GET /api/emails/{email_id(delivered)} 200" in dict(answers), [what for what, _ in answers][-6:]
     print(f"scanned {len(log.splitlines())} log lines and {len(answers)} answers for {len(secrets)} values")
+
+
+def email_id(delivered: list[dict]) -> str:
+    return delivered[0]["json"]["microsoft_graph_email_id"]
 
 
 def test_the_leak_scan_finds_a_planted_secret():

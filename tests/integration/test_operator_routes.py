@@ -7,6 +7,7 @@ snapshot), so these tests read what production reads.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -374,3 +375,14 @@ def test_a_worker_that_cannot_reach_redis_reports_its_poller_as_redis_unavailabl
     # Then the status says so, as its own (stale) view
     assert document["stale"] is True
     assert document["poller"]["state"] == "redis_unavailable"
+
+
+def test_with_alerts_on_the_status_document_lists_the_ops_target_after_the_configured_ones(make_app, redis_url):
+    # Given alerts sent to an ops receiver (a reserved target besides the configured one)
+    app = make_app(service_env(redis_url, OPS_WEBHOOK_URL="http://127.0.0.1:9/ops/hook-path-91",
+                               OPS_WEBHOOK_ALLOW_INSECURE="true",
+                               OPS_WEBHOOK_SECRET="whsec_" + "b3BzLXNlY3JldC1mb3ItdGVzdHMtb25seQ=="))
+    # When the status is read, Then the ops target's delivery shows like any target's, its URL never
+    body = get_status(app, **bearer()).get_json()
+    assert [entry["id"] for entry in body["targets"]] == ["default", "ops"]
+    assert "hook-path-91" not in json.dumps(body)

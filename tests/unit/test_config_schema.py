@@ -109,6 +109,7 @@ MINIMAL = (ROOT / "tests" / "config_files" / "minimal.yaml").read_text(encoding=
     pytest.param(MINIMAL + "routes:\n  - to: [drop]\n", id="drop-in-a-list"),
     pytest.param(MINIMAL + "routes:\n  - match: {provider: [icloud]}\n    to: drop\n", id="unknown-provider"),
     pytest.param(MINIMAL.replace("id: default\n    url", "id: Bad\n    url"), id="bad-id"),
+    pytest.param(MINIMAL.replace("id: default\n    url", "id: ops\n    url"), id="reserved-ops-target"),
     pytest.param(MINIMAL + "    concurrency: 0\n", id="concurrency-0"),
 ])
 def test_a_document_the_loader_refuses_is_refused_by_the_schema_too(text):
