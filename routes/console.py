@@ -172,6 +172,7 @@ class ConsoleReads:
     actions: list[dict] = field(default_factory=list)
     links: dict[str, list[LinkView]] = field(default_factory=dict)   # event id -> its links, for recent emails
     email_ids: dict[str, str] = field(default_factory=dict)          # event id -> email id
+    sign_in: frozenset[str] = frozenset()   # mailboxes that sign in by device code (refresh_token provider)
     stale: bool = False
 
 
@@ -244,6 +245,21 @@ def read_console(store: Any, recent: list[dict], admin: bool) -> ConsoleReads:
         logger.info("STATUS: the console could not read the state store: %s", exc)
         reads.stale = True
     return reads
+
+
+def device_sign_in_mailboxes(mailboxes: Any) -> frozenset[str]:
+    """The ids of the mailboxes an operator can sign in from the browser (``routes/sign_in.py``'s page)."""
+    from background.operator_actions import ActionError
+    from background.sign_in import sign_in_credentials
+
+    ids = set()
+    for mailbox in mailboxes:
+        try:
+            sign_in_credentials(mailboxes, mailbox.id)
+        except ActionError:
+            continue
+        ids.add(mailbox.id)
+    return frozenset(ids)
 
 
 def recent_rows(recent: list[dict], reads: ConsoleReads) -> list[RecentRow]:
@@ -336,6 +352,8 @@ def _dashboard() -> Response:
             reads = read_console(operator_source().open_store(), recent, viewer.admin)
         except StateStoreError:
             reads = ConsoleReads(stale=True)
+    if viewer.admin:
+        reads.sign_in = device_sign_in_mailboxes(operator_source().mailboxes)
     return html_response(render_page(document, recent, health=document["health"], version=source.version,
                                      generated_at=document["generated_at"], viewer=viewer, reads=reads))
 

@@ -149,3 +149,25 @@ def test_without_credentials_the_console_and_an_email_page_send_a_browser_to_the
     # and a wrong Basic password is a 401, as before
     assert client.get("/", headers={"Authorization": "Basic b3BzOndyb25n"}).status_code == 401
     assert ADMIN not in client.get("/login").get_data(as_text=True)
+
+
+def test_a_refresh_token_mailbox_links_the_admin_to_its_device_code_sign_in(make_app, tmp_path,
+                                                                          identity_provider_tls):
+    from tests.integration.test_device_sign_in import ADMIN as SIGN_IN_ADMIN
+    from tests.integration.test_device_sign_in import PAGE, sign_in_env
+    from tests.integration.test_device_sign_in import STATUS as SIGN_IN_STATUS
+
+    app = make_app(sign_in_env(identity_provider_tls, tmp_path))
+    admin, reader = app.test_client(), app.test_client()
+    login(admin, token=SIGN_IN_ADMIN)
+    login(reader, token=SIGN_IN_STATUS)
+    row = tree_of(admin.get("/")).xpath("//table[@id='mailboxes']//tr[td]")[0]
+    assert row.xpath(".//a[@class='sign-in']/@href") == [PAGE]
+    assert tree_of(reader.get("/")).xpath("//a[@class='sign-in']") == []
+
+
+def test_a_password_mailbox_offers_no_sign_in_link(console):
+    app, _ = console
+    client = app.test_client()
+    login(client)
+    assert tree_of(client.get("/")).xpath("//a[@class='sign-in']") == []
