@@ -77,16 +77,14 @@ def sign_in(browser: Any, stack: Stack, token: str = ADMIN, path: str = "/") -> 
 
 
 def press(browser: Any, button: Any) -> None:
-    """Click a form's button and wait for the page it leads to (the old document gone, the new one loaded)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
+    """Click a form's button and wait for the page it leads to: a mark left on the old document (by the test's
+    WebDriver, not the page, which runs no script) is gone, and the new document has loaded."""
     from selenium.webdriver.support.wait import WebDriverWait
 
-    old = browser.find_element(By.TAG_NAME, "html")
+    browser.execute_script("window.__beforeThisClick = true")
     button.click()
-    wait = WebDriverWait(browser, 20)
-    wait.until(expected_conditions.staleness_of(old))
-    wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")
+    WebDriverWait(browser, 20).until(lambda driver: driver.execute_script(
+        "return window.__beforeThisClick === undefined && document.readyState === 'complete'"))
 
 
 def page_text(browser: Any) -> str:
