@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit lint lock test-python test-worker test-browser deps deps-dev deps-system deps-node bench demo chaos clean \
+.PHONY: run test test-unit lint lock test-python test-worker screenshots deps deps-dev deps-system deps-node bench demo chaos clean \
 	providers-json
 
 # Installs come from the locks only, every file checked against its hash (`make lock` rewrites them).
@@ -67,9 +67,10 @@ test-unit: deps-dev
 test-worker:
 	cd worker && npm test
 
-## Renders the status page in headless Chromium (Debian `chromium`) and saves docs/dashboard.png. Not in CI.
-test-browser: deps-dev
-	$(PY) -m scripts.browser_screenshot
+## Pictures of the operator console (desktop, 390 px phone, one email, the login form) from headless Chromium
+## through Selenium and Debian's chromedriver, written to docs/console*.png for the README. Not in CI: tests only assert.
+screenshots: deps-system deps-dev
+	$(PY) -m scripts.console_screenshots
 
 ## Benchmarks (bench/RESULTS.md). Starts its own servers on loopback.
 bench: deps-system deps-dev deps-node

@@ -27,6 +27,7 @@ def register_routes(app: Flask, source: StatusSource, operator: OperatorSource |
     from routes.access import SessionKeys
     from routes.access import bp as access_bp
     from routes.actions import bp as actions_bp
+    from routes.console import bp as console_bp
     from routes.health import bp as health_bp
     from routes.operator import bp as operator_bp
     from routes.sign_in import bp as sign_in_bp
@@ -44,6 +45,7 @@ def register_routes(app: Flask, source: StatusSource, operator: OperatorSource |
     app.register_blueprint(operator_bp)
     app.register_blueprint(access_bp)
     app.register_blueprint(actions_bp)
+    app.register_blueprint(console_bp)
 
 
 def status_source() -> StatusSource:

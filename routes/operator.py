@@ -1,14 +1,14 @@
-"""The operator surface besides ``/health``: ``GET /api/status`` (JSON), ``GET /metrics`` (Prometheus) and ``GET /``.
+"""The operator surface besides ``/health``: ``GET /api/status`` (JSON), ``GET /metrics`` (Prometheus), and the
+console page's building blocks (its tables' rows, its stylesheet and ``render_page``; the routes ``/`` and
+``/emails/<id>`` are ``routes/console.py``'s).
 
-All three render the one status document of ``routes.status_view``, so they always agree. ``/api/status`` needs
+All of them render the one status document of ``routes.status_view``, so they always agree. ``/api/status`` needs
 ``STATUS_API_TOKEN`` (``Authorization: Bearer`` or ``X-API-Key``) and is 404 without a configured token;
-``/metrics`` needs it when one is configured and is open otherwise (scrapers on a private network); ``/`` asks for
-HTTP Basic credentials (any user name, the token as password) and shows only the ``/health`` summary when no token
-is configured. Tokens are compared in constant time on bytes. The metrics come from a ``CollectorRegistry`` built
-per request from the document (never the process-global registry, whose counters would differ per worker). Any
-error answers JSON 500 without internals; the traceback goes to the (scrubbed) log. The page's HTML and CSS are
-the templates of ``routes/templates/``; the CSS is inlined and allowed by the Content-Security-Policy by its hash.
-"""
+``/metrics`` needs it when one is configured and is open otherwise (scrapers on a private network). Tokens are
+compared in constant time on bytes. The metrics come from a ``CollectorRegistry`` built per request from the
+document (never the process-global registry, whose counters would differ per worker). Any error answers JSON 500
+without internals; the traceback goes to the (scrubbed) log. The page's HTML and CSS are the templates of
+``routes/templates/``; the CSS is inlined and allowed by the Content-Security-Policy by its hash."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import functools
 import hashlib
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,13 +26,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from flask import Blueprint, Response, jsonify, render_template, request
 from markupsafe import Markup
 
-from routes import operator_source, session_keys, status_source
-from routes.access import COMMON_HEADERS, REALM, api_credentials_ok, basic_credentials_ok, current_session, guarded
+from routes import operator_source, status_source
+from routes.access import COMMON_HEADERS, api_credentials_ok, guarded
 from routes.access import json_error as _json_error
 from routes.access import unauthorized_api as _unauthorized_api
-from routes.health import health_document
 from routes.status_view import KNOWN_COUNTERS, LABELLED_COUNTERS, RECENT_LIMIT, build_status
-from timestamps import epoch_of, iso_utc
+from timestamps import epoch_of
 
 logger = logging.getLogger(__name__)
 
@@ -257,9 +255,10 @@ def inline_style(css: str) -> InlineStyle:
     # The hash is taken over the very text the template inserts; the file's trailing newline is not part of it.
     css = css.strip()
     digest = base64.b64encode(hashlib.sha256(css.encode("utf-8")).digest()).decode("ascii")
-    # Nothing may load from anywhere: no script, no image, no font, no frame, no form target; only the inline style.
+    # Nothing may load from anywhere: no script, no image, no font, no frame; only the inline style. Forms (the
+    # console's actions, the login) may post to this origin only.
     policy = (f"default-src 'none'; style-src 'sha256-{digest}'; img-src 'none'; "
-              "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+              "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
     return InlineStyle(css=css, content_security_policy=policy)
 
 
@@ -398,39 +397,23 @@ def target_row(entry: dict) -> TargetRow:
                      body_cap=human_bytes(entry.get("body_cap_bytes")))
 
 
-def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    response = Response(body, status=status, content_type="text/html; charset=utf-8")
-    response.headers.update(COMMON_HEADERS)
-    response.headers["Content-Security-Policy"] = page_style().content_security_policy
-    response.headers.update(headers or {})
-    return response
+def render_page(document: dict | None, recent: list[dict], *, health: dict, version: str, generated_at: str,
+                viewer: Any = None, reads: Any = None) -> str:
+    """The console's HTML for one status document (None: the ``/health`` summary only); needs an app context.
+    ``viewer`` and ``reads`` are ``routes.console``'s (who looks, and the dead letters, parked emails, history and
+    links it read); without them the page shows the status document alone, read-only."""
+    from routes.console import ConsoleReads, health_reasons, mailbox_health, notice_text, recent_rows, target_health
 
-
-@bp.get("/")
-@_guarded
-def dashboard() -> Response:
-    source = status_source()
-    token = source.status_api_token
-    if token and not basic_credentials_ok(token) and current_session(session_keys()) is None:
-        logger.info("SECURITY: rejected %s without valid credentials", request.path)
-        return _html(render_template("unauthorized.html"), 401,
-                     {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
-    if token:
-        document, recent = build_status(source, recent_limit=RECENT_LIMIT)
-        health = document["health"]
-        generated_at = document["generated_at"]
-    else:
-        health_doc, _ = health_document(source)
-        health = {"status": health_doc["status"], "checks": health_doc["checks"]}
-        document, recent, generated_at = None, [], iso_utc(time.time())
-    return _html(render_page(document, recent, health=health, version=source.version, generated_at=generated_at))
-
-
-def render_page(document: dict | None, recent: list[dict], *, health: dict, version: str, generated_at: str) -> str:
-    """The page's HTML for one status document (None: the ``/health`` summary only); needs an app context."""
-    mailboxes = [mailbox_row(entry) for entry in (document or {}).get("mailboxes") or []]
-    targets = [target_row(entry) for entry in (document or {}).get("targets") or []]
+    reads = reads if reads is not None else ConsoleReads()
+    reasons = health_reasons(document)
+    mailboxes = [(mailbox_row(entry), *mailbox_health(entry, reasons))
+                 for entry in (document or {}).get("mailboxes") or []]
+    targets = [(target_row(entry), *target_health(entry, reasons), bool(entry.get("paused")))
+               for entry in (document or {}).get("targets") or []]
+    source_mailboxes = [row.id for row, _, _ in mailboxes]
     # The style is our constant: unescaped, or its quotes would become entities (broken CSS, wrong CSP hash).
-    return render_template("status.html", style=Markup(page_style().css), doc=document, recent=recent,
-                           health=health, version=version, generated_at=generated_at, recent_limit=RECENT_LIMIT,
-                           mailboxes=mailboxes, targets=targets)
+    return render_template("status.html", style=Markup(page_style().css), doc=document,
+                           recent=recent_rows(recent, reads), health=health, version=version,
+                           generated_at=generated_at, recent_limit=RECENT_LIMIT, mailboxes=mailboxes,
+                           targets=targets, viewer=viewer, reads=reads, notice=notice_text() if viewer else None,
+                           mailbox_ids=source_mailboxes, here="/")

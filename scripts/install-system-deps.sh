@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs (real servers, not fakes): redis-server, dovecot-imapd,
-# chromium (the status page is checked in headless Chromium), and python3-venv when this Python cannot create a
-# virtualenv. Idempotent; does nothing when all are present.
+# chromium and chromium-driver (the operator console is driven in headless Chromium by Selenium), and python3-venv
+# when this Python cannot create a virtualenv. Idempotent; does nothing when all are present.
 # Installing the packages does not start their system services on our machines; the tests start their own
 # instances on free loopback ports with their own configuration either way.
 set -euo pipefail
@@ -11,6 +11,8 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Debian's chromedriver matches Debian's chromium exactly; Selenium gets both paths and never downloads a driver.
+command -v chromedriver >/dev/null 2>&1 || [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ "${1:-}" = "--venv-only" ]; then need=(); fi
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then need+=(python3-venv); fi
 [ ${#need[@]} -eq 0 ] && exit 0

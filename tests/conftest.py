@@ -13,4 +13,5 @@ pytest_plugins = [
     "tests.fixtures.file_host",
     "tests.fixtures.pipeline",
     "tests.fixtures.state_store",
+    "tests.fixtures.selenium_chromium",
 ]

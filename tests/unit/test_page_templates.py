@@ -46,11 +46,25 @@ def test_the_csp_allows_exactly_the_style_bytes_rendered_inline(app):
 
 
 def test_the_401_page_carries_the_same_strict_policy(app):
-    response = app.test_client().get("/")
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"ops:wrong").decode()}
+    response = app.test_client().get("/", headers=wrong)
     assert response.status_code == 401
     policy = response.headers["Content-Security-Policy"]
     assert policy.startswith("default-src 'none'; style-src 'sha256-")
     assert TOKEN not in response.get_data(as_text=True)
+
+
+def test_a_browser_without_credentials_is_sent_to_the_login_form(app):
+    response = app.test_client().get("/")
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/login?next=/"
+
+
+def test_the_console_policy_runs_no_script_and_lets_forms_post_here_only(app):
+    policy = app.test_client().get("/", headers=basic()).headers["Content-Security-Policy"]
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+    assert directives["default-src"] == "'none'" and "script-src" not in directives
+    assert directives["form-action"] == "'self'" and directives["frame-ancestors"] == "'none'"
 
 
 def test_a_change_to_the_css_file_changes_the_csp(tmp_path):
