@@ -25,11 +25,12 @@ from log_setup import scrub_value
 from timestamps import iso_utc
 
 if TYPE_CHECKING:
-    from services.state_store import OutboxItem, ParkedEmail
+    from services.state_store import FlagRequest, OutboxItem, ParkedEmail
     from services.webhook import AttemptOutcome
 
 MAX_EML_BYTES = 25 * 1024 * 1024    # POST /api/try-email takes at most this much
 PARKED_SCAN_LIMIT = 1000            # parked emails looked through for one email's report
+FLAG_SCAN_LIMIT = 1000              # pending flag requests of a mailbox looked through for one email's report
 SAMPLE_SENDER = "renders@render-signal.invalid"
 
 
@@ -72,6 +73,7 @@ class ActionStore(Protocol):
     def record_action(self, entry: dict, now: float) -> None: ...
     def get_done(self, email_id: str) -> str | None: ...
     def items_for_email(self, email_id: str) -> list[OutboxItem]: ...
+    def pending_flags(self, mailbox: str, limit: int) -> list[FlagRequest]: ...
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,18 @@ def _parked_view(parked: ParkedEmail) -> dict:
             "uidvalidity": parked.uidvalidity, "uid": parked.uid}
 
 
+def _imap_flag(store: ActionStore, items: Sequence[OutboxItem], done: str | None) -> str | None:
+    """The email's acknowledgement on the server (``\\Seen $RenderSignalDone``): ``pending`` while the poller still
+    has to apply it, ``applied`` once a handed-off email (queued or ended) has none pending, None when nothing of it is
+    queued (a parked email)."""
+    places = {(item.mailbox, item.uidvalidity, item.uid) for item in items}
+    for mailbox in {place[0] for place in places}:
+        if any((request.mailbox, request.uidvalidity, request.uid) in places
+               for request in store.pending_flags(mailbox, FLAG_SCAN_LIMIT)):
+            return "pending"
+    return "applied" if done is not None and places else None
+
+
 def email_report(store: ActionStore, email_id: str, *, with_payload: bool) -> dict:
     """Everything known about one email: its end state (done record), each target's outbox item with its attempts,
     and its parked entry; the payloads only ``with_payload`` (the admin). 404 when nothing is known."""
@@ -311,6 +325,7 @@ def email_report(store: ActionStore, email_id: str, *, with_payload: bool) -> di
     # Everything but the payloads goes through the log scrub: the correspondents' addresses (in a subject, an
     # excerpt, an error) are masked as on every page; the payload is the webhook body, shown to the admin as sent.
     report = scrub_value({"email_id": email_id, "outcome": done, "subject": subject,
+                          "imap_flag": _imap_flag(store, items, done),
                         "message_id": first.message_id if first is not None else (
                             parked[0].message_id if parked else None),
                         "items": [_item_view(item, False) for item in items],

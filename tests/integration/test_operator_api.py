@@ -445,6 +445,20 @@ def test_one_email_is_readable_with_the_read_token_and_its_payload_only_with_the
     assert client.get("/api/emails/" + "0" * 32, headers=bearer(STATUS)).status_code == 404
 
 
+def test_an_emails_report_says_whether_its_done_flag_still_waits_for_the_server(make_app, tmp_path):
+    # Given a queued email whose done flag the poller has not applied yet
+    app = make_app(operator_env(tmp_path))
+    store = store_of(app)
+    item = queue_item(store)
+    client = app.test_client()
+    store.queue_flag(item.mailbox, item.uidvalidity, item.uid, item.message_id)
+    # Then the report says pending, and applied once the poller cleared the request
+    assert client.get(f"/api/emails/{item.email_id}", headers=bearer(STATUS)).get_json()["imap_flag"] == "pending"
+    [request] = store.pending_flags(item.mailbox, 10)
+    store.clear_flag(request)
+    assert client.get(f"/api/emails/{item.email_id}", headers=bearer(STATUS)).get_json()["imap_flag"] == "applied"
+
+
 # --- the browser: login, session, CSRF ----------------------------------------------------------------------------
 
 def login(client, token: str = ADMIN, next_path: str = "/"):
