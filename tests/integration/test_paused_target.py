@@ -11,7 +11,8 @@ import pytest
 
 from harness.mail import event_id_of, make_email
 from harness.pipeline import service_env
-from tests.integration.test_target_health import CONFIG, TOKEN, Holder, enqueue_overdue, status, target_problems
+from tests.integration.test_operator_routes import wait_for_health
+from tests.integration.test_target_health import configured_app, enqueue_overdue, status, target_problems
 from timestamps import iso_utc
 
 
@@ -40,15 +41,6 @@ def test_a_paused_target_gets_nothing_until_resumed_then_the_email_once(
     assert webhook_receiver.delivered_ids() == [event_id]
 
 
-def wait_for_health(app, predicate, seconds: float = 15.0) -> dict:
-    deadline = time.monotonic() + seconds
-    while True:
-        body = app.test_client().get("/health").get_json()
-        if predicate(body) or time.monotonic() > deadline:
-            return body
-        time.sleep(0.2)
-
-
 def outbox_problems(body: dict) -> list[str]:
     return [p["state"] for p in body["problems"] if p["kind"] == "outbox"]
 
@@ -59,12 +51,7 @@ def test_a_paused_targets_overdue_webhooks_are_no_problem_on_health_and_status_s
         make_app, redis_url, tmp_path):
     # Given target make paused with a webhook due 5 minutes ago, and archive with one due 10 s ago; nobody here
     # holds the mailbox, so nothing delivers
-    config = tmp_path / "render-signal.yaml"
-    config.write_text(CONFIG)
-    app = make_app({"RENDER_SIGNAL_CONFIG": str(config), "REDIS_URL": redis_url, "REDIS_TIMEOUT_SECONDS": "0.3",
-                    "STATUS_API_TOKEN": TOKEN})
-    runtime = app.extensions["render_signal"]
-    holder = Holder(runtime)
+    app, runtime, holder = configured_app(make_app, redis_url, tmp_path)
     try:
         holder.publish({})
         store = runtime.store

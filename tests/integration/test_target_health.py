@@ -129,6 +129,16 @@ targets:
 """
 
 
+def configured_app(make_app, redis_url: str, tmp_path):
+    """The app on CONFIG's three targets and a shared Redis, its runtime, and a Holder publishing for it."""
+    config = tmp_path / "render-signal.yaml"
+    config.write_text(CONFIG)
+    app = make_app({"RENDER_SIGNAL_CONFIG": str(config), "REDIS_URL": redis_url, "REDIS_TIMEOUT_SECONDS": "0.3",
+                    "STATUS_API_TOKEN": TOKEN})
+    runtime = app.extensions["render_signal"]
+    return app, runtime, Holder(runtime)
+
+
 def enqueue_overdue(store, event_id: str, target_id: str, overdue: float) -> None:
     """An item of ``target_id`` whose attempt was due ``overdue`` seconds ago (first attempt: no scheduled delay)."""
     from services.state_store import OutboxItem
@@ -145,12 +155,7 @@ def test_health_names_the_target_whose_due_webhooks_are_overdue_and_not_one_whos
         make_app, redis_url, tmp_path):
     # Given three targets: make with a webhook due 5 minutes ago, archive with one due 10 s ago, and night with one
     # due 5 minutes ago but held (its window closed) for an hour; nobody here holds the mailbox, so nothing delivers
-    config = tmp_path / "render-signal.yaml"
-    config.write_text(CONFIG)
-    app = make_app({"RENDER_SIGNAL_CONFIG": str(config), "REDIS_URL": redis_url, "REDIS_TIMEOUT_SECONDS": "0.3",
-                    "STATUS_API_TOKEN": TOKEN})
-    runtime = app.extensions["render_signal"]
-    holder = Holder(runtime)
+    app, runtime, holder = configured_app(make_app, redis_url, tmp_path)
     try:
         holder.publish({})
         store = runtime.store
