@@ -334,17 +334,23 @@ def count_failed_login(store: LoginCounter, client: str, now: float) -> bool:
 bp = Blueprint("access", __name__, template_folder="templates")
 
 
-def _form_page(template: str, status: int = 200, **context: object) -> Response:
-    """A page with a form: the status page's one stylesheet (by hash), and forms may post here only."""
+def html_response(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """An operator page: no caching, the Content-Security-Policy of ``routes.operator.page_style`` (no script, the
+    one stylesheet by hash, forms posting to this origin only)."""
     from routes.operator import page_style
 
-    style = page_style()
-    body = render_template(template, style=Markup(style.css), **context)
     response = Response(body, status=status, content_type="text/html; charset=utf-8")
     response.headers.update(COMMON_HEADERS)
-    response.headers["Content-Security-Policy"] = style.content_security_policy.replace(
-        "form-action 'none'", "form-action 'self'")
+    response.headers["Content-Security-Policy"] = page_style().content_security_policy
+    response.headers.update(headers or {})
     return response
+
+
+def html_page(template: str, status: int = 200, headers: dict[str, str] | None = None, **context: object) -> Response:
+    """``template`` rendered with the one stylesheet (unescaped: our constant, allowed by its hash) as a page."""
+    from routes.operator import page_style
+
+    return html_response(render_template(template, style=Markup(page_style().css), **context), status, headers)
 
 
 def _login_available() -> bool:
@@ -356,7 +362,7 @@ def _login_available() -> bool:
 def login_form() -> Response:
     if not _login_available():
         return json_error(404, "not_found")
-    return _form_page("login.html", next=safe_next(request.args.get("next")), message=None)
+    return html_page("login.html", next=safe_next(request.args.get("next")), message=None)
 
 
 @bp.post("/login")
@@ -366,7 +372,7 @@ def login() -> Response:
     next_path = safe_next(request.form.get("next"))
     if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
         logger.info("SECURITY: refused a cross-site login post")
-        return _form_page("login.html", 403, next=next_path, message="Refused: the form was posted from elsewhere.")
+        return html_page("login.html", 403, next=next_path, message="Refused: the form was posted from elsewhere.")
     client = client_address()
     now = time.time()
     try:
@@ -378,10 +384,10 @@ def login() -> Response:
             logger.info("SECURITY: failed login from %s", client)
             if count_failed_login(store, client, now):
                 return _too_many(next_path)
-            return _form_page("login.html", 401, next=next_path, message="Wrong token.")
+            return html_page("login.html", 401, next=next_path, message="Wrong token.")
     except StateStoreError:
         logger.error("SECURITY: login refused: the state store is unavailable", exc_info=True)
-        return _form_page("login.html", 503, next=next_path, message="The state store is unavailable; try again.")
+        return html_page("login.html", 503, next=next_path, message="The state store is unavailable; try again.")
     cookie, _ = session_keys().issue(role, now)
     logger.info("SECURITY: %s session opened from %s", role, client)
     response = see_other(next_path)
@@ -391,7 +397,7 @@ def login() -> Response:
 
 def _too_many(next_path: str) -> Response:
     logger.warning("SECURITY: login refused: too many failed logins")
-    response = _form_page("login.html", 429, next=next_path, message="Too many failed logins; wait and try again.")
+    response = html_page("login.html", 429, next=next_path, message="Too many failed logins; wait and try again.")
     response.headers["Retry-After"] = str(LOGIN_WINDOW_SECONDS)
     return response
 

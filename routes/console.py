@@ -22,11 +22,10 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, render_template, request
-from markupsafe import Markup
 
 from log_setup import scrub
 from routes import operator_source, session_keys, status_source
-from routes.access import COMMON_HEADERS, REALM, basic_credentials_ok, current_session
+from routes.access import COMMON_HEADERS, REALM, basic_credentials_ok, current_session, html_page, html_response
 from routes.status_view import RECENT_LIMIT, build_status, scrub_document
 from services.state_store import StateStoreError
 from timestamps import iso_utc
@@ -86,25 +85,8 @@ def identify_viewer() -> Viewer | Response | None:
     return response
 
 
-def render_with_style(template: str, **context: Any) -> str:
-    """A console template with the one stylesheet (unescaped: it is our constant, and its hash is in the CSP)."""
-    from routes.operator import page_style
-
-    return render_template(template, style=Markup(page_style().css), **context)
-
-
 def error_page(message: str | None, status: int) -> Response:
-    return html_response(render_with_style("error.html", viewer=None, notice=None, message=message), status)
-
-
-def html_response(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    from routes.operator import page_style
-
-    response = Response(body, status=status, content_type="text/html; charset=utf-8")
-    response.headers.update(COMMON_HEADERS)
-    response.headers["Content-Security-Policy"] = page_style().content_security_policy
-    response.headers.update(headers or {})
-    return response
+    return html_page("error.html", status, viewer=None, notice=None, message=message)
 
 
 def notice_text() -> tuple[str, bool] | None:
@@ -384,6 +366,4 @@ def _email_page(email_id: str) -> Response:
               "links": link_views(item.get("payload") or {}),
               "payload_text": payload_text(item.get("payload")) if viewer.admin else None}
              for item in report.get("items") or []]
-    body = render_with_style("email.html", report=report, items=items, viewer=viewer, notice=notice_text(),
-                             here=request.path)
-    return html_response(body)
+    return html_page("email.html", report=report, items=items, viewer=viewer, notice=notice_text(), here=request.path)

@@ -18,8 +18,7 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from flask import Blueprint, Response, jsonify, render_template
-from markupsafe import Markup
+from flask import Blueprint, Response, jsonify
 
 from background.operator_actions import ActionError, ActionStore, Actor, NotFound, record_action
 from background.sign_in import (
@@ -40,6 +39,7 @@ from routes.access import (
     Session,
     client_address,
     current_session,
+    html_page,
     json_error,
     presented_token,
     see_other,
@@ -151,18 +151,9 @@ def state(mailbox_id: str) -> Response:
 # --- the page -----------------------------------------------------------------------------------------------------
 
 def _page(status: int, **context: object) -> Response:
-    from routes.operator import page_style
-
-    style = page_style()
-    body = render_template("sign_in.html", style=Markup(style.css), **context)
-    response = Response(body, status=status, content_type="text/html; charset=utf-8")
-    response.headers.update(COMMON_HEADERS)
-    response.headers["Content-Security-Policy"] = style.content_security_policy.replace(
-        "form-action 'none'", "form-action 'self'")
     refresh = context.get("refresh")
-    if refresh:
-        response.headers["Refresh"] = str(refresh)  # the same as the page's meta tag, for clients that skip it
-    return response
+    # the Refresh header says what the page's meta tag says, for clients that skip it
+    return html_page("sign_in.html", status, {"Refresh": str(refresh)} if refresh else None, **context)
 
 
 def _safe_link(url: object) -> str | None:
